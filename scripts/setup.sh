@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine: Debian's Fashion-MNIST package and a virtualenv in .venv
+# with tl-ray and its test extra. Safe to run again; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FASHION=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FASHION/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+        echo "setup: Fashion-MNIST is missing and installing it needs root: run 'apt-get install dataset-fashion-mnist' as root." >&2
+        exit 1
+      fi
+    fi
+    echo "setup: installing the Debian package dataset-fashion-mnist"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: apt-get is not available here. Install Fashion-MNIST's IDX files (Debian package" >&2
+    echo "       dataset-fashion-mnist) under $FASHION, or set data.source.path in the spec." >&2
+    exit 1
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import tl_ray, tensorflow, ray, moto" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "setup: installing tl-ray and its dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch .venv/.installed
+fi

@@ -1,0 +1,17 @@
+"""Integration tests: a real local Ray cluster, shared by a module."""
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server):
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
+    yield
+    ray.shutdown()

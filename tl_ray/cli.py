@@ -1,0 +1,256 @@
+"""The ``tl-ray`` command line: parse, call the package, print.
+
+    tl-ray data ingest fashion-mnist --to ./tlray-store/datasets/src --classes 0,1,2,3,4
+    tl-ray data inspect ./tlray-store/datasets/src
+    tl-ray train jobs/quickstart/source.yaml --set train.epochs=1
+    tl-ray tune jobs/quickstart/target.yaml --promote
+    tl-ray models list
+    tl-ray serve jobs/quickstart/target.yaml
+    tl-ray predict http://127.0.0.1:8000 shoe.png
+    tl-ray run jobs/quickstart/target.yaml
+
+TensorFlow and Ray are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tl_ray.errors import TLRayError
+
+DEFAULT_STORAGE = os.environ.get("TLRAY_STORAGE", "./tlray-store")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 5,6,7. Received: {text!r}") from None
+
+
+def _spec(args):
+    from tl_ray.spec import load_spec
+
+    return load_spec(args.spec, overrides=args.set or None)
+
+
+def _add_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment spec (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. train.epochs=3")
+
+
+# -- data ---------------------------------------------------------------------
+def cmd_data_ingest(args) -> int:
+    from tl_ray.data import ingest
+
+    common = dict(per_class=args.per_class, validation_to=args.validation_to, seed=args.seed,
+                  rows_per_shard=args.rows_per_shard, overwrite=args.overwrite)
+    if args.source == "fashion-mnist":
+        report = ingest.ingest_fashion_mnist(
+            args.to, path=args.from_path or ingest.FASHION_MNIST_DIR, split=args.split, classes=args.classes,
+            validation_per_class=args.validation_per_class, **common,
+        )
+    else:
+        report = ingest.ingest_folder(
+            args.source, args.to, validation_fraction=args.validation_fraction, skip_bad=args.skip_bad, **common
+        )
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_data_inspect(args) -> int:
+    from tl_ray.data.manifest import read_manifest
+
+    m = read_manifest(args.uri)
+    print(m.to_json())
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    from tl_ray.data.manifest import verify
+
+    problems = verify(args.uri)
+    for p in problems:
+        print(f"BAD  {p}")
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 0 if not problems else 3
+
+
+# -- training and sweeps --------------------------------------------------------
+def cmd_train(args) -> int:
+    from tl_ray.pipeline import train_once
+
+    spec = _spec(args)
+    row = train_once(spec)
+    print(f"trial {row.trial_id}: {spec.tune.metric}={row.metric} after {row.epochs} epochs; checkpoint {row.checkpoint}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from tl_ray.pipeline import sweep_and_promote
+
+    spec = _spec(args)
+    sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
+    return 0
+
+
+# -- registry --------------------------------------------------------------------
+def cmd_models_list(args) -> int:
+    from tl_ray.registry.store import Registry
+
+    reg = Registry(args.storage)
+    for name in reg.names():
+        aliases = reg.aliases(name)
+        for v in reg.versions(name):
+            meta = reg.metadata(name, v)
+            tags = ",".join(a for a, ver in aliases.items() if ver == v)
+            gate = meta.get("gate", {})
+            print(f"{name}:v{v}  {gate.get('metric', '')}={_num(gate.get('challenger'))}  {tags}")
+    return 0
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def cmd_models_show(args) -> int:
+    from tl_ray.registry.store import Registry
+
+    reg = Registry(args.storage)
+    name, version = reg.resolve(args.ref)
+    meta = reg.metadata(name, version)
+    meta["aliases"] = [a for a, v in reg.aliases(name).items() if v == version]
+    print(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_models_promote(args) -> int:
+    from tl_ray.registry.store import Registry
+
+    reg = Registry(args.storage)
+    name, version = reg.resolve(f"{args.name}:{args.version}")
+    reg.set_alias(name, args.alias, version)
+    print(f"{name}:{args.alias} -> v{version}")
+    return 0
+
+
+def cmd_models_rollback(args) -> int:
+    from tl_ray.registry.store import Registry
+
+    version = Registry(args.storage).rollback(args.name, args.alias)
+    print(f"{args.name}:{args.alias} -> v{version}")
+    return 0
+
+
+# -- serving ---------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from tl_ray.pipeline import serve_forever
+
+    spec = _spec(args)
+    serve_forever(spec, args.model, out=print)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tl_ray.serving.client import predict_files
+
+    for path, pred in zip(args.files, predict_files(args.url, args.files)):
+        print(f"{path}\t{pred['class']}\t{max(pred['probabilities']):.3f}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tl_ray.pipeline import run_pipeline
+
+    spec = _spec(args)
+    run_pipeline(spec, keep_serving=args.keep_serving, out=print)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tl-ray", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="ingest, inspect and verify datasets").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("ingest", help="write sharded Parquet + _manifest.json")
+    p.add_argument("source", help="'fashion-mnist', or a folder with one sub-folder of images per class")
+    p.add_argument("--to", required=True, help="dataset URI (folder or s3://bucket/prefix)")
+    p.add_argument("--from", dest="from_path", help="fashion-mnist IDX folder (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="fashion-mnist split")
+    p.add_argument("--classes", type=_ints, help="fashion-mnist class ids to keep, e.g. 5,6,7,8,9")
+    p.add_argument("--per-class", type=int, help="cap on images per class")
+    p.add_argument("--validation-to", help="also write a validation dataset here, carved from the rest")
+    p.add_argument("--validation-per-class", type=int, help="fashion-mnist: validation images per class")
+    p.add_argument("--validation-fraction", type=float, help="folder: fraction of images for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows-per-shard", type=int, default=4096)
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed in the report)")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --to")
+    p.set_defaults(func=cmd_data_ingest)
+    p = data.add_parser("inspect", help="print a dataset's manifest")
+    p.add_argument("uri")
+    p.set_defaults(func=cmd_data_inspect)
+    p = data.add_parser("verify", help="re-check every shard's sha256 and row count")
+    p.add_argument("uri")
+    p.set_defaults(func=cmd_data_verify)
+
+    p = sub.add_parser("train", help="train one trial (no sweep)")
+    _add_spec(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("tune", help="run the spec's sweep and print the results table")
+    _add_spec(p)
+    p.add_argument("--promote", action="store_true", help="register the best trial and gate the alias")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.set_defaults(func=cmd_tune)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
+    for name, func, helptext in (
+        ("list", cmd_models_list, "list models, versions and aliases"),
+        ("show", cmd_models_show, "print a version's metadata"),
+        ("promote", cmd_models_promote, "point an alias at a version"),
+        ("rollback", cmd_models_rollback, "move an alias back to its previous version"),
+    ):
+        p = models.add_parser(name, help=helptext)
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+        if name == "show":
+            p.add_argument("ref", help="NAME, NAME:ALIAS or NAME:vN")
+        if name in ("promote", "rollback"):
+            p.add_argument("name")
+        if name == "promote":
+            p.add_argument("version", help="vN")
+        if name in ("promote", "rollback"):
+            p.add_argument("--alias", default="production")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C")
+    _add_spec(p)
+    p.add_argument("--model", help="NAME:ALIAS or NAME:vN (default: promote.name:production)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("predict", help="send images to a running endpoint and print classes")
+    p.add_argument("url", help="endpoint base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("files", nargs="+", help="PNG or JPEG files")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("run", help="ingest -> pretrain -> sweep -> promote -> serve, end to end")
+    _add_spec(p)
+    p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TLRayError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

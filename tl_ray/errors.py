@@ -1,0 +1,67 @@
+"""One exception hierarchy for tl-ray.
+
+Every error carries a single human message that names the thing at fault, the
+rule it broke, what was received and how to fix it. The classes keep their
+message in ``args`` only, so they pickle across Ray process boundaries.
+"""
+
+
+class TLRayError(Exception):
+    """Root of every error tl-ray raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message,))
+
+
+class ConfigError(TLRayError):
+    """The experiment spec, a command-line value or an override is invalid."""
+
+    exit_code = 2
+
+
+class DataError(TLRayError):
+    """A dataset, manifest, shard or image is missing, corrupt or inconsistent."""
+
+    exit_code = 3
+
+
+class StorageError(TLRayError):
+    """Object storage or the local store cannot be reached or written."""
+
+    exit_code = 4
+
+
+class RegistryError(TLRayError):
+    """A registry name, version or alias does not exist or fails its checks."""
+
+    exit_code = 5
+
+
+class ServingError(TLRayError):
+    """A model cannot be served, or a request cannot be answered."""
+
+    exit_code = 6
+
+
+def closest(name: str, choices, n: int = 3) -> list[str]:
+    """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
+    import difflib
+
+    norm = {c.replace("_", "").lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.replace("_", "").lower(), list(norm), n=n, cutoff=0.5)
+    return [norm[h] for h in hits]
+
+
+def did_you_mean(name: str, choices) -> str:
+    """A ``" Did you mean 'x'?"`` suffix, or an empty string."""
+    hits = closest(name, choices, n=1)
+    return f" Did you mean '{hits[0]}'?" if hits else ""

@@ -1,0 +1,246 @@
+"""The end-to-end job and the stage drivers the CLI calls.
+
+``run_pipeline`` chains: ingest (when the datasets are missing) → the upstream
+source model (when its registry alias does not resolve) → the transfer sweep →
+promotion → test accuracy (and a from-scratch baseline) → serving, with the
+accuracy measured through the live HTTP endpoint. Each stage reuses what an
+earlier run left in the store.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from tl_ray import storage
+from tl_ray.errors import ConfigError, RegistryError
+from tl_ray.spec import Spec, load_spec
+
+Out = Callable[[str], None]
+
+
+def ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def _manifest_exists(uri: str) -> bool:
+    return storage.exists(storage.join(uri, "_manifest.json"))
+
+
+def ensure_data(spec: Spec, out: Out = print) -> None:
+    """Ingests the spec's datasets from ``data.source`` when they are not in the store."""
+    from tl_ray.data import ingest
+
+    wanted = {"train": spec.data.train, "validation": spec.data.validation, "test": spec.data.test}
+    missing = [k for k, v in wanted.items() if v and not _manifest_exists(spec.resolve(v))]
+    if not missing:
+        out(f"[data] reusing {', '.join(spec.resolve(v) for v in wanted.values() if v)}")
+        return
+    src = spec.data.source
+    if src is None:
+        raise ConfigError(
+            f"data.{missing[0]} has no dataset at {spec.resolve(wanted[missing[0]])!r} and data.source is not set. "
+            "Ingest it first (tl-ray data ingest ... --to URI) or add a data.source recipe."
+        )
+    storage.ensure_bucket(spec.storage)
+    if src.kind != "fashion-mnist":
+        if "train" in missing or "validation" in missing:
+            report = ingest.ingest_folder(
+                src.path, spec.resolve(spec.data.train), per_class=src.train_per_class,
+                validation_to=spec.resolve(spec.data.validation) if spec.data.validation else None,
+                validation_fraction=0.2 if spec.data.validation else None, seed=src.seed, overwrite=True,
+            )
+            out(f"[data] ingested {src.path}: {_rows(report)}")
+        return
+    path = src.path or ingest.FASHION_MNIST_DIR
+    if "train" in missing or "validation" in missing:
+        report = ingest.ingest_fashion_mnist(
+            spec.resolve(spec.data.train), path=path, split="train", classes=src.classes,
+            per_class=src.train_per_class,
+            validation_to=spec.resolve(spec.data.validation) if spec.data.validation else None,
+            validation_per_class=src.validation_per_class, seed=src.seed, overwrite=True,
+        )
+        out(f"[data] ingested fashion-mnist train split: {_rows(report)}")
+    if "test" in missing:
+        report = ingest.ingest_fashion_mnist(
+            spec.resolve(spec.data.test), path=path, split="test", classes=src.classes, seed=src.seed, overwrite=True
+        )
+        out(f"[data] ingested fashion-mnist test split: {_rows(report)}")
+
+
+def _rows(report: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in report.items() if "rows" in k)
+
+
+def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
+    """One trial of the spec as written (no search space, no early stopping)."""
+    from tl_ray.tune.sweep import run_sweep
+
+    ensure_ray()
+    single = spec.model_copy(deep=True)
+    single.tune.space = {}
+    single.tune.num_samples = 1
+    single.tune.scheduler = "fifo"
+    result = run_sweep(single, experiment=experiment or f"{spec.name}-train-{int(time.time())}")
+    out(result.table())
+    return result.best
+
+
+def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, out: Out = print):
+    """Runs the sweep, prints its table and (optionally) promotes the best trial."""
+    from tl_ray.tune.sweep import run_sweep
+
+    ensure_ray()
+    experiment = spec.name if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_sweep(spec, resume=resume, experiment=experiment)
+    out(result.table())
+    best = result.best
+    out(f"[tune] best trial {best.trial_id}: {spec.tune.metric}={best.metric:.4f} ({result.wall_time_s:.0f}s)")
+    promotion = None
+    if promote:
+        promotion = promote_row(spec, best)
+        out(f"[promote] {promotion.message()}")
+    return result, promotion
+
+
+def promote_row(spec: Spec, row):
+    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.tune.sweep import fetch_checkpoint
+
+    parent = None
+    if spec.model.weights.startswith("registry://"):
+        from tl_ray.registry.store import Registry
+
+        name, version = Registry(spec.storage).resolve(spec.model.weights)
+        parent = f"{name}:v{version}"
+    with tempfile.TemporaryDirectory(prefix="tlray-best-") as tmp:
+        ckpt = fetch_checkpoint(row.checkpoint, tmp)
+        metrics = {spec.tune.metric: row.metric, "epochs": row.epochs, "params": row.params, "trial": row.trial_id}
+        return promote_checkpoint(spec, ckpt, metrics, parent=parent)
+
+
+def ensure_upstream(spec: Spec, out: Out = print) -> None:
+    """Trains and registers the model ``model.weights`` names, if it is not registered yet."""
+    from tl_ray.registry.store import Registry
+
+    if not spec.model.weights.startswith("registry://"):
+        return
+    try:
+        name, version = Registry(spec.storage).resolve(spec.model.weights)
+        out(f"[upstream] reusing {name}:v{version} ({spec.model.weights})")
+        return
+    except RegistryError:
+        if not spec.run.upstream:
+            raise
+    upstream = load_spec(Path(spec._base_dir) / spec.run.upstream, overrides={"storage": spec.storage})
+    out(f"[upstream] {spec.model.weights} is not registered: training it from {spec.run.upstream}")
+    ensure_data(upstream, out)
+    ensure_upstream(upstream, out)
+    sweep_and_promote(upstream, promote=True, out=out)
+
+
+def test_accuracy(spec: Spec, model) -> float:
+    from tl_ray.registry.promote import evaluate
+
+    return evaluate(model, spec.resolve(spec.data.test), spec.data.image_size)["accuracy"]
+
+
+def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
+    """Trains the same network from random weights on the same data; returns its test accuracy."""
+    from tl_ray.models.export import load_model
+    from tl_ray.tune.sweep import fetch_checkpoint
+
+    scratch = spec.model_copy(deep=True)
+    scratch.model.weights = "none"
+    scratch.model.freeze.mode = "full"
+    out("[baseline] training the same network from scratch on the same images")
+    row = train_once(scratch, experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
+    with tempfile.TemporaryDirectory(prefix="tlray-scratch-") as tmp:
+        model = load_model(fetch_checkpoint(row.checkpoint, tmp) / "model.keras")
+        return test_accuracy(spec, model)
+
+
+def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
+    """Starts the Serve application for ``ref`` (default promote.name:alias); returns (url, ref)."""
+    from tl_ray.serving import app
+
+    if ref is None:
+        if spec.promote is None:
+            raise ConfigError("serving needs --model NAME:ALIAS or a promote section naming the model.")
+        ref = f"{spec.promote.name}:{spec.promote.alias}"
+    ensure_ray()
+    url = app.run(spec.storage, ref, spec.serve, blocking=False)
+    return url, ref
+
+
+def serve_forever(spec: Spec, ref: str | None = None, out: Out = print) -> None:
+    url, ref = serve_model(spec, ref)
+    out(f"[serve] {ref} at {url}/predict  (Ctrl-C to stop)")
+    out(f"        tl-ray predict {url} IMAGE.png")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+
+
+def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
+    """Accuracy on the test set, every image sent through the live endpoint as JSON."""
+    import numpy as np
+
+    from tl_ray.data.reader import make_dataset
+    from tl_ray.serving.client import predict_instances
+
+    correct = total = 0
+    ds = make_dataset(spec.resolve(spec.data.test), image_size=tuple(spec.data.image_size), batch_size=batch)
+    for images, labels in ds:
+        preds = predict_instances(url, np.round(images.numpy()).astype(np.uint8))
+        correct += sum(int(p["class_id"] == int(y)) for p, y in zip(preds, labels.numpy()))
+        total += len(preds)
+    return correct / max(total, 1)
+
+
+def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> dict:
+    """The whole job; returns the figures it printed."""
+    from tl_ray.models.export import load_model
+    from tl_ray.registry.store import Registry
+
+    t0 = time.perf_counter()
+    out(f"[run] {spec.name}: store {spec.storage}")
+    storage.ensure_bucket(spec.storage)
+    ensure_ray()
+    ensure_data(spec, out)
+    ensure_upstream(spec, out)
+    out(f"[tune] sweeping {spec.tune.num_samples} trials over {sorted(spec.tune.space)}")
+    _, promotion = sweep_and_promote(spec, promote=True, out=out)
+    ref = f"{spec.promote.name}:{spec.promote.alias}"
+    figures = {"promoted": f"{promotion.name}:v{promotion.version}", "accepted": promotion.accepted}
+    if spec.data.test:
+        model = load_model(Registry(spec.storage).fetch(ref) / "model.keras")
+        figures["test_accuracy"] = test_accuracy(spec, model)
+        out(f"[test] {ref} test accuracy: {figures['test_accuracy']:.4f}")
+        if spec.run.compare_from_scratch:
+            figures["scratch_test_accuracy"] = from_scratch_baseline(spec, out)
+            out(f"[test] from scratch on the same images: {figures['scratch_test_accuracy']:.4f}")
+    if spec.run.serve:
+        url, ref = serve_model(spec)
+        if spec.data.test:
+            figures["http_test_accuracy"] = http_accuracy(url, spec)
+            out(f"[serve] {ref} at {url}/predict: test accuracy over HTTP {figures['http_test_accuracy']:.4f}")
+        figures["url"] = url
+    figures["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    out("[run] summary: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+    if spec.run.serve:
+        if keep_serving:
+            out(f"        query it: tl-ray predict {figures['url']} IMAGE.png")
+            serve_forever(spec, ref, out)
+        else:
+            out(f"        serve it again: tl-ray serve {spec._base_dir}/<spec>.yaml  then  tl-ray predict {figures['url']} IMAGE.png")
+    return figures

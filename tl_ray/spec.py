@@ -1,0 +1,389 @@
+"""The experiment spec: one YAML file, validated by pydantic.
+
+Every setting of a tl-ray experiment lives here, typed, constrained and
+described. Unknown keys are rejected. Any field can be overridden from the
+command line with ``--set a.b=c``; the same dotted names are what
+``tune.space`` searches over.
+
+Example:
+
+>>> spec = load_spec("jobs/quickstart/target.yaml", overrides=["train.epochs=2"])
+>>> spec.train.epochs
+2
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tl_ray.errors import ConfigError, did_you_mean
+
+DEFAULT_STORE = "./tlray-store"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class IngestSource(_Section):
+    """Where `tl-ray run` ingests a dataset from when it is not in the store yet."""
+
+    kind: Literal["fashion-mnist", "folder"] = Field(
+        description="fashion-mnist reads the IDX files; folder reads one sub-folder per class."
+    )
+    path: str | None = Field(
+        default=None,
+        description="IDX folder (fashion-mnist; defaults to /usr/share/datasets/fashion-mnist) or image folder.",
+    )
+    classes: list[int] | None = Field(
+        default=None, description="Fashion-MNIST class ids to keep; their order gives the new labels."
+    )
+    train_per_class: PositiveInt | None = Field(
+        default=None, description="Cap on labelled training images per class."
+    )
+    validation_per_class: PositiveInt | None = Field(
+        default=None,
+        description="Validation images per class, carved from training images not used for training.",
+    )
+    seed: int = Field(default=0, description="Seed for choosing the capped subsets.")
+
+
+class AugmentSpec(_Section):
+    """Augmentation applied inside tf.data to training batches only; off by default."""
+
+    flip: bool = Field(default=False, description="Random horizontal flip.")
+    crop: float = Field(default=0.0, ge=0.0, lt=0.5, description="Random crop fraction of each side.")
+    contrast: float = Field(default=0.0, ge=0.0, lt=1.0, description="Random contrast delta.")
+
+
+class DataSpec(_Section):
+    """Datasets in the store (paths relative to `storage`, or full URIs)."""
+
+    train: str = Field(description="Training dataset: a folder holding _manifest.json and its shards.")
+    validation: str | None = Field(default=None, description="Validation dataset, used for model selection.")
+    test: str | None = Field(default=None, description="Held-out test dataset, reported after promotion.")
+    image_size: tuple[PositiveInt, PositiveInt] = Field(
+        default=(32, 32), description="Height and width every image is resized to."
+    )
+    shuffle_buffer: PositiveInt = Field(default=2048, description="Examples held by the shuffle buffer.")
+    seed: int = Field(default=0, description="Seed of the per-epoch shuffle, so runs are reproducible.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
+    source: IngestSource | None = Field(
+        default=None, description="Ingest recipe used by `tl-ray run` when the datasets are missing."
+    )
+
+
+class HeadSpec(_Section):
+    """The new classification head on top of the backbone."""
+
+    pooling: Literal["avg", "max", "flatten"] = Field(
+        default="avg", description="How the backbone's feature map becomes a vector."
+    )
+    dense: list[PositiveInt] = Field(default_factory=list, description="Hidden Dense layer widths (ReLU).")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Dropout before each Dense layer.")
+
+
+class FreezeSpec(_Section):
+    """Which part of the backbone trains."""
+
+    mode: Literal["feature_extraction", "fine_tune", "full"] = Field(
+        default="feature_extraction",
+        description=(
+            "feature_extraction: base frozen, run in inference mode; fine_tune: top layers "
+            "trainable, BatchNorm frozen; full: every layer trains (training from scratch)."
+        ),
+    )
+    unfreeze_top: int = Field(
+        default=20, ge=0, description="fine_tune only: how many of the backbone's top layers train."
+    )
+
+
+class ModelSpec(_Section):
+    """Backbone, weights, head and freeze policy."""
+
+    backbone: str = Field(description="A keras.applications backbone name, e.g. mobilenet_v2.")
+    backbone_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra constructor arguments, e.g. {alpha: 0.35}."
+    )
+    weights: str = Field(
+        default="imagenet",
+        description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.",
+    )
+    head: HeadSpec = Field(default_factory=HeadSpec, description="Classification head.")
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze policy.")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from tl_ray.models.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(
+                f"must be one of {sorted(BACKBONES)}. Received: {value!r}.{did_you_mean(value, BACKBONES)}"
+            )
+        return value
+
+
+class TrainSpec(_Section):
+    """One trial's training: data-parallel under tf.distribute."""
+
+    epochs: PositiveInt = Field(default=5, description="Passes over the training data.")
+    batch_size: PositiveInt = Field(default=64, description="Global batch size, across all replicas.")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(default="adam", description="Optimizer.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0, description="Learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="Weight decay (adamw).")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0, description="Label smoothing.")
+    workers: PositiveInt = Field(
+        default=1,
+        description="1: MirroredStrategy over one worker's devices; >1: Ray Train workers under MultiWorkerMirroredStrategy.",
+    )
+    cpus_per_worker: PositiveInt = Field(default=1, description="CPUs reserved for each worker.")
+    gpus_per_worker: float = Field(default=0.0, ge=0.0, description="GPUs reserved for each worker.")
+    cpu_devices: int = Field(
+        default=0,
+        ge=0,
+        description="Split the CPU into this many logical devices (0: no split). Tests MirroredStrategy without GPUs.",
+    )
+    seed: int = Field(default=0, description="Seed for weights initialisation and dropout.")
+    steps_per_epoch: PositiveInt | None = Field(
+        default=None, description="Cap on steps per epoch (default: one full pass)."
+    )
+    max_failures: int = Field(default=1, ge=0, description="Restarts of a failed trial from its checkpoint.")
+
+
+class TuneSpec(_Section):
+    """The Ray Tune sweep."""
+
+    num_samples: PositiveInt = Field(default=4, description="Trials drawn from the space (per grid point).")
+    metric: str = Field(default="val_accuracy", description="Metric reported each epoch and selected on.")
+    mode: Literal["max", "min"] = Field(default="max", description="Whether the metric is maximised.")
+    scheduler: Literal["asha", "fifo"] = Field(default="asha", description="Trial scheduler.")
+    grace_period: PositiveInt = Field(default=1, description="ASHA: epochs before a trial may be stopped.")
+    reduction_factor: float = Field(default=2.0, gt=1.0, description="ASHA: rung reduction factor.")
+    max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value.",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space_entries(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from tl_ray.tune.space import parse_distribution
+
+        for key, expr in value.items():
+            _check_path(key)
+            parse_distribution(key, expr)
+        return value
+
+
+class PromoteSpec(_Section):
+    """Promotion of the sweep's best model to the registry."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Registry model name.")
+    alias: str = Field(default="production", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Alias to move.")
+    min_delta: float = Field(
+        default=0.0, ge=0.0, description="How much the challenger must beat the current alias holder by."
+    )
+
+
+class AutoscalingSpec(_Section):
+    """Ray Serve autoscaling of the prediction deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas.")
+    max_replicas: PositiveInt = Field(default=2, description="Most replicas.")
+    target_ongoing_requests: float = Field(default=8, gt=0, description="Requests in flight per replica.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class ServeSpec(_Section):
+    """The Ray Serve prediction endpoint."""
+
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Autoscaling.")
+    max_batch_size: PositiveInt = Field(default=32, description="Largest batch @serve.batch forms.")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, le=5.0, description="Wait to fill a batch.")
+    max_instances: PositiveInt = Field(default=256, description="Most instances one request may carry.")
+    max_body_bytes: PositiveInt = Field(default=16 * 2**20, description="Largest request body accepted.")
+    host: str = Field(default="127.0.0.1", description="HTTP host of the Serve proxy.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the application.")
+    cpus_per_replica: float = Field(default=1.0, gt=0.0, description="CPUs reserved per replica.")
+
+
+class RunSpec(_Section):
+    """What `tl-ray run` does around the sweep."""
+
+    upstream: str | None = Field(
+        default=None,
+        description="Spec (relative to this file) that trains and registers the model named in model.weights.",
+    )
+    compare_from_scratch: bool = Field(
+        default=False, description="Also train the same network from scratch and report its test accuracy."
+    )
+    serve: bool = Field(default=True, description="Serve the promoted model at the end and measure it over HTTP.")
+
+
+class Spec(_Section):
+    """A whole tl-ray experiment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Experiment name.")
+    storage: str = Field(default=DEFAULT_STORE, description="Store root: a local folder or s3://bucket/prefix.")
+    data: DataSpec = Field(description="Datasets.")
+    model: ModelSpec = Field(description="Model.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training of one trial.")
+    tune: TuneSpec = Field(default_factory=TuneSpec, description="Sweep.")
+    promote: PromoteSpec | None = Field(default=None, description="Registry promotion.")
+    serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
+    run: RunSpec = Field(default_factory=RunSpec, description="The end-to-end job.")
+
+    # Not part of the YAML: the folder relative paths in `run.upstream` resolve against.
+    _base_dir: str = "."
+
+    def resolve(self, uri: str) -> str:
+        """A dataset or artifact path resolved against `storage` (full URIs pass through)."""
+        from tl_ray import storage
+
+        return storage.join(self.storage, uri) if not storage.is_absolute(uri) else uri
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _check_path(dotted: str) -> None:
+    """Raises ValueError when ``dotted`` does not name a field of the spec."""
+    model: Any = Spec
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            if model is dict or getattr(model, "__origin__", None) is dict:
+                return  # free-form mapping such as backbone_args
+            raise ValueError(f"'{'.'.join(parts[:i])}' has no sub-fields, so '{dotted}' is not a field")
+        if part not in fields:
+            raise ValueError(
+                f"'{dotted}' is not a spec field: '{part}' must be one of {sorted(fields)}."
+                f"{did_you_mean(part, fields)}"
+            )
+        model = _inner_model(fields[part].annotation)
+
+
+def _inner_model(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if getattr(annotation, "__origin__", None) is dict:
+        return dict
+    if args:
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+        if any(getattr(a, "__origin__", None) is dict for a in args):
+            return dict
+    return None
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Sets ``data[a][b][c] = value`` for ``dotted == 'a.b.c'``, creating sections as needed."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section. Received: {child!r}.")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Splits ``'a.b=c'`` into the dotted path and a YAML-typed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, e.g. train.epochs=3. Received: {text!r}.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        _check_path(key)
+    except ValueError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):
+            from tl_ray.tune.space import _number
+
+            value = _number(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc}).") from None
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with dotted overrides applied (strings 'a.b=c' or a mapping)."""
+    out = copy.deepcopy(data)
+    items = (
+        [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
+    )
+    for key, value in items:
+        set_path(out, key, value)
+    return out
+
+
+def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
+    """Validates a spec mapping, turning pydantic's report into one ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a spec must be a YAML mapping. Received: {type(data).__name__}.")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; remove it or check its spelling"
+            received = err.get("input")
+            shown = "" if err["type"] in ("missing",) else f" Received: {received!r}."
+            lines.append(f"{loc}: {msg}.{shown}" if not msg.endswith(".") else f"{loc}: {msg}{shown}")
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    spec._base_dir = base_dir
+    return spec
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Spec:
+    """Loads, overrides and validates the spec at ``path``.
+
+    Args:
+        path: a YAML file.
+        overrides: ``["a.b=c", ...]`` or ``{"a.b": c}``. Defaults to none.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"spec file {str(p)!r} does not exist. Pass the path of a YAML spec, e.g. jobs/quickstart/target.yaml.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a spec must be a YAML mapping. Received: {type(data).__name__}.")
+        data = apply_overrides(data, overrides)
+    return validate(data, source=str(p), base_dir=str(p.parent))

@@ -1,0 +1,120 @@
+"""Ray entry points of the training stage: reporters and the multi-worker trainer.
+
+``train.workers == 1`` trains in the calling process (a Tune trial actor) under
+MirroredStrategy/OneDeviceStrategy. ``train.workers > 1`` launches Ray Train
+V2's ``TensorflowTrainer`` (MultiWorkerMirroredStrategy through TF_CONFIG) from
+inside the trial and reports back to Tune through ``TuneReportCallback``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tl_ray import storage
+from tl_ray.spec import Spec, validate
+from tl_ray.train.loop import train
+from tl_ray.train.runtime import assigned_cpus, configure_tensorflow
+
+
+class TuneReporter:
+    """Reports a single-worker trial to Ray Tune."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    def restore_dir(self) -> Path | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        return Path(ckpt.to_directory()) if ckpt is not None else None
+
+
+class TrainReporter:
+    """Reports a Ray Train worker; every worker reports, rank 0 with the checkpoint."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
+
+    def restore_dir(self) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return Path(ckpt.to_directory()) if ckpt is not None else None
+
+
+def ray_storage(spec: Spec, *parts: str) -> tuple[str, object | None]:
+    """(storage_path, storage_filesystem) for Ray's RunConfig under the spec's store."""
+    uri = storage.join(spec.storage, "experiments", *parts)
+    fs, path = storage.filesystem(uri)
+    if storage.is_s3(uri):
+        return path, fs
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path, None
+
+
+def checkpoint_uri(spec: Spec, path: str) -> str:
+    """A checkpoint path reported by Ray, as a URI of the spec's store."""
+    return f"s3://{path}" if storage.is_s3(spec.storage) and "://" not in path else path
+
+
+def train_worker(spec_dict: dict) -> None:
+    """``train_loop_per_worker`` of the TensorflowTrainer."""
+    spec = validate(spec_dict)
+    configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker))
+    train(spec, TrainReporter())
+
+
+def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
+    """Runs one trial on ``spec.train.workers`` Ray Train workers; returns Ray's Result."""
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    callbacks = []
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    storage_path, fs = ray_storage(spec, "train")
+    resources = {"CPU": spec.train.cpus_per_worker}
+    if spec.train.gpus_per_worker:
+        resources["GPU"] = spec.train.gpus_per_worker
+    trainer = TensorflowTrainer(
+        train_worker,
+        train_loop_config=spec.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.train.workers,
+            use_gpu=spec.train.gpus_per_worker > 0,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()
+
+
+def tune_trial(config: dict) -> None:
+    """The Ray Tune trial function: spec + sampled overrides → one trial."""
+    from tl_ray.spec import apply_overrides
+    from tl_ray.tune.space import SPEC_KEY
+
+    overrides = {k: v for k, v in config.items() if k != SPEC_KEY}
+    spec = validate(apply_overrides(config[SPEC_KEY], overrides), source="trial spec")
+    if spec.train.workers == 1:
+        configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
+        train(spec, TuneReporter())
+        return
+    from ray import tune
+
+    run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}", in_tune=True)

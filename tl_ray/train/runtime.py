@@ -1,0 +1,76 @@
+"""TensorFlow process set-up inside (or outside) Ray: threads, devices, strategy.
+
+Ray sets ``OMP_NUM_THREADS=1`` in its workers and TensorFlow would otherwise
+size its pools from the whole machine, whatever Ray reserved. tl-ray sizes
+TensorFlow's intra-op pool from the CPUs Ray assigned to the process, before
+TensorFlow's runtime starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+_configured: tuple | None = None
+
+
+def assigned_cpus(default: int | None = None) -> int:
+    """CPUs Ray reserved for this process (whole machine outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if cpus:
+                return max(1, int(round(cpus)))
+    except Exception:  # not in a Ray worker
+        pass
+    return default or os.cpu_count() or 1
+
+
+def configure_tensorflow(threads: int, cpu_devices: int = 0) -> None:
+    """Sets TensorFlow's thread pools and logical CPU devices (once per process).
+
+    Args:
+        threads: intra-op threads (the CPUs this process may use).
+        cpu_devices: split the CPU into this many logical devices; 0 or 1 keeps one.
+    """
+    global _configured
+    want = (threads, cpu_devices)
+    if _configured == want:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(2, min(threads, 4)))
+        if cpu_devices > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)]
+            )
+    except RuntimeError:
+        # The runtime already started in this process (e.g. an earlier trial in a
+        # reused actor); its settings stay.
+        pass
+    _configured = want
+
+
+def make_strategy(workers: int, cpu_devices: int = 0):
+    """The tf.distribute strategy for one trial worker.
+
+    ``workers > 1``: MultiWorkerMirroredStrategy (TF_CONFIG set by Ray Train).
+    Otherwise MirroredStrategy over the local GPUs, or over ``cpu_devices``
+    logical CPU devices, or OneDeviceStrategy on the CPU.
+    """
+    import tensorflow as tf
+
+    if workers > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    if cpu_devices > 1 and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus[:cpu_devices]])
+    return tf.distribute.OneDeviceStrategy("/cpu:0")

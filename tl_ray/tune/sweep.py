@@ -1,0 +1,200 @@
+"""The sweep driver: Ray Tune over ``tune.space`` with ASHA early stopping.
+
+``run_sweep`` runs every trial through the same trial function (one worker in
+the trial's actor, or a Ray Train worker group launched from it), keeps every
+epoch's checkpoint in the spec's store, and returns a :class:`SweepResult`
+naming the best trial and the checkpoint of its best epoch.
+
+Example:
+
+>>> result = run_sweep(load_spec("jobs/quickstart/target.yaml"))
+>>> print(result.table())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_ray.errors import ConfigError, TLRayError
+from tl_ray.spec import Spec
+from tl_ray.tune.space import SPEC_KEY, to_param_space
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict
+    metric: float | None
+    epochs: int
+    status: str
+    checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    metric: str
+    mode: str
+    rows: list[TrialRow] = field(default_factory=list)
+    experiment_path: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def best(self) -> TrialRow:
+        scored = [r for r in self.rows if r.metric is not None and r.checkpoint]
+        if not scored:
+            errors = "; ".join(f"{r.trial_id}: {r.error}" for r in self.rows if r.error)[:2000]
+            raise TLRayError(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda r: r.metric)
+
+    def table(self) -> str:
+        keys = sorted({k for r in self.rows for k in r.params})
+        head = ["trial", *keys, self.metric, "epochs", "status"]
+        body = []
+        for r in self.rows:
+            vals = [_fmt(r.params.get(k)) for k in keys]
+            body.append([r.trial_id, *vals, _fmt(r.metric), str(r.epochs), r.status])
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _trial_resources(spec: Spec) -> dict:
+    if spec.train.workers == 1:
+        res = {"CPU": spec.train.cpus_per_worker}
+        if spec.train.gpus_per_worker:
+            res["GPU"] = spec.train.gpus_per_worker
+        return res
+    return {"CPU": 0.01}  # the trial only drives its Ray Train worker group
+
+
+def _max_concurrent(spec: Spec) -> int | None:
+    if spec.tune.max_concurrent_trials:
+        return spec.tune.max_concurrent_trials
+    if spec.train.workers == 1:
+        return None
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(cpus // (spec.train.workers * spec.train.cpus_per_worker)))
+
+
+def _scheduler(spec: Spec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.tune.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=spec.train.epochs,
+        grace_period=min(spec.tune.grace_period, spec.train.epochs),
+        reduction_factor=spec.tune.reduction_factor,
+    )
+
+
+def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
+    """Runs the spec's sweep on the connected (or a new local) Ray cluster.
+
+    Args:
+        spec: the experiment spec; ``tune.space`` names the dotted fields searched.
+        resume: continue the experiment of the same name, not rerunning finished trials.
+        experiment: experiment folder name; defaults to the spec's name.
+
+    Raises:
+        ConfigError: the space is invalid.
+        TLRayError: no trial finished with the metric.
+    """
+    import ray
+    from ray import tune
+
+    from tl_ray.train.distributed import ray_storage, tune_trial
+
+    if not ray.is_initialized():
+        ray.init()
+    name = experiment or spec.name
+    storage_path, fs = ray_storage(spec)
+    param_space = {SPEC_KEY: spec.to_dict(), **to_param_space(spec.tune.space)}
+    trainable = tune.with_resources(tune_trial, _trial_resources(spec))
+    exp_path = f"{storage_path.rstrip('/')}/{name}"
+    start = time.perf_counter()
+    if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(
+            exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=spec.tune.metric,
+                mode=spec.tune.mode,
+                num_samples=spec.tune.num_samples,
+                scheduler=_scheduler(spec),
+                max_concurrent_trials=_max_concurrent(spec),
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
+    result.wall_time_s = time.perf_counter() - start
+    for res in grid:
+        result.rows.append(_row(spec, res))
+    return result
+
+
+def _row(spec: Spec, res) -> TrialRow:
+    from tl_ray.train.distributed import checkpoint_uri
+
+    metric, mode = spec.tune.metric, spec.tune.mode
+    config = res.config or {}
+    params = {k: v for k, v in config.items() if k != SPEC_KEY}
+    trial_id = Path(res.path).name if res.path else "?"
+    df = res.metrics_dataframe
+    best_value, checkpoint, epochs = None, None, 0
+    if df is not None and len(df) and metric in df:
+        df = df.dropna(subset=[metric])
+        if len(df):
+            idx = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+            best_value = float(df.loc[idx, metric])
+            epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
+            if "checkpoint_path" in df and isinstance(df.loc[idx, "checkpoint_path"], str):
+                checkpoint = checkpoint_uri(spec, df.loc[idx, "checkpoint_path"])
+    if checkpoint is None and best_value is not None:
+        for ckpt, m in res.best_checkpoints or []:
+            if m.get(metric) is not None and math.isclose(float(m[metric]), best_value):
+                checkpoint = checkpoint_uri(spec, ckpt.path)
+                break
+    status = "ERROR" if res.error else ("STOPPED" if epochs < spec.train.epochs else "DONE")
+    return TrialRow(trial_id, params, best_value, epochs, status, checkpoint, str(res.error) if res.error else None)
+
+
+def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
+    """Copies a checkpoint folder from the store to a local folder."""
+    from tl_ray import storage
+
+    if not storage.is_s3(uri) and Path(uri).is_dir():
+        return Path(uri)
+    return storage.download_dir(uri, dest)
+
+
+__all__ = ["run_sweep", "SweepResult", "TrialRow", "fetch_checkpoint", "ConfigError"]
