@@ -53,10 +53,6 @@ def small_spec(store: str, name: str, **train) -> dict:
     }
 
 
-def losses_of(result) -> list[float]:
-    import pandas as pd  # noqa: F401  (Ray returns pandas frames)
-
-    return []
 
 
 def run_single(store, name, **train):
@@ -100,3 +96,49 @@ def test_multi_worker_mirrored_over_two_ray_workers_lowers_loss(ray_cluster, dat
     assert len(curve) == 3
     assert curve[-1] < curve[0]
     assert result.rows[0].checkpoint.startswith("s3://")
+
+
+def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, dataset):
+    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.registry.store import Registry
+    from tl_ray.tune.sweep import fetch_checkpoint, run_sweep
+
+    data = small_spec(dataset, "sweep")
+    data["train"].update(epochs=2, steps_per_epoch=4)
+    # Gate on val_loss: two different checkpoints never tie on it.
+    data["tune"] = {
+        "num_samples": 3,
+        "scheduler": "asha",
+        "grace_period": 1,
+        "metric": "val_loss",
+        "mode": "min",
+        "space": {"train.learning_rate": "loguniform(1e-3, 1e-2)", "model.head.dropout": "uniform(0.0, 0.3)"},
+    }
+    spec = validate(data)
+    result = run_sweep(spec, experiment="sweep")
+    assert len(result.rows) == 3
+    assert all(r.status in ("DONE", "STOPPED") for r in result.rows), [r.error for r in result.rows]
+    assert {"train.learning_rate", "model.head.dropout"} <= set(result.rows[0].params)
+    table = result.table()
+    assert "val_loss" in table and result.best.trial_id in table
+
+    everything = sorted((c for r in result.rows for c in r.checkpoints), key=lambda c: c[1])
+    best_uri, worst_uri = everything[0][0], everything[-1][0]
+    assert everything[0][1] < everything[-1][1]
+    registry = Registry(spec.storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        worst = fetch_checkpoint(worst_uri, Path(tmp) / "worst")
+        best = fetch_checkpoint(best_uri, Path(tmp) / "best")
+        first = promote_checkpoint(spec, worst)
+        assert first.accepted and first.version == 1
+        assert registry.aliases("sweep") == {"production": 1}
+        better = promote_checkpoint(spec, best)
+        assert better.accepted and better.challenger < better.champion
+        assert registry.aliases("sweep") == {"production": 2}
+        refused = promote_checkpoint(spec, worst)
+        assert not refused.accepted and "NOT promoted" in refused.message()
+        assert registry.aliases("sweep") == {"production": 2}  # production left as it was
+        assert registry.versions("sweep") == [1, 2, 3]
+        meta = registry.metadata("sweep", 3)
+        assert meta["gate"]["accepted"] is False and meta["gate"]["champion_version"] == 2
+        assert set(meta["files"]) >= {"model.keras"}

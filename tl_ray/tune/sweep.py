@@ -13,12 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import ConfigError, TLRayError
+from tl_ray.errors import TLRayError
 from tl_ray.spec import Spec
 from tl_ray.tune.space import SPEC_KEY, to_param_space
 
@@ -32,6 +31,7 @@ class TrialRow:
     status: str
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
+    checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) per checkpointed epoch
 
 
 @dataclass
@@ -170,22 +170,27 @@ def _row(spec: Spec, res) -> TrialRow:
     params = {k: v for k, v in config.items() if k != SPEC_KEY}
     trial_id = Path(res.path).name if res.path else "?"
     df = res.metrics_dataframe
-    best_value, checkpoint, epochs = None, None, 0
-    if df is not None and len(df) and metric in df:
-        df = df.dropna(subset=[metric])
-        if len(df):
-            idx = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
-            best_value = float(df.loc[idx, metric])
-            epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
-            if "checkpoint_path" in df and isinstance(df.loc[idx, "checkpoint_path"], str):
-                checkpoint = checkpoint_uri(spec, df.loc[idx, "checkpoint_path"])
-    if checkpoint is None and best_value is not None:
-        for ckpt, m in res.best_checkpoints or []:
-            if m.get(metric) is not None and math.isclose(float(m[metric]), best_value):
-                checkpoint = checkpoint_uri(spec, ckpt.path)
-                break
+    epochs = 0
+    if df is not None and len(df):
+        epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
+    # Every checkpointed epoch with its metric: Tune-managed checkpoints for
+    # single-worker trials, paths reported through TuneReportCallback otherwise.
+    scored: list[tuple[str, float]] = []
+    for ckpt, m in res.best_checkpoints or []:
+        if m.get(metric) is not None:
+            scored.append((checkpoint_uri(spec, ckpt.path), float(m[metric])))
+    if not scored and df is not None and "checkpoint_path" in df and metric in df:
+        for path, value in zip(df["checkpoint_path"], df[metric]):
+            if isinstance(path, str) and value == value:
+                scored.append((checkpoint_uri(spec, path), float(value)))
+    best_value = checkpoint = None
+    if scored:
+        pick = max if mode == "max" else min
+        checkpoint, best_value = pick(scored, key=lambda item: item[1])
     status = "ERROR" if res.error else ("STOPPED" if epochs < spec.train.epochs else "DONE")
-    return TrialRow(trial_id, params, best_value, epochs, status, checkpoint, str(res.error) if res.error else None)
+    return TrialRow(
+        trial_id, params, best_value, epochs, status, checkpoint, str(res.error) if res.error else None, scored
+    )
 
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
@@ -196,5 +201,3 @@ def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
         return Path(uri)
     return storage.download_dir(uri, dest)
 
-
-__all__ = ["run_sweep", "SweepResult", "TrialRow", "fetch_checkpoint", "ConfigError"]
