@@ -107,7 +107,7 @@ def exists(uri: str) -> bool:
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return f.read()
     except FileNotFoundError:
         raise StorageError(f"{uri!r} does not exist.") from None
@@ -135,7 +135,7 @@ def write_bytes(uri: str, data: bytes) -> None:
                     os.unlink(tmp)
                 raise
         else:
-            with fs.open_output_stream(path) as f:  # one PUT (or multipart): never visible half-written
+            with fs.open_output_stream(path, compression=None) as f:  # one PUT (or multipart): never visible half-written
                 f.write(data)
     except (OSError, pa.ArrowException) as exc:
         raise _wrap(uri, exc, "write") from None
@@ -160,7 +160,7 @@ def open_input_stream(uri: str):
     """A sequential stream (for TFRecord and large reads)."""
     fs, path = filesystem(uri)
     try:
-        return fs.open_input_stream(path)
+        return fs.open_input_stream(path, compression=None)
     except FileNotFoundError:
         raise StorageError(f"{uri!r} does not exist.") from None
     except (OSError, pa.ArrowException) as exc:
@@ -216,7 +216,7 @@ def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> No
             return
         for f in files:
             rel = f.relative_to(local_dir).as_posix()
-            with fs.open_output_stream(f"{path}/{rel}") as out, open(f, "rb") as src:
+            with fs.open_output_stream(f"{path}/{rel}", compression=None) as out, open(f, "rb") as src:
                 shutil.copyfileobj(src, out, length=8 * 2**20)
     except (OSError, pa.ArrowException) as exc:
         raise _wrap(uri, exc, "write") from None
@@ -234,7 +234,7 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
             rel = info.path[len(path) :].lstrip("/")
             dest = local_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_input_stream(info.path) as src, open(dest, "wb") as out:
+            with fs.open_input_stream(info.path, compression=None) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, length=8 * 2**20)
     except FileNotFoundError:
         raise StorageError(f"{uri!r} does not exist.") from None

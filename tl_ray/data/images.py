@@ -1,0 +1,90 @@
+"""Image preprocessing shared by training (the reader) and serving: the one place pixels are made.
+
+Both paths produce float32 ``[H, W, 3]`` in 0..255, resized bilinearly, so a
+model sees the same input in training and in production. TensorFlow only, no Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tl_ray.errors import DataError
+
+
+def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Decodes one encoded image (PNG, JPEG, BMP or GIF) into model input.
+
+    Grey images become RGB (the grey value in all three channels) and alpha is
+    dropped; libpng/libjpeg do both when asked for 3 channels. Works inside a
+    parallel ``tf.data`` map.
+
+    Args:
+        encoded: scalar ``tf.string`` tensor of file bytes.
+        image_size: ``(height, width)`` to resize to (bilinear).
+
+    Returns:
+        float32 tensor ``[height, width, 3]`` with values in 0..255.
+
+    Raises:
+        tf.errors.InvalidArgumentError: when run on bytes that are not an image.
+
+    Example:
+
+    >>> decode_image(tf.constant(png_bytes), (32, 32)).shape
+    TensorShape([32, 32, 3])
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, (height, width), method="bilinear")
+    return tf.ensure_shape(tf.cast(image, tf.float32), [height, width, 3])
+
+
+def prepare_array(x, image_size: tuple[int, int]) -> np.ndarray:
+    """Turns raw pixel arrays into model input, exactly as ``decode_image`` does for files.
+
+    Args:
+        x: array-like of shape ``(N, H, W)``, ``(N, H, W, 1)`` or ``(N, H, W, 3)``, values 0..255.
+        image_size: ``(height, width)`` to resize to (bilinear).
+
+    Returns:
+        float32 array ``[N, height, width, 3]`` in 0..255.
+
+    Raises:
+        DataError: the shape is none of the above, the values are not numbers, or they
+            fall outside 0..255.
+
+    Example:
+
+    >>> prepare_array(np.zeros((2, 28, 28), np.uint8), (32, 32)).shape
+    (2, 32, 32, 3)
+    """
+    expected = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)"
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:  # ragged nested lists
+        raise DataError(f"images must form one array of shape {expected}; they do not ({exc}).") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataError(f"images must hold numbers 0..255 of shape {expected}. Received dtype {arr.dtype}.")
+    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (1, 3))) or 0 in arr.shape[1:3]:
+        raise DataError(
+            f"images must have shape {expected} with values 0..255. Received shape {tuple(arr.shape)}. "
+            "Drop the alpha channel of RGBA images, and add a batch axis to a single image."
+        )
+    arr = arr.astype(np.float32)
+    if arr.size and (not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 255.0):
+        raise DataError(
+            f"image values must lie in 0..255 (raw pixels, not normalised). "
+            f"Received min {float(arr.min()):g}, max {float(arr.max()):g}."
+        )
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    height, width = int(image_size[0]), int(image_size[1])
+    if arr.shape[1:3] != (height, width) and len(arr):
+        arr = tf.image.resize(arr, (height, width), method="bilinear").numpy()
+    elif not len(arr):
+        arr = np.zeros((0, height, width, 3), np.float32)
+    return arr.astype(np.float32, copy=False)

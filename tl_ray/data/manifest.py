@@ -1,0 +1,199 @@
+"""The dataset manifest: what a dataset folder holds, written last so it marks the folder whole.
+
+A dataset is a folder (local or ``s3://``) of Parquet shards plus ``_manifest.json``.
+Ingest writes every shard first and the manifest last, so a folder without a
+manifest is not a dataset. The manifest's ``digest`` identifies the data a model
+was trained on.
+
+Example:
+
+>>> m = read_manifest("s3://bucket/store/datasets/fmnist-train")
+>>> m.num_rows, m.class_names[:2]
+(3000, ['T-shirt/top', 'Trouser'])
+>>> verify("s3://bucket/store/datasets/fmnist-train")
+[]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+from tl_ray import storage
+from tl_ray.errors import DataError, StorageError
+
+MANIFEST_NAME = "_manifest.json"
+FORMATS = ("parquet",)
+
+
+@dataclass
+class Shard:
+    """One data file of a dataset.
+
+    Args:
+        path: file name relative to the dataset folder, e.g. ``part-00000.parquet``.
+        rows: number of examples in the file.
+        sha256: hex digest of the file's bytes.
+        bytes: size of the file in bytes.
+    """
+
+    path: str
+    rows: int
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    """Describes a dataset folder.
+
+    Args:
+        format: storage format of the shards; ``"parquet"``.
+        num_rows: examples across all shards.
+        class_names: label ``i`` is ``class_names[i]``.
+        image_shape: ``[H, W, C]`` of the stored images when all are equal, else None.
+        shards: the data files, in dataset order.
+        source: free-form provenance (source kind, path, classes, seed, ...).
+    """
+
+    format: str
+    num_rows: int
+    class_names: list[str]
+    image_shape: list[int] | None
+    shards: list[Shard]
+    source: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "manifest") -> "Manifest":
+        """Parses a manifest.
+
+        Args:
+            text: the JSON text.
+            where: what to call the manifest in errors (its URI). Defaults to "manifest".
+
+        Raises:
+            DataError: the text is not JSON or lacks a required field.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} is not valid JSON ({exc}). Re-run `tl-ray data ingest` to rewrite it.") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{where} must hold a JSON object. Received: {type(data).__name__}.")
+        try:
+            shards = [Shard(**s) for s in data["shards"]]
+            manifest = cls(
+                format=str(data["format"]),
+                num_rows=int(data["num_rows"]),
+                class_names=[str(c) for c in data["class_names"]],
+                image_shape=list(data["image_shape"]) if data.get("image_shape") is not None else None,
+                shards=shards,
+                source=dict(data.get("source") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{where} is malformed: {type(exc).__name__}: {exc}. A manifest needs format, num_rows, "
+                "class_names, image_shape and shards (path, rows, sha256, bytes). Re-run `tl-ray data ingest`."
+            ) from None
+        if manifest.format not in FORMATS:
+            raise DataError(f"{where}: format must be one of {list(FORMATS)}. Received: {manifest.format!r}.")
+        if sum(s.rows for s in shards) != manifest.num_rows:
+            raise DataError(
+                f"{where}: num_rows ({manifest.num_rows}) differs from the sum of shard rows "
+                f"({sum(s.rows for s in shards)}). Re-run `tl-ray data ingest`."
+            )
+        return manifest
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: the "data manifest hash" recorded with a model."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def manifest_uri(uri: str) -> str:
+    return storage.join(uri, MANIFEST_NAME)
+
+
+def has_manifest(uri: str) -> bool:
+    """True when ``uri`` holds a dataset (its manifest exists)."""
+    return storage.exists(manifest_uri(uri))
+
+
+def read_manifest(uri: str) -> Manifest:
+    """Reads ``<uri>/_manifest.json``.
+
+    Args:
+        uri: the dataset folder, a local path or ``s3://bucket/prefix``.
+
+    Raises:
+        DataError: there is no manifest (so no dataset) at ``uri``, or it is malformed.
+        StorageError: the store cannot be reached.
+    """
+    where = manifest_uri(uri)
+    if not storage.exists(where):
+        raise DataError(
+            f"no dataset at {uri!r}: {MANIFEST_NAME} is missing (a folder without it is not a dataset, "
+            f"or its ingest did not finish). Create it with `tl-ray data ingest ... --to {uri}`."
+        )
+    return Manifest.from_json(storage.read_text(where), where=where)
+
+
+def write_manifest(uri: str, manifest: Manifest) -> None:
+    """Writes the manifest atomically; call it after every shard is written.
+
+    Raises:
+        StorageError: the store cannot be written.
+    """
+    storage.write_text(manifest_uri(uri), manifest.to_json())
+
+
+def verify(uri: str) -> list[str]:
+    """Re-checks every shard's sha256 and row count against the manifest.
+
+    Args:
+        uri: the dataset folder.
+
+    Returns:
+        One line per problem found; an empty list means the dataset is intact.
+
+    Raises:
+        DataError: there is no readable manifest at ``uri``.
+        StorageError: the store cannot be reached.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(uri)
+    problems = []
+    for shard in manifest.shards:
+        shard_uri = storage.join(uri, shard.path)
+        if not storage.exists(shard_uri):
+            problems.append(f"{shard_uri}: missing (manifest lists {shard.rows} rows).")
+            continue
+        try:
+            data = storage.read_bytes(shard_uri)
+        except StorageError as exc:
+            problems.append(f"{shard_uri}: unreadable ({exc}).")
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != shard.sha256:
+            problems.append(f"{shard_uri}: sha256 is {digest}, manifest says {shard.sha256} (file changed or corrupt).")
+        if len(data) != shard.bytes:
+            problems.append(f"{shard_uri}: size is {len(data)} bytes, manifest says {shard.bytes}.")
+        try:
+            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{shard_uri}: not a readable Parquet file ({exc}).")
+            continue
+        if rows != shard.rows:
+            problems.append(f"{shard_uri}: holds {rows} rows, manifest says {shard.rows}.")
+    return problems

@@ -1,0 +1,242 @@
+"""The one dataset reader: Parquet shards in a store, streamed into ``tf.data``.
+
+A Python generator only moves bytes (pyarrow reads one record batch of a shard
+at a time over ``tl_ray.storage``); decoding, augmentation, batching and
+prefetching run in TensorFlow's parallel pipeline. Nothing loads the whole
+dataset.
+
+Errors found while streaming (a missing, truncated or inconsistent shard) are
+raised in the generator as ``DataError`` naming the shard URI; TensorFlow wraps
+them in ``tf.errors.UnknownError`` whose message keeps the original text.
+Iterate with ``batches(ds)`` to get the ``DataError`` back.
+
+Example:
+
+>>> ds = make_dataset("s3://bucket/store/datasets/fm-train", image_size=(32, 32), batch_size=64,
+...                   shuffle=True, epoch=3, worker_index=0, num_workers=2)
+>>> for images, labels in batches(ds):
+...     ...
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from tl_ray import storage
+from tl_ray.data.images import decode_image
+from tl_ray.data.manifest import Manifest, read_manifest
+from tl_ray.errors import ConfigError, DataError, StorageError
+
+READ_BATCH_ROWS = 1024
+
+
+def dataset_info(uri: str) -> Manifest:
+    """The manifest of the dataset at ``uri`` (see ``read_manifest``)."""
+    return read_manifest(uri)
+
+
+def _plan(manifest: Manifest, worker_index: int, num_workers: int) -> tuple[list[int], bool]:
+    """Shard indices this worker reads, and whether it must also filter rows by global index."""
+    n = len(manifest.shards)
+    if n >= num_workers:
+        return list(range(worker_index, n, num_workers)), False
+    return list(range(n)), num_workers > 1
+
+
+def worker_rows(manifest: Manifest, worker_index: int = 0, num_workers: int = 1) -> int:
+    """Rows one worker sees per pass under ``make_dataset``'s sharding (for steps per epoch)."""
+    shards, by_row = _plan(manifest, worker_index, num_workers)
+    if by_row:
+        return len(range(worker_index, manifest.num_rows, num_workers))
+    return sum(manifest.shards[i].rows for i in shards)
+
+
+def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer) -> None:
+    if len(tuple(image_size)) != 2 or any(int(v) <= 0 for v in image_size):
+        raise ConfigError(f"image_size must be (height, width) of positive ints. Received: {image_size!r}.")
+    for name, value in (("batch_size", batch_size), ("num_workers", num_workers), ("shuffle_buffer", shuffle_buffer)):
+        if int(value) <= 0:
+            raise ConfigError(f"{name} must be a positive integer. Received: {value!r}.")
+    if not 0 <= worker_index < num_workers:
+        raise ConfigError(
+            f"worker_index must be in 0..{num_workers - 1} (num_workers={num_workers}). Received: {worker_index!r}."
+        )
+
+
+def _shard_rows(uri: str, shard_index: int, manifest: Manifest, offset: int, keep):
+    """Yields ``(images, labels)`` record batches of one shard; ``keep(global_rows) -> mask`` filters."""
+    shard = manifest.shards[shard_index]
+    shard_uri = storage.join(uri, shard.path)
+    try:
+        source = storage.open_input_file(shard_uri)
+    except StorageError as exc:
+        if storage.exists(shard_uri):
+            raise
+        raise DataError(
+            f"shard {shard_uri!r} is missing (the manifest lists it with {shard.rows} rows). "
+            f"Check it with `tl-ray data verify {uri}` and re-ingest the dataset."
+        ) from exc
+    done = 0
+    with source:
+        try:
+            parquet = pq.ParquetFile(source)
+            if parquet.metadata.num_rows != shard.rows:
+                raise DataError(
+                    f"shard {shard_uri!r} holds {parquet.metadata.num_rows} rows but the manifest says "
+                    f"{shard.rows}. The dataset changed after ingest; re-ingest it."
+                )
+            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=["image", "label"]):
+                images = np.asarray(batch.column("image").to_pylist(), dtype=object)
+                labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int32)
+                rows = np.arange(offset + done, offset + done + len(labels))
+                done += len(labels)
+                mask = keep(rows)
+                yield images[mask], labels[mask]
+        except (pa.ArrowException, OSError, KeyError) as exc:
+            raise DataError(
+                f"shard {shard_uri!r} is unreadable at row {done} ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
+                f"Check it with `tl-ray data verify {uri}` and re-ingest the dataset."
+            ) from None
+    if done != shard.rows:
+        raise DataError(f"shard {shard_uri!r} ended at row {done}; the manifest says {shard.rows} rows.")
+
+
+def _augment(image: tf.Tensor, seed: tf.Tensor, augment, image_size) -> tf.Tensor:
+    """Stateless (so reproducible and parallel-safe) flip, crop and contrast of one image."""
+    height, width = int(image_size[0]), int(image_size[1])
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    if augment.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    if augment.crop > 0:
+        size = [max(1, round(height * (1 - augment.crop))), max(1, round(width * (1 - augment.crop))), 3]
+        image = tf.image.stateless_random_crop(image, size, seeds[1])
+        image = tf.image.resize(image, (height, width), method="bilinear")
+    if augment.contrast > 0:
+        image = tf.image.stateless_random_contrast(image, 1 - augment.contrast, 1 + augment.contrast, seeds[2])
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    return image
+
+
+def _augment_on(augment) -> bool:
+    return augment is not None and bool(augment.flip or augment.crop > 0 or augment.contrast > 0)
+
+
+def make_dataset(
+    uri: str,
+    *,
+    image_size: tuple[int, int],
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 2048,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+    augment=None,
+) -> tf.data.Dataset:
+    """Streams a dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
+
+    Sharding across workers: with at least as many shards as workers, worker ``i``
+    reads shards ``i, i+n, ...``; otherwise every worker reads every shard and keeps
+    the rows whose global index ``% n == i``. Either way each example is seen by
+    exactly one worker once per pass. ``tf.distribute`` auto-sharding is turned off.
+
+    Args:
+        uri: the dataset folder (holding ``_manifest.json``).
+        image_size: ``(height, width)`` images are resized to.
+        batch_size: examples per batch (per worker).
+        shuffle: shuffle shard order and examples. Defaults to False.
+        seed: shuffle and augmentation seed. Defaults to 0.
+        epoch: added to the seed, so each epoch has its own reproducible order. Defaults to 0.
+        shuffle_buffer: examples held by the shuffle buffer. Defaults to 2048.
+        worker_index: this worker's index. Defaults to 0.
+        num_workers: how many workers share the dataset. Defaults to 1.
+        drop_remainder: drop a last, smaller batch. Defaults to False.
+        repeat: repeat forever (the same shard order; the buffer reshuffles). Defaults to False.
+        augment: an ``AugmentSpec`` (flip, crop, contrast), applied when any is on. Defaults to None.
+
+    Returns:
+        A batched, prefetched ``tf.data.Dataset``.
+
+    Raises:
+        ConfigError: invalid sizes or worker index.
+        DataError: no dataset at ``uri`` (at once); a missing or corrupt shard (while iterating,
+            wrapped by TensorFlow; see ``batches``).
+    """
+    _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer)
+    manifest = read_manifest(uri)
+    shard_ids, by_row = _plan(manifest, worker_index, num_workers)
+    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
+    if shuffle:
+        shard_ids = [shard_ids[i] for i in np.random.default_rng(seed + epoch).permutation(len(shard_ids))]
+
+    def keep(rows: np.ndarray) -> np.ndarray:
+        return rows % num_workers == worker_index if by_row else np.ones(len(rows), dtype=bool)
+
+    def generate():
+        for i in shard_ids:
+            yield from _shard_rows(uri, i, manifest, int(offsets[i]), keep)
+
+    ds = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)),
+    ).unbatch()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
+    size = (int(image_size[0]), int(image_size[1]))
+    if _augment_on(augment):
+        ds = ds.enumerate().map(
+            lambda i, example: (
+                _augment(decode_image(example[0], size), tf.stack([tf.cast(seed + epoch, tf.int64), i]), augment, size),
+                example[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = ds.map(lambda image, label: (decode_image(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+_WRAPPED = re.compile(r"\b(DataError|StorageError): (.*?)(?:\nTraceback|\n\n|$)", re.S)
+
+
+def as_tlray_error(exc: tf.errors.OpError) -> Exception:
+    """The ``DataError``/``StorageError`` a generator raised, recovered from TensorFlow's wrapper (else ``exc``)."""
+    match = _WRAPPED.search(exc.message or "")
+    if match is None:
+        return exc
+    return (DataError if match.group(1) == "DataError" else StorageError)(match.group(2).strip())
+
+
+def batches(ds: tf.data.Dataset):
+    """Iterates ``ds``, re-raising errors from the reader's generator as ``DataError``/``StorageError``.
+
+    Raises:
+        DataError: a shard is missing, truncated or inconsistent; the message names its URI.
+        StorageError: the store became unreachable while streaming.
+    """
+    iterator = iter(ds)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            err = as_tlray_error(exc)
+            if err is exc:
+                raise
+            raise err from None
+        yield item
