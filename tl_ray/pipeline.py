@@ -74,7 +74,7 @@ def ensure_data(spec: Spec, out: Out = print) -> None:
 
 
 def _rows(report: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in report.items() if "rows" in k)
+    return ", ".join(f"{k} {v['rows']} rows" for k, v in report.items() if isinstance(v, dict) and "rows" in v)
 
 
 def train_once(spec: Spec, experiment: str | None = None, out: Out = print):

@@ -104,13 +104,11 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
     return trainer.fit()
 
 
-def tune_trial(config: dict) -> None:
-    """The Ray Tune trial function: spec + sampled overrides → one trial."""
+def tune_trial(config: dict, base_spec: dict) -> None:
+    """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
-    from tl_ray.tune.space import SPEC_KEY
 
-    overrides = {k: v for k, v in config.items() if k != SPEC_KEY}
-    spec = validate(apply_overrides(config[SPEC_KEY], overrides), source="trial spec")
+    spec = validate(apply_overrides(base_spec, config), source="trial spec")
     if spec.train.workers == 1:
         configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
         train(spec, TuneReporter())

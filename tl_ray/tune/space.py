@@ -97,6 +97,3 @@ def to_param_space(space: dict[str, Any]) -> dict[str, Any]:
 def grid_size(space: dict[str, Any]) -> int:
     return math.prod(len(d.args[0]) for d in parse_space(space).values() if d.kind == "grid")
 
-
-# Key of the whole base spec inside a trial's config (the rest are dotted overrides).
-SPEC_KEY = "__spec__"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tl_ray.errors import TLRayError
 from tl_ray.spec import Spec
-from tl_ray.tune.space import SPEC_KEY, to_param_space
+from tl_ray.tune.space import to_param_space
 
 
 @dataclass
@@ -126,8 +126,10 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         ray.init()
     name = experiment or spec.name
     storage_path, fs = ray_storage(spec)
-    param_space = {SPEC_KEY: spec.to_dict(), **to_param_space(spec.tune.space)}
-    trainable = tune.with_resources(tune_trial, _trial_resources(spec))
+    param_space = to_param_space(spec.tune.space)
+    # The base spec travels through the object store, not the config, so Tune's
+    # tables and result files show only the searched fields.
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, base_spec=spec.to_dict()), _trial_resources(spec))
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
@@ -167,7 +169,7 @@ def _row(spec: Spec, res) -> TrialRow:
 
     metric, mode = spec.tune.metric, spec.tune.mode
     config = res.config or {}
-    params = {k: v for k, v in config.items() if k != SPEC_KEY}
+    params = dict(config)
     trial_id = Path(res.path).name if res.path else "?"
     df = res.metrics_dataframe
     epochs = 0

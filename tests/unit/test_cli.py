@@ -1,0 +1,88 @@
+"""The command line: bad input gives one clear message and a non-zero exit, and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tl_ray.cli import main
+
+SPECS = Path(__file__).resolve().parents[1] / "data" / "specs"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_does_not_import_tensorflow():
+    # A fresh interpreter: `tl-ray --help` must stay fast.
+    code = (
+        "import sys\n"
+        "from tl_ray.cli import build_parser\n"
+        "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_malformed_spec_exits_2_naming_the_field(capsys):
+    code, _, err = run(capsys, "train", str(SPECS / "bad" / "negative_lr.yaml"))
+    assert code == 2
+    assert "ConfigError" in err and "train.learning_rate" in err
+
+
+def test_unknown_backbone_suggests_the_closest(capsys):
+    code, _, err = run(capsys, "tune", str(SPECS / "bad" / "unknown_backbone.yaml"))
+    assert code == 2
+    assert "Did you mean 'mobilenet_v2'?" in err
+
+
+def test_bad_override_exits_2(capsys):
+    code, _, err = run(capsys, "train", str(SPECS / "good" / "minimal.yaml"), "--set", "train.epochz=3")
+    assert code == 2 and "Did you mean 'epochs'?" in err
+
+
+def test_missing_dataset_exits_3(capsys, tmp_path):
+    code, _, err = run(capsys, "data", "inspect", str(tmp_path / "nothing-here"))
+    assert code == 3
+    assert "DataError" in err and "nothing-here" in err
+
+
+def test_unreachable_bucket_exits_4_naming_the_uri(capsys, monkeypatch):
+    import socket
+
+    from tl_ray import storage
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    storage._s3_filesystem.cache_clear()
+    try:
+        code, _, err = run(capsys, "data", "inspect", "s3://no-such-bucket/datasets/x")
+    finally:
+        storage._s3_filesystem.cache_clear()
+    assert code == 4
+    assert "StorageError" in err and "s3://no-such-bucket/datasets/x" in err
+
+
+def test_registry_reference_to_missing_model_exits_5(capsys, tmp_path):
+    code, _, err = run(capsys, "models", "show", "nothing:production", "--storage", str(tmp_path))
+    assert code == 5
+    assert "no model named 'nothing'" in err
+
+
+def test_ingest_refuses_unknown_class_and_writes_nothing(capsys, tmp_path, fashion_dir):
+    target = tmp_path / "ds"
+    code, _, err = run(capsys, "data", "ingest", "fashion-mnist", "--to", str(target), "--classes", "3,12")
+    assert code != 0 and "12" in err
+    assert not target.exists() or not any(target.iterdir())
