@@ -158,6 +158,8 @@ def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
     scratch = spec.model_copy(deep=True)
     scratch.model.weights = "none"
     scratch.model.freeze.mode = "full"
+    if scratch.model.batchnorm_momentum is None:
+        scratch.model.batchnorm_momentum = 0.9  # BatchNorm statistics must settle within a short run
     out("[baseline] training the same network from scratch on the same images")
     row = train_once(scratch, experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
     with tempfile.TemporaryDirectory(prefix="tlray-scratch-") as tmp:

@@ -119,6 +119,15 @@ class ModelSpec(_Section):
         description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.",
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="Classification head.")
+    batchnorm_momentum: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "Override the backbone's BatchNorm momentum (keras.applications use 0.99-0.999, "
+            "too slow for short runs that train BatchNorm, i.e. freeze.mode full)."
+        ),
+    )
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze policy.")
 
     @field_validator("backbone")

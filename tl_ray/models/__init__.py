@@ -1,0 +1,32 @@
+"""Models: the backbones table, preprocessing layer, build, freeze policies, weights and export.
+
+Importing this package (or ``tl_ray.models.backbones``) does not import
+TensorFlow; the names below load their module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "BACKBONES": "backbones",
+    "Backbone": "backbones",
+    "get_backbone": "backbones",
+    "BackbonePreprocess": "preprocess",
+    "build_model": "build",
+    "add_head": "build",
+    "apply_freeze": "freeze",
+    "resolve_weights": "weights",
+    "save_backbone_weights": "weights",
+    "weights_kind": "weights",
+    "export_model": "export",
+    "load_model": "export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tl_ray.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tl_ray.models.{_EXPORTS[name]}"), name)

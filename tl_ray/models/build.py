@@ -1,0 +1,148 @@
+"""build_model: backbone + preprocessing + classification head, with the freeze policy applied.
+
+The model every tl-ray stage trains, exports and serves::
+
+    image (float32 0..255 RGB, H x W x 3)
+      -> BackbonePreprocess            the backbone family's preprocess_input
+      -> backbone                      nested keras.applications model, include_top=False
+      -> pool                          avg | max | flatten
+      -> [Dropout, Dense(relu)] * n    model.head.dense
+      -> Dropout                       model.head.dropout
+      -> predictions                   Dense(num_classes, softmax), or Dense(1, sigmoid) for 2 classes
+
+Example:
+
+>>> from tl_ray.spec import ModelSpec
+>>> model = build_model(ModelSpec(backbone="mobilenet_v2", weights="none"), 10, (32, 32))
+>>> model.output_shape
+(None, 10)
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tl_ray.errors import ConfigError, StorageError
+from tl_ray.models.backbones import Backbone, get_backbone
+from tl_ray.models.freeze import apply_freeze
+from tl_ray.models.preprocess import BackbonePreprocess
+from tl_ray.models.weights import load_backbone_weights, transfer_backbone_weights, weights_kind
+from tl_ray.spec import HeadSpec, ModelSpec
+
+POOLING = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+           "flatten": keras.layers.Flatten}
+
+
+def build_model(
+    model_spec: ModelSpec,
+    num_classes: int,
+    image_size: tuple[int, int],
+    *,
+    weights_file: str | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """Builds the transfer-learning classifier described by ``model_spec``.
+
+    Args:
+        model_spec: the ``model`` section of the spec.
+        num_classes: number of labels; 2 gives a single sigmoid unit.
+        image_size: ``(height, width)`` of the input images.
+        weights_file: local file for ``model.weights`` values that name a file
+            or the registry, as returned by ``resolve_weights``. Required for
+            ``registry://`` and for store-relative paths. Defaults to None.
+        seed: seeds Keras' global random generators before any variable is
+            created, so initial weights and dropout masks are reproducible.
+            Defaults to None (unseeded).
+
+    Returns:
+        An uncompiled ``keras.Model`` with ``apply_freeze`` already applied.
+
+    Raises:
+        ConfigError: unknown backbone, image smaller than the backbone's
+            minimum, fewer than 2 classes, bad backbone_args, or weights that
+            do not fit.
+        StorageError: ImageNet weights cannot be downloaded.
+    """
+    backbone = get_backbone(model_spec.backbone)
+    height, width = (int(v) for v in image_size)
+    if min(height, width) < backbone.min_size:
+        raise ConfigError(
+            f"data.image_size must be at least {backbone.min_size}x{backbone.min_size} for backbone "
+            f"{backbone.name!r}. Received: {[height, width]}. Raise data.image_size (its ImageNet "
+            f"weights were trained at {backbone.default_size}) or pick another backbone."
+        )
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
+                          "Check the dataset's manifest.")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+    inputs = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
+    x = BackbonePreprocess(backbone.name, name="preprocess")(inputs)
+    base = _backbone_with_weights(backbone, model_spec, (height, width, 3), weights_file)
+    if model_spec.batchnorm_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = model_spec.batchnorm_momentum
+    # Always training=False in the graph; apply_freeze decides whether the outer flag overrides it.
+    x = base(x, training=False)
+    outputs = add_head(x, model_spec.head, num_classes, seed=seed)
+    model = keras.Model(inputs, outputs, name=f"tlray_{backbone.name}")
+    return apply_freeze(model, model_spec.freeze)
+
+
+def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = None):
+    """Adds pooling, the hidden Dense layers and the ``predictions`` layer on ``features``.
+
+    Args:
+        features: the backbone's output feature map.
+        head: the ``model.head`` spec section.
+        num_classes: number of labels; 2 gives ``Dense(1, sigmoid)``.
+        seed: seed for the Dropout layers. Defaults to None.
+    """
+    x = POOLING[head.pooling](name="pool")(features)
+    for i, units in enumerate(head.dense):
+        if head.dropout:
+            x = keras.layers.Dropout(head.dropout, seed=seed, name=f"head_dropout_{i}")(x)
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
+    if head.dropout:
+        x = keras.layers.Dropout(head.dropout, seed=seed, name="head_dropout")(x)
+    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
+    # float32 output keeps probabilities exact under mixed precision.
+    return keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
+
+
+def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, weights_file: str | None):
+    """Builds the nested ``backbone`` model and loads its starting weights."""
+    kind = weights_kind(spec.weights)
+    args = dict(spec.backbone_args)
+    what = f"{backbone.name} with backbone_args {args}"
+    if kind in ("file", "registry") and weights_file is None:
+        raise ConfigError(
+            f"model.weights {spec.weights!r} must be fetched before building: pass "
+            "weights_file=resolve_weights(spec.model.weights, spec.storage) to build_model."
+        )
+    keras_weights = "imagenet" if kind == "imagenet" else None
+    try:
+        base = backbone.build(input_shape, keras_weights, name="backbone", **args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises bare Exception for a failed download
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if keras_weights == "imagenet" and not isinstance(exc, (TypeError, ValueError)) or "URL fetch" in text:
+            raise StorageError(
+                f"ImageNet weights for backbone {backbone.name!r} could not be downloaded ({text}). "
+                "This node may be offline: download them where the internet is reachable, stage the file "
+                "in object storage and set model.weights to its URI (or use weights: none)."
+            ) from None
+        if isinstance(exc, (TypeError, ValueError)):
+            raise ConfigError(
+                f"{backbone.constructor} rejected input_shape={input_shape}, weights={keras_weights!r} and "
+                f"model.backbone_args {args}: {text} Fix model.backbone_args or data.image_size."
+            ) from None
+        raise
+    if kind == "file" and not weights_file.endswith(".keras"):
+        load_backbone_weights(base, weights_file, what=what)
+    elif kind in ("file", "registry"):
+        transfer_backbone_weights(base, weights_file, source=spec.weights, what=what)
+    return base

@@ -1,0 +1,85 @@
+"""Freeze policies: which part of the backbone trains, and in which mode it runs.
+
+- ``feature_extraction``: the backbone is frozen and runs in inference mode.
+- ``fine_tune``: the top ``unfreeze_top`` backbone layers that own trainable
+  weights (BatchNormalization not counted) train; BatchNormalization layers stay frozen and every backbone layer runs in
+  inference mode (the Keras transfer-learning recipe).
+- ``full``: every layer trains and the backbone follows the model's
+  ``training`` flag, so BatchNormalization learns batch statistics (training
+  from scratch).
+
+Why a pin is needed: ``build_model`` calls the backbone with
+``training=False``, but Keras 3 functional models forward the outer call's
+``training`` flag to every nested layer over that explicit value
+(``keras/src/models/functional.py``, ``operation_fn``). Frozen
+BatchNormalization is unaffected (Keras 3 runs a non-trainable BN in inference
+mode), but dropout inside a backbone (EfficientNet's drop-connect) would stay
+active. ``apply_freeze`` therefore stops the outer flag from reaching a frozen
+backbone. The pin lives on the Python object, not in the saved file: call
+``apply_freeze`` again after ``load_model`` before training further.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tl_ray.errors import ConfigError
+from tl_ray.spec import FreezeSpec
+
+FREEZE_MODES = ("feature_extraction", "fine_tune", "full")
+
+
+def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
+    """Sets trainable flags and the backbone's training mode for a freeze policy.
+
+    Args:
+        model: a model from ``build_model`` (it holds a nested model named ``backbone``).
+        freeze: the ``model.freeze`` spec section.
+
+    Returns:
+        ``model``, changed in place. Recompile it (or rebuild the optimizer's
+        variable list) after changing the policy.
+
+    Raises:
+        ConfigError: ``model`` has no nested ``backbone``, or the mode is unknown.
+    """
+    try:
+        backbone = model.get_layer("backbone")
+    except ValueError:
+        raise ConfigError(
+            f"apply_freeze needs a tl-ray model with a nested model named 'backbone'. "
+            f"Received a model named {model.name!r} with layers {[layer.name for layer in model.layers]}. "
+            "Build it with tl_ray.models.build_model."
+        ) from None
+    if freeze.mode not in FREEZE_MODES:
+        raise ConfigError(f"model.freeze.mode must be one of {list(FREEZE_MODES)}. Received: {freeze.mode!r}.")
+    _set_trainable(model, True)
+    if freeze.mode == "feature_extraction":
+        _set_trainable(backbone, False)
+    elif freeze.mode == "fine_tune":
+        candidates = [
+            layer for layer in backbone.layers
+            if layer.trainable_weights and not isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        top = set(map(id, candidates[max(0, len(candidates) - freeze.unfreeze_top):]))
+        for layer in backbone.layers:
+            _set_trainable(layer, id(layer) in top)
+    _pin_inference(backbone, freeze.mode != "full")
+    return model
+
+
+def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
+    """Sets ``trainable`` on ``layer`` and all its sublayers.
+
+    A plain ``layer.trainable = value`` is skipped by TensorFlow's attribute
+    tracking when the layer's own flag already equals ``value``, even if
+    sublayers differ; toggling forces the setter to run.
+    """
+    layer.trainable = not value
+    layer.trainable = value
+
+
+def _pin_inference(backbone: keras.Model, pinned: bool) -> None:
+    """Keeps the outer ``training`` flag from overriding the backbone's ``training=False``."""
+    args = set(getattr(backbone, "_call_context_args", {"training"}))
+    backbone._call_context_args = args - {"training"} if pinned else args | {"training"}

@@ -1,0 +1,248 @@
+"""Where a backbone's starting weights come from: ImageNet, none, a file, or the registry.
+
+``model.weights`` takes four forms:
+
+- ``imagenet``: Keras downloads (and caches in ``~/.keras/models``) the
+  ImageNet weights of the backbone.
+- ``none``: random initialisation (training from scratch).
+- a ``.h5`` / ``.weights.h5`` file of backbone weights, or a ``.keras`` tl-ray
+  model, as a store-relative path, local path, ``file://`` or ``s3://`` URI.
+  Files are fetched once per node into ``local_cache_dir("weights")`` and
+  named by their sha256, so every worker loads the same bytes.
+- ``registry://NAME:ALIAS``: the backbone of a registered tl-ray model.
+
+Example:
+
+>>> resolve_weights("none", "./tlray-store") is None
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from tl_ray import storage
+from tl_ray.errors import ConfigError, StorageError
+
+WeightsKind = Literal["imagenet", "none", "file", "registry"]
+WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
+REGISTRY_SCHEME = "registry://"
+
+
+def weights_kind(weights: str) -> WeightsKind:
+    """Classifies a ``model.weights`` value.
+
+    Args:
+        weights: the spec value.
+
+    Raises:
+        ConfigError: the value is none of the four accepted forms.
+    """
+    if weights.lower() in ("imagenet", "none"):
+        return weights.lower()  # type: ignore[return-value]
+    if weights.startswith(REGISTRY_SCHEME):
+        ref = weights[len(REGISTRY_SCHEME):]
+        name, _, alias = ref.partition(":")
+        if not name or not alias:
+            raise ConfigError(
+                f"model.weights must name a registry model as registry://NAME:ALIAS. Received: {weights!r}. "
+                "Example: registry://fashion-base:production."
+            )
+        return "registry"
+    if weights.endswith(WEIGHTS_SUFFIXES):
+        return "file"
+    raise ConfigError(
+        "model.weights must be 'imagenet', 'none', a weights file ending in "
+        f"{list(WEIGHTS_SUFFIXES)} (path or s3:// URI) or registry://NAME:ALIAS. Received: {weights!r}."
+    )
+
+
+def resolve_weights(weights: str, storage_root: str) -> str | None:
+    """Turns ``model.weights`` into what ``build_model`` needs.
+
+    Args:
+        weights: the spec value.
+        storage_root: the store root that relative paths resolve against.
+
+    Returns:
+        ``"imagenet"``, ``None``, or the local path of a weights file or of a
+        registered ``model.keras``.
+
+    Raises:
+        ConfigError: ``weights`` has an unsupported form.
+        StorageError: the file cannot be fetched.
+        RegistryError: the registry reference does not exist.
+    """
+    kind = weights_kind(weights)
+    if kind == "imagenet":
+        return "imagenet"
+    if kind == "none":
+        return None
+    if kind == "registry":
+        from tl_ray.registry.store import Registry
+
+        return str(Registry(storage_root).fetch(weights[len(REGISTRY_SCHEME):]) / "model.keras")
+    uri = weights if storage.is_absolute(weights) else storage.join(storage_root, weights)
+    return str(fetch_weights_file(uri))
+
+
+def _suffix(uri: str) -> str:
+    return next(s for s in WEIGHTS_SUFFIXES if uri.endswith(s))
+
+
+def fetch_weights_file(uri: str) -> Path:
+    """Copies a weights file into the node's cache once and returns its local path.
+
+    The cached file is named ``<sha256><suffix>``. A small pointer keyed by the
+    URI, size and modification time lets later calls skip the download. The
+    copy is written under a temporary name, hashed and renamed, so concurrent
+    workers never read a half-written file.
+
+    Args:
+        uri: local path, ``file://`` or ``s3://`` URI of a weights file.
+
+    Raises:
+        StorageError: the file does not exist or cannot be read.
+    """
+    cache = storage.local_cache_dir("weights")
+    fs, path = storage.filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise StorageError(f"cannot reach weights file {uri!r}: {exc}. Check model.weights and the store.") from None
+    if info.type.name != "File":
+        raise StorageError(
+            f"model.weights file {uri!r} does not exist. Stage it first (tl-ray weights stage) or fix the path."
+        )
+    stamp = hashlib.sha256(f"{uri}|{info.size}|{info.mtime_ns}".encode()).hexdigest()
+    pointer = cache / "by-source" / stamp
+    if pointer.is_file():
+        cached = cache / pointer.read_text().strip()
+        if cached.is_file():
+            return cached
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out, storage.open_input_stream(uri) as src:
+            for block in iter(lambda: src.read(8 * 2**20), b""):
+                digest.update(block)
+                out.write(block)
+        name = digest.hexdigest() + _suffix(uri)
+        os.replace(tmp, cache / name)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    storage.write_text(str(pointer), name)
+    return cache / name
+
+
+def save_backbone_weights(model, uri: str) -> str:
+    """Writes the backbone's weights as a Keras ``.weights.h5`` file to ``uri``.
+
+    Args:
+        model: a tl-ray model (its nested ``backbone`` is saved) or a bare backbone.
+        uri: destination ending in ``.weights.h5``: local path, ``file://`` or ``s3://``.
+
+    Returns:
+        The sha256 of the file written.
+
+    Raises:
+        ConfigError: ``uri`` does not end in ``.weights.h5``.
+        StorageError: the destination cannot be written.
+    """
+    if not uri.endswith(".weights.h5"):
+        raise ConfigError(f"backbone weights are saved as Keras .weights.h5 files. Received: {uri!r}. "
+                          "Name the destination e.g. s3://bucket/weights/mobilenet_v2.weights.h5.")
+    backbone = _nested_backbone(model, where="model") if _has_backbone(model) else model
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "backbone.weights.h5"
+        backbone.save_weights(str(local))
+        data = local.read_bytes()
+    storage.write_bytes(uri, data)
+    return storage.sha256_bytes(data)
+
+
+def load_backbone_weights(backbone, path: str, *, what: str) -> None:
+    """Loads a ``.h5`` / ``.weights.h5`` file of backbone weights into ``backbone``.
+
+    Args:
+        backbone: the freshly built backbone model.
+        path: local weights file.
+        what: description of the target for messages, e.g. ``"mobilenet_v2 {'alpha': 0.35}"``.
+
+    Raises:
+        ConfigError: the file's weights do not fit the backbone.
+    """
+    import warnings
+
+    # Keras only warns when parts of a file match no layer; tl-ray treats a partial load as a mismatch.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            backbone.load_weights(path)
+            problem = next((str(w.message) for w in caught if "freshly-initialized" in str(w.message)), None)
+        except (ValueError, KeyError) as exc:
+            problem = str(exc)
+    if problem:
+        raise ConfigError(
+            f"model.weights file {path!r} does not fit backbone {what}: {' '.join(problem.split())[:400]} "
+            "Use weights saved from the same model.backbone and model.backbone_args."
+        )
+
+
+def transfer_backbone_weights(backbone, model_path: str, *, source: str, what: str) -> None:
+    """Copies the weights of the nested ``backbone`` of a saved tl-ray model into ``backbone``.
+
+    The two backbones must have the same layers and variable shapes.
+
+    Args:
+        backbone: the freshly built backbone model.
+        model_path: local ``model.keras`` of a tl-ray model.
+        source: the ``model.weights`` value, for messages.
+        what: description of the target for messages.
+
+    Raises:
+        ConfigError: the saved model has no backbone, or its architecture differs.
+    """
+    from tl_ray.models.export import load_model
+
+    saved = load_model(model_path)
+    src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
+    src_name = saved.get_layer("preprocess").backbone if _has_layer(saved, "preprocess") else "unknown"
+    theirs, ours = _signature(src), _signature(backbone)
+    if theirs != ours:
+        first = next((f"{a} there, {b} here" for a, b in zip(theirs, ours) if a != b),
+                     f"{len(theirs)} layers there, {len(ours)} here")
+        raise ConfigError(
+            f"model.weights {source!r} holds a {src_name} backbone that does not match the requested {what} "
+            f"(first difference: {first}). Set model.backbone and model.backbone_args to those of the "
+            "registered model, or use weights: imagenet / none."
+        )
+    backbone.set_weights(src.get_weights())
+
+
+def _signature(model) -> list[tuple[str, tuple]]:
+    """Layer classes and variable shapes, in order: equal signatures mean transferable weights."""
+    return [(type(layer).__name__, tuple(tuple(w.shape) for w in layer.weights)) for layer in model.layers]
+
+
+def _has_layer(model, name: str) -> bool:
+    return any(layer.name == name for layer in getattr(model, "layers", []))
+
+
+def _has_backbone(model) -> bool:
+    return _has_layer(model, "backbone")
+
+
+def _nested_backbone(model, *, where: str):
+    if not _has_backbone(model):
+        raise ConfigError(
+            f"{where} is not a tl-ray model: it has no nested model named 'backbone'. "
+            "Point model.weights at a model.keras written by tl-ray, or at a backbone .weights.h5 file."
+        )
+    return model.get_layer("backbone")
