@@ -180,11 +180,17 @@ def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
     return url, ref
 
 
-def serve_forever(spec: Spec, ref: str | None = None, out: Out = print) -> None:
+def serve_forever(spec: Spec, ref: str | None = None, out: Out = print, follow: bool = False) -> None:
+    """Serves until Ctrl-C; with ``follow``, swaps to the new version whenever the alias moves."""
     url, ref = serve_model(spec, ref)
     out(f"[serve] {ref} at {url}/predict  (Ctrl-C to stop)")
     out(f"        tl-ray predict {url} IMAGE.png")
     try:
+        if follow:
+            from tl_ray.serving import app
+
+            out(f"[serve] following {ref}: checking the registry every {spec.serve.follow_interval_s:g}s")
+            app.follow(spec.storage, ref, spec.serve, out=out)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -200,8 +206,14 @@ def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
     from tl_ray.data.reader import make_dataset
     from tl_ray.serving.client import predict_instances
 
+    from tl_ray.data.manifest import read_manifest
+
+    uri = spec.resolve(spec.data.test)
+    # Send images at their stored size: the endpoint resizes them exactly as training did.
+    shape = read_manifest(uri).image_shape
+    size = tuple(shape[:2]) if shape else tuple(spec.data.image_size)
     correct = total = 0
-    ds = make_dataset(spec.resolve(spec.data.test), image_size=tuple(spec.data.image_size), batch_size=batch)
+    ds = make_dataset(uri, image_size=size, batch_size=batch)
     for images, labels in ds:
         preds = predict_instances(url, np.round(images.numpy()).astype(np.uint8))
         correct += sum(int(p["class_id"] == int(y)) for p, y in zip(preds, labels.numpy()))
