@@ -47,7 +47,8 @@ def cmd_data_ingest(args) -> int:
     from tl_ray.data import ingest
 
     common = dict(per_class=args.per_class, validation_to=args.validation_to, seed=args.seed,
-                  rows_per_shard=args.rows_per_shard, overwrite=args.overwrite)
+                  rows_per_shard=args.rows_per_shard, overwrite=args.overwrite, format=args.format,
+                  target_shard_mb=args.target_shard_mb, workers=args.workers, progress=not args.quiet)
     if args.source == "fashion-mnist":
         report = ingest.ingest_fashion_mnist(
             args.to, path=args.from_path or ingest.FASHION_MNIST_DIR, split=args.split, classes=args.classes,
@@ -102,13 +103,18 @@ def cmd_models_list(args) -> int:
     from tl_ray.registry.store import Registry
 
     reg = Registry(args.storage)
-    for name in reg.names():
+    names = [args.name] if args.name else reg.names()
+    if not names:
+        print(f"no models in {reg.root}")
+    for name in names:
         aliases = reg.aliases(name)
+        print(f"{name}  aliases: " + (", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"))
         for v in reg.versions(name):
             meta = reg.metadata(name, v)
-            tags = ",".join(a for a, ver in aliases.items() if ver == v)
+            tags = ",".join(sorted(a for a, ver in aliases.items() if ver == v))
             gate = meta.get("gate", {})
-            print(f"{name}:v{v}  {gate.get('metric', '')}={_num(gate.get('challenger'))}  {tags}")
+            verdict = "" if "accepted" not in gate else ("gate: accepted" if gate["accepted"] else "gate: refused")
+            print(f"  v{v:<4} {gate.get('metric', '')}={_num(gate.get('challenger'))}  {verdict:<15} {tags}")
     return 0
 
 
@@ -123,6 +129,7 @@ def cmd_models_show(args) -> int:
     name, version = reg.resolve(args.ref)
     meta = reg.metadata(name, version)
     meta["aliases"] = [a for a, v in reg.aliases(name).items() if v == version]
+    meta["lineage"] = reg.lineage(name, version)
     print(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return 0
 
@@ -132,16 +139,58 @@ def cmd_models_promote(args) -> int:
 
     reg = Registry(args.storage)
     name, version = reg.resolve(f"{args.name}:{args.version}")
-    reg.set_alias(name, args.alias, version)
-    print(f"{name}:{args.alias} -> v{version}")
+    before = reg.set_alias(name, args.alias, version, note="tl-ray models promote (by hand)")
+    print(f"{name}:{args.alias} -> v{version}" + (f" (was v{before})" if before else ""))
     return 0
 
 
 def cmd_models_rollback(args) -> int:
     from tl_ray.registry.store import Registry
 
-    version = Registry(args.storage).rollback(args.name, args.alias)
+    version = Registry(args.storage).rollback(args.name, args.alias, note="tl-ray models rollback")
     print(f"{args.name}:{args.alias} -> v{version}")
+    return 0
+
+
+def cmd_models_diff(args) -> int:
+    from tl_ray.registry.store import Registry
+
+    d = Registry(args.storage).diff(args.a, args.b)
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True, default=str))
+        return 0
+    width = max([len(k) for sec in ("metrics", "gate", "spec") for k in d[sec]] + [10])
+    print(f"{'':<{width}}  {d['a']:<24} {d['b']}")
+    for section in ("metrics", "gate", "spec"):
+        print(f"[{section}]" + ("  (fields that differ)" if section == "spec" else ""))
+        for key, (a, b) in d[section].items():
+            mark = " " if a == b else "*"
+            print(f"{mark}{key:<{width}}  {_cell(a):<24} {_cell(b)}")
+    print(f"[files] {len(d['files_changed'])} differ")
+    print(f"[lineage]  {' <- '.join(d['lineage']['a'])}\n           {' <- '.join(d['lineage']['b'])}")
+    return 0
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+# -- weights ---------------------------------------------------------------------
+def cmd_weights_stage(args) -> int:
+    import yaml
+
+    from tl_ray.errors import ConfigError
+    from tl_ray.models.weights import stage_backbone_weights
+
+    backbone_args = {}
+    for item in args.arg or []:
+        key, sep, raw = item.partition("=")
+        if not key.strip() or not sep:
+            raise ConfigError(f"--arg expects KEY=VALUE, e.g. alpha=0.35. Received: {item!r}.")
+        backbone_args[key.strip()] = yaml.safe_load(raw)
+    report = stage_backbone_weights(args.backbone, args.to, weights=args.weights, backbone_args=backbone_args)
+    print(json.dumps(report, indent=2))
+    print(f"use it with   model: {{backbone: {args.backbone}, weights: {args.to}}}")
     return 0
 
 
@@ -150,14 +199,15 @@ def cmd_serve(args) -> int:
     from tl_ray.pipeline import serve_forever
 
     spec = _spec(args)
-    serve_forever(spec, args.model, out=print)
+    serve_forever(spec, args.model, out=print, follow=args.follow)
     return 0
 
 
 def cmd_predict(args) -> int:
     from tl_ray.serving.client import predict_files
 
-    for path, pred in zip(args.files, predict_files(args.url, args.files)):
+    token = os.environ.get(args.token_env) if args.token_env else None
+    for path, pred in zip(args.files, predict_files(args.url, args.files, token=token)):
         print(f"{path}\t{pred['class']}\t{max(pred['probabilities']):.3f}")
     return 0
 
@@ -170,12 +220,52 @@ def cmd_run(args) -> int:
     return 0
 
 
+# -- clusters --------------------------------------------------------------------
+def cmd_submit(args) -> int:
+    from tl_ray import submit
+
+    env_names = args.env if args.env else None
+    job_id = submit.submit(args.spec, args.address, command=args.job_command, overrides=args.set,
+                           package=args.package, pip_requirement=args.pip, env_names=env_names)
+    if args.follow:
+        submit.follow(args.address, job_id)
+    elif args.wait:
+        print(f"{job_id} {submit.wait(args.address, job_id)}")
+    return 0
+
+
+def cmd_jobs_list(args) -> int:
+    from tl_ray import submit
+
+    for row in submit.list_jobs(args.address):
+        print(f"{row['id']}  {row['status']:<9}  {row['entrypoint']}")
+    return 0
+
+
+def cmd_jobs_logs(args) -> int:
+    from tl_ray import submit
+
+    if args.follow:
+        submit.follow(args.address, args.job_id)
+    else:
+        print(submit.logs(args.address, args.job_id), end="")
+    return 0
+
+
+def cmd_jobs_stop(args) -> int:
+    from tl_ray import submit
+
+    stopped = submit.stop(args.address, args.job_id)
+    print(f"{args.job_id} {'stopping' if stopped else 'was not running'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-ray", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="ingest, inspect and verify datasets").add_subparsers(dest="data_cmd", required=True)
-    p = data.add_parser("ingest", help="write sharded Parquet + _manifest.json")
+    p = data.add_parser("ingest", help="write Parquet or TFRecord shards + _manifest.json (resumable)")
     p.add_argument("source", help="'fashion-mnist', or a folder with one sub-folder of images per class")
     p.add_argument("--to", required=True, help="dataset URI (folder or s3://bucket/prefix)")
     p.add_argument("--from", dest="from_path", help="fashion-mnist IDX folder (default /usr/share/datasets/fashion-mnist)")
@@ -189,11 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=4096)
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed in the report)")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --to")
+    p.add_argument("--format", default="parquet", choices=["parquet", "tfrecord"], help="shard format")
+    p.add_argument("--target-shard-mb", type=float, default=64.0, help="a shard also closes at this many MiB")
+    p.add_argument("--workers", type=int, help="threads that read and encode images (default min(8, CPUs+2))")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_data_ingest)
     p = data.add_parser("inspect", help="print a dataset's manifest")
     p.add_argument("uri")
     p.set_defaults(func=cmd_data_inspect)
-    p = data.add_parser("verify", help="re-check every shard's sha256 and row count")
+    p = data.add_parser("verify", help="re-check every shard's sha256, row count and (TFRecord) CRCs")
     p.add_argument("uri")
     p.set_defaults(func=cmd_data_verify)
 
@@ -208,35 +302,83 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     for name, func, helptext in (
-        ("list", cmd_models_list, "list models, versions and aliases"),
-        ("show", cmd_models_show, "print a version's metadata"),
-        ("promote", cmd_models_promote, "point an alias at a version"),
+        ("list", cmd_models_list, "list models, versions, gate verdicts and aliases"),
+        ("show", cmd_models_show, "print a version's metadata and lineage"),
+        ("promote", cmd_models_promote, "point an alias (production, staging, canary, ...) at a version"),
         ("rollback", cmd_models_rollback, "move an alias back to its previous version"),
+        ("diff", cmd_models_diff, "metrics, gate, spec and lineage of two versions side by side"),
     ):
         p = models.add_parser(name, help=helptext)
         p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+        if name == "list":
+            p.add_argument("name", nargs="?", help="only this model")
         if name == "show":
             p.add_argument("ref", help="NAME, NAME:ALIAS or NAME:vN")
+        if name == "diff":
+            p.add_argument("a", help="NAME:vN or NAME:ALIAS")
+            p.add_argument("b", help="NAME:vN or NAME:ALIAS")
+            p.add_argument("--json", action="store_true", help="print the comparison as JSON")
         if name in ("promote", "rollback"):
             p.add_argument("name")
         if name == "promote":
             p.add_argument("version", help="vN")
         if name in ("promote", "rollback"):
-            p.add_argument("--alias", default="production")
+            p.add_argument("--alias", default="production", help="production (default), staging, canary, ...")
         p.set_defaults(func=func)
+
+    weights = sub.add_parser("weights", help="stage backbone weights for offline clusters").add_subparsers(
+        dest="weights_cmd", required=True)
+    p = weights.add_parser("stage", help="build a backbone (downloading ImageNet weights) and upload its .weights.h5")
+    p.add_argument("backbone", help="backbone name, e.g. mobilenet_v2")
+    p.add_argument("--to", required=True, help="destination .weights.h5 (path or s3:// URI)")
+    p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"], help="what to stage")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="backbone constructor argument, e.g. alpha=0.35 (must match model.backbone_args)")
+    p.set_defaults(func=cmd_weights_stage)
 
     p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C")
     _add_spec(p)
     p.add_argument("--model", help="NAME:ALIAS or NAME:vN (default: promote.name:production)")
+    p.add_argument("--follow", action="store_true",
+                   help="swap to the new version without downtime whenever the alias moves (serve.follow_interval_s)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("predict", help="send images to a running endpoint and print classes")
     p.add_argument("url", help="endpoint base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("files", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--token-env", metavar="VAR", help="send the bearer token held by this environment variable")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("run", help="ingest -> pretrain -> sweep -> promote -> serve, end to end")
     _add_spec(p)
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
     p.set_defaults(func=cmd_run)
+
+    address = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
+    p = sub.add_parser("submit", help="run a tl-ray command on a Ray cluster as a Ray Job")
+    _add_spec(p)
+    p.add_argument("job_command", nargs="?", default="run", choices=["run", "tune", "train", "serve"])
+    p.add_argument("--address", default=address, help="the cluster's job API (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--package", default="source", choices=["source", "pip"],
+                   help="ship this tl-ray as source, or install a pinned pip requirement on the cluster")
+    p.add_argument("--pip", help="pip requirement with --package pip (default tl-ray==<this version>)")
+    p.add_argument("--env", action="append", metavar="NAME",
+                   help="forward this environment variable by name (default: the AWS_* variables that are set)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument("--wait", action="store_true", help="wait for the job to end; non-zero exit if it fails")
+    p.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list, follow and stop Ray Jobs").add_subparsers(dest="jobs_cmd", required=True)
+    for name, func, helptext in (
+        ("list", cmd_jobs_list, "list the cluster's jobs"),
+        ("logs", cmd_jobs_logs, "print (or --follow) a job's logs"),
+        ("stop", cmd_jobs_stop, "stop a job"),
+    ):
+        p = jobs.add_parser(name, help=helptext)
+        p.add_argument("--address", default=address, help="the cluster's job API")
+        if name != "list":
+            p.add_argument("job_id")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true")
+        p.set_defaults(func=func)
     return parser
 
 

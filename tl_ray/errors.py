@@ -52,6 +52,12 @@ class ServingError(TLRayError):
     exit_code = 6
 
 
+class ClusterError(TLRayError):
+    """A Ray cluster cannot be reached, rejects a job, or a submitted job fails."""
+
+    exit_code = 7
+
+
 def closest(name: str, choices, n: int = 3) -> list[str]:
     """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
     import difflib

@@ -1,0 +1,137 @@
+"""`tl-ray submit` and `tl-ray jobs` against a real Ray head started with `ray start --head`
+(its job API on loopback): a job that succeeds, one that fails, one that is stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tl_ray.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head in its own process group, stopped by killing that group (not `ray stop`)."""
+    from tl_ray.submit import client
+
+    ray_exe = shutil.which("ray", path=os.path.dirname(sys.executable))
+    gcs, dash = _port(), _port()
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    proc = subprocess.Popen(
+        [ray_exe, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 120
+    while True:  # until the job API answers
+        try:
+            client(address).list_jobs()
+            break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not come up; see {log.name}")
+            time.sleep(0.5)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tmp_path_factory, fashion_dir):
+    from tl_ray.data.ingest import ingest_fashion_mnist
+
+    root = tmp_path_factory.mktemp("job")
+    store = root / "store"
+    ingest_fashion_mnist(str(store / "datasets/t/train"), path=str(fashion_dir), classes=[0, 1], per_class=40,
+                         validation_to=str(store / "datasets/t/val"), validation_per_class=20)
+    spec = {
+        "name": "submitted",
+        "storage": str(store),
+        "data": {"train": "datasets/t/train", "validation": "datasets/t/val"},
+        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+                  "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
+        "train": {"epochs": 1, "batch_size": 20, "steps_per_epoch": 2},
+    }
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, store
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_submit_train_job_succeeds_and_logs_are_readable(ray_head, tiny_spec, capsys):
+    path, store = tiny_spec
+    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--wait",
+                         "--env", "TF_CPP_MIN_LOG_LEVEL")
+    assert code == 0, err
+    job_id = out.split()[1].rstrip(":")
+    assert f"{job_id} SUCCEEDED" in out
+    assert "env forwarded by name: ['TF_CPP_MIN_LOG_LEVEL']" in out
+    code, listing, _ = cli(capsys, "jobs", "list", "--address", ray_head)
+    assert code == 0 and job_id in listing and "SUCCEEDED" in listing
+    code, logs, _ = cli(capsys, "jobs", "logs", job_id, "--address", ray_head)
+    assert code == 0 and "trial" in logs and "checkpoint" in logs
+    assert any(p.name.startswith("submitted-train") for p in (Path(store) / "experiments").iterdir())
+
+
+def test_failed_job_exits_non_zero_naming_the_job(ray_head, tiny_spec, capsys):
+    path, _ = tiny_spec
+    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--wait",
+                         "--set", "data.train=datasets/missing")
+    assert code == 7
+    job_id = out.split()[1].rstrip(":")
+    assert f"job {job_id} FAILED" in err and "tl-ray jobs logs" in err
+
+
+def test_stop_a_running_job(ray_head, tiny_spec, capsys):
+    from tl_ray.submit import client as job_client
+
+    path, _ = tiny_spec
+    code, out, _ = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--set", "train.epochs=50",
+                       "--set", "train.steps_per_epoch=50")
+    assert code == 0
+    job_id = out.split()[1].rstrip(":")
+    client = job_client(ray_head)
+    deadline = time.monotonic() + 120
+    while str(client.get_job_status(job_id)).split(".")[-1] == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    code, out, _ = cli(capsys, "jobs", "stop", job_id, "--address", ray_head)
+    assert code == 0 and "stopping" in out
+    deadline = time.monotonic() + 120
+    while str(client.get_job_status(job_id)).split(".")[-1] not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        assert time.monotonic() < deadline, "job did not stop"
+        time.sleep(0.5)
+    assert str(client.get_job_status(job_id)).split(".")[-1] == "STOPPED"
+
+
+def test_unreachable_address_and_bad_command(tiny_spec, capsys):
+    path, _ = tiny_spec
+    code, _, err = cli(capsys, "submit", str(path), "--address", f"http://127.0.0.1:{_port()}")
+    assert code == 7 and "cannot reach the Ray job API" in err
