@@ -352,11 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
     p.set_defaults(func=cmd_run)
 
-    address = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
+    address = os.environ.get("RAY_API_SERVER_ADDRESS") or (
+        os.environ["RAY_ADDRESS"] if os.environ.get("RAY_ADDRESS", "").startswith("http") else "http://127.0.0.1:8265"
+    )
     p = sub.add_parser("submit", help="run a tl-ray command on a Ray cluster as a Ray Job")
     _add_spec(p)
     p.add_argument("job_command", nargs="?", default="run", choices=["run", "tune", "train", "serve"])
-    p.add_argument("--address", default=address, help="the cluster's job API (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--address", default=address, help="the cluster's job API (default $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)")
     p.add_argument("--package", default="source", choices=["source", "pip"],
                    help="ship this tl-ray as source, or install a pinned pip requirement on the cluster")
     p.add_argument("--pip", help="pip requirement with --package pip (default tl-ray==<this version>)")

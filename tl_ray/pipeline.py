@@ -22,10 +22,9 @@ Out = Callable[[str], None]
 
 
 def ensure_ray() -> None:
-    import ray
+    from tl_ray.tune.sweep import connect_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    connect_ray()
 
 
 def _manifest_exists(uri: str) -> bool:
@@ -96,7 +95,8 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     from tl_ray.tune.sweep import run_sweep
 
     ensure_ray()
-    experiment = spec.name if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out(f"[tune] {'resuming' if resume else 'experiment'} {storage.join(spec.storage, 'experiments', experiment)}")
     result = run_sweep(spec, resume=resume, experiment=experiment)
     out(result.table())
     best = result.best
@@ -106,6 +106,20 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
         promotion = promote_row(spec, best)
         out(f"[promote] {promotion.message()}")
     return result, promotion
+
+
+def latest_experiment(spec: Spec) -> str:
+    """The newest sweep of ``spec.name`` in the store (what ``--resume`` continues)."""
+    import re
+
+    pattern = re.compile(rf"^{re.escape(spec.name)}-\d{{8}}-\d{{6}}$")
+    found = sorted(n for n in storage.list_dir(storage.join(spec.storage, "experiments")) if pattern.match(n))
+    if not found:
+        raise ConfigError(
+            f"no sweep of {spec.name!r} to resume under {storage.join(spec.storage, 'experiments')}. "
+            f"Start one with: tl-ray tune SPEC"
+        )
+    return found[-1]
 
 
 def promote_row(spec: Spec, row):

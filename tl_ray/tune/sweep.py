@@ -105,6 +105,24 @@ def _scheduler(spec: Spec):
     )
 
 
+def connect_ray() -> None:
+    """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one.
+
+    Never attaches to whatever Ray instance happens to run on the machine.
+    """
+    import os
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or "local",
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+
+
 def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
     """Runs the spec's sweep on the connected (or a new local) Ray cluster.
 
@@ -122,8 +140,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
     from tl_ray.train.distributed import ray_storage, tune_trial
 
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray()
     name = experiment or spec.name
     storage_path, fs = ray_storage(spec)
     param_space = to_param_space(spec.tune.space)
