@@ -63,6 +63,7 @@ class AugmentSpec(_Section):
     flip: bool = Field(default=False, description="Random horizontal flip.")
     crop: float = Field(default=0.0, ge=0.0, lt=0.5, description="Random crop fraction of each side.")
     contrast: float = Field(default=0.0, ge=0.0, lt=1.0, description="Random contrast delta.")
+    rotation: float = Field(default=0.0, ge=0.0, le=180.0, description="Random rotation, up to this many degrees either way.")
 
 
 class DataSpec(_Section):

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import posixpath
+import random
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +33,14 @@ from tl_ray.errors import StorageError
 S3_CONNECT_TIMEOUT_S = 3.0
 S3_REQUEST_TIMEOUT_S = 20.0
 S3_MAX_ATTEMPTS = 4
+# A streaming read (a shard being read through an epoch) keeps retrying a store that went away
+# for this long, on top of the client's own retries, then fails with StorageError.
+READ_RETRY_TIMEOUT_S = 60.0
+READ_RETRY_BACKOFF_S = (0.1, 4.0)  # first and largest pause between attempts (full jitter)
+# S3 error codes that retrying cannot fix.
+_PERMANENT_S3_ERRORS = ("ACCESS_DENIED", "NO_SUCH_KEY", "NO_SUCH_BUCKET", "INVALID_ACCESS_KEY", "SIGNATURE")
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(uri: str) -> bool:
@@ -154,6 +165,67 @@ def open_input_file(uri: str):
         raise StorageError(f"{uri!r} does not exist.") from None
     except (OSError, pa.ArrowException) as exc:
         raise _wrap(uri, exc, "open") from None
+
+
+def is_transient(uri: str, exc: BaseException) -> bool:
+    """True when ``exc`` from reading ``uri`` may go away on retry (network, 5xx, throttling).
+
+    Only object-store errors are transient: a local file that fails to read is broken, and
+    a missing object or a refused credential stays so.
+    """
+    if not is_s3(uri) or not isinstance(exc, (OSError, pa.ArrowException)):
+        return False
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    text = str(exc)
+    return "AWS Error" in text and not any(code in text for code in _PERMANENT_S3_ERRORS)
+
+
+def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, on_retry=None):
+    """Runs ``attempt()`` until it succeeds, retrying transient store errors with capped backoff.
+
+    The client's own retry strategy (``S3_MAX_ATTEMPTS``) runs inside each attempt; this outer
+    loop rides out longer outages (a restarting server) and gives up after ``timeout_s``.
+    ``attempt`` must be idempotent: callers pass the offset to resume from, so a retried read
+    neither skips nor repeats data.
+
+    Args:
+        uri: the object being read, named in logs and errors.
+        attempt: a callable doing one read.
+        what: what is being read, e.g. ``"bytes 0..8388608"``, for logs and errors.
+        timeout_s: give up after this many seconds. Defaults to ``READ_RETRY_TIMEOUT_S``.
+        on_retry: called with the exception before each retry (e.g. to reopen a handle). Defaults to None.
+
+    Returns:
+        What ``attempt()`` returns.
+
+    Raises:
+        StorageError: the store stayed unreachable for ``timeout_s``; names ``uri`` and ``what``.
+        Exception: whatever non-transient error ``attempt`` raised, unchanged.
+    """
+    timeout_s = READ_RETRY_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    first, cap = READ_RETRY_BACKOFF_S
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except (OSError, pa.ArrowException) as exc:
+            if not is_transient(uri, exc):
+                raise
+            failures += 1
+            pause = random.uniform(0, min(cap, first * 2 ** (failures - 1)))
+            if time.monotonic() + pause > deadline:
+                text = str(exc).strip().splitlines()[0]
+                raise StorageError(
+                    f"cannot read {uri!r} ({what}): the store stayed unreachable for {timeout_s:g}s over "
+                    f"{failures} attempts (last error: {text}). Check that the endpoint "
+                    f"({endpoint_url() or 'AWS default'}) is up and the bucket exists."
+                ) from None
+            log.warning("retrying read of %s (%s) after transient error #%d: %s", uri, what, failures, exc)
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(pause)
 
 
 def open_input_stream(uri: str):

@@ -1,4 +1,4 @@
-"""The data stage against the S3 API on loopback: Fashion-MNIST in, every row back out."""
+"""The data stage against the S3 API on loopback, in both formats: Fashion-MNIST in, every row back out."""
 
 import hashlib
 import socket
@@ -31,13 +31,15 @@ def read_rows(uri: str, **kwargs) -> list[tuple[str, int]]:
     return rows
 
 
-def test_fashion_mnist_round_trip_through_s3(s3_store, fashion_dir):
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
+def test_fashion_mnist_round_trip_through_s3(s3_store, fashion_dir, fmt):
     train, val = storage.join(s3_store, "datasets/fm-train"), storage.join(s3_store, "datasets/fm-val")
     report = ingest_fashion_mnist(
         train, path=str(fashion_dir), classes=CLASSES, per_class=40,
-        validation_to=val, validation_per_class=10, rows_per_shard=50,
+        validation_to=val, validation_per_class=10, rows_per_shard=50, format=fmt, workers=4,
     )
-    assert report["class_names"] == ["T-shirt/top", "Trouser", "Ankle boot"]
+    assert report["class_names"] == ["T-shirt/top", "Trouser", "Ankle boot"] and report["format"] == fmt
+    assert read_manifest(train).format == fmt
     assert report["train"]["rows"] == 120 and report["train"]["shards"] == 3
     assert report["validation"]["rows"] == 30
     assert verify(train) == [] and verify(val) == []
@@ -55,10 +57,9 @@ def test_fashion_mnist_round_trip_through_s3(s3_store, fashion_dir):
     used = Counter(train_rows) + Counter(val_rows)
     assert all(available[row] >= n for row, n in used.items())
 
-    two_workers = read_rows(train, worker_index=0, num_workers=2, shuffle=True) + read_rows(
-        train, worker_index=1, num_workers=2, shuffle=True
-    )
-    assert Counter(two_workers) == Counter(train_rows)
+    for workers in (2, 3, 4):  # fewer, as many and more workers than the 3 shards
+        union = sum((read_rows(train, worker_index=i, num_workers=workers, shuffle=True) for i in range(workers)), [])
+        assert Counter(union) == Counter(train_rows)
 
 
 def test_existing_s3_dataset_is_refused(s3_store, fashion_dir):

@@ -1,4 +1,4 @@
-"""Ingest to a local folder and stream it back: every row, every worker split, every failure named."""
+"""Ingest to a local folder and stream it back, in both formats: every row, every worker split, every failure named."""
 
 import gzip
 import struct
@@ -11,7 +11,7 @@ from PIL import Image
 from tl_ray import storage
 from tl_ray.data import ingest as ingest_module
 from tl_ray.data.ingest import ingest_fashion_mnist, ingest_folder
-from tl_ray.data.manifest import read_manifest, write_manifest
+from tl_ray.data.manifest import has_manifest, read_manifest, write_manifest
 from tl_ray.data.reader import batches, make_dataset, worker_rows
 from tl_ray.errors import ConfigError, DataError
 from tl_ray.spec import AugmentSpec
@@ -20,6 +20,7 @@ from synthetic_data import CLASSES, make_image_folder, row_ids
 
 SIZE = (6, 5)
 N = 30
+FORMATS = ["parquet", "tfrecord"]
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +31,15 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset_of(folder, tmp_path_factory):
-    """``dataset_of(rows_per_shard)``: the synthetic folder ingested with that shard size (cached)."""
+    """``dataset_of(rows_per_shard, fmt)``: the synthetic folder ingested with that shard size (cached)."""
     made = {}
 
-    def make(rows_per_shard: int) -> str:
-        if rows_per_shard not in made:
-            to = str(tmp_path_factory.mktemp("ds") / f"r{rows_per_shard}")
-            ingest_folder(folder[0], to, rows_per_shard=rows_per_shard)
-            made[rows_per_shard] = to
-        return made[rows_per_shard]
+    def make(rows_per_shard: int, fmt: str = "parquet") -> str:
+        if (rows_per_shard, fmt) not in made:
+            to = str(tmp_path_factory.mktemp("ds") / f"r{rows_per_shard}-{fmt}")
+            ingest_folder(folder[0], to, rows_per_shard=rows_per_shard, format=fmt)
+            made[rows_per_shard, fmt] = to
+        return made[rows_per_shard, fmt]
 
     return make
 
@@ -56,10 +57,12 @@ def read_all(uri, **kwargs):
     return row_ids(images), labels, images
 
 
-def test_folder_round_trip_every_row(folder, dataset_of):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_folder_round_trip_every_row(folder, dataset_of, fmt):
     _, expected = folder
-    uri = dataset_of(7)
+    uri = dataset_of(7, fmt)
     manifest = read_manifest(uri)
+    assert manifest.format == fmt and manifest.shards[0].path == f"part-00000.{fmt}"
     assert manifest.class_names == CLASSES
     assert manifest.image_shape == [SIZE[0], SIZE[1], 1]
     assert manifest.num_rows == N and len(manifest.shards) == 5
@@ -110,7 +113,8 @@ def test_mixed_formats_are_stored_decodable(tmp_path):
     assert x.shape == (5, 16, 16, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1, 1]
 
 
-def test_bad_image_fails_naming_it_and_leaves_nothing(folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_image_fails_naming_it_and_a_rerun_resumes(tmp_path, monkeypatch, fmt):
     src = tmp_path / "src"
     make_image_folder(src, per_class=4)
     (src / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
@@ -119,13 +123,18 @@ def test_bad_image_fails_naming_it_and_leaves_nothing(folder, tmp_path, monkeypa
     monkeypatch.setattr(storage, "write_bytes", lambda uri, data: (written.append(uri), real_write(uri, data)))
     to = tmp_path / "ds"
     with pytest.raises(DataError, match=r"broken\.png.*cannot be decoded.*skip_bad"):
-        ingest_folder(str(src), str(to), rows_per_shard=1, seed=1)
-    assert written, "the failure should come after some shards were written"
-    assert storage.list_files(str(to)) == []
+        ingest_folder(str(src), str(to), rows_per_shard=1, seed=1, format=fmt)
+    first_shards = [u for u in written if u.endswith(fmt)]
+    assert first_shards, "the failure should come after some shards were written"
+    assert not has_manifest(str(to))  # no dataset, but the finished shards stay for a re-run
 
-    monkeypatch.setattr(storage, "write_bytes", real_write)
-    report = ingest_folder(str(src), str(to), skip_bad=True)
+    written.clear()
+    report = ingest_folder(str(src), str(to), rows_per_shard=1, seed=1, format=fmt, skip_bad=True)
     assert report["skipped"] == [str(src / "dog" / "broken.png")] and report["train"]["rows"] == 12
+    assert report["train"]["resumed_shards"] == len(first_shards)
+    assert not set(first_shards) & set(written)  # finished shards were verified, not rewritten
+    assert "_ingest_progress.json" not in storage.list_files(str(to))
+    assert len(read_all(str(to))[0]) == 12
 
 
 def test_existing_dataset_is_refused_unless_overwrite(folder, tmp_path):
@@ -158,38 +167,65 @@ def test_missing_source_folder(tmp_path):
         ingest_folder(str(tmp_path / "nope"), str(tmp_path / "ds"))
 
 
-def test_corrupt_shard_is_named(dataset_of, tmp_path):
+def copy_of(dataset_of, tmp_path, fmt):
     uri = str(tmp_path / "ds")
-    storage.upload_dir(dataset_of(7), uri)
-    shard = tmp_path / "ds" / "part-00002.parquet"
+    storage.upload_dir(dataset_of(7, fmt), uri)
+    return uri, tmp_path / "ds" / f"part-00002.{fmt}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_truncated_shard_is_named_with_its_offset(dataset_of, tmp_path, fmt):
+    uri, shard = copy_of(dataset_of, tmp_path, fmt)
     shard.write_bytes(shard.read_bytes()[:50])
-    with pytest.raises(DataError, match=r"part-00002\.parquet.*unreadable at row 0"):
+    with pytest.raises(DataError, match=rf"part-00002\.{fmt}' is truncated.*holds 50 bytes.*byte offset 50"):
         read_all(uri)
 
 
-def test_missing_shard_is_named(dataset_of, tmp_path):
-    uri = str(tmp_path / "ds")
-    storage.upload_dir(dataset_of(7), uri)
-    (tmp_path / "ds" / "part-00003.parquet").unlink()
-    with pytest.raises(DataError, match=r"shard .*part-00003\.parquet' is missing"):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_flipped_byte_is_named_with_its_offset(dataset_of, tmp_path, fmt):
+    uri, shard = copy_of(dataset_of, tmp_path, fmt)
+    data = bytearray(shard.read_bytes())
+    if fmt == "tfrecord":
+        data[len(data) // 2] ^= 0x01
+        message = r"part-00002\.tfrecord': record \d+ at byte offset \d+ fails its (data|length) CRC32C"
+    else:
+        data[200] ^= 0x01  # inside the first data page of the image column
+        message = r"part-00002\.parquet' is unreadable at row 0 \(row group 0, byte offset \d+\).*(CRC|checksum)"
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=message):
         read_all(uri)
 
 
-def test_row_count_mismatch_is_named(dataset_of, tmp_path):
-    uri = str(tmp_path / "ds")
-    storage.upload_dir(dataset_of(7), uri)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_missing_shard_is_named(dataset_of, tmp_path, fmt):
+    uri, _ = copy_of(dataset_of, tmp_path, fmt)
+    (tmp_path / "ds" / f"part-00003.{fmt}").unlink()
+    with pytest.raises(DataError, match=rf"shard .*part-00003\.{fmt}' is missing"):
+        read_all(uri)
+
+
+@pytest.mark.parametrize(
+    "fmt, message",
+    [
+        ("parquet", r"part-00001\.parquet' holds 7 rows but the manifest says 8"),
+        ("tfrecord", r"part-00001\.tfrecord' holds 7 records \(to byte offset \d+\) but the manifest says 8"),
+    ],
+)
+def test_row_count_mismatch_is_named(dataset_of, tmp_path, fmt, message):
+    uri, _ = copy_of(dataset_of, tmp_path, fmt)
     manifest = read_manifest(uri)
     manifest.shards[1].rows += 1
     manifest.num_rows += 1
     write_manifest(uri, manifest)
-    with pytest.raises(DataError, match=r"part-00001\.parquet' holds 7 rows but the manifest says 8"):
+    with pytest.raises(DataError, match=message):
         read_all(uri)
 
 
 @pytest.mark.parametrize("rows_per_shard, num_workers", [(4, 2), (4, 3), (15, 3), (30, 2), (30, 3)])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_workers_split_every_row_exactly_once(dataset_of, rows_per_shard, num_workers, shuffle):
-    uri = dataset_of(rows_per_shard)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_workers_split_every_row_exactly_once(dataset_of, rows_per_shard, num_workers, shuffle, fmt):
+    uri = dataset_of(rows_per_shard, fmt)
     seen = []
     for worker in range(num_workers):
         ids, _, _ = read_all(uri, worker_index=worker, num_workers=num_workers, shuffle=shuffle, epoch=1)
@@ -198,8 +234,9 @@ def test_workers_split_every_row_exactly_once(dataset_of, rows_per_shard, num_wo
     assert sorted(seen) == list(range(N))
 
 
-def test_shuffle_is_reproducible_per_epoch(dataset_of):
-    uri = dataset_of(4)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_shuffle_is_reproducible_per_epoch(dataset_of, fmt):
+    uri = dataset_of(4, fmt)
     order = lambda **kw: read_all(uri, shuffle=True, seed=5, shuffle_buffer=8, **kw)[0]  # noqa: E731
     assert order(epoch=0) == order(epoch=0)
     assert order(epoch=0) != order(epoch=1)
@@ -276,17 +313,42 @@ def test_fashion_mnist_errors(tiny_fashion, tmp_path):
     assert storage.list_files(to) == []
 
 
-def test_failed_second_dataset_removes_the_first(tiny_fashion, tmp_path, monkeypatch):
+def test_failed_second_dataset_publishes_neither_and_resumes(tiny_fashion, tmp_path, monkeypatch):
     root, _, _ = tiny_fashion
-    real_finish = ingest_module._ShardWriter.finish
+    real_finish = ingest_module.ShardWriter.finish
 
-    def finish(self, class_names, source):
+    def finish(self, end, class_names, source):
         if source["role"] == "validation":
             raise DataError("simulated failure while writing validation")
-        return real_finish(self, class_names, source)
+        return real_finish(self, end, class_names, source)
 
-    monkeypatch.setattr(ingest_module._ShardWriter, "finish", finish)
+    kwargs = dict(path=str(root), per_class=2, validation_to=str(tmp_path / "va"), validation_per_class=1,
+                  rows_per_shard=4)
+    monkeypatch.setattr(ingest_module.ShardWriter, "finish", finish)
     with pytest.raises(DataError, match="simulated"):
-        ingest_fashion_mnist(str(tmp_path / "tr"), path=str(root), per_class=2,
-                             validation_to=str(tmp_path / "va"), validation_per_class=1, rows_per_shard=4)
-    assert storage.list_files(str(tmp_path / "tr")) == [] and storage.list_files(str(tmp_path / "va")) == []
+        ingest_fashion_mnist(str(tmp_path / "tr"), **kwargs)
+    assert not has_manifest(str(tmp_path / "tr")) and not has_manifest(str(tmp_path / "va"))
+    monkeypatch.setattr(ingest_module.ShardWriter, "finish", real_finish)
+    report = ingest_fashion_mnist(str(tmp_path / "tr"), **kwargs)
+    assert report["train"]["resumed_shards"] == report["train"]["shards"] == 5
+    assert report["validation"]["resumed_shards"] == 2 and report["validation"]["rows"] == 10
+
+
+def test_rotation_augment_is_seeded_and_keeps_shape():
+    import numpy as np
+    import tensorflow as tf
+
+    from tl_ray.data.reader import _augment
+    from tl_ray.spec import AugmentSpec
+
+    image = tf.constant(np.arange(32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3) % 255)
+    seed = tf.constant([3, 7], tf.int64)
+    spec = AugmentSpec(rotation=30.0)
+    a = _augment(image, seed, spec, (32, 32)).numpy()
+    b = _augment(image, seed, spec, (32, 32)).numpy()
+    c = _augment(image, tf.constant([4, 7], tf.int64), spec, (32, 32)).numpy()
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+    assert not np.allclose(a, image.numpy()) and not np.allclose(a, c)
+    assert a.min() >= 0.0 and a.max() <= 255.0
+    still = _augment(image, seed, AugmentSpec(rotation=0.0, flip=False), (32, 32)).numpy()
+    assert np.array_equal(still, image.numpy())

@@ -1,11 +1,12 @@
-"""Data stage: ingest sources into Parquet shards + manifest, and stream them into tf.data.
+"""Data stage: ingest sources into Parquet or TFRecord shards + manifest, and stream them into tf.data.
 
-``manifest`` and ``ingest`` need no TensorFlow; ``images`` and ``reader`` import it,
-so they load lazily on first use (``tl-ray data ingest`` starts fast).
+``manifest``, ``ingest``, ``writer``, ``tfrecord`` and ``shards`` need no TensorFlow;
+``images`` and ``reader`` import it, so they load lazily on first use
+(``tl-ray data ingest`` starts fast).
 """
 
 from tl_ray.data.ingest import ingest_fashion_mnist, ingest_folder
-from tl_ray.data.manifest import Manifest, Shard, read_manifest, verify, write_manifest
+from tl_ray.data.manifest import FORMATS, Manifest, Shard, read_manifest, verify, write_manifest
 
 _LAZY = {
     "decode_image": "tl_ray.data.images",
@@ -17,6 +18,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "FORMATS",
     "Manifest",
     "Shard",
     "read_manifest",

@@ -1,29 +1,35 @@
-"""Ingest: a source (Fashion-MNIST IDX files or a folder of images) becomes Parquet shards plus a manifest.
+"""Ingest: a source (Fashion-MNIST IDX files or a folder of images) becomes Parquet or TFRecord shards plus a manifest.
 
-Each shard ``part-00000.parquet``, ... holds the columns ``image`` (encoded PNG
-or JPEG bytes) and ``label`` (int32) in row groups of ~1024 rows, so readers
-stream. Shards are written one by one (each atomically), their sha256 and row
-count recorded, and the manifest goes last. A call is all or nothing: when it
-fails, every file it wrote is deleted and no manifest is left behind.
+Parquet shards ``part-00000.parquet``, ... hold the columns ``image`` (encoded
+PNG or JPEG bytes) and ``label`` (int32) in row groups of ~1024 rows, so readers
+stream; TFRecord shards ``part-00000.tfrecord``, ... hold one ``tf.train.Example``
+per image. Images are read, checked and encoded on a thread pool (``workers``)
+with a progress bar; a shard closes at ``rows_per_shard`` rows or
+``target_shard_mb`` MiB. Each shard is written atomically and recorded in a
+progress file, so an interrupted ingest re-run with the same arguments keeps the
+shards that verify and continues after them. The manifest goes last: a folder
+without one is not a dataset.
 
 Example:
 
 >>> ingest_fashion_mnist("s3://bucket/store/datasets/fm-train", classes=[0, 1, 7], per_class=500,
-...                      validation_to="s3://bucket/store/datasets/fm-val", validation_per_class=100)
-{'class_names': ['T-shirt/top', 'Trouser', 'Sneaker'], 'train': {'uri': ..., 'rows': 1500, ...}, ...}
+...                      validation_to="s3://bucket/store/datasets/fm-val", validation_per_class=100,
+...                      format="tfrecord")
+{'class_names': ['T-shirt/top', 'Trouser', 'Sneaker'], 'format': 'tfrecord', 'train': {'uri': ..., 'rows': 1500, ...}, ...}
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import hashlib
+import json
+import os
+from collections.abc import Callable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tl_ray import storage
-from tl_ray.data.manifest import Manifest, Shard, has_manifest, manifest_uri, read_manifest, write_manifest
+from tl_ray.data.manifest import FORMATS, has_manifest, manifest_uri, read_manifest, write_manifest
 from tl_ray.data.sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -32,56 +38,10 @@ from tl_ray.data.sources import (
     load_fashion_mnist,
     normalise_image,
 )
-from tl_ray.errors import ConfigError, DataError, StorageError
+from tl_ray.data.writer import Progress, ShardWriter, ordered_map
+from tl_ray.errors import ConfigError, DataError
 
-ROW_GROUP_ROWS = 1024
-
-
-class _ShardWriter:
-    """Buffers encoded images and writes a Parquet shard every ``rows_per_shard`` rows."""
-
-    def __init__(self, to: str, rows_per_shard: int, written: list[str]):
-        self.to = to
-        self.rows_per_shard = rows_per_shard
-        self.written = written  # every URI this call wrote, for clean-up on failure
-        self.shards: list[Shard] = []
-        self.shapes: set[tuple[int, ...]] = set()
-        self.class_counts: dict[int, int] = {}
-        self._images: list[bytes] = []
-        self._labels: list[int] = []
-
-    def add(self, image: bytes, label: int, shape: list[int]) -> None:
-        self._images.append(image)
-        self._labels.append(int(label))
-        self.shapes.add(tuple(shape))
-        self.class_counts[int(label)] = self.class_counts.get(int(label), 0) + 1
-        if len(self._images) >= self.rows_per_shard:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._images:
-            return
-        table = pa.table(
-            {"image": pa.array(self._images, type=pa.binary()), "label": pa.array(self._labels, type=pa.int32())}
-        )
-        buf = io.BytesIO()
-        # Images are already compressed; Parquet compression would only cost CPU on every read.
-        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="none")
-        data = buf.getvalue()
-        name = f"part-{len(self.shards):05d}.parquet"
-        uri = storage.join(self.to, name)
-        self.written.append(uri)
-        storage.write_bytes(uri, data)
-        self.shards.append(Shard(path=name, rows=len(self._images), sha256=storage.sha256_bytes(data), bytes=len(data)))
-        self._images, self._labels = [], []
-
-    def finish(self, class_names: list[str], source: dict) -> Manifest:
-        self._flush()
-        rows = sum(s.rows for s in self.shards)
-        if rows == 0:
-            raise DataError(f"ingest to {self.to!r} selected no images (all were skipped or none matched).")
-        shape = list(next(iter(self.shapes))) if len(self.shapes) == 1 else None
-        return Manifest("parquet", rows, list(class_names), shape, self.shards, source)
+DEFAULT_TARGET_SHARD_MB = 64.0
 
 
 def _check_positive(**values) -> None:
@@ -116,35 +76,80 @@ def _remove_old(targets: list[str]) -> None:
             storage.delete(uri)
 
 
-@contextlib.contextmanager
-def _all_or_nothing(written: list[str]):
-    """Deletes every URI in ``written`` when the block fails, then re-raises."""
+def _check_options(fmt: str, target_shard_mb, workers) -> int:
+    """Checks the shared ingest options; returns the number of worker threads."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {list(FORMATS)}. Received: {fmt!r}.")
+    if isinstance(target_shard_mb, bool) or not isinstance(target_shard_mb, (int, float)) or not target_shard_mb > 0:
+        raise ConfigError(f"target_shard_mb must be a positive number of MiB. Received: {target_shard_mb!r}.")
+    _check_positive(workers=workers)
+    return workers or min(8, (os.cpu_count() or 1) + 2)
+
+
+def _safe(load: Callable, key):
+    """``load(key)``, with a DataError returned instead of raised (the caller decides: skip or stop)."""
     try:
-        yield
-    except BaseException:
-        for uri in reversed(written):
-            with contextlib.suppress(StorageError):
-                storage.delete(uri)
-        raise
+        return load(key)
+    except DataError as exc:
+        return exc
 
 
-def _summary(to: str, writer: _ShardWriter, manifest: Manifest) -> dict:
-    return {
-        "uri": to,
-        "rows": manifest.num_rows,
-        "shards": len(manifest.shards),
-        "class_counts": {manifest.class_names[k]: v for k, v in sorted(writer.class_counts.items())},
-        "digest": manifest.digest,
-    }
-
-
-def _publish(datasets: list[tuple[str, _ShardWriter, Manifest]], written: list[str]) -> dict:
-    """Writes the manifests (after all shards) and returns the per-dataset report."""
-    report = {}
-    for role, writer, manifest in datasets:
-        written.append(manifest_uri(writer.to))
+def _write_datasets(
+    targets: dict[str, str],
+    picks: dict[str, list[tuple]],
+    load: Callable,
+    names: list[str],
+    sources: dict[str, dict],
+    *,
+    fmt: str,
+    rows_per_shard: int,
+    target_shard_mb: float,
+    workers: int,
+    skip_bad: bool,
+    progress: bool,
+) -> dict:
+    """Writes every target's shards (resuming a matching unfinished run), then every manifest."""
+    written: list[str] = []
+    datasets = []
+    for role, to in targets.items():
+        items = picks[role]
+        plan = {
+            "format": fmt,
+            "rows_per_shard": rows_per_shard,
+            "target_shard_mb": target_shard_mb,
+            "source": sources[role],
+            "items": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
+        }
+        writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan, written)
+        bar = Progress(len(items), f"ingest {role} -> {to}", initial=writer.resume_from, enabled=progress)
+        todo = range(writer.resume_from, len(items))
+        try:
+            with contextlib.closing(ordered_map(lambda k: _safe(load, items[k][0]), todo, workers)) as results:
+                for k, result in zip(todo, results):
+                    if isinstance(result, DataError):
+                        if not skip_bad:
+                            raise result
+                        writer.skip(str(items[k][0]))
+                    else:
+                        writer.add(result[0], items[k][1], result[1], k)
+                    bar.update()
+        finally:
+            bar.close()
+        manifest = writer.finish(len(items), names, {**sources[role], "skipped": len(writer.skipped)})
+        datasets.append((role, writer, manifest))
+    report: dict = {"format": fmt}
+    for role, writer, manifest in datasets:  # manifests last: each folder becomes a dataset whole
         write_manifest(writer.to, manifest)
-        report[role] = _summary(writer.to, writer, manifest)
+        writer.remove_progress()
+        report[role] = {
+            "uri": writer.to,
+            "rows": manifest.num_rows,
+            "shards": len(manifest.shards),
+            "resumed_shards": writer.resumed,
+            "class_counts": {manifest.class_names[k]: v for k, v in sorted(writer.class_counts.items())},
+            "digest": manifest.digest,
+        }
+    report["skipped"] = sorted(uri for _, writer, _ in datasets for uri in writer.skipped)
     return report
 
 
@@ -160,6 +165,10 @@ def ingest_fashion_mnist(
     seed: int = 0,
     rows_per_shard: int = 4096,
     overwrite: bool = False,
+    format: str = "parquet",  # noqa: A002 - the CLI's --format
+    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Ingests Fashion-MNIST from its gzipped IDX files.
 
@@ -173,12 +182,18 @@ def ingest_fashion_mnist(
             training did not take. Defaults to None.
         validation_per_class: validation images per class. Defaults to all images training left.
         seed: seed of the choice and of the row order. Defaults to 0.
-        rows_per_shard: rows per Parquet shard. Defaults to 4096.
+        rows_per_shard: a shard closes at this many rows. Defaults to 4096.
         overwrite: replace a dataset already at a target (the old one is removed before writing).
             Defaults to False.
+        format: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
+        target_shard_mb: a shard also closes when its images reach this many MiB. Defaults to 64.
+        workers: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
+        progress: show a progress bar on stderr (tqdm when installed). Defaults to False.
 
     Returns:
-        ``{"class_names", "train": {uri, rows, shards, class_counts, digest}, "validation": {...}, "skipped": []}``.
+        ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards, class_counts, digest},
+        "validation": {...}, "skipped": []}``. Re-run after a failure with the same arguments, an ingest
+        keeps the shards it finished (``resumed_shards``) and continues after them.
 
     Raises:
         ConfigError: an unknown class id or an invalid count.
@@ -187,6 +202,7 @@ def ingest_fashion_mnist(
         StorageError: the store cannot be reached or written.
     """
     _check_positive(per_class=per_class, validation_per_class=validation_per_class, rows_per_shard=rows_per_shard)
+    workers = _check_options(format, target_shard_mb, workers)
     classes = list(range(len(FASHION_MNIST_CLASSES))) if classes is None else list(classes)
     bad = [
         c for c in classes
@@ -227,27 +243,21 @@ def ingest_fashion_mnist(
     names = [FASHION_MNIST_CLASSES[c] for c in classes]
     if overwrite:
         _remove_old(list(targets.values()))
-    written: list[str] = []
-    datasets = []
-    with _all_or_nothing(written):
-        for role, target in targets.items():
-            writer = _ShardWriter(target, rows_per_shard, written)
-            for k in rng.permutation(len(picks[role])):  # mix classes across shards
-                index, label = picks[role][k]
-                writer.add(encode_png(images[index]), label, [*images.shape[1:], 1])
-            source = {
-                "kind": "fashion-mnist",
-                "path": path,
-                "split": split,
-                "classes": classes,
-                "per_class": per_class,
-                "validation_per_class": validation_per_class,
-                "role": role,
-                "seed": seed,
-            }
-            datasets.append((role, writer, writer.finish(names, source)))
-        report = _publish(datasets, written)
-    return {"class_names": names, **report, "skipped": []}
+    sources = {
+        role: {
+            "kind": "fashion-mnist", "path": path, "split": split, "classes": classes, "per_class": per_class,
+            "validation_per_class": validation_per_class, "role": role, "seed": seed,
+        }
+        for role in targets
+    }
+    # Rows in a seeded random order, so classes mix across shards.
+    ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
+    report = _write_datasets(
+        targets, ordered, lambda i: (encode_png(images[i]), [*images.shape[1:], 1]), names, sources,
+        fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers,
+        skip_bad=False, progress=progress,
+    )
+    return {"class_names": names, **report}
 
 
 def ingest_folder(
@@ -261,11 +271,15 @@ def ingest_folder(
     rows_per_shard: int = 4096,
     skip_bad: bool = False,
     overwrite: bool = False,
+    format: str = "parquet",  # noqa: A002 - the CLI's --format
+    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Ingests a folder with one sub-folder of images (PNG, JPEG, BMP, GIF) per class.
 
     Class names are the sorted sub-folder names, as in ``keras.utils.image_dataset_from_directory``.
-    Images are read one shard at a time, so the folder need not fit in memory.
+    Images are read in a bounded window on a thread pool, so the folder need not fit in memory.
 
     Args:
         src: the image folder (local path or ``s3://``).
@@ -275,14 +289,20 @@ def ingest_folder(
             ``validation_to``. Defaults to None.
         per_class: training images per class, chosen with a seeded RNG. Defaults to all.
         seed: seed of the choice and of the row order. Defaults to 0.
-        rows_per_shard: rows per Parquet shard. Defaults to 4096.
+        rows_per_shard: a shard closes at this many rows. Defaults to 4096.
         skip_bad: leave undecodable images out (listed under "skipped") instead of failing.
             Defaults to False.
         overwrite: replace a dataset already at a target (the old one is removed before writing).
             Defaults to False.
+        format: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
+        target_shard_mb: a shard also closes when its images reach this many MiB. Defaults to 64.
+        workers: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
+        progress: show a progress bar on stderr (tqdm when installed). Defaults to False.
 
     Returns:
-        ``{"class_names", "train": {uri, rows, shards, class_counts, digest}, "validation": {...}, "skipped": [...]}``.
+        ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards, class_counts, digest},
+        "validation": {...}, "skipped": [...]}``. Re-run after a failure with the same arguments, an ingest
+        keeps the shards it finished (``resumed_shards``) and continues after them.
 
     Raises:
         ConfigError: invalid counts, or only one of validation_to / validation_fraction.
@@ -291,6 +311,7 @@ def ingest_folder(
         StorageError: the store cannot be reached or written.
     """
     _check_positive(per_class=per_class, rows_per_shard=rows_per_shard)
+    workers = _check_options(format, target_shard_mb, workers)
     if (validation_to is None) != (validation_fraction is None):
         raise ConfigError(
             "validation_to and validation_fraction go together. Received: "
@@ -321,32 +342,18 @@ def ingest_folder(
 
     if overwrite:
         _remove_old(list(targets.values()))
-    written: list[str] = []
-    skipped: list[str] = []
-    datasets = []
-    with _all_or_nothing(written):
-        for role, target in targets.items():
-            writer = _ShardWriter(target, rows_per_shard, written)
-            skipped_before = len(skipped)
-            for k in rng.permutation(len(picks[role])):  # mix classes across shards
-                uri, label = picks[role][k]
-                try:
-                    data, shape = normalise_image(storage.read_bytes(uri), uri)
-                except DataError:
-                    if not skip_bad:
-                        raise
-                    skipped.append(uri)
-                    continue
-                writer.add(data, label, shape)
-            source = {
-                "kind": "folder",
-                "path": src,
-                "per_class": per_class,
-                "validation_fraction": validation_fraction,
-                "role": role,
-                "seed": seed,
-                "skipped": len(skipped) - skipped_before,
-            }
-            datasets.append((role, writer, writer.finish(names, source)))
-        report = _publish(datasets, written)
-    return {"class_names": names, **report, "skipped": sorted(skipped)}
+    sources = {
+        role: {
+            "kind": "folder", "path": src, "per_class": per_class, "validation_fraction": validation_fraction,
+            "role": role, "seed": seed,
+        }
+        for role in targets
+    }
+    # Rows in a seeded random order, so classes mix across shards.
+    ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
+    report = _write_datasets(
+        targets, ordered, lambda uri: normalise_image(storage.read_bytes(uri), uri), names, sources,
+        fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers,
+        skip_bad=skip_bad, progress=progress,
+    )
+    return {"class_names": names, **report}

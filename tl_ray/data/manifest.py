@@ -1,6 +1,7 @@
 """The dataset manifest: what a dataset folder holds, written last so it marks the folder whole.
 
-A dataset is a folder (local or ``s3://``) of Parquet shards plus ``_manifest.json``.
+A dataset is a folder (local or ``s3://``) of Parquet or TFRecord shards plus
+``_manifest.json``, which names the format.
 Ingest writes every shard first and the manifest last, so a folder without a
 manifest is not a dataset. The manifest's ``digest`` identifies the data a model
 was trained on.
@@ -25,7 +26,8 @@ from tl_ray import storage
 from tl_ray.errors import DataError, StorageError
 
 MANIFEST_NAME = "_manifest.json"
-FORMATS = ("parquet",)
+FORMATS = ("parquet", "tfrecord")
+SHARD_SUFFIX = {"parquet": ".parquet", "tfrecord": ".tfrecord"}
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Shard:
     """One data file of a dataset.
 
     Args:
-        path: file name relative to the dataset folder, e.g. ``part-00000.parquet``.
+        path: file name relative to the dataset folder, e.g. ``part-00000.parquet`` or ``part-00000.tfrecord``.
         rows: number of examples in the file.
         sha256: hex digest of the file's bytes.
         bytes: size of the file in bytes.
@@ -50,7 +52,7 @@ class Manifest:
     """Describes a dataset folder.
 
     Args:
-        format: storage format of the shards; ``"parquet"``.
+        format: storage format of the shards: ``"parquet"`` or ``"tfrecord"``; the reader picks by it.
         num_rows: examples across all shards.
         class_names: label ``i`` is ``class_names[i]``.
         image_shape: ``[H, W, C]`` of the stored images when all are equal, else None.
@@ -156,8 +158,32 @@ def write_manifest(uri: str, manifest: Manifest) -> None:
     storage.write_text(manifest_uri(uri), manifest.to_json())
 
 
+def count_rows(data: bytes, fmt: str, name: str) -> int:
+    """Rows in one shard's bytes, checking the format's own integrity (Parquet footer, TFRecord CRCs).
+
+    Raises:
+        DataError: the bytes are not a readable shard of ``fmt``; names ``name`` and the offset.
+    """
+    if fmt == "tfrecord":
+        from tl_ray.data.tfrecord import RecordParser
+
+        parser = RecordParser(name)
+        parser.feed(data)
+        parser.finish()
+        return parser.records
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"shard {name!r} is not a readable Parquet file ({exc}).") from None
+
+
 def verify(uri: str) -> list[str]:
-    """Re-checks every shard's sha256 and row count against the manifest.
+    """Re-checks every shard's size, sha256 and row count against the manifest.
+
+    TFRecord shards also have every record's CRC checked.
 
     Args:
         uri: the dataset folder.
@@ -168,10 +194,12 @@ def verify(uri: str) -> list[str]:
     Raises:
         DataError: there is no readable manifest at ``uri``.
         StorageError: the store cannot be reached.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    Example:
+
+    >>> verify("s3://bucket/store/datasets/fm-train")
+    []
+    """
     manifest = read_manifest(uri)
     problems = []
     for shard in manifest.shards:
@@ -190,9 +218,9 @@ def verify(uri: str) -> list[str]:
         if len(data) != shard.bytes:
             problems.append(f"{shard_uri}: size is {len(data)} bytes, manifest says {shard.bytes}.")
         try:
-            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-        except (pa.ArrowException, OSError) as exc:
-            problems.append(f"{shard_uri}: not a readable Parquet file ({exc}).")
+            rows = count_rows(data, manifest.format, shard_uri)
+        except DataError as exc:
+            problems.append(f"{shard_uri}: {exc}")
             continue
         if rows != shard.rows:
             problems.append(f"{shard_uri}: holds {rows} rows, manifest says {shard.rows}.")

@@ -1,12 +1,14 @@
-"""The one dataset reader: Parquet shards in a store, streamed into ``tf.data``.
+"""The one dataset reader: Parquet or TFRecord shards in a store, streamed into ``tf.data``.
 
-A Python generator only moves bytes (pyarrow reads one record batch of a shard
-at a time over ``tl_ray.storage``); decoding, augmentation, batching and
-prefetching run in TensorFlow's parallel pipeline. Nothing loads the whole
-dataset.
+The manifest names the format. A Python generator only moves bytes (``shards``
+reads one row group or one chunk of records at a time over ``tl_ray.storage``,
+resuming where it stopped after a transient store error); parsing, decoding,
+augmentation, batching and prefetching run in TensorFlow's parallel pipeline.
+Nothing loads the whole dataset, and memory stays flat as the dataset grows.
 
-Errors found while streaming (a missing, truncated or inconsistent shard) are
-raised in the generator as ``DataError`` naming the shard URI; TensorFlow wraps
+Errors found while streaming (a missing, truncated or inconsistent shard, a CRC
+mismatch) are raised in the generator as ``DataError`` naming the shard URI and
+the offset; a store that stays unreachable as ``StorageError``. TensorFlow wraps
 them in ``tf.errors.UnknownError`` whose message keeps the original text.
 Iterate with ``batches(ds)`` to get the ``DataError`` back.
 
@@ -20,19 +22,23 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import re
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorflow as tf
 
-from tl_ray import storage
+from tl_ray.data import shards as shard_io
 from tl_ray.data.images import decode_image
 from tl_ray.data.manifest import Manifest, read_manifest
+from tl_ray.data.tfrecord import IMAGE_KEY, LABEL_KEY
 from tl_ray.errors import ConfigError, DataError, StorageError
 
-READ_BATCH_ROWS = 1024
+_EXAMPLE_FEATURES = {
+    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+}
 
 
 def dataset_info(uri: str) -> Manifest:
@@ -68,63 +74,73 @@ def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffe
         )
 
 
-def _shard_rows(uri: str, shard_index: int, manifest: Manifest, offset: int, keep):
-    """Yields ``(images, labels)`` record batches of one shard; ``keep(global_rows) -> mask`` filters."""
-    shard = manifest.shards[shard_index]
-    shard_uri = storage.join(uri, shard.path)
-    try:
-        source = storage.open_input_file(shard_uri)
-    except StorageError as exc:
-        if storage.exists(shard_uri):
-            raise
-        raise DataError(
-            f"shard {shard_uri!r} is missing (the manifest lists it with {shard.rows} rows). "
-            f"Check it with `tl-ray data verify {uri}` and re-ingest the dataset."
-        ) from exc
-    done = 0
-    with source:
-        try:
-            parquet = pq.ParquetFile(source)
-            if parquet.metadata.num_rows != shard.rows:
-                raise DataError(
-                    f"shard {shard_uri!r} holds {parquet.metadata.num_rows} rows but the manifest says "
-                    f"{shard.rows}. The dataset changed after ingest; re-ingest it."
-                )
-            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=["image", "label"]):
-                images = np.asarray(batch.column("image").to_pylist(), dtype=object)
-                labels = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int32)
-                rows = np.arange(offset + done, offset + done + len(labels))
-                done += len(labels)
-                mask = keep(rows)
-                yield images[mask], labels[mask]
-        except (pa.ArrowException, OSError, KeyError) as exc:
-            raise DataError(
-                f"shard {shard_uri!r} is unreadable at row {done} ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
-                f"Check it with `tl-ray data verify {uri}` and re-ingest the dataset."
-            ) from None
-    if done != shard.rows:
-        raise DataError(f"shard {shard_uri!r} ended at row {done}; the manifest says {shard.rows} rows.")
+def _parse_examples(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A vector of serialized ``tf.train.Example`` -> ``(image bytes [n], labels int32 [n])``."""
+    parsed = tf.io.parse_example(serialized, _EXAMPLE_FEATURES)
+    return parsed[IMAGE_KEY], tf.cast(parsed[LABEL_KEY], tf.int32)
+
+
+def _encoded_rows(uri: str, manifest: Manifest, shard_ids: list[int], keep) -> tf.data.Dataset:
+    """``(image bytes, label)`` per example, read shard by shard in ``shard_ids`` order."""
+    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
+    if manifest.format == "tfrecord":
+
+        def records():
+            for i in shard_ids:
+                yield from shard_io.tfrecord_batches(uri, manifest.shards[i], int(offsets[i]), keep)
+
+        ds = tf.data.Dataset.from_generator(records, output_signature=tf.TensorSpec([None], tf.string))
+        ds = ds.map(_parse_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+
+        def rows():
+            for i in shard_ids:
+                yield from shard_io.parquet_batches(uri, manifest.shards[i], int(offsets[i]), keep)
+
+        ds = tf.data.Dataset.from_generator(
+            rows, output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))
+        )
+    return ds.unbatch()
 
 
 def _augment(image: tf.Tensor, seed: tf.Tensor, augment, image_size) -> tf.Tensor:
-    """Stateless (so reproducible and parallel-safe) flip, crop and contrast of one image."""
+    """Stateless (so reproducible and parallel-safe) flip, crop, rotation and contrast of one image."""
     height, width = int(image_size[0]), int(image_size[1])
-    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
     if augment.flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[0])
     if augment.crop > 0:
         size = [max(1, round(height * (1 - augment.crop))), max(1, round(width * (1 - augment.crop))), 3]
         image = tf.image.stateless_random_crop(image, size, seeds[1])
         image = tf.image.resize(image, (height, width), method="bilinear")
+    if augment.rotation > 0:
+        image = _rotate(image, seeds[3], augment.rotation, height, width)
     if augment.contrast > 0:
         image = tf.image.stateless_random_contrast(image, 1 - augment.contrast, 1 + augment.contrast, seeds[2])
         image = tf.clip_by_value(image, 0.0, 255.0)
     return image
 
 
+def _rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, height: int, width: int) -> tf.Tensor:
+    """Rotates about the centre by a uniform angle in [-max_degrees, max_degrees] (reflect fill)."""
+    angle = tf.random.stateless_uniform([], seed, -max_degrees, max_degrees) * (math.pi / 180.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    # Maps each output pixel back to the input pixel it samples.
+    transform = tf.stack(
+        [cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0]
+    )[None, :]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.constant([height, width]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
+    )
+    return out[0]
+
+
 def _augment_on(augment) -> bool:
-    return augment is not None and bool(augment.flip or augment.crop > 0 or augment.contrast > 0)
+    return augment is not None and bool(
+        augment.flip or augment.crop > 0 or augment.contrast > 0 or augment.rotation > 0
+    )
 
 
 def make_dataset(
@@ -142,7 +158,7 @@ def make_dataset(
     repeat: bool = False,
     augment=None,
 ) -> tf.data.Dataset:
-    """Streams a dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
+    """Streams a Parquet or TFRecord dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
 
     Sharding across workers: with at least as many shards as workers, worker ``i``
     reads shards ``i, i+n, ...``; otherwise every worker reads every shard and keeps
@@ -168,27 +184,23 @@ def make_dataset(
 
     Raises:
         ConfigError: invalid sizes or worker index.
-        DataError: no dataset at ``uri`` (at once); a missing or corrupt shard (while iterating,
-            wrapped by TensorFlow; see ``batches``).
+        DataError: no dataset at ``uri`` (at once); a missing, truncated or corrupt shard, or one
+            whose row count differs from the manifest (while iterating, wrapped by TensorFlow; see
+            ``batches``), naming the shard and the offset.
+        StorageError: the store is unreachable (at once), or stays unreachable for
+            ``storage.READ_RETRY_TIMEOUT_S`` while streaming (transient errors are retried and the
+            read resumes where it stopped, so every example is still seen exactly once).
     """
     _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer)
     manifest = read_manifest(uri)
     shard_ids, by_row = _plan(manifest, worker_index, num_workers)
-    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
     if shuffle:
         shard_ids = [shard_ids[i] for i in np.random.default_rng(seed + epoch).permutation(len(shard_ids))]
 
     def keep(rows: np.ndarray) -> np.ndarray:
         return rows % num_workers == worker_index if by_row else np.ones(len(rows), dtype=bool)
 
-    def generate():
-        for i in shard_ids:
-            yield from _shard_rows(uri, i, manifest, int(offsets[i]), keep)
-
-    ds = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)),
-    ).unbatch()
+    ds = _encoded_rows(uri, manifest, shard_ids, keep)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
     size = (int(image_size[0]), int(image_size[1]))

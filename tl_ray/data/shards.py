@@ -1,0 +1,233 @@
+"""Shard streams: the rows of one Parquet or TFRecord shard, read in chunks, resumed after outages.
+
+Each reader yields record batches of one shard and checks it as it goes: the
+file size against the manifest (a truncated file is named with the byte offset
+where it ends), Parquet page CRCs, TFRecord record CRCs, and the row count.
+
+Reads from an object store go through ``storage.retry_read``: a transient error
+(connection refused or reset, 5xx, throttling) re-opens the file and re-reads
+from the same byte offset (TFRecord) or row group (Parquet), so the rows a
+reader yields are exactly the shard's rows, once each, however often the store
+went away. A store that stays away raises ``StorageError`` after
+``storage.READ_RETRY_TIMEOUT_S``.
+
+No TensorFlow here: these generators only move bytes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tl_ray import storage
+from tl_ray.data.manifest import Shard
+from tl_ray.data.tfrecord import RecordParser
+from tl_ray.errors import DataError, StorageError
+
+READ_CHUNK_BYTES = 4 << 20  # one ranged GET per chunk: large enough for S3 throughput, small enough to stream
+RECORDS_PER_YIELD = 1024
+
+Keep = Callable[[np.ndarray], np.ndarray]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ShardFile:
+    """A random-access shard file that re-opens itself after transient store errors.
+
+    Args:
+        dataset_uri: the dataset folder (named in hints).
+        shard: the manifest entry.
+
+    Raises:
+        DataError: the shard is missing, or its size differs from the manifest (truncated or changed).
+        StorageError: the store stayed unreachable.
+    """
+
+    def __init__(self, dataset_uri: str, shard: Shard):
+        self.dataset_uri = dataset_uri
+        self.shard = shard
+        self.uri = storage.join(dataset_uri, shard.path)
+        self._file = None
+        self.size = self._retry(lambda: self.handle().size(), "size")
+        if self.size != shard.bytes:
+            state = "truncated" if self.size < shard.bytes else "larger than ingest wrote"
+            raise DataError(
+                f"shard {self.uri!r} is {state}: it holds {self.size} bytes, the manifest says {shard.bytes} "
+                f"(data ends at byte offset {self.size}). {self.hint}"
+            )
+
+    @property
+    def hint(self) -> str:
+        return f"Check it with `tl-ray data verify {self.dataset_uri}` and re-ingest the dataset."
+
+    def handle(self):
+        """The open pyarrow file, opened on first use and after a reset."""
+        if self._file is None:
+            fs, path = storage.filesystem(self.uri)
+            try:
+                self._file = fs.open_input_file(path)
+            except FileNotFoundError:
+                raise DataError(
+                    f"shard {self.uri!r} is missing (the manifest lists it with {self.shard.rows} rows). {self.hint}"
+                ) from None
+        return self._file
+
+    def reset(self, _exc: BaseException | None = None) -> None:
+        """Drops the handle so the next read opens a fresh one (a new connection)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, pa.ArrowException):
+                pass
+        self._file = None
+
+    def _retry(self, attempt, what: str):
+        try:
+            return storage.retry_read(self.uri, attempt, what=what, on_retry=self.reset)
+        except (OSError, pa.ArrowException) as exc:
+            raise storage._wrap(self.uri, exc, "read") from None
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+        return self._retry(lambda: self.handle().read_at(length, offset), f"bytes {offset}..{offset + length}")
+
+    def close(self) -> None:
+        self.reset()
+
+
+def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) -> Iterator[tuple]:
+    """Yields ``(images object[n], labels int32[n])`` per row group of a Parquet shard.
+
+    Args:
+        dataset_uri: the dataset folder.
+        shard: the manifest entry.
+        first_row: the dataset-wide index of the shard's first row (``keep`` sees global indices).
+        keep: ``keep(global_rows) -> bool mask`` of the rows this worker reads.
+
+    Raises:
+        DataError: the shard is missing, truncated, fails a page CRC, or its row count differs from
+            the manifest; names the shard, the row and the byte offset.
+        StorageError: the store stayed unreachable.
+    """
+    file = ShardFile(dataset_uri, shard)
+    state: dict = {}
+    done, group, offset = 0, 0, 0
+
+    def parquet() -> pq.ParquetFile:
+        if state.get("file") is None:
+            state["file"] = pq.ParquetFile(file.handle(), page_checksum_verification=True)
+        return state["file"]
+
+    def reset(exc=None) -> None:
+        state["file"] = None
+        file.reset(exc)
+
+    try:
+        meta = storage.retry_read(file.uri, lambda: parquet().metadata, what="footer", on_retry=reset)
+        if meta.num_rows != shard.rows:
+            raise DataError(
+                f"shard {file.uri!r} holds {meta.num_rows} rows but the manifest says {shard.rows}. "
+                "The dataset changed after ingest; re-ingest it."
+            )
+        for group in range(meta.num_row_groups):
+            column = meta.row_group(group).column(0)
+            offset = column.dictionary_page_offset or column.data_page_offset
+            # A whole row group per attempt: after an outage it is re-read from its start, and
+            # nothing of it was yielded yet, so no row repeats or goes missing.
+            table = storage.retry_read(
+                file.uri,
+                lambda: parquet().read_row_group(group, columns=["image", "label"]),
+                what=f"row group {group}",
+                on_retry=reset,
+            )
+            labels = table.column("label").to_numpy().astype(np.int32)
+            rows = np.arange(first_row + done, first_row + done + len(labels))
+            mask = keep(rows)
+            done += len(labels)
+            if mask.any():
+                images = np.asarray(table.column("image").to_pylist(), dtype=object)
+                yield images[mask], labels[mask]
+    except StorageError:
+        raise
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise DataError(
+            f"shard {file.uri!r} is unreadable at row {done} (row group {group}, byte offset {offset}): "
+            f"{type(exc).__name__}: {_first_line(exc)}. {file.hint}"
+        ) from None
+    finally:
+        file.close()
+    if done != shard.rows:
+        raise DataError(f"shard {file.uri!r} ended at row {done}; the manifest says {shard.rows} rows. {file.hint}")
+
+
+def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) -> Iterator[np.ndarray]:
+    """Yields serialized ``tf.train.Example`` records (object arrays) of a TFRecord shard.
+
+    The file is fetched in ``READ_CHUNK_BYTES`` ranged reads, the next one in flight while the
+    current one is parsed, so the first batch never waits for the whole shard.
+
+    Args:
+        dataset_uri: the dataset folder.
+        shard: the manifest entry.
+        first_row: the dataset-wide index of the shard's first record.
+        keep: ``keep(global_rows) -> bool mask`` of the records this worker reads.
+
+    Raises:
+        DataError: the shard is missing, truncated, fails a record CRC, or holds a different number of
+            records than the manifest says; names the shard, the record and its byte offset.
+        StorageError: the store stayed unreachable.
+    """
+    file = ShardFile(dataset_uri, shard)
+    parser = RecordParser(file.uri)
+    pending: list[bytes] = []
+
+    def flush():
+        rows = np.arange(first_row + parser.records - len(pending), first_row + parser.records)
+        mask = keep(rows)
+        out = np.asarray(pending, dtype=object)[mask] if mask.any() else None
+        pending.clear()
+        return out
+
+    starts = range(0, file.size, READ_CHUNK_BYTES)
+    # One chunk read ahead on a helper thread, so network time overlaps parsing.
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tlray-readahead")
+    ahead = None
+    try:
+        ahead = pool.submit(file.read_at, 0, READ_CHUNK_BYTES) if file.size else None
+        for start in starts:
+            chunk = ahead.result()
+            nxt = start + READ_CHUNK_BYTES
+            ahead = pool.submit(file.read_at, nxt, READ_CHUNK_BYTES) if nxt < file.size else None
+            if len(chunk) != min(READ_CHUNK_BYTES, file.size - start):
+                raise DataError(
+                    f"shard {file.uri!r} is truncated: reading bytes {start}.. returned {len(chunk)} bytes "
+                    f"of a {file.size}-byte file (data ends at byte offset {start + len(chunk)}). {file.hint}"
+                )
+            pending += parser.feed(chunk)
+            if len(pending) >= RECORDS_PER_YIELD:
+                out = flush()
+                if out is not None:
+                    yield out
+        parser.finish()
+        if pending:
+            out = flush()
+            if out is not None:
+                yield out
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+        pool.shutdown(wait=True)  # a read in flight ends (bounded by the store's timeouts) before the file closes
+        file.close()
+    if parser.records != shard.rows:
+        raise DataError(
+            f"shard {file.uri!r} holds {parser.records} records (to byte offset {parser.offset}) but the manifest "
+            f"says {shard.rows}. The dataset changed after ingest; re-ingest it."
+        )

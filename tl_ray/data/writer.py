@@ -1,0 +1,246 @@
+"""Shard writing for ingest: Parquet or TFRecord shards of a target size, resumable, with a progress bar.
+
+``ShardWriter`` turns a stream of encoded images into shards ``part-00000.<ext>``,
+each written atomically, and records every finished shard (its sha256, row count
+and the input position it ends at) in ``_ingest_progress.json`` beside the
+shards, rewritten atomically after each shard. A re-run of the same ingest (same
+plan: inputs, order, format and shard sizes) verifies the recorded shards
+against their sha256 and resumes after the last good one instead of rewriting
+them. The manifest is still written last, by the caller, and the progress file
+is removed after it.
+
+``ordered_map`` runs the per-image work (read, check, encode) on a thread pool
+and hands results back in input order, so shards are the same however many
+workers ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tl_ray import storage
+from tl_ray.data.manifest import SHARD_SUFFIX, Manifest, Shard
+from tl_ray.data.tfrecord import encode_example, frame
+from tl_ray.errors import DataError, StorageError
+
+PROGRESS_NAME = "_ingest_progress.json"
+ROW_GROUP_ROWS = 1024
+
+
+def progress_uri(to: str) -> str:
+    return storage.join(to, PROGRESS_NAME)
+
+
+def plan_id(plan: dict) -> str:
+    """A stable id of everything that decides the shards' contents."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` on ``workers`` threads, in input order, holding at most ``4 * workers`` in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tlray-ingest")
+    window: collections.deque = collections.deque()
+    it = iter(items)
+    try:
+        for item in it:
+            window.append(pool.submit(fn, item))
+            if len(window) >= 4 * workers:
+                break
+        while window:
+            done = window.popleft().result()
+            nxt = next(it, window)  # the deque itself marks the end: it is never an item
+            if nxt is not window:
+                window.append(pool.submit(fn, nxt))
+            yield done
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Progress:
+    """A progress bar on stderr: tqdm when installed, else one line rewritten every second."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True):
+        self.total, self.desc, self.n, self.enabled = total, desc, initial, enabled
+        self._bar = None
+        self._last = 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr, leave=True)
+            except ImportError:
+                self._print()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.enabled and time.monotonic() - self._last >= 1.0:
+            self._print()
+
+    def _print(self, end: str = "") -> None:
+        self._last = time.monotonic()
+        print(f"\r{self.desc}: {self.n}/{self.total} images", end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            self._print(end="\n")
+
+
+class ShardWriter:
+    """Writes shards of one dataset, resuming a matching earlier, unfinished run.
+
+    Args:
+        to: the dataset folder.
+        fmt: ``"parquet"`` or ``"tfrecord"``.
+        rows_per_shard: a shard closes at this many rows...
+        target_shard_mb: ...or when its encoded images reach this many MiB, whichever comes first.
+        plan: what decides the shards' contents (inputs in order, format, sizes); a progress file
+            with another plan is discarded, with its shards.
+        written: every URI this writer wrote is appended here.
+
+    Attributes:
+        resume_from: input position to continue from (0 for a fresh run).
+        resumed: shards kept from the earlier run.
+    """
+
+    def __init__(self, to: str, fmt: str, rows_per_shard: int, target_shard_mb: float, plan: dict, written: list):
+        self.to, self.fmt = to, fmt
+        self.rows_per_shard = rows_per_shard
+        self.target_bytes = int(target_shard_mb * 2**20)
+        self.written = written
+        self.plan = plan_id(plan)
+        self.entries: list[dict] = []  # one per finished shard, as in the progress file
+        self._reset_open()
+        self.resumed = self._load_progress()
+        self.resume_from = self.entries[-1]["end"] if self.entries else 0
+
+    def _reset_open(self) -> None:
+        self._images: list[bytes] = []
+        self._labels: list[int] = []
+        self._records: list[bytes] = []
+        self._size = 0
+        self._counts: dict[int, int] = {}
+        self._shapes: set[tuple] = set()
+        self._skipped: list[str] = []
+
+    def _load_progress(self) -> int:
+        """Keeps the recorded shards that still match their sha256, in order, up to the first that does not."""
+        where = progress_uri(self.to)
+        if not storage.exists(where):
+            return 0
+        try:
+            old = json.loads(storage.read_text(where))
+            matches = old["plan"] == self.plan and old["format"] == self.fmt
+            entries = list(old["shards"])
+        except (ValueError, KeyError, TypeError):
+            matches, entries = False, []
+        if not matches:  # another ingest's leftovers: remove them and start afresh
+            for entry in entries:
+                if isinstance(entry, dict) and entry.get("path"):
+                    storage.delete(storage.join(self.to, str(entry["path"])))
+            storage.delete(where)
+            return 0
+        for entry in entries:
+            uri = storage.join(self.to, entry["path"])
+            if not storage.exists(uri) or storage.sha256_bytes(storage.read_bytes(uri)) != entry["sha256"]:
+                break
+            self.entries.append(entry)
+        return len(self.entries)
+
+    def add(self, image: bytes, label: int, shape: list[int], position: int) -> None:
+        """Adds one image; ``position`` is its index in the plan's input order."""
+        if self.fmt == "tfrecord":
+            self._records.append(frame(encode_example(image, label, shape)))
+        else:
+            self._images.append(image)
+        self._labels.append(int(label))
+        self._size += len(image)
+        self._counts[int(label)] = self._counts.get(int(label), 0) + 1
+        self._shapes.add(tuple(shape))
+        if len(self._labels) >= self.rows_per_shard or self._size >= self.target_bytes:
+            self.flush(position + 1)
+
+    def skip(self, uri: str) -> None:
+        """Records an input left out (undecodable, with skip_bad)."""
+        self._skipped.append(uri)
+
+    def flush(self, end: int) -> None:
+        """Writes the open shard (if it has rows) and records it; ``end`` is the next input position."""
+        if not self._labels:
+            return
+        name = f"part-{len(self.entries):05d}{SHARD_SUFFIX[self.fmt]}"
+        data = self._encode()
+        uri = storage.join(self.to, name)
+        self.written.append(uri)
+        storage.write_bytes(uri, data)
+        self.entries.append({
+            "path": name,
+            "rows": len(self._labels),
+            "sha256": storage.sha256_bytes(data),
+            "bytes": len(data),
+            "end": end,
+            "class_counts": {str(k): v for k, v in sorted(self._counts.items())},
+            "shapes": sorted(list(s) for s in self._shapes),
+            "skipped": self._skipped,
+        })
+        self._reset_open()
+        progress = {"plan": self.plan, "format": self.fmt, "shards": self.entries}
+        storage.write_text(progress_uri(self.to), json.dumps(progress, indent=1) + "\n")
+
+    def _encode(self) -> bytes:
+        if self.fmt == "tfrecord":
+            return b"".join(self._records)
+        table = pa.table({
+            "image": pa.array(self._images, type=pa.binary()),
+            "label": pa.array(self._labels, type=pa.int32()),
+        })
+        buf = io.BytesIO()
+        # Images are already compressed; Parquet compression would only cost CPU on every read.
+        # Page checksums let the reader name a corrupt page instead of decoding garbage.
+        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="none", write_page_checksum=True)
+        return buf.getvalue()
+
+    @property
+    def skipped(self) -> list[str]:
+        return [uri for e in self.entries for uri in e["skipped"]] + self._skipped
+
+    @property
+    def class_counts(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for entry in self.entries:
+            for k, v in entry["class_counts"].items():
+                counts[int(k)] = counts.get(int(k), 0) + v
+        return counts
+
+    def finish(self, end: int, class_names: list[str], source: dict) -> Manifest:
+        """Writes the last shard and returns the manifest (the caller writes it, after every dataset)."""
+        self.flush(end)
+        shards = [Shard(e["path"], e["rows"], e["sha256"], e["bytes"]) for e in self.entries]
+        rows = sum(s.rows for s in shards)
+        if rows == 0:
+            raise DataError(f"ingest to {self.to!r} selected no images (all were skipped or none matched).")
+        shapes = {tuple(s) for e in self.entries for s in e["shapes"]}
+        shape = list(next(iter(shapes))) if len(shapes) == 1 else None
+        return Manifest(self.fmt, rows, list(class_names), shape, shards, source)
+
+    def remove_progress(self) -> None:
+        try:
+            storage.delete(progress_uri(self.to))
+        except StorageError:
+            pass  # a stale progress file is harmless: a dataset with a manifest is never resumed
