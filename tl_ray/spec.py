@@ -176,9 +176,20 @@ class TuneSpec(_Section):
     num_samples: PositiveInt = Field(default=4, description="Trials drawn from the space (per grid point).")
     metric: str = Field(default="val_accuracy", description="Metric reported each epoch and selected on.")
     mode: Literal["max", "min"] = Field(default="max", description="Whether the metric is maximised.")
-    scheduler: Literal["asha", "fifo"] = Field(default="asha", description="Trial scheduler.")
-    grace_period: PositiveInt = Field(default=1, description="ASHA: epochs before a trial may be stopped.")
-    reduction_factor: float = Field(default=2.0, gt=1.0, description="ASHA: rung reduction factor.")
+    scheduler: Literal["asha", "hyperband", "median", "pbt", "fifo"] = Field(
+        default="asha",
+        description=(
+            "asha: async successive halving; hyperband; median: median stopping rule; "
+            "pbt: population-based training (exploits copy a better trial's checkpoint); fifo: no early stopping."
+        ),
+    )
+    search: Literal["random", "optuna"] = Field(
+        default="random",
+        description="random: Ray Tune's sampler (grid() dimensions are crossed); optuna: TPE (needs the optuna extra).",
+    )
+    grace_period: PositiveInt = Field(default=1, description="asha/median: epochs before a trial may be stopped.")
+    reduction_factor: float = Field(default=2.0, gt=1.0, description="asha/hyperband: rung reduction factor.")
+    perturbation_interval: PositiveInt = Field(default=2, description="pbt: epochs between exploit/explore steps.")
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
     space: dict[str, Any] = Field(
         default_factory=dict,
@@ -194,6 +205,17 @@ class TuneSpec(_Section):
             _check_path(key)
             parse_distribution(key, expr)
         return value
+
+    @model_validator(mode="after")
+    def _search_fits_space(self) -> "TuneSpec":
+        from tl_ray.tune.space import parse_space
+
+        kinds = {d.kind for d in parse_space(self.space).values()}
+        if self.search == "optuna" and "grid" in kinds:
+            raise ValueError("search optuna cannot sample grid() dimensions; use choice() instead")
+        if self.scheduler == "pbt" and not kinds - {"fixed"}:
+            raise ValueError("scheduler pbt needs at least one searched dimension in tune.space to mutate")
+        return self
 
 
 class PromoteSpec(_Section):

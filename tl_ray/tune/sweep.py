@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import TLRayError
+from tl_ray.errors import ConfigError, TLRayError
 from tl_ray.spec import Spec
 from tl_ray.tune.space import to_param_space
 
@@ -93,16 +93,50 @@ def _max_concurrent(spec: Spec) -> int | None:
 
 
 def _scheduler(spec: Spec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune import schedulers
 
-    if spec.tune.scheduler == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=spec.train.epochs,
-        grace_period=min(spec.tune.grace_period, spec.train.epochs),
-        reduction_factor=spec.tune.reduction_factor,
+    t = spec.tune
+    epochs = spec.train.epochs
+    if t.scheduler == "fifo":
+        return schedulers.FIFOScheduler()
+    if t.scheduler == "asha":
+        return schedulers.ASHAScheduler(
+            time_attr="training_iteration", max_t=epochs,
+            grace_period=min(t.grace_period, epochs), reduction_factor=t.reduction_factor,
+        )
+    if t.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(
+            time_attr="training_iteration", max_t=epochs, reduction_factor=t.reduction_factor
+        )
+    if t.scheduler == "median":
+        return schedulers.MedianStoppingRule(
+            time_attr="training_iteration", grace_period=min(t.grace_period, epochs), min_samples_required=2
+        )
+    if spec.train.workers > 1:
+        raise ConfigError(
+            "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
+            "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
+        )
+    from tl_ray.tune.space import parse_space
+
+    mutations = {k: d.to_tune() for k, d in parse_space(t.space).items() if d.kind not in ("fixed", "grid")}
+    return schedulers.PopulationBasedTraining(
+        time_attr="training_iteration", perturbation_interval=t.perturbation_interval,
+        hyperparam_mutations=mutations, quantile_fraction=0.25,
     )
+
+
+def _search_alg(spec: Spec):
+    if spec.tune.search == "random":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "tune.search optuna needs Optuna: pip install 'tl-ray[optuna]' (or pip install optuna)."
+        ) from None
+    return OptunaSearch(seed=spec.train.seed)
 
 
 def connect_ray() -> None:
@@ -162,6 +196,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
                 mode=spec.tune.mode,
                 num_samples=spec.tune.num_samples,
                 scheduler=_scheduler(spec),
+                search_alg=_search_alg(spec),
                 max_concurrent_trials=_max_concurrent(spec),
             ),
             run_config=tune.RunConfig(
