@@ -98,6 +98,19 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from tl_ray import storage
+    from tl_ray.tune.report import build_report
+
+    uri = args.experiment if storage.is_absolute(args.experiment) or "/" in args.experiment else storage.join(
+        args.storage, "experiments", args.experiment)
+    report = build_report(uri, args.metric, args.mode)
+    print(report.table)
+    for f in report.files:
+        print(f"wrote {f}")
+    return 0
+
+
 # -- registry --------------------------------------------------------------------
 def cmd_models_list(args) -> int:
     from tl_ray.registry.store import Registry
@@ -299,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--promote", action="store_true", help="register the best trial and gate the alias")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("report", help="table and plots of a sweep, written next to it in the store")
+    p.add_argument("experiment", help="experiment folder name under STORAGE/experiments, or its path/URI")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+    p.add_argument("--metric", default="val_accuracy")
+    p.add_argument("--mode", default="max", choices=["max", "min"])
+    p.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     for name, func, helptext in (

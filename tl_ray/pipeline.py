@@ -101,6 +101,11 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     out(result.table())
     best = result.best
     out(f"[tune] best trial {best.trial_id}: {spec.tune.metric}={best.metric:.4f} ({result.wall_time_s:.0f}s)")
+    from tl_ray.tune.report import build_report
+
+    exp_uri = storage.join(spec.storage, "experiments", experiment)
+    report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=spec.train.epochs)
+    out(f"[tune] report: {', '.join(report.files)}  (tl-ray report {experiment} --storage {spec.storage})")
     promotion = None
     if promote:
         promotion = promote_row(spec, best)

@@ -122,6 +122,14 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
     table = result.table()
     assert "val_loss" in table and result.best.trial_id in table
 
+    from tl_ray import storage
+    from tl_ray.tune.report import build_report
+
+    report = build_report(storage.join(spec.storage, "experiments", "sweep"), "val_loss", "min", planned_epochs=2)
+    assert len(report.trials) == 3 and "best val_loss" in report.table
+    assert {f.rsplit("/", 1)[-1] for f in report.files} == {"trials.txt", "learning_curves.png", "params.png"}
+    assert all(storage.read_bytes(f)[:4] == b"\x89PNG" for f in report.files if f.endswith(".png"))
+
     everything = sorted((c for r in result.rows for c in r.checkpoints), key=lambda c: c[1])
     best_uri, worst_uri = everything[0][0], everything[-1][0]
     assert everything[0][1] < everything[-1][1]

@@ -1,0 +1,161 @@
+"""The sweep report: a table of trials and PNG plots, written next to the experiment.
+
+Reads what Ray Tune stored for each trial (``params.json``, ``result.json``)
+from the store, local or S3, and writes ``report/trials.txt``,
+``report/learning_curves.png`` and ``report/params.png`` into the experiment
+folder. Tune's own TensorBoard event files sit in each trial's folder.
+
+Example:
+
+>>> report = build_report("./tlray-store/experiments/fashion-transfer-20261125-083335", "val_accuracy", "max")
+>>> print(report.table)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_ray import storage
+from tl_ray.errors import ConfigError
+
+
+@dataclass
+class TrialSummary:
+    name: str
+    params: dict
+    history: list[dict]
+
+    def best(self, metric: str, mode: str) -> float | None:
+        values = [r[metric] for r in self.history if isinstance(r.get(metric), (int, float))]
+        if not values:
+            return None
+        return max(values) if mode == "max" else min(values)
+
+    @property
+    def epochs(self) -> int:
+        return max((int(r.get("training_iteration", 0)) for r in self.history), default=0)
+
+    @property
+    def wall_time_s(self) -> float:
+        return max((float(r.get("time_total_s", 0.0)) for r in self.history), default=0.0)
+
+
+@dataclass
+class Report:
+    experiment: str
+    metric: str
+    mode: str
+    trials: list[TrialSummary] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    table: str = ""
+
+
+def load_trials(experiment_uri: str) -> list[TrialSummary]:
+    """Every trial folder of an experiment with its parameters and reported rows."""
+    names = [n for n in storage.list_dir(experiment_uri) if n.startswith("tune_trial")]
+    if not names:
+        raise ConfigError(
+            f"no trials under {experiment_uri!r}. Name an experiment folder of the store's experiments/, "
+            "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store"
+        )
+    out = []
+    for name in names:
+        base = storage.join(experiment_uri, name)
+        params = json.loads(storage.read_text(storage.join(base, "params.json"))) if storage.exists(
+            storage.join(base, "params.json")) else {}
+        rows = []
+        if storage.exists(storage.join(base, "result.json")):
+            rows = [json.loads(line) for line in storage.read_text(storage.join(base, "result.json")).splitlines() if line.strip()]
+        m = re.match(r"tune_trial_([0-9a-f]+_\d+)", name)
+        out.append(TrialSummary(m.group(1) if m else name, params, rows))
+    return out
+
+
+def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: int | None) -> str:
+    keys = sorted({k for t in trials for k in t.params})
+    head = ["trial", *keys, f"best {metric}", "epochs", "wall s", "status"]
+    rows = []
+    for t in sorted(trials, key=lambda t: (t.best(metric, mode) is None, -(t.best(metric, mode) or 0) if mode == "max" else (t.best(metric, mode) or 0))):
+        best = t.best(metric, mode)
+        status = "no results" if not t.history else (
+            "stopped early" if planned_epochs and t.epochs < planned_epochs else "done")
+        rows.append([t.name, *(_fmt(t.params.get(k)) for k in keys), _fmt(best), str(t.epochs),
+                     f"{t.wall_time_s:.0f}", status])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows])
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in trials:
+        xs = [r.get("training_iteration") for r in t.history if metric in r]
+        ys = [r[metric] for r in t.history if metric in r]
+        if xs:
+            ax.plot(xs, ys, marker=".", label=t.name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"learning curves ({len(trials)} trials)")
+    if len(trials) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    files.append(out_dir / "learning_curves.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+
+    keys = sorted({k for t in trials for k in t.params})
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            pts = [(t.params.get(key), t.best(metric, "max")) for t in trials if t.best(metric, "max") is not None]
+            xs = [p[0] for p in pts]
+            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+            if numeric:
+                ax.scatter(xs, [p[1] for p in pts])
+                if key.endswith("learning_rate"):
+                    ax.set_xscale("log")
+            else:
+                labels = sorted({str(x) for x in xs})
+                ax.scatter([labels.index(str(x)) for x in xs], [p[1] for p in pts])
+                ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=7)
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"best {metric}")
+        fig.tight_layout()
+        files.append(out_dir / "params.png")
+        fig.savefig(files[-1], dpi=100)
+        plt.close(fig)
+    return files
+
+
+def build_report(experiment_uri: str, metric: str, mode: str = "max", planned_epochs: int | None = None) -> Report:
+    """Writes the table and plots into ``<experiment>/report/`` and returns them.
+
+    Raises:
+        ConfigError: the folder holds no trials.
+    """
+    trials = load_trials(experiment_uri)
+    report = Report(experiment_uri, metric, mode, trials)
+    report.table = _table(trials, metric, mode, planned_epochs)
+    with tempfile.TemporaryDirectory(prefix="tlray-report-") as tmp:
+        out = Path(tmp)
+        (out / "trials.txt").write_text(report.table + "\n")
+        for path in [out / "trials.txt", *_plots(trials, metric, out)]:
+            uri = storage.join(experiment_uri, "report", path.name)
+            storage.write_bytes(uri, path.read_bytes())
+            report.files.append(uri)
+    return report
