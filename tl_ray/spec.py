@@ -190,6 +190,11 @@ class TuneSpec(_Section):
     grace_period: PositiveInt = Field(default=1, description="asha/median: epochs before a trial may be stopped.")
     reduction_factor: float = Field(default=2.0, gt=1.0, description="asha/hyperband: rung reduction factor.")
     perturbation_interval: PositiveInt = Field(default=2, description="pbt: epochs between exploit/explore steps.")
+    keep_checkpoints: int = Field(
+        default=3,
+        ge=0,
+        description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
+    )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
     space: dict[str, Any] = Field(
         default_factory=dict,

@@ -204,7 +204,11 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
                 storage_path=storage_path,
                 storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.tune.keep_checkpoints or None,
+                    checkpoint_score_attribute=spec.tune.metric,
+                    checkpoint_score_order=spec.tune.mode,
+                ),
                 verbose=1,
             ),
         )
