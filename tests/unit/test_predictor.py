@@ -235,11 +235,38 @@ def test_build_app_pins_the_version_and_applies_overrides(exported, tmp_path):
     )
     assert isinstance(app, serve.Application)
     deployment = app._bound_deployment
-    storage, ref, settings = deployment.init_args
-    assert (storage, ref) == (str(tmp_path), "tiny:v1")
+    storage, name, settings = deployment.init_args
+    assert (storage, name) == (str(tmp_path), "tiny")
+    # The version rides in user_config, so a swap is a reconfigure, not a restart.
+    assert deployment.user_config == {"model": "tiny:v1"}
     assert settings["max_batch_size"] == 4
-    assert settings["autoscaling"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8}
+    assert settings["autoscaling"]["max_replicas"] == 3 and settings["autoscaling"]["min_replicas"] == 1
+    auto = deployment._deployment_config.autoscaling_config
+    assert (auto.upscale_delay_s, auto.downscale_delay_s, auto.look_back_period_s) == (10.0, 120.0, 15.0)
     assert deployment.max_ongoing_requests == 8 and deployment.ray_actor_options["num_cpus"] == 1.0
+
+
+def test_build_app_with_a_canary_puts_a_router_in_front(exported, tmp_path):
+    from tl_ray.errors import RegistryError
+    from tl_ray.registry.store import Registry
+    from tl_ray.serving.app import build_app
+
+    _, out, meta = exported
+    registry = Registry(str(tmp_path))
+    for _ in range(2):
+        registry.publish("tiny", out, {k: meta[k] for k in ("image_size", "class_names")})
+    registry.set_alias("tiny", "production", 1)
+    args = {"storage": str(tmp_path), "model": "tiny", "canary": {"weight": 0.25, "window_s": 5}}
+    with pytest.raises(RegistryError, match="tiny:canary does not exist"):
+        build_app(args)
+    registry.set_alias("tiny", "canary", 2)
+    router = build_app(args)._bound_deployment
+    assert router.name == "CanaryRouter"
+    production, canary = router.init_args[:2]
+    assert production._bound_deployment.user_config == {"model": "tiny:v1"}
+    assert canary._bound_deployment.name == "ModelServerCanary"
+    assert canary._bound_deployment.user_config == {"model": "tiny:v2"}
+    assert router.init_args[4]["canary"]["weight"] == 0.25
 
 
 def test_build_app_from_the_quickstart_spec(exported, tmp_path):
@@ -253,7 +280,76 @@ def test_build_app_from_the_quickstart_spec(exported, tmp_path):
     config = yaml.safe_load((ROOT / "serve/config.yaml").read_text())
     args = {**config["applications"][0]["args"], "spec": str(ROOT / "jobs/quickstart/target.yaml")}
     app = build_app({**args, "storage": str(tmp_path), "batch_wait_timeout_s": 0.05})
-    storage, ref, settings = app._bound_deployment.init_args
-    assert ref == "fashion-transfer:v1"
+    storage, name, settings = app._bound_deployment.init_args
+    assert name == "fashion-transfer" and app._bound_deployment.user_config == {"model": "fashion-transfer:v1"}
     assert settings["max_batch_size"] == 32 and settings["batch_wait_timeout_s"] == 0.05
     assert settings["autoscaling"]["max_replicas"] == 2
+
+
+# -- multipart, broken models, the HTTP contract ---------------------------------------
+def multipart(parts: list[tuple[str, bytes, str]], boundary: str = "b0undary") -> tuple[bytes, str]:
+    body = b""
+    for name, data, ctype in parts:
+        body += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n"
+        ).encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_multipart_batch_decodes_each_file_in_order(predictor):
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    body, ctype = multipart([(f"f{i}", png(p), "image/png") for i, p in enumerate(pixels)])
+    batch = predictor.parse(body, ctype, max_instances=8)
+    assert batch.shape == (3, *SIZE, 3)
+    for i, p in enumerate(pixels):
+        assert np.array_equal(batch[i], predictor.parse(png(p), "image/png", 1)[0])
+
+
+def test_a_model_answering_nan_is_a_server_error(exported, tmp_path):
+    model = tiny_model(seed=1)
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    meta = export(model, tmp_path, CLASSES)
+    with pytest.raises(ServingError, match="non-finite probabilities"):
+        Predictor(tmp_path, meta).predict(np.zeros((1, *SIZE, 3), np.float32))
+
+
+def test_openapi_describes_predict():
+    from tl_ray.serving.server import api
+
+    doc = api.openapi()
+    post = doc["paths"]["/predict"]["post"]
+    assert set(post["requestBody"]["content"]) == {
+        "application/json", "image/png", "image/jpeg", "application/octet-stream", "multipart/form-data"
+    }
+    assert post["requestBody"]["content"]["application/json"]["schema"]["required"] == ["instances"]
+    assert {"200", "400", "401", "413", "415", "500"} <= set(post["responses"])
+    assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("PredictResponse")
+    assert "Prediction" in doc["components"]["schemas"] and "ErrorResponse" in doc["components"]["schemas"]
+
+
+def test_bearer_auth(monkeypatch):
+    from tl_ray.serving.schema import check_auth, load_token
+
+    assert load_token(None) is None and check_auth(None, None) is None
+    monkeypatch.delenv("TLRAY_TEST_TOKEN", raising=False)
+    with pytest.raises(ServingError, match="TLRAY_TEST_TOKEN"):
+        load_token("TLRAY_TEST_TOKEN")
+    monkeypatch.setenv("TLRAY_TEST_TOKEN", "s3cret")
+    token = load_token("TLRAY_TEST_TOKEN")
+    assert check_auth(token, "Bearer s3cret") is None
+    for header in (None, "Bearer nope", "Basic s3cret", "s3cret"):
+        resp = check_auth(token, header)
+        assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
+
+
+def test_canary_window_figures():
+    from tl_ray.serving.router import Window
+
+    w = Window(60)
+    assert w.figures() == {"requests": 0, "error_rate": 0.0, "p99_ms": 0.0}
+    for i in range(100):
+        w.add(ok=i % 10 != 0, latency_ms=float(i))
+    f = w.figures()
+    assert f["requests"] == 100 and f["error_rate"] == pytest.approx(0.1) and f["p99_ms"] == 99.0

@@ -1,23 +1,34 @@
 """Promotion: export a trained checkpoint, register it, and move an alias only if it wins.
 
 The gate scores the challenger and the current alias holder on the same
-dataset (the spec's validation set) with the spec's metric; the alias moves
-only when the challenger is better by at least ``promote.min_delta``. Either
-way the version is registered, with the decision and both scores in its
-metadata, so a refused challenger can still be inspected or promoted by hand.
+held-out dataset (``promote.holdout``; by default ``data.test``, else
+``data.validation`` with a warning, since the sweep selected on it) with the
+spec's metric. The alias moves only when the challenger is better by at least
+``promote.min_delta`` and, when ``promote.max_latency_ratio`` is set, its p50
+latency per batch is at most that multiple of the champion's. Either way the
+version is registered, with the decision, both scores and both latencies in
+its metadata, so a refused challenger can still be inspected or promoted by hand.
+
+The alias moves by compare-and-swap against the champion the gate measured:
+if a concurrent promotion moved it first, the gate runs again against the new
+champion, so two promotions never both win on stale evidence.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tl_ray.errors import ConfigError
-from tl_ray.registry.store import Registry
+from tl_ray.registry.store import AliasConflict, Registry
 from tl_ray.spec import Spec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,17 +41,27 @@ class Promotion:
     challenger: float
     champion: float | None
     champion_version: int | None
+    reason: str = ""
+    latency_ms: float | None = None
+    champion_latency_ms: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         who = f"{self.name}:v{self.version}"
+        notes = "".join(f"\n  warning: {w}" for w in self.warnings)
         if self.champion is None:
-            return f"{who} is the first version; {self.alias} -> v{self.version} ({self.metric}={self.challenger:.4f})."
+            return (
+                f"{who} is the first version; {self.alias} -> v{self.version} "
+                f"({self.metric}={self.challenger:.4f}).{notes}"
+            )
         vs = f"{self.metric} {self.challenger:.4f} vs {self.champion:.4f} of v{self.champion_version}"
+        if self.latency_ms is not None and self.champion_latency_ms is not None:
+            vs += f"; p50 {self.latency_ms:.1f} ms vs {self.champion_latency_ms:.1f} ms per batch"
         if self.accepted:
-            return f"{who} promoted: {self.alias} -> v{self.version} ({vs})."
+            return f"{who} promoted: {self.alias} -> v{self.version} ({vs}).{notes}"
         return (
-            f"{who} registered but NOT promoted: it does not beat {self.alias} ({vs}); "
-            f"{self.alias} stays at v{self.champion_version}."
+            f"{who} registered but NOT promoted: {self.reason} ({vs}); "
+            f"{self.alias} stays at v{self.champion_version}.{notes}"
         )
 
 
@@ -87,6 +108,47 @@ def better(a: float, b: float, mode: str, margin: float) -> bool:
     return a > b + margin if mode == "max" else a < b - margin
 
 
+def holdout_uri(spec: Spec) -> tuple[str, list[str]]:
+    """The gate's dataset and any warning about it: promote.holdout, else data.test, else data.validation."""
+    if spec.promote is not None and spec.promote.holdout:
+        return spec.resolve(spec.promote.holdout), []
+    if spec.data.test:
+        return spec.resolve(spec.data.test), []
+    if spec.data.validation:
+        return spec.resolve(spec.data.validation), [
+            "promote.holdout and data.test are not set: the gate scores on data.validation, the set the "
+            "sweep selected on, so the challenger's score is optimistic. Set promote.holdout to a held-out dataset."
+        ]
+    raise ConfigError(
+        "promotion needs a held-out dataset: set promote.holdout (or data.test, or data.validation). Received: none."
+    )
+
+
+def p50_latency_ms(models: list, uri: str, image_size, batch_size: int, repeats: int) -> list[float]:
+    """Median milliseconds per ``predict`` of one batch of ``batch_size`` holdout images, per model.
+
+    The models run interleaved (A, B, A, B, ...) after a warm-up, so a noisy
+    neighbour slows both alike rather than only the one that ran during it.
+    """
+    import tensorflow as tf
+
+    from tl_ray.data.reader import make_dataset
+
+    images, _ = next(iter(make_dataset(uri, image_size=tuple(image_size), batch_size=batch_size)))
+    reps = int(np.ceil(batch_size / len(images)))
+    batch = tf.constant(np.concatenate([images.numpy()] * reps)[:batch_size])
+    forwards = [tf.function(lambda x, m=m: m(x, training=False), reduce_retracing=True) for m in models]
+    for f in forwards:
+        f(batch).numpy()  # trace and warm up
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for i, f in enumerate(forwards):
+            t0 = time.perf_counter()
+            f(batch).numpy()
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return [float(np.median(t)) for t in times]
+
+
 def promote_checkpoint(
     spec: Spec,
     checkpoint_dir: str | Path,
@@ -96,7 +158,7 @@ def promote_checkpoint(
     """Registers the model in ``checkpoint_dir`` under ``promote.name``; moves the alias if it wins.
 
     Raises:
-        ConfigError: the spec has no ``promote`` or ``data.validation`` section.
+        ConfigError: the spec has no ``promote`` section or no dataset to gate on.
         RegistryError: the registry cannot be read or written.
     """
     from tl_ray.data.manifest import read_manifest
@@ -104,37 +166,52 @@ def promote_checkpoint(
 
     if spec.promote is None:
         raise ConfigError("promote is missing from the spec: add `promote: {name: MODEL_NAME}` to register models.")
-    if not spec.data.validation:
-        raise ConfigError("data.validation is missing: promotion scores challenger and champion on it.")
     registry = Registry(spec.storage)
-    name, alias = spec.promote.name, spec.promote.alias
+    name, alias, cfg = spec.promote.name, spec.promote.alias, spec.promote
     key, mode = gate_metric(spec)
-    val_uri = spec.resolve(spec.data.validation)
+    uri, warnings = holdout_uri(spec)
+    for w in warnings:
+        logger.warning(w)
     image_size = tuple(spec.data.image_size)
 
     challenger = load_model(Path(checkpoint_dir) / "model.keras")
-    score = evaluate(challenger, val_uri, image_size)[key]
+    score = evaluate(challenger, uri, image_size)[key]
 
-    champion_score = champion_version = None
+    def judge(current: int | None) -> dict:
+        """The gate against the version ``alias`` points at now."""
+        gate = {
+            "metric": key, "mode": mode, "dataset": uri, "challenger": score, "champion": None,
+            "champion_version": current, "min_delta": cfg.min_delta, "max_latency_ratio": cfg.max_latency_ratio,
+            "latency_ms": None, "champion_latency_ms": None, "accepted": True, "reason": "first version",
+        }
+        if current is None:
+            return gate
+        champion = load_model(registry.fetch(f"{name}:v{current}") / "model.keras")  # sha256-checked
+        gate["champion"] = evaluate(champion, uri, image_size)[key]
+        if not better(score, gate["champion"], mode, cfg.min_delta):
+            word = "higher" if mode == "max" else "lower"
+            gate.update(accepted=False, reason=f"{key} is not {word} than the champion's by at least min_delta={cfg.min_delta}")
+            return gate
+        gate["reason"] = f"{key} beats the champion's by more than min_delta={cfg.min_delta}"
+        if cfg.max_latency_ratio is not None:
+            ours, theirs = p50_latency_ms(
+                [challenger, champion], uri, image_size, cfg.latency_batch_size, cfg.latency_repeats
+            )
+            gate.update(latency_ms=ours, champion_latency_ms=theirs)
+            if ours > theirs * cfg.max_latency_ratio:
+                gate.update(
+                    accepted=False,
+                    reason=f"p50 latency per batch of {cfg.latency_batch_size} is {ours / theirs:.2f}x the "
+                    f"champion's, above max_latency_ratio={cfg.max_latency_ratio}",
+                )
+        return gate
+
     current = registry.aliases(name).get(alias) if registry.versions(name) else None
-    if current is not None:
-        champion_version = current
-        champion = load_model(registry.fetch(f"{name}:v{current}") / "model.keras")
-        champion_score = evaluate(champion, val_uri, image_size)[key]
-    accepted = champion_score is None or better(score, champion_score, mode, spec.promote.min_delta)
-
+    gate = judge(current)
     manifest = read_manifest(spec.resolve(spec.data.train))
     metadata = {
         "metrics": dict(trial_metrics or {}),
-        "gate": {
-            "metric": key,
-            "dataset": val_uri,
-            "challenger": score,
-            "champion": champion_score,
-            "champion_version": champion_version,
-            "min_delta": spec.promote.min_delta,
-            "accepted": accepted,
-        },
+        "gate": gate,
         "spec": spec.to_dict(),
         "image_size": list(image_size),
         "class_names": manifest.class_names,
@@ -146,6 +223,22 @@ def promote_checkpoint(
     with tempfile.TemporaryDirectory(prefix="tlray-export-") as tmp:
         export_model(challenger, Path(tmp))
         version = registry.publish(name, tmp, metadata)
-    if accepted:
-        registry.set_alias(name, alias, version)
-    return Promotion(name, version, alias, accepted, key, score, champion_score, champion_version)
+    for attempt in range(5):
+        if not gate["accepted"]:
+            break
+        try:
+            registry.set_alias(name, alias, version, expect=current, note=f"promoted by the gate: {gate['reason']}")
+            break
+        except AliasConflict:
+            # Another promotion moved the alias after our gate read it: judge again against the new holder.
+            current = registry.aliases(name).get(alias)
+            gate = judge(current)
+            gate["attempts"] = attempt + 2
+            registry.update_metadata(name, version, {"gate": gate})
+    else:
+        raise AliasConflict(f"{name}:{alias} kept moving while v{version} was gated; promote it by hand if wanted.")
+    return Promotion(
+        name, version, alias, gate["accepted"], key, score, gate["champion"], gate["champion_version"],
+        reason=gate["reason"], latency_ms=gate["latency_ms"], champion_latency_ms=gate["champion_latency_ms"],
+        warnings=warnings,
+    )

@@ -9,6 +9,11 @@ A version exists once its ``metadata.json`` does: that file is written last,
 so a half-uploaded version is never listed or loaded. ``metadata.json``
 records the sha256 of every other file, and every fetch checks them.
 
+Version numbers are claimed with a create-if-absent write (``.claims/vN``)
+and aliases move by compare-and-swap on the alias file (S3 ``If-Match`` on its
+ETag, a file lock locally), so concurrent promotions never share a version
+and never lose an alias update. See ``_conditional.py``.
+
 Example:
 
 >>> reg = Registry("./tlray-store")
@@ -20,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -30,10 +34,17 @@ from pathlib import Path
 
 from tl_ray import storage
 from tl_ray.errors import RegistryError, StorageError
+from tl_ray.registry import _conditional
+
+_ANY = object()  # set_alias(expect=...) default: move the alias whatever it points at now
 
 METADATA = "metadata.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?:registry://)?(?P<name>[^:/]+)(?::(?P<tag>[^:/]+))?$")
+
+
+class AliasConflict(RegistryError):
+    """An alias moved between reading it and moving it (``set_alias(..., expect=...)``)."""
 
 
 class Registry:
@@ -79,16 +90,26 @@ class Registry:
     def aliases(self, name: str) -> dict[str, int]:
         out = {}
         for entry in storage.list_dir(storage.join(self.model_uri(name), "aliases")):
-            if entry.endswith(".json"):
-                data = json.loads(storage.read_text(storage.join(self.model_uri(name), "aliases", entry)))
-                out[entry[: -len(".json")]] = int(data["version"])
+            if entry.endswith(".json") and not entry.startswith("."):
+                data, _ = self._read_alias(name, entry[: -len(".json")])
+                if data is not None:
+                    out[entry[: -len(".json")]] = int(data["version"])
         return out
 
     def alias_history(self, name: str, alias: str) -> list[int]:
-        uri = storage.join(self.model_uri(name), "aliases", f"{alias}.json")
-        if not storage.exists(uri):
-            return []
-        return list(json.loads(storage.read_text(uri)).get("previous", []))
+        data, _ = self._read_alias(name, alias)
+        return [] if data is None else list(data.get("previous", []))
+
+    def alias_record(self, name: str, alias: str) -> dict | None:
+        """The alias file as stored: version, previous versions, updated time and any note."""
+        return self._read_alias(name, alias)[0]
+
+    def _alias_uri(self, name: str, alias: str) -> str:
+        return storage.join(self.model_uri(name), "aliases", f"{alias}.json")
+
+    def _read_alias(self, name: str, alias: str) -> tuple[dict | None, str | None]:
+        raw, tag = _conditional.read_tagged(self._alias_uri(name, alias))
+        return (None, None) if raw is None else (json.loads(raw), tag)
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """``name``, ``name:alias``, ``name:vN``, ``name:N`` or ``registry://...`` → (name, version).
@@ -154,39 +175,150 @@ class Registry:
         taken = set(storage.list_dir(claims)) | set(storage.list_dir(self.model_uri(name)))
         n = 1 + max((int(e[1:]) for e in taken if re.fullmatch(r"v\d+", e)), default=0)
         for candidate in range(n, n + 1000):
-            if _create_exclusive(storage.join(claims, f"v{candidate}")):
+            if _conditional.create_exclusive(storage.join(claims, f"v{candidate}"), uuid.uuid4().hex.encode()):
                 return candidate
         raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent publications.")
 
-    def set_alias(self, name: str, alias: str, version: int) -> None:
-        """Points ``alias`` at ``version`` (one atomic write), keeping the history for rollback."""
+    def set_alias(self, name: str, alias: str, version: int, expect=_ANY, note: str | None = None) -> int | None:
+        """Points ``alias`` at ``version`` by compare-and-swap, keeping the history for rollback.
+
+        Args:
+            name: the model.
+            alias: e.g. ``production``, ``staging``, ``canary``.
+            version: a published version.
+            expect: the version the alias must point at now (None: the alias must
+                not exist). Defaults to any: the move is retried on top of
+                whatever a concurrent writer left, so no update is lost.
+            note: a reason recorded with the move. Defaults to none.
+
+        Returns:
+            The version the alias pointed at before (None if it is new).
+
+        Raises:
+            AliasConflict: ``expect`` is given and the alias points elsewhere.
+            RegistryError: ``version`` is not published.
+        """
         if version not in self.versions(name):
             raise RegistryError(f"model {name!r} has no version v{version}. Known versions: {self.versions(name)}.")
-        uri = storage.join(self.model_uri(name), "aliases", f"{alias}.json")
-        previous = []
-        if storage.exists(uri):
-            old = json.loads(storage.read_text(uri))
-            previous = list(old.get("previous", [])) + [int(old["version"])]
-        storage.write_text(
-            uri, json.dumps({"version": version, "previous": previous, "updated": time.time()}, indent=2)
-        )
 
-    def rollback(self, name: str, alias: str = "production") -> int:
+        def move(old: dict | None) -> dict:
+            previous = [] if old is None else list(old.get("previous", [])) + [int(old["version"])]
+            return {"version": version, "previous": previous}
+
+        old = self._swap_alias(name, alias, move, expect, note)
+        return None if old is None else int(old["version"])
+
+    def rollback(self, name: str, alias: str = "production", note: str | None = None) -> int:
         """Moves ``alias`` back to the version it pointed at before; returns that version."""
-        uri = storage.join(self.model_uri(name), "aliases", f"{alias}.json")
-        if not storage.exists(uri):
-            raise RegistryError(f"model {name!r} has no alias {alias!r} to roll back.")
-        data = json.loads(storage.read_text(uri))
-        previous = list(data.get("previous", []))
-        if not previous:
-            raise RegistryError(
-                f"alias {name}:{alias} has no earlier version to roll back to (it points at v{data['version']})."
-            )
-        target = previous.pop()
+
+        def back(old: dict | None) -> dict:
+            if old is None:
+                raise RegistryError(f"model {name!r} has no alias {alias!r} to roll back.")
+            previous = list(old.get("previous", []))
+            if not previous:
+                raise RegistryError(
+                    f"alias {name}:{alias} has no earlier version to roll back to (it points at v{old['version']})."
+                )
+            return {"version": previous.pop(), "previous": previous}
+
+        self._swap_alias(name, alias, back, _ANY, note)
+        return self.aliases(name)[alias]
+
+    def delete_alias(self, name: str, alias: str, expect=_ANY) -> bool:
+        """Removes ``alias`` (if it still points at ``expect``, when given); False if it was not there."""
+        for _ in range(50):
+            data, tag = self._read_alias(name, alias)
+            if data is None:
+                return False
+            if expect is not _ANY and int(data["version"]) != expect:
+                raise AliasConflict(f"alias {name}:{alias} points at v{data['version']}, not v{expect}; left as is.")
+            if _conditional.delete_if(self._alias_uri(name, alias), tag):
+                return True
+        raise RegistryError(f"alias {name}:{alias} kept changing; could not delete it.")
+
+    def _swap_alias(self, name: str, alias: str, change, expect, note: str | None) -> dict | None:
+        uri = self._alias_uri(name, alias)
+        for _ in range(50):
+            old, tag = self._read_alias(name, alias)
+            current = None if old is None else int(old["version"])
+            if expect is not _ANY and current != expect:
+                raise AliasConflict(
+                    f"alias {name}:{alias} points at {'v%d' % current if current else 'nothing'}, "
+                    f"not {'v%d' % expect if expect else 'nothing'}: another writer moved it first."
+                )
+            new = dict(change(old), updated=time.time())
+            if note:
+                new["note"] = note
+            if _conditional.write_if(uri, json.dumps(new, indent=2).encode(), tag):
+                return old
+            time.sleep(0.01)
+        raise RegistryError(f"alias {name}:{alias} kept changing under 50 attempts to move it; try again.")
+
+    def update_metadata(self, name: str, version: int, changes: dict) -> dict:
+        """Merges ``changes`` into a version's metadata.json (never into its checked files)."""
+        meta = self.metadata(name, version)
+        meta.update(changes)
         storage.write_text(
-            uri, json.dumps({"version": target, "previous": previous, "updated": time.time()}, indent=2)
+            storage.join(self.version_uri(name, version), METADATA), json.dumps(meta, indent=2, sort_keys=True)
         )
-        return target
+        return meta
+
+    def record_event(self, name: str, event: dict) -> str:
+        """Appends an event (a rollback, a refused swap) under ``<name>/events/``; returns its URI."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        uri = storage.join(self.model_uri(name), "events", f"{stamp}-{uuid.uuid4().hex[:6]}.json")
+        storage.write_text(uri, json.dumps({**event, "time": time.time()}, indent=2, sort_keys=True))
+        return uri
+
+    def events(self, name: str) -> list[dict]:
+        folder = storage.join(self.model_uri(name), "events")
+        return [
+            json.loads(storage.read_text(storage.join(folder, e)))
+            for e in sorted(storage.list_dir(folder))
+            if e.endswith(".json")
+        ]
+
+    def lineage(self, name: str, version: int) -> list[str]:
+        """``name:vN`` then its parent, grandparent, ... (the model each was fine-tuned from)."""
+        chain, seen = [f"{name}:v{version}"], set()
+        meta = self.metadata(name, version)
+        while meta.get("parent") and meta["parent"] not in seen:
+            seen.add(meta["parent"])
+            chain.append(meta["parent"])
+            try:
+                pname, pversion = self.resolve(meta["parent"])
+                meta = self.metadata(pname, pversion)
+            except RegistryError:
+                break
+        return chain
+
+    def diff(self, ref_a: str, ref_b: str) -> dict:
+        """Metrics, gate, spec and lineage of two versions, with the spec fields that differ.
+
+        Returns:
+            ``{"a": "name:vN", "b": ..., "metrics": {key: [a, b]}, "gate": {...},
+            "spec": {dotted key: [a, b]} (only differing keys), "lineage": {"a": [...], "b": [...]}}``.
+        """
+        (na, va), (nb, vb) = self.resolve(ref_a), self.resolve(ref_b)
+        ma, mb = self.metadata(na, va), self.metadata(nb, vb)
+
+        def side_by_side(x: dict, y: dict, only_diff: bool) -> dict:
+            fx, fy = _flatten(x), _flatten(y)
+            keys = sorted(set(fx) | set(fy))
+            return {k: [fx.get(k), fy.get(k)] for k in keys if not only_diff or fx.get(k) != fy.get(k)}
+
+        return {
+            "a": f"{na}:v{va}",
+            "b": f"{nb}:v{vb}",
+            "metrics": side_by_side(ma.get("metrics", {}), mb.get("metrics", {}), False),
+            "gate": side_by_side(ma.get("gate", {}), mb.get("gate", {}), False),
+            "spec": side_by_side(ma.get("spec", {}), mb.get("spec", {}), True),
+            "files_changed": sorted(
+                k for k in set(ma.get("files", {})) | set(mb.get("files", {}))
+                if ma.get("files", {}).get(k) != mb.get("files", {}).get(k)
+            ),
+            "lineage": {"a": self.lineage(na, va), "b": self.lineage(nb, vb)},
+        }
 
     # -- reading ------------------------------------------------------------
     def fetch(self, ref: str) -> Path:
@@ -212,35 +344,17 @@ class Registry:
         return final
 
 
-def _create_exclusive(uri: str) -> bool:
-    """Creates ``uri`` only if it does not exist (O_EXCL locally, If-None-Match on S3)."""
-    token = uuid.uuid4().hex.encode()
-    if storage.is_s3(uri):
-        import boto3
-        from botocore.exceptions import ClientError
-
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        client = boto3.client("s3", endpoint_url=storage.endpoint_url())
-        try:
-            client.put_object(Bucket=bucket, Key=key, Body=token, IfNoneMatch="*")
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise StorageError(f"cannot write {uri!r}: {exc}") from None
-    _, path = storage.filesystem(uri)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(token)
-    return True
-
-
 def _cache_key(root: str) -> str:
     return storage.sha256_bytes(root.encode())[:16]
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
 
 
 def _verify(folder: Path, meta: dict) -> str | None:

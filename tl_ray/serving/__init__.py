@@ -1,7 +1,9 @@
 """Serving: a Ray-free ``Predictor`` and the Ray Serve application around it.
 
-``tl_ray.serving.app`` (imported on demand) holds the deployment and
-``run``/``build_app``; ``tl_ray.serving.client`` talks to it over HTTP.
+``tl_ray.serving.app`` (imported on demand) builds, runs and hot-swaps the
+application; ``server`` holds the ModelServer deployment, ``router`` the
+canary router, ``schema`` the HTTP contract; ``tl_ray.serving.client``
+talks to it over HTTP.
 """
 
 from tl_ray.serving.predictor import Predictor, RequestError

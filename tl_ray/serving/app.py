@@ -1,169 +1,115 @@
-"""The Ray Serve application: a FastAPI ``ModelServer`` deployment over a ``Predictor``.
+"""The Ray Serve application: build it, run it, and swap the model it serves without downtime.
 
 Routes (under the application's route prefix):
 
-- ``POST /predict``: ``application/json`` ``{"instances": [...]}`` or the bytes of
-  one PNG/JPEG image; answers ``{"predictions": [...], "model": "name:vN"}``.
-- ``GET /healthz``: ``{"status": "ok", "model": "name:vN"}``.
+- ``POST /predict``: ``application/json`` ``{"instances": [...]}``, the bytes of
+  one PNG/JPEG image, or ``multipart/form-data`` with one image per part;
+  answers ``{"predictions": [...], "model": "name:vN"}``.
+- ``GET /healthz``: ``{"status": "ok", "model": "name:vN", "swap_error": ...}``.
 - ``GET /metadata``: the version's metadata.json plus batching statistics.
+- ``GET /openapi.json``, ``GET /docs``: the OpenAPI description.
+- ``GET /canary`` (with ``serve.canary``): the split, window figures and any rollback.
 
-Requests are parsed and validated in the request handler, so a bad request
-gets a 4xx ``{"error": ...}`` and never reaches the model. Valid batches of
-many concurrent requests are concatenated by ``@serve.batch``, predicted in one
-call and split again.
+The application is deployed declaratively, exactly like ``serve deploy
+serve/config.yaml``: ``import_path: tl_ray.serving.app:build_app`` plus args,
+and the version each ModelServer serves in its ``user_config``. Because the
+args do not change when the alias moves, ``update`` is a lightweight redeploy:
+Serve calls ``reconfigure`` on the running replicas (see ``server.py``).
 
-Run it from Python with ``run(storage, ref, serve_spec)``, or from a config file:
+Example:
 
-    serve run serve/config.yaml
+>>> url = run("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))
+>>> update("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))  # after a promotion
+'fashion-transfer:v4'
 """
 
-import asyncio
+from __future__ import annotations
+
 import logging
 import os
-import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
-import numpy as np
-import ray
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from ray import serve
 
-from tl_ray.errors import ConfigError
-from tl_ray.serving.predictor import Predictor, RequestError, configure_threads
+from tl_ray.errors import ConfigError, RegistryError, ServingError
+from tl_ray.serving.router import CanaryRouter
+from tl_ray.serving.server import ModelBackend, ModelServer
 from tl_ray.spec import ServeSpec
 
 logger = logging.getLogger(__name__)
-api = FastAPI(title="tl-ray model server")
+IMPORT_PATH = "tl_ray.serving.app:build_app"
+PRODUCTION, CANARY = "ModelServer", "ModelServerCanary"
+
+__all__ = ["ModelServer", "ModelBackend", "CanaryRouter", "bind", "build_app", "run", "update", "follow"]
 
 
-class BatchStats:
-    """Counts of the batches ``@serve.batch`` formed in one replica."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.batches = 0
-        self.requests = 0
-        self.instances = 0
-        self.largest_batch_requests = 0
-        self.largest_batch_instances = 0
-
-    def record(self, requests: int, instances: int) -> None:
-        with self._lock:
-            self.batches += 1
-            self.requests += requests
-            self.instances += instances
-            self.largest_batch_requests = max(self.largest_batch_requests, requests)
-            self.largest_batch_instances = max(self.largest_batch_instances, instances)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
-
-# Defined before ModelServer: Serve serializes the class as it decorates it, so what it calls must exist by then.
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-@serve.deployment(name="ModelServer", max_constructor_retry_count=3)
-@serve.ingress(api)
-class ModelServer:
-    """One replica: a Predictor for a pinned registry version.
-
-    Args:
-        storage: the store root holding the registry.
-        ref: the model reference, pinned to a version (``name:vN``).
-        serve_settings: a ``ServeSpec`` as a dict.
-    """
-
-    def __init__(self, storage: str, ref: str, serve_settings: dict):
-        self.spec = ServeSpec.model_validate(serve_settings)
-        # Before TensorFlow starts: its thread pools are sized once, from this replica's CPUs.
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", self.spec.cpus_per_replica)
-        self.threads = configure_threads(cpus)
-        self.predictor = Predictor.load(storage, ref)
-        self.stats = BatchStats()
-        self._predict_batch.set_max_batch_size(self.spec.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
-
-    @api.post("/predict")
-    async def predict(self, request: Request):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.spec.max_body_bytes:
-            return _error(413, f"request body is {declared} bytes; the limit is {self.spec.max_body_bytes}.")
-        body = await request.body()
-        try:
-            batch = self.predictor.parse(
-                body,
-                request.headers.get("content-type"),
-                max_instances=self.spec.max_instances,
-                max_body_bytes=self.spec.max_body_bytes,
-            )
-        except RequestError as exc:
-            return _error(exc.status, exc.message)
-        try:
-            probs = await self._predict_batch(batch)
-        except Exception as exc:  # noqa: BLE001 - answer, log, and keep the replica serving
-            logger.exception("prediction failed for %s", self.predictor.ref)
-            return _error(500, f"prediction failed in {self.predictor.ref}: {type(exc).__name__}: {exc}")
-        return {"predictions": self.predictor.format(probs), "model": self.predictor.ref}
-
-    @api.get("/healthz")
-    def healthz(self):
-        return {"status": "ok", "model": self.predictor.ref}
-
-    @api.get("/metadata")
-    def metadata(self):
-        return {
-            **self.predictor.metadata,
-            "model": self.predictor.ref,
-            "serving": {
-                "max_batch_size": self.spec.max_batch_size,
-                "batch_wait_timeout_s": self.spec.batch_wait_timeout_s,
-                "max_instances": self.spec.max_instances,
-                "tf_threads": self.threads,
-                **self.stats.as_dict(),
-            },
-        }
-
-    # The decorator's values are placeholders: __init__ sets the ServeSpec's.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _predict_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(b) for b in batches]
-        self.stats.record(len(batches), sum(sizes))
-        # In a thread, so the event loop keeps parsing requests into the next batch meanwhile.
-        probs = await asyncio.to_thread(self.predictor.predict, np.concatenate(batches))
-        return np.split(probs, np.cumsum(sizes)[:-1])
-
-
-def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
-    """The ModelServer application for ``ref``, with the ServeSpec's replicas, CPUs and autoscaling.
-
-    The reference is resolved here, once: every replica then serves the same
-    version even if the alias moves while the application scales.
-
-    Raises:
-        RegistryError: ``ref`` names no model, alias or version in ``storage``.
-    """
-    from tl_ray import storage as store
-    from tl_ray.registry.store import Registry
-
-    if not store.is_absolute(storage):  # replicas may run in another folder, or on another node
-        storage = os.path.abspath(storage)
-    name, version = Registry(storage).resolve(ref)
+def _model_server(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
     auto = serve_spec.autoscaling
-    return ModelServer.options(
+    return (ModelServer if ingress else ModelBackend).options(
+        name=name,
         autoscaling_config={
             "min_replicas": auto.min_replicas,
             "initial_replicas": max(1, auto.min_replicas),
             "max_replicas": auto.max_replicas,
             "target_ongoing_requests": auto.target_ongoing_requests,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
+            "look_back_period_s": auto.look_back_period_s,
         },
         # Room for one batch being predicted while the next one fills.
         max_ongoing_requests=2 * serve_spec.max_batch_size,
         ray_actor_options={"num_cpus": serve_spec.cpus_per_replica},
-    ).bind(storage, f"{name}:v{version}", serve_spec.model_dump(mode="json"))
+        user_config={"model": ref},
+    )
+
+
+def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str]:
+    """``{deployment name: "name:vN"}`` for production and, with ``serve.canary``, the canary.
+
+    Raises:
+        RegistryError: ``ref`` (or the canary alias) names no version.
+    """
+    from tl_ray.registry.store import Registry
+
+    registry = Registry(storage)
+    name, version = registry.resolve(ref)
+    refs = {PRODUCTION: f"{name}:v{version}"}
+    if serve_spec.canary is not None:
+        alias = serve_spec.canary.alias
+        try:
+            _, canary = registry.resolve(f"{name}:{alias}")
+        except RegistryError:
+            raise RegistryError(
+                f"serve.canary is set but {name}:{alias} does not exist. Point it at a version first: "
+                f"tl-ray models promote {name} vN --alias {alias}"
+            ) from None
+        refs[CANARY] = f"{name}:v{canary}"
+    return refs
+
+
+def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
+    """The application for ``ref``: a ModelServer, or a CanaryRouter over two with ``serve.canary``.
+
+    The alias is resolved here into each deployment's default ``user_config``;
+    ``run``/``update`` override it with the version resolved when they deploy.
+
+    Raises:
+        RegistryError: ``ref`` names no model, alias or version in ``storage``.
+    """
+    from tl_ray import storage as store
+
+    if not store.is_absolute(storage):  # replicas may run in another folder, or on another node
+        storage = os.path.abspath(storage)
+    refs = resolve_refs(storage, ref, serve_spec)
+    name = refs[PRODUCTION].split(":")[0]
+    settings = serve_spec.model_dump(mode="json")
+    canary = serve_spec.canary is not None
+    production = _model_server(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=not canary).bind(storage, name, settings)
+    if not canary:
+        return production
+    canary = _model_server(serve_spec, CANARY, refs[CANARY], ingress=False).bind(storage, name, settings)
+    return CanaryRouter.bind(production, canary, storage, name, settings)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -179,6 +125,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     Raises:
         ConfigError: an unknown key, a missing storage or model, or an invalid setting.
     """
+    storage, model, serve_spec = _settings(args)
+    return bind(storage, model, serve_spec)
+
+
+def _settings(args: dict[str, Any]) -> tuple[str, str, ServeSpec]:
     from tl_ray.spec import load_spec
 
     args, given = dict(args), sorted(args)
@@ -199,13 +150,58 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             "serve application args need 'storage' and 'model' (e.g. fashion-transfer:production), "
             f"or a 'spec' whose promote section names the model. Received keys: {given}."
         )
-    if isinstance(args.get("autoscaling"), dict):
-        args["autoscaling"] = {**settings.get("autoscaling", {}), **args["autoscaling"]}
+    for section in ("autoscaling", "canary"):
+        if isinstance(args.get(section), dict) and isinstance(settings.get(section), dict):
+            args[section] = {**settings[section], **args[section]}
     try:
         serve_spec = ServeSpec.model_validate({**settings, **args})
     except ValueError as exc:
         raise ConfigError(f"serve application args are invalid: {exc}") from None
-    return bind(storage, model, serve_spec)
+    return storage, model, serve_spec
+
+
+# -- deploying ----------------------------------------------------------------------
+def _app_config(storage: str, ref: str, serve_spec: ServeSpec, name: str, refs: dict[str, str]) -> dict:
+    return {
+        "name": name,
+        "route_prefix": serve_spec.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": {"storage": storage, "model": ref, **serve_spec.model_dump(mode="json", exclude={"host", "port"})},
+        "deployments": [{"name": dep, "user_config": {"model": r}} for dep, r in refs.items()],
+    }
+
+
+def _apply(app: dict, serve_spec: ServeSpec) -> None:
+    """Deploys ``app`` declaratively beside the other declaratively deployed applications."""
+    import ray
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    # The other live applications stay as they are. The controller's config checkpoint can still
+    # hold deleted ones (serve.delete), so only those Serve reports as present are kept.
+    live = {n for n, a in serve.status().applications.items() if a.status != "DELETING"}
+    current = ray.get(client._controller.get_app_configs.remote())
+    apps = [c.model_dump(exclude_unset=True) for n, c in current.items() if n != app["name"] and n in live] + [app]
+    config = ServeDeploySchema.model_validate(
+        {"http_options": {"host": serve_spec.host, "port": serve_spec.port}, "applications": apps}
+    )
+    client.deploy_apps(config)
+
+
+def _wait_running(name: str, timeout_s: float) -> None:
+    from ray.serve.schema import ApplicationStatus
+    from ray.serve.context import _get_global_client
+
+    client, deadline = _get_global_client(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_serve_status(name).app_status
+        if status.status == ApplicationStatus.RUNNING:
+            return
+        if status.status == ApplicationStatus.DEPLOY_FAILED:
+            raise ServingError(f"Serve application {name!r} failed to deploy: {status.message}")
+        time.sleep(0.2)
+    raise ServingError(f"Serve application {name!r} is not running after {timeout_s:.0f}s; see `serve status`.")
 
 
 def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, name: str = "tl-ray") -> str:
@@ -213,25 +209,152 @@ def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, n
 
     Args:
         storage: the store root holding the registry.
-        ref: ``name``, ``name:alias`` or ``name:vN``; resolved to a version once, here.
-        serve_spec: batching, limits, autoscaling, CPUs, host, port and route prefix.
+        ref: ``name``, ``name:alias`` or ``name:vN``; resolved to a version here (``update`` re-resolves).
+        serve_spec: batching, limits, autoscaling, canary, auth, CPUs, host, port and route prefix.
         blocking: keep serving until Ctrl-C instead of returning. Defaults to False.
         name: the Serve application name. Defaults to "tl-ray".
 
     Raises:
         RegistryError: ``ref`` names no model, alias or version in ``storage``.
-        RuntimeError: the replicas could not start (Serve's message says why).
+        ServingError: the replicas could not start (Serve's message says why).
 
     Example:
 
     >>> url = run("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))
-    >>> requests.get(url + "/healthz").json()
-    {'status': 'ok', 'model': 'fashion-transfer:v3'}
+    >>> requests.get(url + "/healthz").json()["model"]
+    'fashion-transfer:v3'
     """
-    app = bind(storage, ref, serve_spec)
+    from tl_ray import storage as store
+
+    if not store.is_absolute(storage):
+        storage = os.path.abspath(storage)
+    refs = resolve_refs(storage, ref, serve_spec)
     serve.start(http_options={"host": serve_spec.host, "port": serve_spec.port})
+    _apply(_app_config(storage, ref, serve_spec, name, refs), serve_spec)
+    _wait_running(name, timeout_s=180)
     host = "127.0.0.1" if serve_spec.host in ("0.0.0.0", "::", "") else serve_spec.host
     url = f"http://{host}:{serve_spec.port}{serve_spec.route_prefix.rstrip('/')}"
-    logger.info("serving %s at %s", ref, url)
-    serve.run(app, name=name, route_prefix=serve_spec.route_prefix, blocking=blocking)
+    logger.info("serving %s at %s", refs, url)
+    if blocking:
+        while True:
+            time.sleep(3600)
     return url
+
+
+def update(
+    storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", preflight: bool = True,
+    timeout_s: float = 120,
+) -> dict[str, str]:
+    """Re-resolves ``ref`` (and the canary alias) and swaps the running application to it, without downtime.
+
+    Args:
+        storage, ref, serve_spec, name: as given to ``run``.
+        preflight: load and check the new version in this process first, so a
+            version that cannot load never reaches the replicas. Defaults to True.
+        timeout_s: how long the replicas may take to swap. Defaults to 120.
+
+    Returns:
+        ``{deployment: "name:vN"}`` now served.
+
+    Raises:
+        ServingError: the new version failed to load (in the preflight or on a
+            replica); the application keeps serving the old one, and the
+            refusal is recorded as a registry event.
+    """
+    from tl_ray import storage as store
+    from tl_ray.registry.store import Registry
+    from tl_ray.serving.predictor import Predictor
+
+    if not store.is_absolute(storage):
+        storage = os.path.abspath(storage)
+    refs = resolve_refs(storage, ref, serve_spec)
+    served = served_refs(name)
+    if refs == served:
+        return refs
+    model = refs[PRODUCTION].split(":")[0]
+    changed = {dep: r for dep, r in refs.items() if served.get(dep) != r}
+
+    def refuse(dep: str, why: str) -> ServingError:
+        Registry(storage).record_event(
+            model, {"kind": "swap_refused", "deployment": dep, "model": changed[dep], "serving": served.get(dep), "error": why}
+        )
+        return ServingError(f"refused to swap {dep} from {served.get(dep)} to {changed[dep]}: {why}. "
+                            f"{served.get(dep)} keeps serving.")
+
+    if preflight:
+        for dep, r in changed.items():
+            try:
+                Predictor.load(storage, r)  # sha256 check, safe_mode load, shape checks
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the replicas must not get it
+                raise refuse(dep, f"{type(exc).__name__}: {exc}") from None
+    _apply(_app_config(storage, ref, serve_spec, name, refs), serve_spec)
+    failure = _wait_swapped(name, changed, timeout_s)
+    if failure is not None:
+        dep, why = failure
+        # Back to what was served, so replicas started later (autoscaling) do not try the broken version.
+        _apply(_app_config(storage, ref, serve_spec, name, {**refs, **served}), serve_spec)
+        raise refuse(dep, why)
+    return refs
+
+
+def served_refs(name: str) -> dict[str, str]:
+    """``{deployment: "name:vN"}`` from the running application's user_configs."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    config = ray.get(_get_global_client()._controller.get_app_configs.remote()).get(name)
+    if config is None:
+        raise ServingError(f"no Serve application named {name!r} is running; start it with run() first.")
+    return {d.name: d.user_config["model"] for d in config.deployments if d.user_config}
+
+
+def _wait_swapped(name: str, changed: dict[str, str], timeout_s: float) -> tuple[str, str] | None:
+    """Polls each changed deployment's replicas until they all serve the new version (None) or one refuses."""
+    deadline = time.monotonic() + timeout_s
+    for dep, target in changed.items():
+        handle = serve.get_deployment_handle(dep, app_name=name)
+        confirmed: set[str] = set()
+        while True:
+            if time.monotonic() > deadline:
+                return dep, f"replicas did not report {target} within {timeout_s:.0f}s"
+            replicas = _running_replicas(name, dep)
+            status = handle.status.remote().result(timeout_s=30)
+            error = status["swap_error"]
+            if error and error["model"] == target:
+                return dep, f"replica {status['replica']} could not load it: {error['error']}"
+            if status["model"] == target:
+                confirmed.add(status["replica"])
+            if replicas and len(confirmed) >= replicas:
+                break
+            time.sleep(0.05)
+    return None
+
+
+def _running_replicas(name: str, dep: str) -> int:
+    status = serve.status().applications.get(name)
+    if status is None or dep not in status.deployments:
+        return 0
+    return status.deployments[dep].replica_states.get("RUNNING", 0)
+
+
+def follow(
+    storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", out: Callable[[str], None] = print,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Watches the registry and swaps the application whenever ``ref``'s alias (or the canary's) moves.
+
+    A refused swap is printed once and the watch goes on; the old version keeps
+    serving until the alias moves again.
+    """
+    refused: dict[str, str] | None = None
+    while not stop():
+        try:
+            wanted = resolve_refs(storage, ref, serve_spec)
+            before = served_refs(name)
+            if wanted != before and wanted != refused:
+                now = update(storage, ref, serve_spec, name=name)
+                out(f"[serve] swapped to {now} (was {before})")
+        except (ServingError, RegistryError) as exc:
+            refused = wanted if isinstance(exc, ServingError) else refused
+            out(f"[serve] {exc}")
+        time.sleep(serve_spec.follow_interval_s)

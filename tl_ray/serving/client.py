@@ -18,29 +18,38 @@ from tl_ray.errors import ServingError
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def predict_files(url: str, paths: list[str], timeout: float = 30) -> list[dict]:
-    """Posts each image file's bytes to ``url/predict``; returns one prediction per file.
+def predict_files(url: str, paths: list[str], timeout: float = 30, token: str | None = None,
+                  multipart: bool = False) -> list[dict]:
+    """Posts image files to ``url/predict``; returns one prediction per file.
 
     Args:
         url: the application's base URL, e.g. ``http://127.0.0.1:8000``.
         paths: PNG or JPEG files (other extensions are sent as application/octet-stream).
         timeout: seconds to wait for each answer. Defaults to 30.
+        token: a bearer token, for an endpoint with ``serve.auth_token_env``. Defaults to none.
+        multipart: send all files in one multipart/form-data request instead of one request each.
+            Defaults to False.
 
     Raises:
         ServingError: a file cannot be read, the server cannot be reached, or it refuses the request.
     """
-    out = []
+    bodies = []
     for path in paths:
         try:
             body = Path(path).read_bytes()
         except OSError as exc:
             raise ServingError(f"cannot read image {str(path)!r}: {exc.strerror}.") from None
-        content_type = CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
-        out.extend(_post(url, body, content_type, timeout, what=str(path)))
+        bodies.append((Path(path).name, body, CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")))
+    if multipart:
+        files = [("files", b) for b in bodies]
+        return _post(url, None, None, timeout, what=f"{len(paths)} files", token=token, files=files)
+    out = []
+    for (name, body, content_type), path in zip(bodies, paths):
+        out.extend(_post(url, body, content_type, timeout, what=str(path), token=token))
     return out
 
 
-def predict_instances(url: str, array, timeout: float = 30) -> list[dict]:
+def predict_instances(url: str, array, timeout: float = 30, token: str | None = None) -> list[dict]:
     """Posts ``{"instances": array}`` (``[N, H, W]`` or ``[N, H, W, C]`` pixels 0..255) to ``url/predict``.
 
     Raises:
@@ -49,13 +58,17 @@ def predict_instances(url: str, array, timeout: float = 30) -> list[dict]:
     import json
 
     body = json.dumps({"instances": np.asarray(array).tolist()}).encode()
-    return _post(url, body, "application/json", timeout, what=f"{len(array)} instances")
+    return _post(url, body, "application/json", timeout, what=f"{len(array)} instances", token=token)
 
 
-def _post(url: str, body: bytes, content_type: str, timeout: float, what: str) -> list[dict]:
+def _post(url: str, body: bytes | None, content_type: str | None, timeout: float, what: str,
+          token: str | None = None, files=None) -> list[dict]:
     endpoint = url.rstrip("/") + "/predict"
+    headers = {"Content-Type": content_type} if content_type else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        resp = requests.post(endpoint, data=body, headers={"Content-Type": content_type}, timeout=timeout)
+        resp = requests.post(endpoint, data=body, files=files, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise ServingError(
             f"cannot reach {endpoint} ({type(exc).__name__}); "

@@ -23,6 +23,7 @@ from tl_ray.errors import DataError, ServingError
 
 JSON_TYPES = ("application/json",)
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
+MULTIPART_TYPES = ("multipart/form-data",)
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
@@ -138,8 +139,9 @@ class Predictor:
 
         Accepts ``application/json`` ``{"instances": [...]}`` where each
         instance is a nested list of shape H×W, H×W×1 or H×W×3 (any size; it
-        is resized), or the raw bytes of one PNG or JPEG image
-        (``image/png``, ``image/jpeg``, ``application/octet-stream``).
+        is resized), the raw bytes of one PNG or JPEG image
+        (``image/png``, ``image/jpeg``, ``application/octet-stream``), or a
+        ``multipart/form-data`` batch with one PNG or JPEG file per part.
 
         Args:
             body: the request body.
@@ -157,17 +159,47 @@ class Predictor:
                 "Send fewer instances per request.",
             )
         media = (content_type or "").split(";")[0].strip().lower()
-        if media not in JSON_TYPES + IMAGE_TYPES:
+        if media not in JSON_TYPES + IMAGE_TYPES + MULTIPART_TYPES:
             raise RequestError(
                 415,
                 f"unsupported Content-Type {content_type!r}. Send {JSON_TYPES[0]} "
-                f'{{"instances": [...]}} or the bytes of one image as one of {list(IMAGE_TYPES)}.',
+                f'{{"instances": [...]}}, the bytes of one image as one of {list(IMAGE_TYPES)}, '
+                "or several images as multipart/form-data.",
             )
         if not body:
             raise RequestError(400, f"request body is empty; expected {_expected(media)}.")
         if media in JSON_TYPES:
             return self._parse_json(body, max_instances)
+        if media in MULTIPART_TYPES:
+            return self._parse_multipart(body, content_type, max_instances)
         return self._parse_image(body)
+
+    def _parse_multipart(self, body: bytes, content_type: str, max_instances: int) -> np.ndarray:
+        import email.parser
+        import email.policy
+
+        if "boundary=" not in content_type.lower():
+            raise RequestError(
+                400, f"multipart/form-data needs a boundary parameter. Received Content-Type: {content_type!r}."
+            )
+        header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
+        parts = list(message.iter_parts()) if message.is_multipart() else []
+        if not parts:
+            raise RequestError(400, "multipart/form-data body holds no parts; expected one image file per part.")
+        if len(parts) > max_instances:
+            raise RequestError(
+                413, f"request has {len(parts)} images; the limit is {max_instances}. Split it into smaller requests."
+            )
+        images = []
+        for i, part in enumerate(parts):
+            label = part.get_param("name", header="content-disposition") or f"part {i}"
+            data = part.get_payload(decode=True) or b""
+            try:
+                images.append(self._parse_image(data))
+            except RequestError as exc:
+                raise RequestError(exc.status, f"multipart part {i} ({label!r}): {exc.message}") from None
+        return np.concatenate(images)
 
     def _parse_json(self, body: bytes, max_instances: int) -> np.ndarray:
         try:
@@ -243,13 +275,26 @@ class Predictor:
 
     # -- prediction ---------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch ``[N, H, W, 3]``: ``[N, K]`` (softmax) or ``[N, 1]`` (sigmoid)."""
+        """Probabilities for a batch ``[N, H, W, 3]``: ``[N, K]`` (softmax) or ``[N, 1]`` (sigmoid).
+
+        Raises:
+            ServingError: the model answered NaN or infinite probabilities (a broken
+                model, not a bad request: the server answers 500).
+        """
         batch = np.asarray(batch, dtype=np.float32)
         chunks = [
             self._forward(batch[start : start + self.chunk_size]).numpy()
             for start in range(0, len(batch), self.chunk_size)
         ]
-        return np.concatenate(chunks)
+        probs = np.concatenate(chunks)
+        if not np.isfinite(probs).all():
+            raise ServingError(f"{self.ref} produced non-finite probabilities; the model is broken.")
+        return probs
+
+    def warm_up(self) -> None:
+        """Runs one blank image through the model, so the first request does not pay for tracing."""
+        h, w = self.image_size
+        self._forward(np.zeros((1, h, w, 3), np.float32)).numpy()
 
     def format(self, probs: np.ndarray) -> list[dict]:
         """One ``{"class", "class_id", "probabilities"}`` per row; a sigmoid column becomes two."""
@@ -268,6 +313,8 @@ class Predictor:
 def _expected(media: str) -> str:
     if media in JSON_TYPES:
         return '{"instances": [image, ...]} with each image a nested list of pixel values 0..255'
+    if media in MULTIPART_TYPES:
+        return "one PNG or JPEG file per form part"
     return "the bytes of one PNG or JPEG image"
 
 

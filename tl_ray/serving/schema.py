@@ -1,0 +1,109 @@
+"""The HTTP contract of the prediction endpoint: pydantic models for OpenAPI, errors and auth.
+
+``/predict`` reads the raw body itself (JSON, image bytes or multipart), so
+FastAPI cannot infer its request schema; ``PREDICT_OPENAPI`` describes every
+accepted content type instead, and ``PREDICT_RESPONSES`` the answers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from tl_ray.errors import ServingError
+
+
+class PredictRequest(BaseModel):
+    """``application/json`` body of ``POST /predict``."""
+
+    instances: list[list] = Field(
+        description="Images as nested lists of pixel values 0..255, each [H, W], [H, W, 1] or [H, W, 3]; "
+        "any size (resized to the model's).",
+        min_length=1,
+    )
+
+
+class Prediction(BaseModel):
+    class_: str = Field(alias="class", description="The most probable class name.")
+    class_id: int = Field(description="Its index in the model's class_names.")
+    probabilities: list[float] = Field(description="One probability per class, in class_names order.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per instance or image, in request order.")
+    model: str = Field(description="The registry version that answered, e.g. fashion-transfer:v3.")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What is wrong with the request, what was received and what is expected.")
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok")
+    model: str = Field(description="The version this replica serves.")
+    swap_error: dict | None = Field(default=None, description="The last refused model swap, if any.")
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "description": "Several PNG/JPEG files, one form part each (any field names); a batch.",
+                }
+            },
+        },
+    }
+}
+PREDICT_RESPONSES = {
+    200: {"model": PredictResponse, "description": "Predictions."},
+    400: {"model": ErrorResponse, "description": "Malformed body, wrong shape or dtype, not an image."},
+    401: {"model": ErrorResponse, "description": "Missing or wrong bearer token (when auth is on)."},
+    413: {"model": ErrorResponse, "description": "Body or instance count over the limit."},
+    415: {"model": ErrorResponse, "description": "Unsupported Content-Type."},
+    500: {"model": ErrorResponse, "description": "The model failed on a valid request."},
+}
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def load_token(env_name: str | None) -> str | None:
+    """The bearer token from ``env_name`` (None: auth off).
+
+    Raises:
+        ServingError: ``env_name`` is set in the spec but not in this process's environment.
+    """
+    if env_name is None:
+        return None
+    token = os.environ.get(env_name, "")
+    if not token:
+        raise ServingError(
+            f"serve.auth_token_env is {env_name!r} but that environment variable is empty or unset on this "
+            "node. Set it where the replicas run (e.g. a Kubernetes secret), or remove auth_token_env."
+        )
+    return token
+
+
+def check_auth(token: str | None, header: str | None) -> JSONResponse | None:
+    """A 401 answer when ``token`` is required and ``header`` does not carry it; None when allowed."""
+    if token is None:
+        return None
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        what = "no Authorization header" if not header else "a wrong or malformed bearer token"
+        return error(401, f"this endpoint needs 'Authorization: Bearer <token>'; received {what}.",
+                     headers={"WWW-Authenticate": "Bearer"})
+    return None

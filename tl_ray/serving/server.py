@@ -1,0 +1,237 @@
+"""ModelServer: the Ray Serve deployment that answers ``/predict`` with a registry version.
+
+The version a replica serves comes from the deployment's ``user_config``
+(``{"model": "name:vN"}``), not its constructor, so moving ``production``
+is a lightweight redeploy: Serve calls ``reconfigure`` on the running
+replicas, each loads the new version beside the old one (sha256-checked,
+``safe_mode``), warms it up and swaps it in, answering requests with the old
+version all the while. A version that fails to load is refused: the replica
+keeps the old one and reports the failure at ``/healthz`` and ``status()``.
+
+Requests are parsed and validated in the handler, so a bad request gets a
+4xx ``{"error": ...}`` and never reaches the model; valid ones from many
+concurrent requests are concatenated by ``@serve.batch``.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures.
+import asyncio
+import logging
+import threading
+import time
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Request
+from ray import serve
+from ray.serve import metrics
+
+from tl_ray.serving.predictor import Predictor, RequestError, configure_threads
+from tl_ray.serving.schema import (
+    PREDICT_OPENAPI,
+    PREDICT_RESPONSES,
+    ErrorResponse,
+    Health,
+    check_auth,
+    error,
+    load_token,
+)
+from tl_ray.spec import ServeSpec
+
+logger = logging.getLogger(__name__)
+api = FastAPI(
+    title="tl-ray model server",
+    description="Image classification with a tl-ray registry model. Batches concurrent requests.",
+)
+LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class BatchStats:
+    """Counts of requests, errors and the batches ``@serve.batch`` formed in one replica."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.batches = self.requests = self.instances = 0
+        self.largest_batch_requests = self.largest_batch_instances = 0
+        self.answered = self.client_errors = self.server_errors = 0
+
+    def record(self, requests: int, instances: int) -> None:
+        with self._lock:
+            self.batches += 1
+            self.requests += requests
+            self.instances += instances
+            self.largest_batch_requests = max(self.largest_batch_requests, requests)
+            self.largest_batch_instances = max(self.largest_batch_instances, instances)
+
+    def answer(self, status: int) -> None:
+        with self._lock:
+            self.answered += 1
+            self.client_errors += 400 <= status < 500
+            self.server_errors += status >= 500
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class _Metrics:
+    """Per-deployment Prometheus metrics (Serve adds deployment, replica and application tags)."""
+
+    def __init__(self):
+        self.requests = metrics.Counter(
+            "tlray_requests", description="Prediction requests answered, by HTTP status.", tag_keys=("model", "status")
+        )
+        self.errors = metrics.Counter(
+            "tlray_request_errors", description="Requests answered 4xx (client) or 5xx (server).",
+            tag_keys=("model", "kind"),
+        )
+        self.latency = metrics.Histogram(
+            "tlray_request_latency_ms", description="Time from request to answer inside the replica, ms.",
+            boundaries=LATENCY_MS, tag_keys=("model",),
+        )
+        self.batch = metrics.Histogram(
+            "tlray_batch_size", description="Instances per batch run through the model.",
+            boundaries=BATCH_SIZES, tag_keys=("model",),
+        )
+        self.swaps = metrics.Counter(
+            "tlray_model_swaps", description="Model swaps through reconfigure, by outcome.", tag_keys=("outcome",)
+        )
+
+    def answered(self, model: str, status: int, started: float) -> None:
+        self.requests.inc(tags={"model": model, "status": str(status)})
+        if status >= 400:
+            self.errors.inc(tags={"model": model, "kind": "client" if status < 500 else "server"})
+        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": model})
+
+
+class Backend:
+    """One replica: a Predictor for the registry version its ``user_config`` names.
+
+    Called through handles (``infer``, ``status``); ``ModelServer`` adds the HTTP routes.
+
+    Args:
+        storage: the store root holding the registry.
+        model: the model name (the version comes from ``user_config``).
+        serve_settings: a ``ServeSpec`` as a dict.
+    """
+
+    def __init__(self, storage: str, model: str, serve_settings: dict):
+        self.spec = ServeSpec.model_validate(serve_settings)
+        self.storage, self.model = storage, model
+        # Before TensorFlow starts: its thread pools are sized once, from this replica's CPUs.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", self.spec.cpus_per_replica)
+        self.threads = configure_threads(cpus)
+        self.token = load_token(self.spec.auth_token_env)
+        self.predictor: Predictor | None = None
+        self.swap_error: dict | None = None
+        self.stats = BatchStats()
+        self.metrics = _Metrics()
+        self._predict_batch.set_max_batch_size(self.spec.max_batch_size)
+        self._predict_batch.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
+
+    async def reconfigure(self, config: dict) -> None:
+        """Loads ``config["model"]`` (``name:vN``) and swaps it in; keeps the old one if it fails."""
+        ref = config["model"]
+        if self.predictor is not None and ref == self.predictor.ref:
+            return
+        try:
+            new = await asyncio.to_thread(self._load, ref)
+        except Exception as exc:  # noqa: BLE001 - any failure to load must leave the old version serving
+            if self.predictor is None:
+                raise  # a starting replica has nothing else to serve; Serve reports the failure
+            self.swap_error = {"model": ref, "error": f"{type(exc).__name__}: {exc}", "serving": self.predictor.ref}
+            self.metrics.swaps.inc(tags={"outcome": "refused"})
+            logger.error("refused to swap %s -> %s: %s", self.predictor.ref, ref, self.swap_error["error"])
+            return
+        old, self.predictor, self.swap_error = self.predictor, new, None
+        self.metrics.swaps.inc(tags={"outcome": "swapped"})
+        logger.info("serving %s (was %s)", new.ref, old.ref if old else "nothing")
+
+    def _load(self, ref: str) -> Predictor:
+        predictor = Predictor.load(self.storage, ref)  # sha256 check of every file, then safe_mode load
+        predictor.warm_up()
+        return predictor
+
+    async def infer(self, body: bytes, content_type: str | None) -> tuple[int, dict]:
+        """Parses, predicts and formats one request body; ``(HTTP status, JSON answer)``. Never raises."""
+        started = time.perf_counter()
+        predictor = self.predictor
+        try:
+            batch = predictor.parse(
+                body, content_type, max_instances=self.spec.max_instances, max_body_bytes=self.spec.max_body_bytes
+            )
+            probs, used = await self._predict_batch((batch, predictor))
+            status, answer = 200, {"predictions": used.format(probs), "model": used.ref}
+        except RequestError as exc:
+            status, answer = exc.status, {"error": exc.message}
+        except Exception as exc:  # noqa: BLE001 - answer, log, and keep the replica serving
+            logger.exception("prediction failed for %s", predictor.ref)
+            status, answer = 500, {"error": f"prediction failed in {predictor.ref}: {type(exc).__name__}: {exc}"}
+        self.stats.answer(status)
+        self.metrics.answered(predictor.ref, status, started)
+        return status, answer
+
+    def serving(self) -> dict:
+        return {
+            "max_batch_size": self.spec.max_batch_size,
+            "batch_wait_timeout_s": self.spec.batch_wait_timeout_s,
+            "max_instances": self.spec.max_instances,
+            "tf_threads": self.threads,
+            **self.stats.as_dict(),
+        }
+
+    def status(self) -> dict:
+        """What this replica serves, for ``app.update``'s check after a swap (called through a handle)."""
+        replica = serve.get_replica_context().replica_id.unique_id
+        return {"replica": replica, "model": self.predictor.ref, "swap_error": self.swap_error, **self.serving()}
+
+    # The decorator's values are placeholders: __init__ sets the ServeSpec's.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _predict_batch(self, items: list[tuple[np.ndarray, Predictor]]) -> list[tuple[np.ndarray, Predictor]]:
+        # A swap may land between parsing and batching: each request is predicted by the version that parsed it.
+        out: list = [None] * len(items)
+        for predictor in {id(p): p for _, p in items}.values():
+            idx = [i for i, (_, p) in enumerate(items) if p is predictor]
+            sizes = [len(items[i][0]) for i in idx]
+            self.stats.record(len(idx), sum(sizes))
+            self.metrics.batch.observe(sum(sizes), tags={"model": predictor.ref})
+            # In a thread, so the event loop keeps parsing requests into the next batch meanwhile.
+            probs = await asyncio.to_thread(predictor.predict, np.concatenate([items[i][0] for i in idx]))
+            for i, part in zip(idx, np.split(probs, np.cumsum(sizes)[:-1])):
+                out[i] = (part, predictor)
+        return out
+
+
+@serve.deployment(name="ModelServer", max_constructor_retry_count=3)
+@serve.ingress(api)
+class ModelServer(Backend):
+    """The HTTP ingress: ``/predict``, ``/healthz``, ``/metadata`` and ``/openapi.json`` over a Backend."""
+
+    @api.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
+    async def predict(self, request: Request):
+        """Classify images: JSON ``{"instances": [...]}``, one PNG/JPEG body, or a multipart batch of files."""
+        denied = check_auth(self.token, request.headers.get("authorization"))
+        if denied is not None:
+            self.stats.answer(401)
+            return denied
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.spec.max_body_bytes:
+            self.stats.answer(413)
+            return error(413, f"request body is {declared} bytes; the limit is {self.spec.max_body_bytes}.")
+        status, answer = await self.infer(await request.body(), request.headers.get("content-type"))
+        return answer if status == 200 else error(status, answer["error"])
+
+    @api.get("/healthz", response_model=Health)
+    def healthz(self):
+        return {"status": "ok", "model": self.predictor.ref, "swap_error": self.swap_error}
+
+    @api.get("/metadata", responses={200: {"description": "metadata.json plus serving figures"}, 401: {"model": ErrorResponse}})
+    def metadata(self, request: Request):
+        denied = check_auth(self.token, request.headers.get("authorization"))
+        if denied is not None:
+            return denied
+        return {**self.predictor.metadata, "model": self.predictor.ref, "serving": self.serving()}
+
+
+# Behind the canary router: the same replica without HTTP routes (Serve allows one FastAPI ingress per app).
+ModelBackend = serve.deployment(Backend, name="ModelBackend", max_constructor_retry_count=3)
