@@ -91,6 +91,13 @@ class HeadSpec(_Section):
     )
     dense: list[PositiveInt] = Field(default_factory=list, description="Hidden Dense layer widths (ReLU).")
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Dropout before each Dense layer.")
+    multi_label: bool = Field(
+        default=False,
+        description=(
+            "One sigmoid unit per class trained with binary cross-entropy on label vectors "
+            "(several classes may be on at once). Off: softmax over K>2 classes, or one sigmoid unit for 2."
+        ),
+    )
 
 
 class FreezeSpec(_Section):
@@ -104,8 +111,46 @@ class FreezeSpec(_Section):
         ),
     )
     unfreeze_top: int = Field(
-        default=20, ge=0, description="fine_tune only: how many of the backbone's top layers train."
+        default=20,
+        ge=0,
+        description="fine_tune: how many of the backbone's top weighted layers train (BatchNorm not counted).",
     )
+    from_block: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "fine_tune: train every backbone layer from the first layer of this block on, e.g. 'block_13' "
+            "(mobilenet_v2), 'conv5' (resnet50), 'block6' (efficientnet). Replaces unfreeze_top."
+        ),
+    )
+    pattern: str | None = Field(
+        default=None,
+        min_length=1,
+        description="fine_tune: train the backbone layers whose name matches this regex (re.search). Replaces unfreeze_top.",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"must be a valid regular expression ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "FreezeSpec":
+        chosen = [k for k in ("from_block", "pattern") if getattr(self, k) is not None]
+        if "unfreeze_top" in self.model_fields_set:
+            chosen.append("unfreeze_top")
+        if len(chosen) > 1:
+            raise ValueError(f"set only one of unfreeze_top, from_block and pattern. Received: {chosen}")
+        if self.mode != "fine_tune" and chosen and chosen != ["unfreeze_top"]:
+            raise ValueError(f"{chosen[0]} applies to mode fine_tune only. Received: mode={self.mode!r}")
+        return self
 
 
 class ModelSpec(_Section):
@@ -143,8 +188,45 @@ class ModelSpec(_Section):
         return value
 
 
+class PhaseSpec(_Section):
+    """One phase of a multi-phase recipe: its epochs, freeze policy and learning rate."""
+
+    epochs: PositiveInt = Field(description="Epochs of this phase.")
+    freeze: FreezeSpec = Field(description="Freeze policy during this phase (replaces model.freeze).")
+    learning_rate: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="Learning rate of this phase (default: train.learning_rate)."
+    )
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop a trial when a monitored metric stops improving (the EarlyStopping callback)."""
+
+    monitor: str = Field(default="val_loss", description="Metric watched at the end of every epoch.")
+    mode: Literal["min", "max"] = Field(default="min", description="Whether lower or higher is better.")
+    patience: int = Field(default=3, ge=0, description="Epochs without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0.0, description="Smallest change that counts as an improvement.")
+
+
+class LRScheduleSpec(_Section):
+    """Learning-rate schedule over each phase (the LearningRateSchedule callback), updated every step."""
+
+    kind: Literal["constant", "cosine"] = Field(
+        default="cosine", description="constant, or cosine decay to min_fraction of the phase's rate."
+    )
+    warmup_epochs: float = Field(
+        default=0.0, ge=0.0, description="Linear warm-up from 0 over this many epochs at the start of each phase."
+    )
+    min_fraction: float = Field(default=0.0, ge=0.0, le=1.0, description="cosine: final rate / peak rate.")
+
+
 class TrainSpec(_Section):
-    """One trial's training: data-parallel under tf.distribute."""
+    """One trial's training: data-parallel under tf.distribute.
+
+    The learning rate actually used is ``learning_rate`` (or a phase's) times
+    ``lr_scaling`` applied to ``batch_size / base_batch_size``: ``none`` → 1,
+    ``linear`` → ratio (Goyal et al. 2017), ``sqrt`` → sqrt(ratio) (a common
+    rule for Adam), times the ``lr_schedule`` factor of the current step.
+    """
 
     epochs: PositiveInt = Field(default=5, description="Passes over the training data.")
     batch_size: PositiveInt = Field(default=64, description="Global batch size, across all replicas.")
@@ -168,6 +250,60 @@ class TrainSpec(_Section):
         default=None, description="Cap on steps per epoch (default: one full pass)."
     )
     max_failures: int = Field(default=1, ge=0, description="Restarts of a failed trial from its checkpoint.")
+    checkpoint_every: PositiveInt = Field(
+        default=1, description="Checkpoint every N epochs (the last epoch is always checkpointed)."
+    )
+    phases: list[PhaseSpec] = Field(
+        default_factory=list,
+        description=(
+            "Multi-phase recipe, e.g. head first with the base frozen, then fine-tune at a lower rate. "
+            "Each phase gets a fresh optimizer on its trainable variables. train.epochs defaults to the sum."
+        ),
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        default="none", description="How the learning rate scales with batch_size / base_batch_size."
+    )
+    base_batch_size: PositiveInt = Field(
+        default=256, description="Global batch size the learning rate was tuned for (lr_scaling reference)."
+    )
+    backbone_lr_multiplier: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description="Discriminative learning rate: the backbone's trainable variables learn at this times the head's rate.",
+    )
+    class_weights: Literal["balanced"] | dict[int, Annotated[float, Field(ge=0.0)]] | None = Field(
+        default=None,
+        description="Per-class loss weights: 'balanced' (n / (K * count)) or {class id: weight}; missing ids weigh 1.",
+    )
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        default="float32",
+        description="Keras dtype policy; mixed_float16 adds dynamic loss scaling. Outputs stay float32.",
+    )
+    jit_compile: bool = Field(default=False, description="XLA-compile the forward and backward pass.")
+    clip_norm: float | None = Field(
+        default=None, gt=0.0, description="Clip the all-reduced gradients to this global norm."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping (off by default).")
+    lr_schedule: LRScheduleSpec | None = Field(default=None, description="Learning-rate schedule (constant if unset).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_from_phases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("phases") and "epochs" not in data:
+            epochs = [p.get("epochs") if isinstance(p, dict) else getattr(p, "epochs", None) for p in data["phases"]]
+            if all(isinstance(e, int) for e in epochs):
+                data = {**data, "epochs": sum(epochs)}
+        return data
+
+    @model_validator(mode="after")
+    def _phases_add_up(self) -> "TrainSpec":
+        if self.phases and sum(p.epochs for p in self.phases) != self.epochs:
+            raise ValueError(
+                f"train.epochs ({self.epochs}) must equal the sum of train.phases epochs "
+                f"({sum(p.epochs for p in self.phases)}); leave train.epochs out to use the sum"
+            )
+        return self
 
 
 class TuneSpec(_Section):

@@ -48,6 +48,13 @@ def test_builds_at_min_size_and_runs(name):
     out = model(np.full((1, b.min_size, b.min_size, 3), 128.0, "float32"), training=False)
     assert out.shape == (1, 3)
     assert np.isfinite(np.asarray(out)).all()
+    # Every family names its blocks, in network order, so freeze.from_block can start at any of them.
+    names = [layer.name for layer in model.get_layer("backbone").layers]
+    starts = b.block_starts(names)
+    assert len(starts) >= 3, starts
+    assert list(starts.values()) == sorted(starts.values()) and 0 < min(starts.values())
+    last = list(starts)[-1]
+    assert b.block_start(names, last) == starts[last]
     del model
     keras.backend.clear_session()
 

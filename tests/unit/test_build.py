@@ -208,3 +208,26 @@ def test_batchnorm_momentum_override_reaches_every_backbone_batchnorm():
     model = build_model(spec, 3, (32, 32))
     bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == 0.9 for l in bns)
+
+
+def test_bytes_signature_matches_the_keras_model_on_raw_png(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from tl_ray.data.images import decode_image
+
+    model = build_model(spec(head={"dense": [8]}), 3, SIZE, seed=6)
+    export_model(model, tmp_path / "out")
+    rng = np.random.default_rng(0)
+    pngs = []
+    for shape in [(32, 32, 3), (20, 28, 3), (40, 40)]:  # RGB, another size (resized), grey
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    reloaded = load_model(tmp_path / "out" / "model.keras")  # safe_mode=True
+    pixels = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in pngs])
+    expected = reloaded.predict(pixels, verbose=0)
+    signature = tf.saved_model.load(str(tmp_path / "out" / "saved_model")).signatures["serving_bytes"]
+    out = signature(image_bytes=tf.constant(pngs))["probabilities"].numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "apply_freeze": "freeze",
     "resolve_weights": "weights",
     "save_backbone_weights": "weights",
+    "stage_backbone_weights": "weights",
     "weights_kind": "weights",
     "export_model": "export",
     "load_model": "export",

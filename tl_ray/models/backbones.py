@@ -7,7 +7,17 @@ Keras is imported only inside ``Backbone.build`` and ``Backbone.preprocess_fn``.
 Sizes come from the installed Keras source (``keras/src/applications``): the
 ``min_size`` each constructor passes to ``obtain_input_shape`` (or checks by
 hand, as MobileNetV3 does) and the resolution its ImageNet weights were
-trained at. Keras 3 has no RegNet models, so none are listed.
+trained at. RegNet (X/Y 002-320) is absent from Keras 3 (3.15 included: it was
+dropped in the move from tf.keras), so the table has no RegNet entries.
+
+Blocks: ``block_re`` captures the name of the block a backbone layer belongs
+to, so ``model.freeze.from_block`` can name where fine-tuning starts
+(``block_13`` for mobilenet_v2, ``conv5`` for ResNet, ``block6`` for
+EfficientNet, ``mixed9`` for InceptionV3, ``stage_3`` for ConvNeXt). For most
+families a block begins at its first named layer; for InceptionV3,
+InceptionResNetV2 and NASNet, whose inner layers carry automatic names, the
+named layer *ends* a block (``blocks_end``) and the next block begins right
+after it.
 
 Example:
 
@@ -20,6 +30,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -52,6 +63,8 @@ class Backbone:
             (MobileNetV3, EfficientNet, EfficientNetV2, ConvNeXt); their
             ``preprocess_input`` is then the identity and the network expects
             0..255 pixels.
+        block_re: regex whose group 1 is the block name of a layer (``re.match``).
+        blocks_end: True when matching layers end their block rather than begin it.
     """
 
     name: str
@@ -60,6 +73,8 @@ class Backbone:
     min_size: int
     default_size: int
     preprocessing_in_model: bool = False
+    block_re: str = r"^(block\d+)_"
+    blocks_end: bool = False
 
     def build(self, input_shape: tuple[int, int, int], weights: str | None = None, *, name: str | None = None,
               **kwargs: Any):
@@ -99,46 +114,93 @@ class Backbone:
             model.name = name
         return model
 
+    def block_starts(self, layer_names: list[str]) -> dict[str, int]:
+        """Where each block begins: ``{block name: index into layer_names}``, in network order.
+
+        Args:
+            layer_names: the backbone's ``[layer.name for layer in model.layers]``.
+        """
+        pattern = re.compile(self.block_re)
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for i, name in enumerate(layer_names):
+            match = pattern.match(name)
+            if match:
+                first.setdefault(match.group(1), i)
+                last[match.group(1)] = i
+        if not self.blocks_end:
+            return first
+        starts, begin = {}, 1  # layer 0 is the Input
+        for block, end in sorted(last.items(), key=lambda item: item[1]):
+            starts[block] = begin
+            begin = end + 1
+        return starts
+
+    def block_start(self, layer_names: list[str], block: str) -> int:
+        """Index of the first layer of ``block`` (a block name, or a layer-name prefix such as ``conv4_block3``).
+
+        Raises:
+            ConfigError: no block or layer-name prefix matches; the message lists the blocks.
+        """
+        starts = self.block_starts(layer_names)
+        if block in starts:
+            return starts[block]
+        if not self.blocks_end:
+            boundary = re.compile(rf"^{re.escape(block)}(?![0-9])")
+            for i, name in enumerate(layer_names):
+                if boundary.match(name):
+                    return i
+        raise ConfigError(
+            f"model.freeze.from_block must name a block of backbone {self.name!r}, one of {list(starts)}. "
+            f"Received: {block!r}.{did_you_mean(block, starts)}"
+        )
+
     def preprocess_fn(self) -> Callable:
         """The family's ``preprocess_input``: maps 0..255 RGB to what the network expects."""
         return _import(self.preprocess)
 
 
-def _family(module: str, min_size: int, in_model: bool, **models: tuple[str, int]) -> dict[str, Backbone]:
+def _family(module: str, min_size: int, in_model: bool, blocks: str, *, end: bool = False,
+            **models: tuple[str, int]) -> dict[str, Backbone]:
     return {
         name: Backbone(name, f"keras.applications.{ctor}", f"keras.applications.{module}.preprocess_input",
-                       min_size, size, in_model)
+                       min_size, size, in_model, blocks, end)
         for name, (ctor, size) in models.items()
     }
 
 
+_VGG = _XCEPTION = r"^(block\d+)_"
+_CONV = r"^(conv\d+)_"  # ResNet, ResNetV2, DenseNet: conv2 .. conv5 (conv4_block3 also works as a prefix)
+_EFFICIENT = r"^(block\d+)[a-z]_"
+
+
 BACKBONES: dict[str, Backbone] = {
-    **_family("vgg16", 32, False, vgg16=("VGG16", 224)),
-    **_family("vgg19", 32, False, vgg19=("VGG19", 224)),
-    **_family("resnet", 32, False, resnet50=("ResNet50", 224), resnet101=("ResNet101", 224),
+    **_family("vgg16", 32, False, _VGG, vgg16=("VGG16", 224)),
+    **_family("vgg19", 32, False, _VGG, vgg19=("VGG19", 224)),
+    **_family("resnet", 32, False, _CONV, resnet50=("ResNet50", 224), resnet101=("ResNet101", 224),
               resnet152=("ResNet152", 224)),
-    **_family("resnet_v2", 32, False, resnet50_v2=("ResNet50V2", 224), resnet101_v2=("ResNet101V2", 224),
+    **_family("resnet_v2", 32, False, _CONV, resnet50_v2=("ResNet50V2", 224), resnet101_v2=("ResNet101V2", 224),
               resnet152_v2=("ResNet152V2", 224)),
-    **_family("mobilenet", 32, False, mobilenet=("MobileNet", 224)),
-    **_family("mobilenet_v2", 32, False, mobilenet_v2=("MobileNetV2", 224)),
-    **_family("mobilenet_v3", 32, True, mobilenet_v3_small=("MobileNetV3Small", 224),
+    **_family("mobilenet", 32, False, r"^(conv_dw_\d+)_", mobilenet=("MobileNet", 224)),
+    **_family("mobilenet_v2", 32, False, r"^(expanded_conv|block_\d+)_", mobilenet_v2=("MobileNetV2", 224)),
+    **_family("mobilenet_v3", 32, True, r"^(expanded_conv(?:_\d+)?)_", mobilenet_v3_small=("MobileNetV3Small", 224),
               mobilenet_v3_large=("MobileNetV3Large", 224)),
-    **_family("efficientnet", 32, True, efficientnet_b0=("EfficientNetB0", 224),
+    **_family("efficientnet", 32, True, _EFFICIENT, efficientnet_b0=("EfficientNetB0", 224),
               efficientnet_b1=("EfficientNetB1", 240), efficientnet_b2=("EfficientNetB2", 260),
               efficientnet_b3=("EfficientNetB3", 300), efficientnet_b4=("EfficientNetB4", 380),
               efficientnet_b5=("EfficientNetB5", 456), efficientnet_b6=("EfficientNetB6", 528),
               efficientnet_b7=("EfficientNetB7", 600)),
-    **_family("efficientnet_v2", 32, True, efficientnet_v2_b0=("EfficientNetV2B0", 224),
+    **_family("efficientnet_v2", 32, True, _EFFICIENT, efficientnet_v2_b0=("EfficientNetV2B0", 224),
               efficientnet_v2_b1=("EfficientNetV2B1", 240), efficientnet_v2_b2=("EfficientNetV2B2", 260),
               efficientnet_v2_b3=("EfficientNetV2B3", 300), efficientnet_v2_s=("EfficientNetV2S", 384),
               efficientnet_v2_m=("EfficientNetV2M", 480), efficientnet_v2_l=("EfficientNetV2L", 480)),
-    **_family("xception", 71, False, xception=("Xception", 299)),
-    **_family("inception_v3", 75, False, inception_v3=("InceptionV3", 299)),
-    **_family("inception_resnet_v2", 75, False, inception_resnet_v2=("InceptionResNetV2", 299)),
-    **_family("densenet", 32, False, densenet121=("DenseNet121", 224), densenet169=("DenseNet169", 224),
+    **_family("xception", 71, False, _XCEPTION, xception=("Xception", 299)),
+    **_family("inception_v3", 75, False, r"^(mixed\d+)$", end=True, inception_v3=("InceptionV3", 299)),
+    **_family("inception_resnet_v2", 75, False, r"^(mixed_\w+?|block\d+_\d+)(?:_ac)?$", end=True, inception_resnet_v2=("InceptionResNetV2", 299)),
+    **_family("densenet", 32, False, _CONV, densenet121=("DenseNet121", 224), densenet169=("DenseNet169", 224),
               densenet201=("DenseNet201", 224)),
-    **_family("nasnet", 32, False, nasnet_mobile=("NASNetMobile", 224), nasnet_large=("NASNetLarge", 331)),
-    **_family("convnext", 32, True, convnext_tiny=("ConvNeXtTiny", 224), convnext_small=("ConvNeXtSmall", 224),
+    **_family("nasnet", 32, False, r"^((?:normal|reduction)_concat_\w+)$", end=True, nasnet_mobile=("NASNetMobile", 224), nasnet_large=("NASNetLarge", 331)),
+    **_family("convnext", 32, True, r"^convnext_[a-z]+_(stage_\d+)_", convnext_tiny=("ConvNeXtTiny", 224), convnext_small=("ConvNeXtSmall", 224),
               convnext_base=("ConvNeXtBase", 224), convnext_large=("ConvNeXtLarge", 224),
               convnext_xlarge=("ConvNeXtXLarge", 224)),
 }

@@ -8,7 +8,8 @@ The model every tl-ray stage trains, exports and serves::
       -> pool                          avg | max | flatten
       -> [Dropout, Dense(relu)] * n    model.head.dense
       -> Dropout                       model.head.dropout
-      -> predictions                   Dense(num_classes, softmax), or Dense(1, sigmoid) for 2 classes
+      -> predictions                   Dense(num_classes, softmax), or Dense(1, sigmoid) for 2 classes,
+                                       or Dense(num_classes, sigmoid) for model.head.multi_label
 
 Example:
 
@@ -97,7 +98,8 @@ def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = N
     Args:
         features: the backbone's output feature map.
         head: the ``model.head`` spec section.
-        num_classes: number of labels; 2 gives ``Dense(1, sigmoid)``.
+        num_classes: number of labels; 2 gives ``Dense(1, sigmoid)``, and
+            ``head.multi_label`` gives ``Dense(num_classes, sigmoid)``.
         seed: seed for the Dropout layers. Defaults to None.
     """
     x = POOLING[head.pooling](name="pool")(features)
@@ -107,7 +109,10 @@ def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = N
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
     if head.dropout:
         x = keras.layers.Dropout(head.dropout, seed=seed, name="head_dropout")(x)
-    units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
+    if head.multi_label:
+        units, activation = num_classes, "sigmoid"
+    else:
+        units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
     # float32 output keeps probabilities exact under mixed precision.
     return keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
 

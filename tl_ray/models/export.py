@@ -6,7 +6,12 @@
 - ``saved_model/``: a TensorFlow SavedModel whose ``serving_default``
   signature takes ``image``, float32 ``[None, H, W, 3]`` pixels in 0..255, and
   returns ``{"probabilities": ...}`` (``[None, num_classes]``, or
-  ``[None, 1]`` = P(class 1) for a 2-class model).
+  ``[None, 1]`` = P(class 1) for a 2-class model); its ``serving_bytes``
+  signature takes ``image_bytes``, a ``tf.string [None]`` batch of encoded
+  PNG/JPEG files, decodes them with ``tl_ray.data.images.decode_image`` (the
+  training reader's decode) and returns the same. Both run the backbone's
+  ``preprocess_input`` inside the model, so neither can be fed wrongly
+  preprocessed input.
 
 Example:
 
@@ -25,6 +30,7 @@ import tensorflow as tf
 
 import tl_ray.models.preprocess  # noqa: F401  (registers BackbonePreprocess for loading)
 from tl_ray import storage
+from tl_ray.data.images import decode_image
 from tl_ray.errors import StorageError
 
 MODEL_FILE = "model.keras"
@@ -59,6 +65,19 @@ def export_model(model: keras.Model, out_dir: Path) -> dict[str, str]:
             name="serving_default",
             fn=lambda image: {"probabilities": model(image, training=False)},
             input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="image")],
+        )
+
+        def from_bytes(image_bytes):
+            # The reader's decode (any PNG/JPEG/BMP/GIF, grey → RGB, bilinear resize), then the model,
+            # whose first layer is the backbone's preprocess_input.
+            pixels = tf.map_fn(lambda b: decode_image(b, (height, width)), image_bytes,
+                               fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+            return {"probabilities": model(pixels, training=False)}
+
+        archive.add_endpoint(
+            name="serving_bytes",
+            fn=from_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
         )
         archive.write_out(str(saved), verbose=False)
     except OSError as exc:

@@ -1,9 +1,13 @@
 """Freeze policies: which part of the backbone trains, and in which mode it runs.
 
 - ``feature_extraction``: the backbone is frozen and runs in inference mode.
-- ``fine_tune``: the top ``unfreeze_top`` backbone layers that own trainable
-  weights (BatchNormalization not counted) train; BatchNormalization layers stay frozen and every backbone layer runs in
-  inference mode (the Keras transfer-learning recipe).
+- ``fine_tune``: part of the backbone trains, chosen by one of
+  ``unfreeze_top`` (the top k backbone layers that own weights,
+  BatchNormalization not counted), ``from_block`` (every layer from the
+  first layer of a named block on; see ``Backbone.block_re``) or ``pattern``
+  (layers whose name matches a regex). BatchNormalization layers stay frozen
+  and every backbone layer runs in inference mode (the Keras
+  transfer-learning recipe).
 - ``full``: every layer trains and the backbone follows the model's
   ``training`` flag, so BatchNormalization learns batch statistics (training
   from scratch).
@@ -21,9 +25,12 @@ backbone. The pin lives on the Python object, not in the saved file: call
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from tl_ray.errors import ConfigError
+from tl_ray.models.backbones import get_backbone
 from tl_ray.spec import FreezeSpec
 
 FREEZE_MODES = ("feature_extraction", "fine_tune", "full")
@@ -57,15 +64,35 @@ def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
     if freeze.mode == "feature_extraction":
         _set_trainable(backbone, False)
     elif freeze.mode == "fine_tune":
-        candidates = [
-            layer for layer in backbone.layers
-            if layer.trainable_weights and not isinstance(layer, keras.layers.BatchNormalization)
-        ]
-        top = set(map(id, candidates[max(0, len(candidates) - freeze.unfreeze_top):]))
+        chosen = set(map(id, _fine_tuned_layers(model, backbone, freeze)))
         for layer in backbone.layers:
-            _set_trainable(layer, id(layer) in top)
+            _set_trainable(layer, id(layer) in chosen)
     _pin_inference(backbone, freeze.mode != "full")
     return model
+
+
+def _fine_tuned_layers(model: keras.Model, backbone: keras.Model, freeze: FreezeSpec) -> list:
+    """The backbone layers a ``fine_tune`` policy trains (never BatchNormalization)."""
+    layers = backbone.layers
+    weighted = [
+        layer for layer in layers
+        if layer.weights and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization))
+    ]
+    if freeze.pattern is not None:
+        regex = re.compile(freeze.pattern)
+        chosen = [layer for layer in weighted if regex.search(layer.name)]
+        if not chosen:
+            raise ConfigError(
+                f"model.freeze.pattern matches no weighted layer of the backbone. Received: {freeze.pattern!r}. "
+                f"Layer names look like {[layer.name for layer in weighted[-3:]]}."
+            )
+        return chosen
+    if freeze.from_block is not None:
+        entry = get_backbone(model.get_layer("preprocess").backbone)
+        start = entry.block_start([layer.name for layer in layers], freeze.from_block)
+        after = set(map(id, layers[start:]))
+        return [layer for layer in weighted if id(layer) in after]
+    return weighted[max(0, len(weighted) - freeze.unfreeze_top):]
 
 
 def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:

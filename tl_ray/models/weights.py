@@ -246,3 +246,47 @@ def _nested_backbone(model, *, where: str):
             "Point model.weights at a model.keras written by tl-ray, or at a backbone .weights.h5 file."
         )
     return model.get_layer("backbone")
+
+
+def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet",
+                           backbone_args: dict | None = None) -> dict:
+    """Builds a backbone and uploads its weights, so offline clusters can use ``model.weights: URI``.
+
+    Run it where the internet is reachable: ``weights="imagenet"`` downloads
+    Keras' ImageNet weights (into ``~/.keras/models``) before uploading them.
+
+    Args:
+        backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
+        uri: destination ending in ``.weights.h5`` (local path or ``s3://``).
+        weights: ``"imagenet"`` or ``"none"`` (random weights, for tests). Defaults to "imagenet".
+        backbone_args: constructor arguments, which must equal the spec's
+            ``model.backbone_args``, e.g. ``{"alpha": 0.35}``. Defaults to none.
+
+    Returns:
+        ``{"uri", "sha256", "backbone", "backbone_args", "weights"}``.
+
+    Raises:
+        ConfigError: unknown backbone, bad arguments, or ``uri`` not ending in ``.weights.h5``.
+        StorageError: the ImageNet download or the upload failed.
+    """
+    from tl_ray.models.backbones import get_backbone
+
+    if weights not in ("imagenet", "none"):
+        raise ConfigError(f"weights stage --weights must be 'imagenet' or 'none'. Received: {weights!r}.")
+    if not uri.endswith(".weights.h5"):
+        raise ConfigError(f"weights stage --to must end in .weights.h5. Received: {uri!r}. "
+                          f"Example: s3://bucket/weights/{backbone}.weights.h5.")
+    entry = get_backbone(backbone)
+    args = dict(backbone_args or {})
+    size = entry.default_size
+    try:
+        model = entry.build((size, size, 3), "imagenet" if weights == "imagenet" else None, name="backbone", **args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises bare Exception for a failed download
+        if weights == "imagenet" and not isinstance(exc, (TypeError, ValueError)):
+            raise StorageError(f"ImageNet weights for backbone {backbone!r} could not be downloaded ({exc}). "
+                               "Run `tl-ray weights stage` on a machine with internet access.") from None
+        raise ConfigError(f"{entry.constructor} rejected backbone_args {args}: {exc}") from None
+    digest = save_backbone_weights(model, uri)
+    return {"uri": uri, "sha256": digest, "backbone": backbone, "backbone_args": args, "weights": weights}

@@ -30,9 +30,22 @@ def save_checkpoint(folder: str | Path, model, optimizer, state: dict) -> Path:
 
 
 def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
-    """Loads model weights and optimizer state from ``folder``; returns the saved state."""
+    """Loads model weights and optimizer state from ``folder``; returns the saved state.
+
+    Args:
+        folder: a checkpoint folder written by ``save_checkpoint``.
+        model: the rebuilt model.
+        optimizer: the optimizer to load, or None to load the weights only (a
+            checkpoint written at the end of a phase, when the next phase
+            starts with a fresh optimizer).
+
+    Raises:
+        ValueError: the optimizer's variables do not match the checkpoint's.
+    """
     folder = Path(folder)
     model.load_weights(folder / MODEL_FILE)
+    if optimizer is None:
+        return read_state(folder)
     with np.load(folder / OPTIMIZER_FILE) as data:
         values = [data[k] for k in sorted(data.files)]
     variables = optimizer.variables

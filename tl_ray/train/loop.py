@@ -4,19 +4,29 @@
 worker's part of the shards through ``distribute_datasets_from_function``,
 runs :class:`DistributedStep` for a fixed number of steps per epoch (the same
 on every worker, so collectives never wait on a worker that ran out of data),
-evaluates, and hands metrics plus a checkpoint folder to a reporter (Ray Tune,
-Ray Train, or a plain list outside Ray).
+evaluates, and hands metrics plus (every ``train.checkpoint_every`` epochs) a
+checkpoint folder to a reporter (Ray Tune, Ray Train, or a plain list outside Ray).
+
+Recipes: ``train.phases`` run in order, each with its freeze policy, a fresh
+optimizer built on that phase's trainable variables and a newly traced step
+(what the Keras guide's ``compile`` after changing ``trainable`` does). The
+learning rate is the phase's rate scaled to the global batch
+(``train.lr_scaling``) times the ``train.lr_schedule`` factor; callbacks
+(``tl_ray.train.callbacks``) set it and decide early stopping.
 """
 
 from __future__ import annotations
 
+import math
+import resource
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from tl_ray.errors import ConfigError
-from tl_ray.spec import Spec
+from tl_ray.spec import FreezeSpec, Spec
 
 
 class Reporter(Protocol):
@@ -49,18 +59,65 @@ class ListReporter:
         return self._restore
 
 
-def make_optimizer(train_spec, learning_rate: float | None = None):
-    import keras
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``[first_epoch, first_epoch + epochs)`` trained under one freeze policy and base rate."""
 
-    lr = learning_rate if learning_rate is not None else train_spec.learning_rate
-    name = train_spec.optimizer
-    if name == "adam":
-        return keras.optimizers.Adam(lr)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=train_spec.weight_decay or 0.004)
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
-    return keras.optimizers.RMSprop(lr)
+    first_epoch: int
+    epochs: int
+    freeze: FreezeSpec
+    learning_rate: float
+
+    @property
+    def end(self) -> int:
+        return self.first_epoch + self.epochs
+
+
+def plan_phases(spec: Spec) -> list[Phase]:
+    """The spec's phases; without ``train.phases``, one phase of ``model.freeze`` at ``train.learning_rate``."""
+    cfg = spec.train
+    if not cfg.phases:
+        return [Phase(0, cfg.epochs, spec.model.freeze, cfg.learning_rate)]
+    out, first = [], 0
+    for p in cfg.phases:
+        out.append(Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate))
+        first += p.epochs
+    return out
+
+
+def make_optimizer(train_spec, learning_rate: float | None = None, **kwargs):
+    """``tl_ray.train.optimizers.make_optimizer`` (imported lazily: this module stays Keras-free to import)."""
+    from tl_ray.train.optimizers import make_optimizer as make
+
+    return make(train_spec, learning_rate, **kwargs)
+
+
+def lr_scale(train_spec) -> float:
+    """Multiplier of every base rate for the global batch: none 1, linear B/B0, sqrt sqrt(B/B0)."""
+    ratio = train_spec.batch_size / train_spec.base_batch_size
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[train_spec.lr_scaling]
+
+
+class LoopState:
+    """What callbacks see of the running loop (``tl_ray.train.callbacks``)."""
+
+    def __init__(self, steps_per_epoch: int):
+        self.steps_per_epoch = steps_per_epoch
+        self.model = None
+        self.optimizer = None
+        self.phase_lr = 0.0
+        self.stop_training = False
+
+    def set_learning_rate(self, value: float) -> None:
+        from tl_ray.train.optimizers import inner_optimizer
+
+        inner_optimizer(self.optimizer).learning_rate.assign(value)
+
+    @property
+    def learning_rate(self) -> float:
+        from tl_ray.train.optimizers import inner_optimizer
+
+        return float(inner_optimizer(self.optimizer).learning_rate.numpy())
 
 
 def worker_position(strategy) -> tuple[int, int]:
@@ -73,102 +130,184 @@ def worker_position(strategy) -> tuple[int, int]:
     return (int(resolver.task_id or 0), n) if n > 1 else (0, 1)
 
 
-def train(spec: Spec, reporter: Reporter) -> dict:
+def class_weight_vector(spec: Spec, manifest, num_classes: int) -> list[float] | None:
+    """``train.class_weights`` as one weight per class (``balanced``: n / (K * count_k))."""
+    wanted = spec.train.class_weights
+    if wanted is None:
+        return None
+    if wanted != "balanced":
+        unknown = sorted(k for k in wanted if not 0 <= k < num_classes)
+        if unknown:
+            raise ConfigError(f"train.class_weights names classes {unknown}, but the dataset has classes "
+                              f"0..{num_classes - 1}. Received: {wanted}.")
+        return [float(wanted.get(k, 1.0)) for k in range(num_classes)]
+    counts = _class_counts(spec, manifest, num_classes)
+    total = sum(counts)
+    return [total / (num_classes * c) if c else 0.0 for c in counts]
+
+
+def _class_counts(spec: Spec, manifest, num_classes: int) -> list[int]:
+    by_name = (manifest.source or {}).get("class_counts")
+    if isinstance(by_name, dict) and by_name:
+        names = list(manifest.class_names)
+        return [int(by_name.get(names[k], by_name.get(str(k), 0))) for k in range(num_classes)]
+    from tl_ray.data.reader import make_dataset
+
+    import numpy as np
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    ds = make_dataset(spec.resolve(spec.data.train), image_size=(1, 1), batch_size=1024)
+    for _, labels in ds:
+        counts += np.bincount(labels.numpy(), minlength=num_classes)[:num_classes]
+    return [int(c) for c in counts]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
     """Trains the spec's model with this process's strategy; returns the last epoch's metrics.
 
+    Args:
+        spec: the experiment spec.
+        reporter: receives every epoch's metrics and checkpoints, and names the checkpoint to resume from.
+        callbacks: extra ``tl_ray.train.callbacks.Callback`` objects, after the spec's own. Defaults to none.
+
     Raises:
-        ConfigError: the global batch does not split evenly across replicas.
+        ConfigError: the global batch does not split evenly across replicas, or bad class weights.
         DataError: a dataset or shard is missing or corrupt.
     """
     import keras
-    import tensorflow as tf
 
     from tl_ray.data.manifest import read_manifest
-    from tl_ray.data.reader import make_dataset
-    from tl_ray.models.build import build_model
     from tl_ray.models.weights import resolve_weights
-    from tl_ray.train.checkpoint import restore_checkpoint, save_checkpoint
+    from tl_ray.train.callbacks import CallbackList, callbacks_from_spec
     from tl_ray.train.runtime import make_strategy
-    from tl_ray.train.step import DistributedStep
 
     cfg = spec.train
     strategy = make_strategy(cfg.workers, cfg.cpu_devices)
-    worker_index, num_workers = worker_position(strategy)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
         raise ConfigError(
             f"train.batch_size must be a multiple of the number of replicas ({replicas}). "
             f"Received: {cfg.batch_size}. Use {max(replicas, cfg.batch_size // replicas * replicas)}."
         )
+    manifest = read_manifest(spec.resolve(spec.data.train))
+    num_classes = len(manifest.class_names)
+    weights = resolve_weights(spec.model.weights, spec.storage)
+    class_weights = class_weight_vector(spec, manifest, num_classes)
+    steps = cfg.steps_per_epoch or max(1, manifest.num_rows // cfg.batch_size)
+    loop = LoopState(steps)
+    hooks = CallbackList([*callbacks_from_spec(cfg), *(callbacks or [])])
+    hooks.set_loop(loop)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(cfg.precision)
+    try:
+        keras.utils.set_random_seed(cfg.seed)
+        return _run(spec, reporter, strategy, manifest, weights, class_weights, loop, hooks)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weights, loop: LoopState, hooks) -> dict:
+    from tl_ray.data.reader import make_dataset
+    from tl_ray.models.build import build_model
+    from tl_ray.models.freeze import apply_freeze
+    from tl_ray.train import _test_hooks
+    from tl_ray.train.checkpoint import restore_checkpoint, save_checkpoint
+    from tl_ray.train.runtime import intra_op_threads
+    from tl_ray.train.step import DistributedStep
+
+    cfg = spec.train
+    worker_index, num_workers = worker_position(strategy)
+    replicas = strategy.num_replicas_in_sync
     image_size = tuple(spec.data.image_size)
     train_uri = spec.resolve(spec.data.train)
     val_uri = spec.resolve(spec.data.validation) if spec.data.validation else None
-    manifest = read_manifest(train_uri)
-    num_classes = len(manifest.class_names)
-
-    keras.utils.set_random_seed(cfg.seed)
-    weights = resolve_weights(spec.model.weights, spec.storage)
-    with strategy.scope():
-        model = build_model(spec.model, num_classes, image_size, weights_file=weights, seed=cfg.seed)
-        optimizer = make_optimizer(cfg)
-        optimizer.build(model.trainable_variables)
-
-    start_epoch = 0
-    restore = reporter.restore_dir()
-    if restore is not None:
-        start_epoch = int(restore_checkpoint(restore, model, optimizer)["epoch"])
-
-    step = DistributedStep(strategy, model, optimizer, cfg.batch_size, cfg.label_smoothing)
-    steps = cfg.steps_per_epoch or max(1, manifest.num_rows // cfg.batch_size)
     per_replica = cfg.batch_size // replicas
+    steps = loop.steps_per_epoch
+    with strategy.scope():
+        model = build_model(spec.model, len(manifest.class_names), image_size, weights_file=weights, seed=cfg.seed)
+    loop.model = model
+
+    restore = reporter.restore_dir()
+    start_epoch = 0
+    if restore is not None:
+        from tl_ray.train.checkpoint import read_state
+
+        start_epoch = int(read_state(restore)["epoch"])
+
     metrics: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-
-        def dataset_fn(ctx, epoch=epoch):
-            return make_dataset(
-                train_uri,
-                image_size=image_size,
-                batch_size=per_replica,
-                shuffle=True,
-                seed=spec.data.seed,
-                epoch=epoch,
-                shuffle_buffer=spec.data.shuffle_buffer,
-                worker_index=ctx.input_pipeline_id,
-                num_workers=ctx.num_input_pipelines,
-                drop_remainder=True,
-                repeat=True,
-                augment=spec.data.augment,
+    hooks.on_train_begin()
+    for phase_index, phase in enumerate(plan_phases(spec)):
+        if phase.end <= start_epoch:
+            continue
+        apply_freeze(model, phase.freeze)
+        backbone_vars = model.get_layer("backbone").trainable_variables
+        with strategy.scope():
+            optimizer = make_optimizer(
+                cfg, phase.learning_rate * lr_scale(cfg), trainable_variables=model.trainable_variables,
+                backbone_variables=backbone_vars, backbone_lr_multiplier=cfg.backbone_lr_multiplier,
+                precision=cfg.precision,
             )
+        if restore is not None:
+            # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
+            restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
+            restore = None
+        loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
+        step = DistributedStep(strategy, model, optimizer, cfg.batch_size, cfg.label_smoothing,
+                               class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
+        hooks.on_phase_begin(phase_index, phase.first_epoch, phase.epochs)
+        for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
 
-        dist = strategy.distribute_datasets_from_function(dataset_fn)
-        iterator = iter(dist)
-        start = time.perf_counter()
-        sums = None
-        for _ in range(steps):
-            out = step.train_step(next(iterator))
-            sums = out if sums is None else sums + out
-        sums = sums.numpy()
-        elapsed = time.perf_counter() - start
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": float(sums[0] / sums[2]),
-            "accuracy": float(sums[1] / sums[2]),
-            "images_per_s": float(sums[2] / elapsed),
-            "steps": (epoch + 1) * steps,
-        }
-        if val_uri is not None:
-            local_val = make_dataset(
-                val_uri,
-                image_size=image_size,
-                batch_size=max(per_replica, 64),
-                worker_index=worker_index,
-                num_workers=num_workers,
-            )
-            val = step.evaluate(local_val, num_workers)
-            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
-            ckpt = None
-            if worker_index == 0:
-                ckpt = str(save_checkpoint(tmp, model, optimizer, {"epoch": epoch + 1, "metrics": metrics}))
-            reporter.report(metrics, ckpt)
+            def dataset_fn(ctx, epoch=epoch):
+                return make_dataset(
+                    train_uri, image_size=image_size, batch_size=per_replica, shuffle=True,
+                    seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
+                    worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
+                    drop_remainder=True, repeat=True, augment=spec.data.augment,
+                )
+
+            hooks.on_epoch_begin(epoch)
+            iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+            start = time.perf_counter()
+            sums = None
+            for i in range(steps):
+                hooks.on_step_begin(epoch * steps + i)
+                out = step.train_step(next(iterator))
+                sums = out if sums is None else sums + out
+            sums = sums.numpy()
+            elapsed = time.perf_counter() - start
+            metrics = {
+                "epoch": epoch + 1,
+                "phase": phase_index,
+                "loss": float(sums[0] / sums[2]),
+                "accuracy": float(sums[1] / sums[2]),
+                "images_per_s": float(sums[2] / elapsed),
+                "steps": (epoch + 1) * steps,
+                "learning_rate": loop.learning_rate,
+                "intra_op_threads": intra_op_threads(),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+            if val_uri is not None:
+                local_val = make_dataset(val_uri, image_size=image_size, batch_size=max(per_replica, 64),
+                                         worker_index=worker_index, num_workers=num_workers)
+                val = step.evaluate(local_val, num_workers)
+                metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            hooks.on_epoch_end(epoch, metrics)
+            last = epoch + 1 == cfg.epochs or loop.stop_training
+            with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
+                ckpt = None
+                if worker_index == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+                    ckpt = str(save_checkpoint(tmp, model, optimizer, {"epoch": epoch + 1, "metrics": metrics}))
+                reporter.report(metrics, ckpt)
+            _test_hooks.after_report(spec.name, epoch + 1, worker_index)
+            if loop.stop_training:
+                break
+        if loop.stop_training:
+            break
+    hooks.on_train_end(metrics)
     return metrics

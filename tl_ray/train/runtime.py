@@ -8,8 +8,10 @@ TensorFlow's runtime starts.
 
 from __future__ import annotations
 
+import logging
 import os
 
+logger = logging.getLogger(__name__)
 _configured: tuple | None = None
 
 
@@ -52,8 +54,18 @@ def configure_tensorflow(threads: int, cpu_devices: int = 0) -> None:
     except RuntimeError:
         # The runtime already started in this process (e.g. an earlier trial in a
         # reused actor); its settings stay.
-        pass
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            logger.warning("TensorFlow already started with %s intra-op threads; wanted %s (the CPUs Ray "
+                           "assigned). Call configure_tensorflow before any TensorFlow op.", current or "default", threads)
     _configured = want
+
+
+def intra_op_threads() -> int:
+    """TensorFlow's intra-op pool size as configured in this process (0: TensorFlow's default)."""
+    import tensorflow as tf
+
+    return int(tf.config.threading.get_intra_op_parallelism_threads())
 
 
 def make_strategy(workers: int, cpu_devices: int = 0):

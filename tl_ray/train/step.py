@@ -3,9 +3,17 @@
 Keras 3 ``Model.fit`` fails under MultiWorkerMirroredStrategy with more than
 one worker, so tl-ray owns the step: ``strategy.run`` of a replica function
 that averages the per-example loss over the GLOBAL batch
-(``tf.nn.compute_average_loss``), applies gradients, and returns sums that are
-reduced across replicas. The same object serves OneDevice, Mirrored and
-MultiWorkerMirrored strategies.
+(``tf.nn.compute_average_loss``), all-reduces the gradients, clips their
+global norm, applies them, and returns sums that are reduced across replicas.
+The same object serves OneDevice, Mirrored and MultiWorkerMirrored strategies.
+
+Heads (read from the model's ``predictions`` layer):
+
+- binary: one sigmoid unit, int labels 0/1, binary cross-entropy;
+- multi-class: softmax over K, int labels, categorical cross-entropy;
+- multi-label: K sigmoid units, multi-hot float labels ``[B, K]`` (int labels
+  ``[B]`` are taken as one-hot rows), binary cross-entropy per class averaged
+  over classes; "accuracy" is per-label.
 """
 
 from __future__ import annotations
@@ -15,59 +23,146 @@ import tensorflow as tf
 import keras
 
 
+_PACKED = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=32 * 2**20)
+
+
+def head_kind(model) -> str:
+    """``"binary"``, ``"multiclass"`` or ``"multilabel"`` from the model's output layer."""
+    units = model.output_shape[-1]
+    if units == 1:
+        return "binary"
+    try:
+        activation = model.get_layer("predictions").activation.__name__
+    except ValueError:
+        activation = "softmax"
+    return "multilabel" if activation == "sigmoid" else "multiclass"
+
+
 class DistributedStep:
     """Compiled train and eval steps for ``model`` under ``strategy``.
 
     Args:
         strategy: a tf.distribute strategy; model and optimizer were built in its scope.
-        model: a Keras 3 model with softmax (K > 2) or sigmoid (1 unit) outputs.
-        optimizer: a Keras 3 optimizer, built on ``model.trainable_variables``.
+        model: a Keras 3 model with softmax (K > 2), sigmoid (1 unit) or
+            multi-label sigmoid (K units) outputs.
+        optimizer: a Keras 3 optimizer built on ``model.trainable_variables``.
+            One from ``tl_ray.train.optimizers.make_optimizer`` takes gradients the
+            step already all-reduced (needed for ``clip_norm``); a stock one
+            all-reduces them itself.
         global_batch_size: examples per step across all replicas.
         label_smoothing: label smoothing of the cross-entropy. Defaults to 0.
+        class_weights: per-class loss weights, length K (2 for a binary head). Defaults to None.
+        clip_norm: clip the all-reduced gradients to this global norm. Defaults to None.
+        jit_compile: XLA-compile the forward and backward pass. Defaults to False.
+
+    Raises:
+        ValueError: ``clip_norm`` with an optimizer that all-reduces by itself.
     """
 
-    def __init__(self, strategy, model, optimizer, global_batch_size: int, label_smoothing: float = 0.0):
+    def __init__(self, strategy, model, optimizer, global_batch_size: int, label_smoothing: float = 0.0, *,
+                 class_weights=None, clip_norm: float | None = None, jit_compile: bool = False):
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.global_batch_size = int(global_batch_size)
         self.label_smoothing = float(label_smoothing)
-        self.binary = model.output_shape[-1] == 1
+        self.kind = head_kind(model)
+        self.binary = self.kind == "binary"
         self.num_classes = 2 if self.binary else model.output_shape[-1]
+        self.clip_norm = clip_norm
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        self._prereduced = bool(getattr(inner, "tlray_prereduced", False))
+        if clip_norm and not self._prereduced:
+            raise ValueError(
+                "clip_norm needs an optimizer from tl_ray.train.optimizers.make_optimizer (it clips the "
+                f"all-reduced gradient). Received: {type(inner).__name__}."
+            )
+        self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self.class_weights = None
+        if class_weights is not None:
+            weights = np.asarray(class_weights, dtype=np.float32)
+            if weights.shape != (self.num_classes,):
+                raise ValueError(f"class_weights must have {self.num_classes} entries. Received shape {weights.shape}.")
+            self.class_weights = tf.constant(weights)
+        self._grads = tf.function(self._loss_and_grads, jit_compile=True) if jit_compile else self._loss_and_grads
         self._train = tf.function(self._train_distributed)
         self._eval = tf.function(self._eval_local, reduce_retracing=True)
 
     # -- losses -------------------------------------------------------------
     def per_example_loss(self, labels, probs):
+        """Weighted cross-entropy of each example, ``[B]``."""
+        smoothing = self.label_smoothing
+        if self.kind == "multilabel":
+            y = self._multi_hot(labels, probs.dtype)
+            per_class = keras.losses.binary_crossentropy(y[..., None], probs[..., None], label_smoothing=smoothing)
+            if self.class_weights is not None:
+                per_class = per_class * self.class_weights
+            return tf.reduce_mean(per_class, axis=-1)
+        ids = tf.cast(tf.reshape(labels, (-1,)), tf.int32)
         if self.binary:
-            y = tf.cast(tf.reshape(labels, (-1, 1)), probs.dtype)
-            return keras.losses.binary_crossentropy(y, probs, label_smoothing=self.label_smoothing)
-        y = tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=probs.dtype)
-        return keras.losses.categorical_crossentropy(y, probs, label_smoothing=self.label_smoothing)
+            y = tf.cast(tf.reshape(ids, (-1, 1)), probs.dtype)
+            loss = keras.losses.binary_crossentropy(y, probs, label_smoothing=smoothing)
+        else:
+            y = tf.one_hot(ids, self.num_classes, dtype=probs.dtype)
+            loss = keras.losses.categorical_crossentropy(y, probs, label_smoothing=smoothing)
+        if self.class_weights is not None:
+            loss = loss * tf.gather(self.class_weights, ids)
+        return loss
+
+    def _multi_hot(self, labels, dtype):
+        # Int labels [B] (one class per example, as the reader yields) become one-hot rows.
+        if labels.shape.rank == 1:
+            return tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=dtype)
+        return tf.cast(labels, dtype)
 
     def correct(self, labels, probs):
+        if self.kind == "multilabel":
+            hits = tf.cast(tf.equal(tf.cast(probs > 0.5, tf.float32), self._multi_hot(labels, tf.float32)), tf.float32)
+            return tf.reduce_sum(tf.reduce_mean(hits, axis=-1))
         if self.binary:
             pred = tf.cast(tf.reshape(probs, (-1,)) > 0.5, tf.int32)
         else:
             pred = tf.argmax(probs, axis=-1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(labels, tf.int32)), tf.float32))
+        return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(labels, (-1,)), tf.int32)), tf.float32))
 
     # -- train --------------------------------------------------------------
-    def _replica_step(self, images, labels):
+    def _loss_and_grads(self, images, labels):
+        variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             probs = tf.cast(self.model(images, training=True), tf.float32)
             per_example = self.per_example_loss(labels, probs)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            scaled = self.optimizer.scale_loss(loss) if self._loss_scaled else loss
+        grads = tape.gradient(scaled, variables)
+        return probs, per_example, grads
+
+    def _replica_step(self, images, labels):
         variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
+        probs, per_example, grads = self._grads(images, labels)
+        if self._prereduced:
+            ctx = tf.distribute.get_replica_context()
+            present = [i for i, g in enumerate(grads) if g is not None]
+            # Packed into few collectives: one per gradient tensor costs a round trip each across workers.
+            summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present],
+                                    options=_PACKED) if present else []
+            grads = list(grads)
+            for i, g in zip(present, summed):
+                grads[i] = g
+            if self.clip_norm:
+                # Loss-scaled gradients are S times too large until the optimizer unscales them.
+                limit = self.clip_norm * (self.optimizer.dynamic_scale if self._loss_scaled else 1.0)
+                kept = [g for g in grads if g is not None]
+                clipped, _ = tf.clip_by_global_norm(kept, limit)
+                it = iter(clipped)
+                grads = [None if g is None else next(it) for g in grads]
         self.optimizer.apply_gradients(zip(grads, variables))
         return tf.stack(
             [
                 tf.reduce_sum(per_example),
                 self.correct(labels, probs),
-                tf.cast(tf.shape(labels)[0], tf.float32),
+                tf.cast(tf.shape(per_example)[0], tf.float32),
             ]
         )
 
@@ -83,11 +178,12 @@ class DistributedStep:
     # -- eval ---------------------------------------------------------------
     def _eval_local(self, images, labels):
         probs = tf.cast(self.model(images, training=False), tf.float32)
+        per_example = self.per_example_loss(labels, probs)
         return tf.stack(
             [
-                tf.reduce_sum(self.per_example_loss(labels, probs)),
+                tf.reduce_sum(per_example),
                 self.correct(labels, probs),
-                tf.cast(tf.shape(labels)[0], tf.float32),
+                tf.cast(tf.shape(per_example)[0], tf.float32),
             ]
         )
 

@@ -1,0 +1,37 @@
+"""Fault-injection hook for the resume tests; inert unless ``TLRAY_TEST_HOOK_DIR`` is set.
+
+With ``TLRAY_TEST_HOOK_DIR=D`` and a file ``D/<experiment>/pause_after_epoch``
+holding N, each worker of that experiment, right after reporting epoch N,
+writes its pid to ``D/<experiment>/pid.<rank>`` and waits there to be killed
+(a real ``os.kill`` from the test). A worker restarted from the checkpoint
+finds its pid file already written and carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ENV = "TLRAY_TEST_HOOK_DIR"
+WAIT_S = 300.0
+
+
+def after_report(experiment: str, epoch: int, rank: int) -> None:
+    root = os.environ.get(ENV)
+    if not root:
+        return
+    folder = Path(root) / experiment
+    trigger = folder / "pause_after_epoch"
+    if not trigger.is_file() or int(trigger.read_text().strip()) != epoch:
+        return
+    pid_file = folder / f"pid.{rank}"
+    if pid_file.exists():
+        return
+    tmp = pid_file.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, pid_file)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:  # the test kills this process meanwhile
+        time.sleep(0.05)
+    raise RuntimeError(f"{ENV}: worker {rank} of {experiment!r} was paused for a kill that never came")
