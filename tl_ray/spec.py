@@ -239,6 +239,13 @@ class TrainSpec(_Section):
         description="1: MirroredStrategy over one worker's devices; >1: Ray Train workers under MultiWorkerMirroredStrategy.",
     )
     cpus_per_worker: PositiveInt = Field(default=1, description="CPUs reserved for each worker.")
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description=(
+            "workers > 1: placement group strategy of the trial's workers. PACK keeps all-reduce inside "
+            "a node where it fits; SPREAD puts workers on different nodes."
+        ),
+    )
     gpus_per_worker: float = Field(default=0.0, ge=0.0, description="GPUs reserved for each worker.")
     cpu_devices: int = Field(
         default=0,

@@ -36,8 +36,12 @@ class TrainReporter:
     """Reports a Ray Train worker; every worker reports, rank 0 with the checkpoint."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray
         import ray.train
 
+        # Where the worker group sits (rank 0's metrics are the ones Tune keeps): how
+        # many nodes its placement group spans (PACK: 1 where it fits) and this node.
+        metrics = dict(metrics, group_nodes=_group_nodes(), node_id=ray.get_runtime_context().get_node_id())
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
 
@@ -46,6 +50,16 @@ class TrainReporter:
 
         ckpt = ray.train.get_checkpoint()
         return Path(ckpt.to_directory()) if ckpt is not None else None
+
+
+def _group_nodes() -> int:
+    """Distinct nodes holding this worker group's placement-group bundles (0 outside one)."""
+    from ray.util import get_current_placement_group, placement_group_table
+
+    pg = get_current_placement_group()
+    if pg is None:
+        return 0
+    return len(set(placement_group_table(pg).get("bundles_to_node_id", {}).values()))
 
 
 def ray_storage(spec: Spec, *parts: str) -> tuple[str, object | None]:
@@ -91,6 +105,7 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
             num_workers=spec.train.workers,
             use_gpu=spec.train.gpus_per_worker > 0,
             resources_per_worker=resources,
+            placement_strategy=spec.train.placement,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

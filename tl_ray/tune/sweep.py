@@ -78,7 +78,10 @@ def _trial_resources(spec: Spec) -> dict:
         if spec.train.gpus_per_worker:
             res["GPU"] = spec.train.gpus_per_worker
         return res
-    return {"CPU": 0.01}  # the trial only drives its Ray Train worker group
+    # The trial only drives its Ray Train worker group. It asks for a little memory,
+    # not CPU: a fraction of a CPU held on a worker node would keep a whole worker
+    # group (whole CPUs, whole GPUs) from fitting there.
+    return {"memory": 64 * 2**20}
 
 
 def _max_concurrent(spec: Spec) -> int | None:
@@ -88,8 +91,11 @@ def _max_concurrent(spec: Spec) -> int | None:
         return None
     import ray
 
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(cpus // (spec.train.workers * spec.train.cpus_per_worker)))
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1) // (spec.train.workers * spec.train.cpus_per_worker)
+    if spec.train.gpus_per_worker:
+        fits = min(fits, resources.get("GPU", 0) // (spec.train.workers * spec.train.gpus_per_worker))
+    return max(1, int(fits))
 
 
 def _scheduler(spec: Spec):
