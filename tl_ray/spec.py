@@ -471,7 +471,11 @@ class Spec(_Section):
     """A whole tl-ray experiment."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Experiment name.")
-    storage: str = Field(default=DEFAULT_STORE, description="Store root: a local folder or s3://bucket/prefix.")
+    storage: str = Field(
+        default=DEFAULT_STORE,
+        validate_default=True,
+        description="Store root: a local folder (relative to the working directory) or s3://bucket/prefix.",
+    )
     data: DataSpec = Field(description="Datasets.")
     model: ModelSpec = Field(description="Model.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training of one trial.")
@@ -482,6 +486,15 @@ class Spec(_Section):
 
     # Not part of the YAML: the folder relative paths in `run.upstream` resolve against.
     _base_dir: str = "."
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_local_store(cls, value: str) -> str:
+        # Ray runs trials and replicas in other working directories: a relative
+        # local store is pinned to where the spec was loaded.
+        if "://" in value:
+            return value
+        return os.path.abspath(os.path.expanduser(value))
 
     def resolve(self, uri: str) -> str:
         """A dataset or artifact path resolved against `storage` (full URIs pass through)."""

@@ -114,3 +114,12 @@ def test_bad_distributions(expr, message):
 
 def test_grid_size():
     assert grid_size({"a": "grid([1, 2, 3])", "b": "grid([x, y])", "c": "uniform(0, 1)"}) == 6
+
+
+def test_relative_local_store_is_made_absolute_where_the_spec_is_loaded(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(SPECS / "good" / "minimal.yaml")
+    assert spec.storage == os.path.join(str(tmp_path), "tlray-store")
+    assert load_spec(SPECS / "good" / "minimal.yaml", overrides=["storage=s3://b/p"]).storage == "s3://b/p"
