@@ -194,19 +194,18 @@ def list_jobs(address: str) -> list[dict]:
     return sorted(rows, key=lambda r: r["start"] or 0)
 
 
-def logs(address: str, job_id: str) -> str:
+def _job_call(address: str, job_id: str, what: str, call):
+    """Runs one SDK call on a job, turning SDK errors into ClusterError naming the job."""
+    jobs = client(address)
     try:
-        return client(address).get_job_logs(job_id)
-    except ClusterError:
-        raise
+        return call(jobs)
     except Exception as exc:
-        raise ClusterError(f"no logs for job {job_id!r} at {address}: {_first_line(exc)}") from None
+        raise ClusterError(f"{what} job {job_id!r} at {address}: {_first_line(exc)}") from None
+
+
+def logs(address: str, job_id: str) -> str:
+    return _job_call(address, job_id, "no logs for", lambda jobs: jobs.get_job_logs(job_id))
 
 
 def stop(address: str, job_id: str) -> bool:
-    try:
-        return client(address).stop_job(job_id)
-    except ClusterError:
-        raise
-    except Exception as exc:
-        raise ClusterError(f"cannot stop job {job_id!r} at {address}: {_first_line(exc)}") from None
+    return _job_call(address, job_id, "cannot stop", lambda jobs: jobs.stop_job(job_id))
