@@ -90,11 +90,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _resume_command(args, promote: bool) -> str:
+    """The exact command that continues this invocation's sweep."""
+    import shlex
+
+    words = ["tl-ray", "tune", args.spec, *(w for kv in args.set or [] for w in ("--set", kv)), "--resume"]
+    return shlex.join(words + (["--promote"] if promote else []))
+
+
+def _interrupted(args, exc, promote: bool) -> int:
+    """Prints why the sweep stopped and how to resume it; 130 is the shell's code for Ctrl-C."""
+    from tl_ray.tune.interrupt import SweepInterrupted
+
+    if isinstance(exc, SweepInterrupted):
+        print(f"SweepInterrupted: {exc}. Resume it with: {_resume_command(args, promote)}", file=sys.stderr)
+    else:  # a second Ctrl-C skipped Tune's final save: resuming starts from its last periodic save
+        print(f"interrupted before the sweep state was saved; continue from its last save with: "
+              f"{_resume_command(args, promote)}", file=sys.stderr)
+    return 130
+
+
 def cmd_tune(args) -> int:
     from tl_ray.pipeline import sweep_and_promote
+    from tl_ray.tune.interrupt import SweepInterrupted
 
     spec = _spec(args)
-    sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
+    try:
+        sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
+    except (SweepInterrupted, KeyboardInterrupt) as exc:
+        return _interrupted(args, exc, promote=args.promote)
     return 0
 
 
@@ -227,9 +251,13 @@ def cmd_predict(args) -> int:
 
 def cmd_run(args) -> int:
     from tl_ray.pipeline import run_pipeline
+    from tl_ray.tune.interrupt import SweepInterrupted
 
     spec = _spec(args)
-    run_pipeline(spec, keep_serving=args.keep_serving, out=print)
+    try:
+        run_pipeline(spec, keep_serving=args.keep_serving, out=print)
+    except SweepInterrupted as exc:  # nothing was promoted from the partial sweep
+        return _interrupted(args, exc, promote=True)
     return 0
 
 

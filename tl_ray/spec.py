@@ -341,28 +341,40 @@ class TuneSpec(_Section):
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
     space: dict[str, Any] = Field(
         default_factory=dict,
-        description="Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value.",
+        description=(
+            "Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value; or a "
+            "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled only where every "
+            "named field of the space took a listed value (absent otherwise; pbt never mutates conditional "
+            "dimensions nor the fields their conditions test)."
+        ),
     )
 
     @field_validator("space")
     @classmethod
     def _space_entries(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from tl_ray.tune.space import parse_distribution
+        from tl_ray.tune.space import parse_space
 
-        for key, expr in value.items():
+        for key in value:
             _check_path(key)
-            parse_distribution(key, expr)
+        parse_space(value)  # entries, and conditions across entries
         return value
 
     @model_validator(mode="after")
     def _search_fits_space(self) -> "TuneSpec":
-        from tl_ray.tune.space import parse_space
+        from tl_ray.tune.space import parse_space, pbt_dimensions
 
         kinds = {d.kind for d in parse_space(self.space).values()}
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search optuna cannot sample grid() dimensions; use choice() instead")
         if self.scheduler == "pbt" and not kinds - {"fixed"}:
             raise ValueError("scheduler pbt needs at least one searched dimension in tune.space to mutate")
+        mutable, excluded = pbt_dimensions(self.space)
+        if self.scheduler == "pbt" and not mutable:
+            raise ValueError(
+                f"scheduler pbt needs a dimension it may mutate, but every searched dimension of tune.space is "
+                f"conditional or gates a conditional one ({excluded}); add an unconditional dimension such as "
+                f"train.learning_rate, or use another scheduler"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
-"""A sweep whose driver process is killed (a real SIGKILL) is continued by
-`tl-ray tune SPEC --resume`: finished trials are not rerun and the sweep completes."""
+"""A sweep whose driver process is killed (a real SIGKILL) or interrupted (SIGINT, as
+Ctrl-C sends) is continued by `tl-ray tune SPEC --resume`: finished trials are not
+rerun and the sweep completes."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def trial_results(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
-def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path, fashion_dir):
+def write_spec(tmp_path: Path, fashion_dir: Path, epochs: int) -> tuple[Path, Path]:
+    """A three-trial grid sweep run one trial at a time; returns (spec path, store)."""
     from tl_ray.data.ingest import ingest_fashion_mnist
 
     store = tmp_path / "store"
@@ -38,12 +40,17 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
         "data": {"train": "datasets/r/train", "validation": "datasets/r/val"},
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
-        "train": {"epochs": 2, "batch_size": 20, "steps_per_epoch": 2},
+        "train": {"epochs": epochs, "batch_size": 20, "steps_per_epoch": 2},
         "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1,
                  "space": {"train.learning_rate": "grid([0.001, 0.002, 0.003])"}},
     }
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    return spec_path, store
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path, fashion_dir):
+    spec_path, store = write_spec(tmp_path, fashion_dir, epochs=2)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, "-m", "tl_ray.cli", "tune", str(spec_path)]
     log = open(tmp_path / "first.log", "w")
@@ -71,3 +78,61 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
     assert len(after) == 3 and all(v and v[-1]["epoch"] == 2 for v in after.values())
     for name, rows in finished.items():  # finished trials were not run again
         assert after[name] == before[name]
+
+
+def test_ctrl_c_stops_the_sweep_says_how_to_resume_and_resume_completes_it(tmp_path, fashion_dir):
+    from tl_ray.train._test_hooks import ENV
+
+    epochs = 3
+    spec_path, store = write_spec(tmp_path, fashion_dir, epochs=epochs)
+    hooks = tmp_path / "hooks"
+    (hooks / "resumable").mkdir(parents=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{ENV: str(hooks)})
+    cmd = [sys.executable, "-m", "tl_ray.cli", "tune", str(spec_path)]
+    out_path, err_path = tmp_path / "first.out", tmp_path / "first.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:  # files: a full pipe would stall the sweep
+        first = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+
+    # Interrupt the last trial mid-way, where only Tune's saved state tells the sweep is unfinished
+    # (Tune marks the trials it stops TERMINATED in memory). Once two trials are done, arm the hook
+    # that holds the next trial to report epoch 2, and wait until the third trial is held there.
+    experiments = store / "experiments"
+    deadline = time.monotonic() + 600
+    held = hooks / "resumable" / "pid.0"
+    while not held.exists():
+        assert first.poll() is None, err_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the third trial never reached epoch 2"
+        results = {}
+        for exp in experiments.glob("resumable-*") if experiments.exists() else []:
+            results = trial_results(exp)
+        done = [k for k, v in results.items() if v and v[-1].get("epoch") == epochs]
+        trigger = hooks / "resumable" / "pause_after_epoch"
+        if len(done) == 2 and not trigger.exists():
+            assert len(results) == 2 or all(v[-1]["epoch"] < 2 for k, v in results.items() if k not in done)
+            trigger.write_text("2")
+        time.sleep(0.1)
+    # Ctrl-C in a terminal signals the whole foreground process group.
+    os.killpg(first.pid, signal.SIGINT)
+    first.wait(timeout=600)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    (experiment,) = list(experiments.glob("resumable-*"))
+    assert first.returncode == 130, stdout[-3000:] + stderr[-3000:]
+    message = [line for line in stderr.splitlines() if line.startswith("SweepInterrupted:")]
+    assert len(message) == 1, stderr[-3000:]
+    assert f"sweep {experiment.name!r} was interrupted with 1 trial(s) unfinished" in message[0]
+    assert message[0].endswith(f"Resume it with: tl-ray tune {spec_path} --resume")
+    assert "[tune] best trial" not in stdout  # no results table, no promotion from a partial sweep
+    before = trial_results(experiment)
+    finished = {k: v for k, v in before.items() if v and v[-1]["epoch"] == epochs}
+    (held_trial,) = [k for k in before if k not in finished]
+    assert len(finished) == 2 and before[held_trial][-1]["epoch"] == 2
+
+    second = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming {experiment}" in second.stdout
+    after = trial_results(experiment)
+    assert len(after) == 3 and all(v and v[-1]["epoch"] == epochs for v in after.values())
+    for name in finished:  # finished trials were not run again
+        assert after[name] == before[name]
+    # The held trial continued from its epoch-2 checkpoint (the hook lets a restarted worker through).
+    assert [r["epoch"] for r in after[held_trial][len(before[held_trial]):]] == [3]

@@ -17,7 +17,18 @@ from tl_ray.train.runtime import assigned_cpus, configure_tensorflow
 
 
 class TuneReporter:
-    """Reports a single-worker trial to Ray Tune."""
+    """Reports a single-worker trial to Ray Tune.
+
+    ``trial_id`` is the Tune trial's id, which the loop writes into each
+    checkpoint's state so a restored checkpoint names the trial that wrote it
+    (after a PBT exploit, the donor).
+    """
+
+    @property
+    def trial_id(self) -> str:
+        from ray import tune
+
+        return tune.get_context().get_trial_id()
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
@@ -122,8 +133,11 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
+    from tl_ray.tune.space import trial_overrides
 
-    spec = validate(apply_overrides(base_spec, config), source="trial spec")
+    # A conditional dimension whose condition failed is None here: the spec's default applies.
+    overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
+    spec = validate(apply_overrides(base_spec, overrides), source="trial spec")
     if spec.train.workers == 1:
         configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
         train(spec, TuneReporter())

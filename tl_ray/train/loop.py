@@ -241,6 +241,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
         start_epoch = int(read_state(restore)["epoch"])
 
     metrics: dict = {}
+    restored: dict = {}
     hooks.on_train_begin()
     for phase_index, phase in enumerate(plan_phases(spec)):
         if phase.end <= start_epoch:
@@ -254,9 +255,13 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 precision=cfg.precision,
             )
         if restore is not None:
+            from tl_ray.train.checkpoint import weights_digest
+
             # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
-            restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
+            state = restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
             restore = None
+            # Reported with the next epoch: which trial wrote the checkpoint (the donor after a PBT exploit).
+            restored = {"restored_from_trial": state.get("trial_id"), "restored_weights_digest": weights_digest(model)}
         loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         step = DistributedStep(strategy, model, optimizer, cfg.batch_size, cfg.label_smoothing,
                                class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
@@ -291,7 +296,9 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 "learning_rate": loop.learning_rate,
                 "intra_op_threads": intra_op_threads(),
                 "peak_rss_mb": peak_rss_mb(),
+                **restored,
             }
+            restored = {}
             if val_uri is not None:
                 local_val = make_dataset(val_uri, image_size=image_size, batch_size=max(per_replica, 64),
                                          worker_index=worker_index, num_workers=num_workers)
@@ -302,7 +309,8 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
                 ckpt = None
                 if worker_index == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-                    ckpt = str(save_checkpoint(tmp, model, optimizer, {"epoch": epoch + 1, "metrics": metrics}))
+                    ckpt = str(save_checkpoint(tmp, model, optimizer, {
+                        "epoch": epoch + 1, "metrics": metrics, "trial_id": getattr(reporter, "trial_id", None)}))
                 reporter.report(metrics, ckpt)
             _test_hooks.after_report(spec.name, epoch + 1, worker_index)
             if loop.stop_training:

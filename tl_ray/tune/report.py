@@ -122,7 +122,9 @@ def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]
     if keys:
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
         for ax, key in zip(axes[0], keys):
-            pts = [(t.params.get(key), t.best(metric, "max")) for t in trials if t.best(metric, "max") is not None]
+            # A conditional dimension is absent (None) in trials where its condition failed.
+            pts = [(t.params.get(key), t.best(metric, "max")) for t in trials
+                   if t.best(metric, "max") is not None and t.params.get(key) is not None]
             xs = [p[0] for p in pts]
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
             if numeric:

@@ -123,9 +123,11 @@ def _scheduler(spec: Spec):
             "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
             "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
         )
-    from tl_ray.tune.space import parse_space
+    from tl_ray.tune.space import parse_space, pbt_dimensions
 
-    mutations = {k: d.to_tune() for k, d in parse_space(t.space).items() if d.kind not in ("fixed", "grid")}
+    # Conditional dimensions, and the fields their conditions test, are not mutated (see pbt_dimensions).
+    dists = parse_space(t.space)
+    mutations = {k: dists[k].to_tune() for k in pbt_dimensions(t.space)[0]}
     return schedulers.PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=t.perturbation_interval,
         hyperparam_mutations=mutations, quantile_fraction=0.25,
@@ -142,7 +144,13 @@ def _search_alg(spec: Spec):
         raise ConfigError(
             "tune.search optuna needs Optuna: pip install 'tl-ray[optuna]' (or pip install optuna)."
         ) from None
-    return OptunaSearch(seed=spec.train.seed)
+    from tl_ray.tune.space import optuna_space
+
+    # A define-by-run space (conditional dimensions are drawn only where their
+    # condition holds); Tune's param_space is then empty, so metric and mode go here.
+    return OptunaSearch(
+        space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode, seed=spec.train.seed
+    )
 
 
 def connect_ray() -> None:
@@ -173,17 +181,19 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
     Raises:
         ConfigError: the space is invalid.
+        SweepInterrupted: the sweep stopped (Ctrl-C) before every trial finished; resume it.
         TLRayError: no trial finished with the metric.
     """
     import ray
     from ray import tune
 
     from tl_ray.train.distributed import ray_storage, tune_trial
+    from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 
     connect_ray()
     name = experiment or spec.name
     storage_path, fs = ray_storage(spec)
-    param_space = to_param_space(spec.tune.space)
+    param_space = {} if spec.tune.search == "optuna" else to_param_space(spec.tune.space)
     # The base spec travels through the object store, not the config, so Tune's
     # tables and result files show only the searched fields.
     trainable = tune.with_resources(tune.with_parameters(tune_trial, base_spec=spec.to_dict()), _trial_resources(spec))
@@ -218,7 +228,11 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
                 verbose=1,
             ),
         )
-    grid = tuner.fit()
+    with quiet_ray_resume_hint():
+        grid = tuner.fit()
+    unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs))
+    if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
+        raise SweepInterrupted(name, exp_path, unfinished)
     result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
     result.wall_time_s = time.perf_counter() - start
     for res in grid:

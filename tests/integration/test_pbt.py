@@ -1,0 +1,64 @@
+"""PBT on a real local Ray cluster: an exploiting trial continues from the donor's
+checkpoint (the very weights the donor saved) with its own, mutated learning rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tl_ray.spec import validate
+
+pytestmark = pytest.mark.integration
+
+
+def test_pbt_exploit_restores_the_donor_weights_with_the_mutated_learning_rate(ray_cluster, tmp_path, fashion_dir):
+    from tl_ray.data.ingest import ingest_fashion_mnist
+    from tl_ray.tune.sweep import run_sweep
+
+    store = tmp_path / "store"
+    ingest_fashion_mnist(str(store / "datasets/p/train"), path=str(fashion_dir), classes=[0, 1], per_class=40,
+                         validation_to=str(store / "datasets/p/val"), validation_per_class=20)
+    spec = validate({
+        "name": "pbt",
+        "storage": str(store),
+        "data": {"train": "datasets/p/train", "validation": "datasets/p/val"},
+        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+                  "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
+        "train": {"epochs": 4, "batch_size": 20, "steps_per_epoch": 2, "lr_scaling": "none"},
+        "tune": {"num_samples": 4, "scheduler": "pbt", "perturbation_interval": 1, "metric": "val_loss",
+                 "mode": "min", "keep_checkpoints": 0, "max_concurrent_trials": 4,
+                 # Wide enough that trials separate and the worst one exploits the best.
+                 "space": {"train.learning_rate": "loguniform(1e-5, 0.3)"}},
+    })
+    result = run_sweep(spec, experiment="pbt")
+    assert len(result.rows) == 4 and all(r.status == "DONE" for r in result.rows), [r.error for r in result.rows]
+
+    experiment = store / "experiments" / "pbt"
+    rows = {}  # Tune trial id -> its result rows
+    checkpoints = {}  # Tune trial id -> the state.json of every checkpoint in its folder
+    for trial_dir in experiment.glob("tune_trial_*"):
+        results = [json.loads(l) for l in (trial_dir / "result.json").read_text().splitlines() if l.strip()]
+        rows[results[0]["trial_id"]] = results
+        checkpoints[results[0]["trial_id"]] = [
+            json.loads((c / "state.json").read_text()) for c in trial_dir.glob("checkpoint_*")
+        ]
+    assert len(rows) == 4
+
+    exploits = [(tid, r) for tid, rs in rows.items() for r in rs
+                if r.get("restored_from_trial") not in (None, tid)]
+    assert exploits, "no PBT exploit happened"
+    for tid, row in exploits:
+        donor = row["restored_from_trial"]
+        # The donor wrote that checkpoint, for the epoch before the one this row reports.
+        (state,) = [s for s in checkpoints[donor] if s["epoch"] == row["epoch"] - 1]
+        assert state["trial_id"] == donor
+        assert row["restored_weights_digest"] == state["weights_digest"]
+        # The learning rate in force is the exploiting trial's new config value, not the donor's.
+        own_lr = row["config"]["train.learning_rate"]
+        (donor_row,) = [r for r in rows[donor] if r["epoch"] == state["epoch"]]
+        donor_lr = donor_row["config"]["train.learning_rate"]
+        assert own_lr != pytest.approx(donor_lr)  # PBT mutated it
+        assert row["learning_rate"] == pytest.approx(own_lr, rel=1e-6)
+        assert row["learning_rate"] != pytest.approx(donor_lr, rel=1e-3)

@@ -1,0 +1,193 @@
+"""Conditional dimensions of ``tune.space``: parsing, validation, and sampling through
+Ray Tune's variant generator and through the Optuna define-by-run space (no Ray cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tl_ray.errors import ConfigError
+from tl_ray.spec import apply_overrides, load_spec, validate
+from tl_ray.tune.space import optuna_space, parse_space, pbt_dimensions, to_param_space, trial_overrides
+
+MINIMAL = Path(__file__).resolve().parents[1] / "data" / "specs" / "good" / "minimal.yaml"
+
+MODE = "model.freeze.mode"
+TOP = "model.freeze.unfreeze_top"
+# The gated key sorts before its controller ("model" < "train"), so Ray's resolver meets it first.
+SPACE = {
+    "train.optimizer": "choice([adam, sgd])",
+    "model.head.dropout": {"when": {"train.optimizer": "sgd"}, "sample": "uniform(0.1, 0.5)"},
+    MODE: "choice([feature_extraction, fine_tune, full])",
+    TOP: {"when": {MODE: "fine_tune"}, "sample": "randint(10, 60)"},
+    # A chain: only where the block above was sampled (fine_tune) and the optimizer is adam.
+    "train.backbone_lr_multiplier": {
+        "when": {MODE: ["fine_tune", "full"], "train.optimizer": "adam"}, "sample": "loguniform(0.01, 1.0)"
+    },
+    "train.learning_rate": "loguniform(1e-4, 1e-2)",
+}
+
+
+def expected_present(cfg: dict) -> dict[str, bool]:
+    return {
+        "model.head.dropout": cfg["train.optimizer"] == "sgd",
+        TOP: cfg[MODE] == "fine_tune",
+        "train.backbone_lr_multiplier": cfg[MODE] in ("fine_tune", "full") and cfg["train.optimizer"] == "adam",
+    }
+
+
+def test_parse_conditional_entry():
+    dists = parse_space(SPACE)
+    assert dists[TOP].kind == "randint" and dists[TOP].args == (10, 60)
+    assert dists[TOP].when == ((MODE, ("fine_tune",)),)
+    assert dict(dists["train.backbone_lr_multiplier"].when)[MODE] == ("fine_tune", "full")
+    assert not dists[MODE].conditional
+
+
+def test_spec_with_conditional_space_loads():
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={SPACE}"])
+    assert spec.tune.space[TOP]["sample"] == "randint(10, 60)"
+
+
+def test_ray_variant_generator_samples_conditionals_exactly_when_their_condition_holds():
+    from ray.tune.search.variant_generator import generate_variants
+
+    param_space = to_param_space(SPACE)
+    seen = {key: set() for key in ("model.head.dropout", TOP, "train.backbone_lr_multiplier")}
+    for i in range(200):
+        # What BasicVariantGenerator passes: the experiment spec with the param space under "config".
+        ((_, resolved),) = list(generate_variants({"config": param_space}, random_state=i))
+        cfg = resolved["config"]
+        for key, present in expected_present(cfg).items():
+            assert (cfg[key] is not None) == present, (key, cfg)
+            seen[key].add(present)
+        if cfg[TOP] is not None:
+            assert isinstance(cfg[TOP], int) and 10 <= cfg[TOP] < 60
+    assert all(s == {True, False} for s in seen.values()), seen  # both branches of every condition occurred
+
+
+def test_optuna_define_by_run_samples_conditionals_exactly_when_their_condition_holds():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = optuna_space(SPACE)
+    seen = {key: set() for key in ("model.head.dropout", TOP, "train.backbone_lr_multiplier")}
+    for _ in range(200):
+        trial = study.ask()
+        cfg = space(trial)
+        study.tell(trial, 0.0)
+        for key, present in expected_present(cfg).items():
+            assert (key in cfg) == present, (key, cfg)
+            assert (key in trial.params) == present  # Optuna itself only saw the dimensions drawn
+            seen[key].add(present)
+    assert all(s == {True, False} for s in seen.values()), seen
+
+
+def test_optuna_search_suggests_through_the_define_by_run_space():
+    from tl_ray.tune.sweep import _search_alg
+
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={SPACE}", "tune.search=optuna"])
+    searcher = _search_alg(spec)
+    assert callable(searcher._space)
+    for i in range(30):
+        cfg = searcher.suggest(f"t{i}")
+        for key, present in expected_present(cfg).items():
+            assert (key in cfg) == present, (key, cfg)
+        searcher.on_trial_complete(f"t{i}", {spec.tune.metric: 0.5, "training_iteration": 1})
+
+
+def test_optuna_list_valued_choice_reaches_the_config():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space = optuna_space({"model.head.dense": "choice([[64], [128, 64]])"})
+    drawn = set()
+    for _ in range(20):
+        trial = study.ask()
+        drawn.add(tuple(space(trial)["model.head.dense"]))
+        study.tell(trial, 0.0)
+    assert drawn == {(64,), (128, 64)}
+
+
+def test_failed_condition_leaves_the_spec_default():
+    base = load_spec(MINIMAL, overrides=[f"tune.space={SPACE}"]).to_dict()
+    config = {MODE: "feature_extraction", TOP: None, "train.optimizer": "adam", "model.head.dropout": None,
+              "train.backbone_lr_multiplier": None, "train.learning_rate": 1e-3}
+    overrides = trial_overrides(SPACE, config)
+    assert TOP not in overrides and "model.head.dropout" not in overrides
+    spec = validate(apply_overrides(base, overrides))
+    assert spec.model.freeze.unfreeze_top == 20  # FreezeSpec's default
+    sampled = validate(apply_overrides(base, trial_overrides(SPACE, {**config, MODE: "fine_tune", TOP: 33})))
+    assert sampled.model.freeze.unfreeze_top == 33
+
+
+def test_absent_conditional_shows_as_dash_in_the_table():
+    from tl_ray.tune.sweep import SweepResult, TrialRow
+
+    result = SweepResult("val_accuracy", "max", rows=[
+        TrialRow("a", {MODE: "fine_tune", TOP: 33}, 0.5, 1, "DONE"),
+        TrialRow("b", {MODE: "feature_extraction", TOP: None}, 0.4, 1, "DONE"),
+        TrialRow("c", {MODE: "full"}, 0.3, 1, "DONE"),  # Optuna leaves the key out
+    ])
+    lines = result.table().splitlines()
+    col = lines[0].index(TOP)
+    assert lines[1][col:].split()[0] == "33"
+    assert lines[2][col:].split()[0] == "-" and lines[3][col:].split()[0] == "-"
+
+
+def test_pbt_leaves_conditional_and_gating_dimensions_alone():
+    from tl_ray.tune.sweep import _scheduler
+
+    mutable, excluded = pbt_dimensions(SPACE)
+    assert mutable == ["train.learning_rate"]
+    assert set(excluded) == {"train.optimizer", "model.head.dropout", MODE, TOP, "train.backbone_lr_multiplier"}
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={SPACE}", "tune.scheduler=pbt"])
+    assert set(_scheduler(spec)._hyperparam_mutations) == {"train.learning_rate"}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"when": {"model.freeze.mod": "fine_tune"}, "sample": "randint(10, 60)"},
+         "tune.space.model.freeze.unfreeze_top: 'when' names 'model.freeze.mod', which is not in tune.space"),
+        ({"when": {MODE: "finetune"}, "sample": "randint(10, 60)"}, "can never be 'finetune'"),
+        ({"when": {MODE: ["fine_tune", 3]}, "sample": "randint(10, 60)"}, "can never be 3"),
+        ({"when": {MODE: "fine_tune"}, "sample": "grid([10, 20])"}, "a conditional dimension cannot be grid()"),
+        ({"when": {MODE: "fine_tune"}}, "exactly the keys 'when' and 'sample'"),
+        ({"when": {MODE: "fine_tune"}, "sample": "randint(10, 60)", "if": 1}, "exactly the keys 'when' and 'sample'"),
+        ({"when": [MODE], "sample": "randint(10, 60)"}, "'when' maps fields of tune.space"),
+        ({"when": {MODE: []}, "sample": "randint(10, 60)"}, "'when' lists no value"),
+        ({"when": {MODE: "fine_tune"}, "sample": "randint(60, 10)"}, "randint needs LOW < HIGH"),
+    ],
+)
+def test_bad_conditions_name_the_key(entry, message):
+    space = {MODE: "choice([feature_extraction, fine_tune])", TOP: entry}
+    with pytest.raises(ConfigError) as info:
+        load_spec(MINIMAL, overrides=[f"tune.space={space}"])
+    assert message in str(info.value)
+
+
+def test_numeric_conditions_check_the_controlling_range():
+    ok = {"train.batch_size": "randint(16, 65)", TOP: {"when": {"train.batch_size": [16, 64]}, "sample": 30}}
+    assert parse_space(ok)[TOP].when == (("train.batch_size", (16, 64)),)
+    with pytest.raises(ValueError, match="can never be 65"):
+        parse_space({**ok, TOP: {"when": {"train.batch_size": 65}, "sample": 30}})
+    with pytest.raises(ValueError, match="can never be 0.05"):
+        parse_space({"train.learning_rate": "uniform(0.1, 0.2)",
+                     TOP: {"when": {"train.learning_rate": 0.05}, "sample": 30}})
+
+
+def test_cyclic_conditions_are_refused():
+    space = {
+        "train.optimizer": {"when": {MODE: "fine_tune"}, "sample": "choice([adam, sgd])"},
+        MODE: {"when": {"train.optimizer": "adam"}, "sample": "choice([fine_tune, full])"},
+    }
+    with pytest.raises(ValueError, match="conditions form a cycle"):
+        parse_space(space)
+
+
+def test_a_mapping_without_when_is_still_a_fixed_value():
+    assert parse_space({"model.backbone_args": {"alpha": 0.35}})["model.backbone_args"].kind == "fixed"
