@@ -55,10 +55,10 @@ def test_pbt_exploit_restores_the_donor_weights_with_the_mutated_learning_rate(r
         (state,) = [s for s in checkpoints[donor] if s["epoch"] == row["epoch"] - 1]
         assert state["trial_id"] == donor
         assert row["restored_weights_digest"] == state["weights_digest"]
-        # The learning rate in force is the exploiting trial's new config value, not the donor's.
+        # The learning rate in force is the exploiting trial's new config value, not the donor's rate
+        # (the one the checkpoint's optimizer state holds). Taken from the checkpoint's state: in one
+        # run the donor's result.json lacked the row of that epoch.
         own_lr = row["config"]["train.learning_rate"]
-        (donor_row,) = [r for r in rows[donor] if r["epoch"] == state["epoch"]]
-        donor_lr = donor_row["config"]["train.learning_rate"]
-        assert own_lr != pytest.approx(donor_lr)  # PBT mutated it
+        donor_lr = state["metrics"]["learning_rate"]
+        assert own_lr != pytest.approx(donor_lr, rel=1e-3)  # PBT mutated it
         assert row["learning_rate"] == pytest.approx(own_lr, rel=1e-6)
-        assert row["learning_rate"] != pytest.approx(donor_lr, rel=1e-3)
