@@ -291,6 +291,19 @@ class TrainSpec(_Section):
     clip_norm: float | None = Field(
         default=None, gt=0.0, description="Clip the all-reduced gradients to this global norm."
     )
+    feature_cache: Literal["auto", "off"] = Field(
+        default="auto",
+        description=(
+            "auto: epochs with the base frozen (freeze.mode feature_extraction) and augmentation off train the "
+            "head on the backbone's outputs, computed once per backbone/weights/size/dataset and kept in the "
+            "store (tl-ray cache list); off: run the base on every step."
+        ),
+    )
+    init_from: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Warm start: load the model's weights from this checkpoint folder (URI) before the first epoch.",
+    )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping (off by default).")
     lr_schedule: LRScheduleSpec | None = Field(default=None, description="Learning-rate schedule (constant if unset).")
 
@@ -311,6 +324,24 @@ class TrainSpec(_Section):
                 f"({sum(p.epochs for p in self.phases)}); leave train.epochs out to use the sum"
             )
         return self
+
+
+class StageSpec(_Section):
+    """One stage of a staged sweep (``tune.stages``)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Stage name, e.g. heads, top, deep.")
+    freeze: FreezeSpec = Field(description="Freeze policy of this stage's trials (replaces model.freeze).")
+    epochs: PositiveInt = Field(description="Epochs each trial of this stage trains.")
+    keep: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the previous stage's trials (best first) promoted to this stage; ignored for the first.",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="Learning rate of this stage (default: the trial's, times lr_factor)."
+    )
+    lr_factor: float = Field(default=1.0, gt=0.0, le=10.0, description="Multiplies the trial's learning rate.")
 
 
 class TuneSpec(_Section):
@@ -343,6 +374,14 @@ class TuneSpec(_Section):
         default_factory=dict,
         description="Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value.",
     )
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description=(
+            "Staged sweep: num_samples trials of the first stage (typically heads on cached features), then the "
+            "best `keep` fraction of each stage goes on to the next (e.g. fine-tuning the top blocks, then deeper), "
+            "each warm-starting from its parent's best checkpoint. Empty: one ordinary sweep."
+        ),
+    )
 
     @field_validator("space")
     @classmethod
@@ -361,6 +400,15 @@ class TuneSpec(_Section):
         kinds = {d.kind for d in parse_space(self.space).values()}
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search optuna cannot sample grid() dimensions; use choice() instead")
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tune.stages names must differ. Received: {names}")
+        fixed_by_stage = [k for k in self.space if k.startswith("model.freeze") or k in ("train.epochs", "train.phases")]
+        if self.stages and fixed_by_stage:
+            raise ValueError(f"tune.space cannot search {fixed_by_stage[0]} in a staged sweep: each stage in "
+                             "tune.stages sets the freeze policy and epochs")
+        if self.stages and self.scheduler == "pbt":
+            raise ValueError("tune.stages cannot run with scheduler pbt; use asha, hyperband, median or fifo")
         if self.scheduler == "pbt" and not kinds - {"fixed"}:
             raise ValueError("scheduler pbt needs at least one searched dimension in tune.space to mutate")
         return self

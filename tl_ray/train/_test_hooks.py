@@ -35,3 +35,23 @@ def after_report(experiment: str, epoch: int, rank: int) -> None:
     while time.monotonic() < deadline:  # the test kills this process meanwhile
         time.sleep(0.05)
     raise RuntimeError(f"{ENV}: worker {rank} of {experiment!r} was paused for a kill that never came")
+
+
+def cache_builder_started() -> None:
+    """With ``D/hold_cache_build`` present, a feature-cache builder holding its lock waits until
+    another process has started waiting for the same entry (``D/cache_waiter``), so a test
+    sees two trials want one entry at the same time."""
+    root = os.environ.get(ENV)
+    if not root or not (Path(root) / "hold_cache_build").is_file():
+        return
+    deadline = time.monotonic() + WAIT_S
+    while not (Path(root) / "cache_waiter").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ENV}: no second trial waited for the feature cache within {WAIT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def cache_waiter_started() -> None:
+    root = os.environ.get(ENV)
+    if root and (Path(root) / "hold_cache_build").is_file():
+        (Path(root) / "cache_waiter").write_text(str(os.getpid()))
