@@ -370,6 +370,14 @@ class TuneSpec(_Section):
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
+    reuse_actors: bool = Field(
+        default=False,
+        description=(
+            "Run the next trial in a finished trial's process (single-worker trials): saves the process start "
+            "and TensorFlow import per trial. Off by default: a process per trial keeps memory flat however "
+            "many trials run."
+        ),
+    )
     space: dict[str, Any] = Field(
         default_factory=dict,
         description="Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value.",

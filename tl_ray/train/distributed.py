@@ -122,7 +122,9 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
+    from tl_ray.train.runtime import begin_trial
 
+    begin_trial()
     spec = validate(apply_overrides(base_spec, config), source="trial spec")
     if spec.train.workers == 1:
         configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)

@@ -245,6 +245,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
     cached = CachedInputs(spec, model, strategy, weights)
 
     metrics: dict = {}
+    first_epoch = True
     hooks.on_train_begin()
     for phase_index, phase in enumerate(plan_phases(spec)):
         if phase.end <= start_epoch:
@@ -284,6 +285,12 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 )
 
             hooks.on_epoch_begin(epoch)
+            if first_epoch:
+                from tl_ray.train.runtime import mark, startup_times
+
+                mark("first_epoch")
+                extra.update(startup_times())
+            epoch_start = time.perf_counter()
             iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
             start = time.perf_counter()
             sums = None
@@ -310,8 +317,11 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                                          worker_index=worker_index, num_workers=num_workers)
                 val = step.evaluate(local_val, num_workers)
                 metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            for key in ("warm_started_from", "warm_start_val_loss", "warm_start_val_accuracy"):
+            for key in ("warm_started_from", "warm_start_val_loss", "warm_start_val_accuracy", "startup_worker_s",
+                        "startup_import_s", "startup_setup_s"):
                 extra.pop(key, None)
+            first_epoch = False
+            metrics["epoch_s"] = time.perf_counter() - epoch_start
             hooks.on_epoch_end(epoch, metrics)
             last = epoch + 1 == cfg.epochs or loop.stop_training
             with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
