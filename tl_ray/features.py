@@ -5,12 +5,14 @@ augmentation is off, every epoch of every trial would run the same backbone on
 the same images. tl-ray runs it once per key instead and trains heads on the
 stored outputs::
 
-    key = sha256(backbone, backbone_args, weights digest, preprocess_input,
+    key = sha256(backbone, backbone_args, weights digest, preprocess_input, head pooling,
                  image size, data manifest digest, augmentation off, float32)
     <store>/cache/features/<key[:24]>/    a dataset: _manifest.json + part-NNNNN.parquet
 
 A cache entry is an ordinary tl-ray dataset whose Parquet shards hold a
-``features`` column (the backbone's output, flattened, float32) and ``label``,
+``features`` column (the backbone's output after the head's pooling layer —
+avg or max pooling stores one vector per image, ResNet-50's 2,048 floats
+instead of its 7×7×2,048 map — flattened, float32) and ``label``,
 shard for shard and row for row the image dataset it was computed from, so the
 reader streams it with the same sharding and the same per-epoch shuffle.
 
@@ -110,6 +112,7 @@ def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:
         "backbone_args": spec.model.backbone_args,
         "weights": weights_digest(spec, weights_file),
         "preprocess": backbone.preprocess,
+        "pooling": spec.model.head.pooling,
         "image_size": list(spec.data.image_size),
         "dataset": read_manifest(dataset_uri).digest,
         "augment": "off",
@@ -171,14 +174,14 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
 
 
 def _extractor(spec: Spec, num_classes: int, weights_file: str | None):
-    """preprocess + backbone of the spec's model, in inference mode."""
+    """preprocess + backbone + the head's pooling layer of the spec's model, in inference mode."""
     import keras
 
     from tl_ray.models.build import build_model
 
     model = build_model(spec.model.model_copy(update={"freeze": FreezeSpec()}), num_classes,
                         tuple(spec.data.image_size), weights_file=weights_file, seed=spec.train.seed)
-    return keras.Model(model.inputs, model.get_layer("pool").input, name="feature_extractor")
+    return keras.Model(model.inputs, model.get_layer("pool").output, name="feature_extractor")
 
 
 def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lock: str) -> None:
@@ -242,12 +245,12 @@ def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, ur
 
 
 def head_model(model):
-    """The layers after the backbone, as a model on the backbone's output (weights shared with ``model``)."""
+    """The layers after the pooling layer, as a model on its output (weights shared with ``model``)."""
     import keras
 
     names = [layer.name for layer in model.layers]
-    after = model.layers[names.index("backbone") + 1:]
-    inputs = keras.Input(shape=model.get_layer("pool").input.shape[1:], name="features")
+    after = model.layers[names.index("pool") + 1:]
+    inputs = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
     x = inputs
     for layer in after:
         x = layer(x)
