@@ -247,6 +247,15 @@ class TrainSpec(_Section):
         ),
     )
     gpus_per_worker: float = Field(default=0.0, ge=0.0, description="GPUs reserved for each worker.")
+    head_trial_gpus: float | None = Field(
+        default=None,
+        ge=0.0,
+        description=(
+            "GPUs of a single-worker trial that only trains a head on cached features (base frozen, augmentation "
+            "off), e.g. 0 to run such trials on CPUs next to GPU fine-tuning trials, or 0.25 to share a GPU. "
+            "Unset: gpus_per_worker."
+        ),
+    )
     cpu_devices: int = Field(
         default=0,
         ge=0,

@@ -196,3 +196,13 @@ def test_staged_sweep_promotes_the_best_heads_and_warm_starts_them(tmp_path, fas
                           planned_epochs={"heads": 2, "top": 1})
     assert "stage" in report.table.splitlines()[0] and report.table.count("top") >= 2
     assert any(f.endswith("learning_curves.png") for f in report.files)
+
+
+def test_head_only_trials_run_on_cpus_while_fine_tuning_trials_would_need_a_gpu(store, ray_cluster):
+    """The local cluster has no GPU: with train.head_trial_gpus 0 the head trial runs anyway."""
+    from tl_ray.tune.sweep import run_sweep
+
+    use_weights(store, "init-a")
+    spec = head_spec(store, "cpu-heads", epochs=1, steps_per_epoch=2, gpus_per_worker=1, head_trial_gpus=0)
+    result = run_sweep(validate(spec), experiment="cpu-heads")
+    assert [r.status for r in result.rows] == ["DONE"], [r.error for r in result.rows]

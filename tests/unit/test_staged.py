@@ -57,3 +57,20 @@ def test_stage_spec_sets_freeze_and_epochs_and_overrides_warm_start_from_the_par
 def test_bad_staged_specs_are_config_errors(tune, message):
     with pytest.raises(ConfigError, match=message):
         spec(**tune)
+
+
+def test_head_only_trials_ask_for_their_own_resources_next_to_fine_tuning_trials():
+    from tl_ray.tune.sweep import trial_resources
+
+    s = validate({
+        "name": "r", "storage": "/tmp/r", "data": {"train": "d/train"},
+        "model": {"backbone": "mobilenet_v2", "weights": "none"},
+        "train": {"gpus_per_worker": 1, "head_trial_gpus": 0.25, "cpus_per_worker": 2},
+        "tune": {"space": {"model.freeze.mode": "choice([feature_extraction, fine_tune])"}},
+    })
+    assert trial_resources(s, {"model.freeze.mode": "feature_extraction"}) == {"CPU": 2, "GPU": 0.25}
+    assert trial_resources(s, {"model.freeze.mode": "fine_tune"}) == {"CPU": 2, "GPU": 1}
+    # Augmentation makes features differ per epoch: such a trial runs the base, on the fine-tuning resources.
+    assert trial_resources(s, {"model.freeze.mode": "feature_extraction", "data.augment.flip": True}) == {"CPU": 2, "GPU": 1}
+    cpu_heads = validate({**s.to_dict(), "train": {**s.to_dict()["train"], "head_trial_gpus": 0}})
+    assert trial_resources(cpu_heads, {"model.freeze.mode": "feature_extraction"}) == {"CPU": 2}

@@ -76,16 +76,35 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _trial_resources(spec: Spec) -> dict:
+def trial_resources(spec: Spec, config: dict | None = None) -> dict:
+    """What one trial asks Ray for; ``config`` is the trial's sampled fields.
+
+    A single-worker trial that only trains a head on cached features (base frozen in every
+    phase, augmentation off) asks for ``train.head_trial_gpus`` GPUs instead of
+    ``train.gpus_per_worker``: with 0 it runs on CPUs, next to GPU fine-tuning trials.
+    """
+    if config:
+        from tl_ray.spec import apply_overrides, validate
+
+        spec = validate(apply_overrides(spec.to_dict(), config), source="trial spec")
     if spec.train.workers == 1:
         res = {"CPU": spec.train.cpus_per_worker}
-        if spec.train.gpus_per_worker:
-            res["GPU"] = spec.train.gpus_per_worker
+        gpus = spec.train.head_trial_gpus if _head_only(spec) else spec.train.gpus_per_worker
+        if gpus:
+            res["GPU"] = gpus
         return res
     # The trial only drives its Ray Train worker group. It asks for a little memory,
     # not CPU: a fraction of a CPU held on a worker node would keep a whole worker
     # group (whole CPUs, whole GPUs) from fitting there.
     return {"memory": 64 * 2**20}
+
+
+def _head_only(spec: Spec) -> bool:
+    """Every phase of the trial trains on cached features (``tl_ray.features.usable``)."""
+    from tl_ray.features import usable
+    from tl_ray.train.loop import plan_phases
+
+    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze)[0] for p in plan_phases(spec))
 
 
 def _max_concurrent(spec: Spec) -> int | None:
@@ -210,7 +229,12 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
 
     connect_ray()
     storage_path, fs = ray_storage(spec, *folder)
-    trainable = tune.with_resources(trainable, _trial_resources(spec))
+    if spec.train.head_trial_gpus is None or spec.train.workers > 1:
+        trainable = tune.with_resources(trainable, trial_resources(spec))
+    else:  # per trial: head-only trials may ask for other resources than fine-tuning ones
+        trainable = tune.with_resources(
+            trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
+        )
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
