@@ -20,8 +20,11 @@ class TuneReporter:
     """Reports a single-worker trial to Ray Tune."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray
         from ray import tune
 
+        # The node of each epoch: a trial restarted elsewhere (node lost) shows where it moved.
+        metrics = dict(metrics, node_id=ray.get_runtime_context().get_node_id())
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
