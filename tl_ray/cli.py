@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from tl_ray.errors import TLRayError
+from tl_ray.errors import ConfigError, TLRayError
 
 DEFAULT_STORAGE = os.environ.get("TLRAY_STORAGE", "./tlray-store")
 
@@ -132,6 +132,35 @@ def cmd_report(args) -> int:
     print(report.table)
     for f in report.files:
         print(f"wrote {f}")
+    return 0
+
+
+# -- feature cache ----------------------------------------------------------------
+def cmd_cache_list(args) -> int:
+    from tl_ray.features import cache_root, list_entries
+
+    entries = list_entries(args.storage)
+    if not entries:
+        print(f"no feature-cache entries in {cache_root(args.storage)}")
+    for e in entries:
+        if not e.complete:
+            print(f"{e.key_id}  partial (being built, or its builder died)")
+            continue
+        k = e.key
+        size = "x".join(str(v) for v in k.get("image_size", []))
+        print(f"{e.key_id}  {k.get('backbone')} {size}  weights {str(k.get('weights'))[:19]}  {e.rows} rows  "
+              f"{e.bytes / 2**20:.1f} MiB  {e.created}  {e.dataset_uri}")
+    return 0
+
+
+def cmd_cache_purge(args) -> int:
+    from tl_ray.features import cache_root, purge
+
+    if not args.keys and not args.all:
+        raise ConfigError("name the entries to delete (ids from `tl-ray cache list`) or pass --all.")
+    deleted = purge(args.storage, None if args.all else args.keys)
+    print(f"deleted {len(deleted)} feature-cache entr{'y' if len(deleted) == 1 else 'ies'} from {cache_root(args.storage)}"
+          + (f": {', '.join(deleted)}" if deleted else ""))
     return 0
 
 
@@ -347,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val_accuracy")
     p.add_argument("--mode", default="max", choices=["max", "min"])
     p.set_defaults(func=cmd_report)
+
+    cache = sub.add_parser("cache", help="backbone features cached for frozen-base trials").add_subparsers(
+        dest="cache_cmd", required=True)
+    p = cache.add_parser("list", help="entries: key, backbone, size, weights digest, rows, bytes, dataset")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+    p.set_defaults(func=cmd_cache_list)
+    p = cache.add_parser("purge", help="delete entries (they are rebuilt when a trial needs them)")
+    p.add_argument("keys", nargs="*", help="entry ids from `tl-ray cache list`")
+    p.add_argument("--all", action="store_true", help="delete every entry")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+    p.set_defaults(func=cmd_cache_purge)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     for name, func, helptext in (

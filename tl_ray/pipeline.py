@@ -104,7 +104,8 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     from tl_ray.tune.report import build_report
 
     exp_uri = storage.join(spec.storage, "experiments", experiment)
-    report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=spec.train.epochs)
+    planned = {st.name: st.epochs for st in spec.tune.stages} if spec.tune.stages else spec.train.epochs
+    report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=planned)
     out(f"[tune] report: {', '.join(report.files)}  (tl-ray report {experiment} --storage {spec.storage})")
     promotion = None
     if promote:

@@ -247,6 +247,15 @@ class TrainSpec(_Section):
         ),
     )
     gpus_per_worker: float = Field(default=0.0, ge=0.0, description="GPUs reserved for each worker.")
+    head_trial_gpus: float | None = Field(
+        default=None,
+        ge=0.0,
+        description=(
+            "GPUs of a single-worker trial that only trains a head on cached features (base frozen, augmentation "
+            "off), e.g. 0 to run such trials on CPUs next to GPU fine-tuning trials, or 0.25 to share a GPU. "
+            "Unset: gpus_per_worker."
+        ),
+    )
     cpu_devices: int = Field(
         default=0,
         ge=0,
@@ -291,8 +300,27 @@ class TrainSpec(_Section):
     clip_norm: float | None = Field(
         default=None, gt=0.0, description="Clip the all-reduced gradients to this global norm."
     )
+    feature_cache: Literal["auto", "off"] = Field(
+        default="auto",
+        description=(
+            "auto: epochs with the base frozen (freeze.mode feature_extraction) and augmentation off train the "
+            "head on the backbone's outputs, computed once per backbone/weights/size/dataset and kept in the "
+            "store (tl-ray cache list); off: run the base on every step."
+        ),
+    )
+    init_from: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Warm start: load the model's weights from this checkpoint folder (URI) before the first epoch.",
+    )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping (off by default).")
     lr_schedule: LRScheduleSpec | None = Field(default=None, description="Learning-rate schedule (constant if unset).")
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true).
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="before")
     @classmethod
@@ -311,6 +339,24 @@ class TrainSpec(_Section):
                 f"({sum(p.epochs for p in self.phases)}); leave train.epochs out to use the sum"
             )
         return self
+
+
+class StageSpec(_Section):
+    """One stage of a staged sweep (``tune.stages``)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Stage name, e.g. heads, top, deep.")
+    freeze: FreezeSpec = Field(description="Freeze policy of this stage's trials (replaces model.freeze).")
+    epochs: PositiveInt = Field(description="Epochs each trial of this stage trains.")
+    keep: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the previous stage's trials (best first) promoted to this stage; ignored for the first.",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="Learning rate of this stage (default: the trial's, times lr_factor)."
+    )
+    lr_factor: float = Field(default=1.0, gt=0.0, le=10.0, description="Multiplies the trial's learning rate.")
 
 
 class TuneSpec(_Section):
@@ -339,6 +385,14 @@ class TuneSpec(_Section):
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
+    reuse_actors: bool = Field(
+        default=False,
+        description=(
+            "Run the next trial in a finished trial's process (single-worker trials): saves the process start "
+            "and TensorFlow import per trial. Off by default: a process per trial keeps memory flat however "
+            "many trials run."
+        ),
+    )
     space: dict[str, Any] = Field(
         default_factory=dict,
         description=(
@@ -346,6 +400,14 @@ class TuneSpec(_Section):
             "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled only where every "
             "named field of the space took a listed value (absent otherwise; pbt never mutates conditional "
             "dimensions nor the fields their conditions test)."
+        ),
+    )
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description=(
+            "Staged sweep: num_samples trials of the first stage (typically heads on cached features), then the "
+            "best `keep` fraction of each stage goes on to the next (e.g. fine-tuning the top blocks, then deeper), "
+            "each warm-starting from its parent's best checkpoint. Empty: one ordinary sweep."
         ),
     )
 
@@ -366,6 +428,15 @@ class TuneSpec(_Section):
         kinds = {d.kind for d in parse_space(self.space).values()}
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search optuna cannot sample grid() dimensions; use choice() instead")
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tune.stages names must differ. Received: {names}")
+        fixed_by_stage = [k for k in self.space if k.startswith("model.freeze") or k in ("train.epochs", "train.phases")]
+        if self.stages and fixed_by_stage:
+            raise ValueError(f"tune.space cannot search {fixed_by_stage[0]} in a staged sweep: each stage in "
+                             "tune.stages sets the freeze policy and epochs")
+        if self.stages and self.scheduler == "pbt":
+            raise ValueError("tune.stages cannot run with scheduler pbt; use asha, hyperband, median or fifo")
         if self.scheduler == "pbt" and not kinds - {"fixed"}:
             raise ValueError("scheduler pbt needs at least one searched dimension in tune.space to mutate")
         mutable, excluded = pbt_dimensions(self.space)

@@ -92,15 +92,22 @@ def _encoded_rows(uri: str, manifest: Manifest, shard_ids: list[int], keep) -> t
         ds = tf.data.Dataset.from_generator(records, output_signature=tf.TensorSpec([None], tf.string))
         ds = ds.map(_parse_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
+        shape = feature_shape(manifest)
+        column = "image" if shape is None else "features"
+        values = tf.TensorSpec([None], tf.string) if shape is None else tf.TensorSpec([None, math.prod(shape)], tf.float32)
 
         def rows():
             for i in shard_ids:
-                yield from shard_io.parquet_batches(uri, manifest.shards[i], int(offsets[i]), keep)
+                yield from shard_io.parquet_batches(uri, manifest.shards[i], int(offsets[i]), keep, column)
 
-        ds = tf.data.Dataset.from_generator(
-            rows, output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))
-        )
+        ds = tf.data.Dataset.from_generator(rows, output_signature=(values, tf.TensorSpec([None], tf.int32)))
     return ds.unbatch()
+
+
+def feature_shape(manifest: Manifest) -> list[int] | None:
+    """The per-example feature shape of a feature-cache dataset (``tl_ray.features``); None for images."""
+    shape = (manifest.source or {}).get("feature_shape")
+    return [int(v) for v in shape] if shape and manifest.source.get("kind") == "features" else None
 
 
 def _augment(image: tf.Tensor, seed: tf.Tensor, augment, image_size) -> tf.Tensor:
@@ -160,6 +167,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Streams a Parquet or TFRecord dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
 
+    A feature-cache dataset (``tl_ray.features``) streams ``(features float32 [B, *feature_shape], labels)``
+    instead, in the same order as the image dataset it was computed from (same shards, same shuffle).
+
     Sharding across workers: with at least as many shards as workers, worker ``i``
     reads shards ``i, i+n, ...``; otherwise every worker reads every shard and keeps
     the rows whose global index ``% n == i``. Either way each example is seen by
@@ -204,7 +214,12 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
     size = (int(image_size[0]), int(image_size[1]))
-    if _augment_on(augment):
+    shape = feature_shape(manifest)
+    if shape is not None:
+        if _augment_on(augment):
+            raise ConfigError(f"{uri} holds cached backbone features, which cannot be augmented; turn data.augment off.")
+        ds = ds.map(lambda values, label: (tf.reshape(values, shape), label), num_parallel_calls=tf.data.AUTOTUNE)
+    elif _augment_on(augment):
         ds = ds.enumerate().map(
             lambda i, example: (
                 _augment(decode_image(example[0], size), tf.stack([tf.cast(seed + epoch, tf.int64), i]), augment, size),

@@ -103,14 +103,18 @@ class ShardFile:
         self.reset()
 
 
-def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) -> Iterator[tuple]:
-    """Yields ``(images object[n], labels int32[n])`` per row group of a Parquet shard.
+def parquet_batches(
+    dataset_uri: str, shard: Shard, first_row: int, keep: Keep, value_column: str = "image"
+) -> Iterator[tuple]:
+    """Yields ``(values[n], labels int32[n])`` per row group of a Parquet shard.
 
     Args:
         dataset_uri: the dataset folder.
         shard: the manifest entry.
         first_row: the dataset-wide index of the shard's first row (``keep`` sees global indices).
         keep: ``keep(global_rows) -> bool mask`` of the rows this worker reads.
+        value_column: ``"image"`` (encoded images, yielded as an object array of bytes) or
+            ``"features"`` (fixed-size float32 vectors of a feature cache, yielded as float32 ``[n, d]``).
 
     Raises:
         DataError: the shard is missing, truncated, fails a page CRC, or its row count differs from
@@ -144,7 +148,7 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) 
             # nothing of it was yielded yet, so no row repeats or goes missing.
             table = storage.retry_read(
                 file.uri,
-                lambda: parquet().read_row_group(group, columns=["image", "label"]),
+                lambda: parquet().read_row_group(group, columns=[value_column, "label"]),
                 what=f"row group {group}",
                 on_retry=reset,
             )
@@ -153,8 +157,7 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) 
             mask = keep(rows)
             done += len(labels)
             if mask.any():
-                images = np.asarray(table.column("image").to_pylist(), dtype=object)
-                yield images[mask], labels[mask]
+                yield _values(table.column(value_column), len(labels))[mask], labels[mask]
     except StorageError:
         raise
     except (pa.ArrowException, OSError, KeyError) as exc:
@@ -166,6 +169,14 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) 
         file.close()
     if done != shard.rows:
         raise DataError(f"shard {file.uri!r} ended at row {done}; the manifest says {shard.rows} rows. {file.hint}")
+
+
+def _values(chunked: pa.ChunkedArray, rows: int) -> np.ndarray:
+    """Encoded images as an object array, or fixed-size float vectors as float32 ``[rows, d]``."""
+    if pa.types.is_fixed_size_list(chunked.type):
+        flat = chunked.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return flat.astype(np.float32, copy=False).reshape(rows, chunked.type.list_size)
+    return np.asarray(chunked.to_pylist(), dtype=object)
 
 
 def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) -> Iterator[np.ndarray]:

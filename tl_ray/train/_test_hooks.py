@@ -1,10 +1,11 @@
-"""Fault-injection hook for the resume tests; inert unless ``TLRAY_TEST_HOOK_DIR`` is set.
+"""Fault-injection hook for the resume and node-loss tests; inert unless ``TLRAY_TEST_HOOK_DIR`` is set.
 
 With ``TLRAY_TEST_HOOK_DIR=D`` and a file ``D/<experiment>/pause_after_epoch``
 holding N, each worker of that experiment, right after reporting epoch N,
-writes its pid to ``D/<experiment>/pid.<rank>`` and waits there to be killed
-(a real ``os.kill`` from the test). A worker restarted from the checkpoint
-finds its pid file already written and carries on.
+writes the id of its Ray node to ``D/<experiment>/node.<rank>`` and then its
+pid to ``D/<experiment>/pid.<rank>``, and waits there to be killed (a real
+``os.kill`` of the pid, or the removal of the node, from the test). A worker
+restarted from the checkpoint finds its pid file already written and carries on.
 """
 
 from __future__ import annotations
@@ -28,10 +29,41 @@ def after_report(experiment: str, epoch: int, rank: int) -> None:
     pid_file = folder / f"pid.{rank}"
     if pid_file.exists():
         return
-    tmp = pid_file.with_suffix(".tmp")
-    tmp.write_text(str(os.getpid()))
-    os.replace(tmp, pid_file)
+    _write(folder / f"node.{rank}", _node_id())
+    _write(pid_file, str(os.getpid()))  # last: a test that sees the pid also sees the node
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:  # the test kills this process meanwhile
         time.sleep(0.05)
     raise RuntimeError(f"{ENV}: worker {rank} of {experiment!r} was paused for a kill that never came")
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # per rank: workers pause at the same time
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def cache_builder_started() -> None:
+    """With ``D/hold_cache_build`` present, a feature-cache builder holding its lock waits until
+    another process has started waiting for the same entry (``D/cache_waiter``), so a test
+    sees two trials want one entry at the same time."""
+    root = os.environ.get(ENV)
+    if not root or not (Path(root) / "hold_cache_build").is_file():
+        return
+    deadline = time.monotonic() + WAIT_S
+    while not (Path(root) / "cache_waiter").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ENV}: no second trial waited for the feature cache within {WAIT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def cache_waiter_started() -> None:
+    root = os.environ.get(ENV)
+    if root and (Path(root) / "hold_cache_build").is_file():
+        (Path(root) / "cache_waiter").write_text(str(os.getpid()))

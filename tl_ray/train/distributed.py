@@ -31,8 +31,11 @@ class TuneReporter:
         return tune.get_context().get_trial_id()
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray
         from ray import tune
 
+        # The node of each epoch: a trial restarted elsewhere (node lost) shows where it moved.
+        metrics = dict(metrics, node_id=ray.get_runtime_context().get_node_id())
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
@@ -133,8 +136,10 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
+    from tl_ray.train.runtime import begin_trial
     from tl_ray.tune.space import trial_overrides
 
+    begin_trial()
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
     spec = validate(apply_overrides(base_spec, overrides), source="trial spec")

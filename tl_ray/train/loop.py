@@ -235,13 +235,18 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
 
     restore = reporter.restore_dir()
     start_epoch = 0
+    extra: dict = {}
     if restore is not None:
         from tl_ray.train.checkpoint import read_state
 
         start_epoch = int(read_state(restore)["epoch"])
+    elif cfg.init_from:
+        extra["warm_started_from"] = warm_start(model, cfg.init_from)
+    cached = CachedInputs(spec, model, strategy, weights)
 
     metrics: dict = {}
     restored: dict = {}
+    first_epoch = True
     hooks.on_train_begin()
     for phase_index, phase in enumerate(plan_phases(spec)):
         if phase.end <= start_epoch:
@@ -263,20 +268,34 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             # Reported with the next epoch: which trial wrote the checkpoint (the donor after a PBT exploit).
             restored = {"restored_from_trial": state.get("trial_id"), "restored_weights_digest": weights_digest(model)}
         loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
-        step = DistributedStep(strategy, model, optimizer, cfg.batch_size, cfg.label_smoothing,
+        # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
+        net, phase_train, phase_val = cached.for_phase(phase.freeze, train_uri, val_uri)
+        extra["feature_cache"] = cached.status if net is not model else "off"
+        step = DistributedStep(strategy, net, optimizer, cfg.batch_size, cfg.label_smoothing,
                                class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
+        if "warm_started_from" in extra and val_uri is not None and "warm_start_val_loss" not in extra:
+            # What the warm start begins from: the validation score of the loaded weights.
+            val = step.evaluate(make_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
+                                             worker_index=worker_index, num_workers=num_workers), num_workers)
+            extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
         hooks.on_phase_begin(phase_index, phase.first_epoch, phase.epochs)
         for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
 
-            def dataset_fn(ctx, epoch=epoch):
+            def dataset_fn(ctx, epoch=epoch, phase_train=phase_train):
                 return make_dataset(
-                    train_uri, image_size=image_size, batch_size=per_replica, shuffle=True,
+                    phase_train, image_size=image_size, batch_size=per_replica, shuffle=True,
                     seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
                     worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
                     drop_remainder=True, repeat=True, augment=spec.data.augment,
                 )
 
             hooks.on_epoch_begin(epoch)
+            if first_epoch:
+                from tl_ray.train.runtime import mark, startup_times
+
+                mark("first_epoch")
+                extra.update(startup_times())
+            epoch_start = time.perf_counter()
             iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
             start = time.perf_counter()
             sums = None
@@ -297,13 +316,19 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 "intra_op_threads": intra_op_threads(),
                 "peak_rss_mb": peak_rss_mb(),
                 **restored,
+                **extra,
             }
             restored = {}
             if val_uri is not None:
-                local_val = make_dataset(val_uri, image_size=image_size, batch_size=max(per_replica, 64),
+                local_val = make_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
                                          worker_index=worker_index, num_workers=num_workers)
                 val = step.evaluate(local_val, num_workers)
                 metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            for key in ("warm_started_from", "warm_start_val_loss", "warm_start_val_accuracy", "startup_worker_s",
+                        "startup_import_s", "startup_setup_s"):
+                extra.pop(key, None)
+            first_epoch = False
+            metrics["epoch_s"] = time.perf_counter() - epoch_start
             hooks.on_epoch_end(epoch, metrics)
             last = epoch + 1 == cfg.epochs or loop.stop_training
             with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
@@ -319,3 +344,58 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             break
     hooks.on_train_end(metrics)
     return metrics
+
+
+def warm_start(model, checkpoint_uri: str) -> str:
+    """Loads the model weights of a checkpoint folder (local or in the store) into ``model``.
+
+    Raises:
+        StorageError: the checkpoint cannot be fetched.
+        ConfigError: its model does not match the spec's (another backbone or head).
+    """
+    from tl_ray import storage
+    from tl_ray.train.checkpoint import MODEL_FILE
+
+    local = Path(checkpoint_uri)
+    if storage.is_s3(checkpoint_uri) or not local.is_dir():
+        local = storage.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
+    try:
+        model.load_weights(local / MODEL_FILE)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"train.init_from {checkpoint_uri!r} holds a model that does not fit the spec's ({exc}). "
+            "Warm-start only from a checkpoint of the same backbone and head."
+        ) from None
+    return checkpoint_uri
+
+
+class CachedInputs:
+    """The head-on-features model and cached datasets for the phases that can use them."""
+
+    def __init__(self, spec: Spec, model, strategy, weights_file: str | None):
+        self.spec, self.model, self.strategy, self.weights_file = spec, model, strategy, weights_file
+        self.status = "off"
+        self._head = None
+        self._uris: dict[str, str] = {}
+
+    def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
+        """``(model to step, train dataset, validation dataset)`` for a phase under ``freeze``."""
+        from tl_ray import features
+
+        use, why = features.usable(self.spec, freeze)
+        if not use:
+            if freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
+                print(f"feature cache not used: {why}")
+            return self.model, train_uri, val_uri
+        statuses = []
+        for uri in (train_uri, val_uri):
+            if uri is not None and uri not in self._uris:
+                entry = features.ensure_features(self.spec, uri, self.weights_file)
+                self._uris[uri] = entry.uri
+                statuses.append(entry.status)
+        if statuses:
+            self.status = "built" if "built" in statuses else statuses[0]
+        if self._head is None:
+            with self.strategy.scope():
+                self._head = features.head_model(self.model)
+        return self._head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None

@@ -13,6 +13,58 @@ import os
 
 logger = logging.getLogger(__name__)
 _configured: tuple | None = None
+# Wall-clock marks of this process's start-up, reported with a trial's first epoch (see startup_times).
+MARKS: dict[str, float] = {}
+
+
+def mark(name: str) -> None:
+    """Records the wall-clock time of a start-up step once per process."""
+    import time
+
+    MARKS.setdefault(name, time.time())
+
+
+def begin_trial() -> None:
+    """Marks a trial's start; in a process that already ran one (``tune.reuse_actors``), frees its Keras state."""
+    import time
+
+    if "trial_entry" in MARKS:
+        import keras
+
+        keras.backend.clear_session(free_memory=True)
+        MARKS["reused"] = 1.0
+        MARKS.pop("first_epoch", None)
+    MARKS["trial_entry"] = time.time()
+
+
+def startup_times() -> dict[str, float]:
+    """Seconds from process creation to the trial function, TensorFlow imported, and the first epoch.
+
+    ``startup_worker_s``: process start to trial entry (Ray worker and actor start);
+    ``startup_import_s``: TensorFlow's import; ``startup_setup_s``: the rest up to the first
+    step (data, model build, weights, feature cache). Only the marks this process has.
+    """
+    import time
+
+    try:
+        import psutil
+
+        created = psutil.Process().create_time()
+    except Exception:  # psutil comes with Ray; outside it the process start is unknown
+        created = None
+    marks = dict(MARKS, first_epoch=MARKS.get("first_epoch", time.time()))
+    if marks.get("reused"):  # a reused actor: no process start, TensorFlow already imported
+        return {"startup_worker_s": 0.0, "startup_import_s": 0.0,
+                "startup_setup_s": round(marks["first_epoch"] - marks["trial_entry"], 3)}
+    out = {}
+    if created is not None and "trial_entry" in marks:
+        out["startup_worker_s"] = marks["trial_entry"] - created
+    if "tf_import_start" in marks and "tf_imported" in marks:
+        out["startup_import_s"] = marks["tf_imported"] - marks["tf_import_start"]
+    begin = marks.get("tf_imported", marks.get("trial_entry"))
+    if begin is not None:
+        out["startup_setup_s"] = marks["first_epoch"] - begin
+    return {k: round(max(0.0, v), 3) for k, v in out.items()}
 
 
 def assigned_cpus(default: int | None = None) -> int:
@@ -41,7 +93,10 @@ def configure_tensorflow(threads: int, cpu_devices: int = 0) -> None:
     if _configured == want:
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    mark("tf_import_start")
     import tensorflow as tf
+
+    mark("tf_imported")
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -28,6 +28,11 @@ class TrialSummary:
     name: str
     params: dict
     history: list[dict]
+    stage: str = ""
+
+    @property
+    def started(self) -> float:
+        return min((float(r.get("timestamp", 0.0)) for r in self.history), default=0.0)
 
     def best(self, metric: str, mode: str) -> float | None:
         values = [r[metric] for r in self.history if isinstance(r.get(metric), (int, float))]
@@ -55,13 +60,34 @@ class Report:
 
 
 def load_trials(experiment_uri: str) -> list[TrialSummary]:
-    """Every trial folder of an experiment with its parameters and reported rows."""
-    names = [n for n in storage.list_dir(experiment_uri) if n.startswith("tune_trial")]
+    """Every trial folder of an experiment with its parameters and reported rows.
+
+    A staged sweep's folder holds one experiment per stage; their trials come stage by stage.
+    """
+    names = [n for n in storage.list_dir(experiment_uri) if is_trial_dir(n)]
+    if not names:
+        stages = [n for n in storage.list_dir(experiment_uri)
+                  if any(is_trial_dir(t) for t in storage.list_dir(storage.join(experiment_uri, n)))]
+        if stages:
+            # Stage folders sort by their first trial's start, which is the order they ran in.
+            found = [(stage, _load(storage.join(experiment_uri, stage), stage)) for stage in stages]
+            found.sort(key=lambda item: min((t.started for t in item[1]), default=0.0))
+            return [t for _, trials in found for t in trials]
     if not names:
         raise ConfigError(
             f"no trials under {experiment_uri!r}. Name an experiment folder of the store's experiments/, "
             "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store"
         )
+    return _load(experiment_uri, "")
+
+
+def is_trial_dir(name: str) -> bool:
+    """Tune names trial folders after the trial function: tune_trial_..., stage_trial_..."""
+    return re.match(r"^(tune|stage)_trial_[0-9a-f]+_\d+", name) is not None
+
+
+def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
+    names = [n for n in storage.list_dir(experiment_uri) if is_trial_dir(n)]
     out = []
     for name in names:
         base = storage.join(experiment_uri, name)
@@ -70,21 +96,24 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
         rows = []
         if storage.exists(storage.join(base, "result.json")):
             rows = [json.loads(line) for line in storage.read_text(storage.join(base, "result.json")).splitlines() if line.strip()]
-        m = re.match(r"tune_trial_([0-9a-f]+_\d+)", name)
-        out.append(TrialSummary(m.group(1) if m else name, params, rows))
+        m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
+        out.append(TrialSummary(m.group(1) if m else name, params, rows, stage))
     return out
 
 
-def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: int | None) -> str:
+def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: int | dict | None) -> str:
     keys = sorted({k for t in trials for k in t.params})
-    head = ["trial", *keys, f"best {metric}", "epochs", "wall s", "status"]
+    staged = any(t.stage for t in trials)
+    head = ["trial", *(["stage"] if staged else []), *keys, f"best {metric}", "epochs", "wall s", "status"]
     rows = []
-    for t in sorted(trials, key=lambda t: (t.best(metric, mode) is None, -(t.best(metric, mode) or 0) if mode == "max" else (t.best(metric, mode) or 0))):
+    order = [t.stage for t in trials]
+    for t in sorted(trials, key=lambda t: (order.index(t.stage), t.best(metric, mode) is None, -(t.best(metric, mode) or 0) if mode == "max" else (t.best(metric, mode) or 0))):
         best = t.best(metric, mode)
+        planned = planned_epochs.get(t.stage) if isinstance(planned_epochs, dict) else planned_epochs
         status = "no results" if not t.history else (
-            "stopped early" if planned_epochs and t.epochs < planned_epochs else "done")
-        rows.append([t.name, *(_fmt(t.params.get(k)) for k in keys), _fmt(best), str(t.epochs),
-                     f"{t.wall_time_s:.0f}", status])
+            "stopped early" if planned and t.epochs < planned else "done")
+        rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys), _fmt(best),
+                     str(t.epochs), f"{t.wall_time_s:.0f}", status])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows])
 
@@ -144,8 +173,12 @@ def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]
     return files
 
 
-def build_report(experiment_uri: str, metric: str, mode: str = "max", planned_epochs: int | None = None) -> Report:
+def build_report(
+    experiment_uri: str, metric: str, mode: str = "max", planned_epochs: int | dict[str, int] | None = None
+) -> Report:
     """Writes the table and plots into ``<experiment>/report/`` and returns them.
+
+    ``planned_epochs`` (one number, or one per stage of a staged sweep) tells stopped trials from finished ones.
 
     Raises:
         ConfigError: the folder holds no trials.

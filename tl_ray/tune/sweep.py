@@ -32,6 +32,8 @@ class TrialRow:
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
     checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) per checkpointed epoch
+    stage: str = ""  # staged sweeps: the stage's name
+    parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
 
 
 @dataclass
@@ -53,11 +55,13 @@ class SweepResult:
 
     def table(self) -> str:
         keys = sorted({k for r in self.rows for k in r.params})
-        head = ["trial", *keys, self.metric, "epochs", "status"]
+        staged = any(r.stage for r in self.rows)
+        head = ["trial", *(["stage", "from"] if staged else []), *keys, self.metric, "epochs", "status"]
         body = []
         for r in self.rows:
             vals = [_fmt(r.params.get(k)) for k in keys]
-            body.append([r.trial_id, *vals, _fmt(r.metric), str(r.epochs), r.status])
+            where = [r.stage, r.parent or "-"] if staged else []
+            body.append([r.trial_id, *where, *vals, _fmt(r.metric), str(r.epochs), r.status])
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
@@ -72,16 +76,35 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _trial_resources(spec: Spec) -> dict:
+def trial_resources(spec: Spec, config: dict | None = None) -> dict:
+    """What one trial asks Ray for; ``config`` is the trial's sampled fields.
+
+    A single-worker trial that only trains a head on cached features (base frozen in every
+    phase, augmentation off) asks for ``train.head_trial_gpus`` GPUs instead of
+    ``train.gpus_per_worker``: with 0 it runs on CPUs, next to GPU fine-tuning trials.
+    """
+    if config:
+        from tl_ray.spec import apply_overrides, validate
+
+        spec = validate(apply_overrides(spec.to_dict(), config), source="trial spec")
     if spec.train.workers == 1:
         res = {"CPU": spec.train.cpus_per_worker}
-        if spec.train.gpus_per_worker:
-            res["GPU"] = spec.train.gpus_per_worker
+        gpus = spec.train.head_trial_gpus if _head_only(spec) else spec.train.gpus_per_worker
+        if gpus:
+            res["GPU"] = gpus
         return res
     # The trial only drives its Ray Train worker group. It asks for a little memory,
     # not CPU: a fraction of a CPU held on a worker node would keep a whole worker
     # group (whole CPUs, whole GPUs) from fitting there.
     return {"memory": 64 * 2**20}
+
+
+def _head_only(spec: Spec) -> bool:
+    """Every phase of the trial trains on cached features (``tl_ray.features.usable``)."""
+    from tl_ray.features import usable
+    from tl_ray.train.loop import plan_phases
+
+    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze)[0] for p in plan_phases(spec))
 
 
 def _max_concurrent(spec: Spec) -> int | None:
@@ -174,6 +197,9 @@ def connect_ray() -> None:
 def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
     """Runs the spec's sweep on the connected (or a new local) Ray cluster.
 
+    With ``tune.stages`` the sweep is staged (``tl_ray.tune.staged``): each stage is an
+    experiment folder under the sweep's.
+
     Args:
         spec: the experiment spec; ``tune.space`` names the dotted fields searched.
         resume: continue the experiment of the same name, not rerunning finished trials.
@@ -184,19 +210,43 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         SweepInterrupted: the sweep stopped (Ctrl-C) before every trial finished; resume it.
         TLRayError: no trial finished with the metric.
     """
-    import ray
     from ray import tune
 
-    from tl_ray.train.distributed import ray_storage, tune_trial
+    from tl_ray.train.distributed import tune_trial
+
+    name = experiment or spec.name
+    if spec.tune.stages:
+        from tl_ray.tune.staged import run_staged
+
+        return run_staged(spec, resume=resume, experiment=name)
+    # The base spec travels through the object store, not the config, so Tune's
+    # tables and result files show only the searched fields.
+    trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict())
+    return run_tuner(spec, name, trainable, to_param_space(spec.tune.space), resume=resume)
+
+
+def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
+              num_samples: int | None = None, search: bool = True, stage: str = "") -> SweepResult:
+    """Runs one Ray Tune experiment ``<store>/experiments/<folder...>/<name>`` of ``trainable``.
+
+    ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
+    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling.
+    """
+    from ray import tune
+
+    from tl_ray.train.distributed import ray_storage
     from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 
     connect_ray()
-    name = experiment or spec.name
-    storage_path, fs = ray_storage(spec)
-    param_space = {} if spec.tune.search == "optuna" else to_param_space(spec.tune.space)
-    # The base spec travels through the object store, not the config, so Tune's
-    # tables and result files show only the searched fields.
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, base_spec=spec.to_dict()), _trial_resources(spec))
+    storage_path, fs = ray_storage(spec, *folder)
+    if search and spec.tune.search == "optuna":
+        param_space = {}  # Optuna samples through its define-by-run space (tl_ray.tune.space)
+    if spec.train.head_trial_gpus is None or spec.train.workers > 1:
+        trainable = tune.with_resources(trainable, trial_resources(spec))
+    else:  # per trial: head-only trials may ask for other resources than fine-tuning ones
+        trainable = tune.with_resources(
+            trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
+        )
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
@@ -210,10 +260,11 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
             tune_config=tune.TuneConfig(
                 metric=spec.tune.metric,
                 mode=spec.tune.mode,
-                num_samples=spec.tune.num_samples,
+                num_samples=num_samples or spec.tune.num_samples,
                 scheduler=_scheduler(spec),
-                search_alg=_search_alg(spec),
+                search_alg=_search_alg(spec) if search else None,
                 max_concurrent_trials=_max_concurrent(spec),
+                reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -236,7 +287,9 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
     result.wall_time_s = time.perf_counter() - start
     for res in grid:
-        result.rows.append(_row(spec, res))
+        row = _row(spec, res)
+        row.stage = stage
+        result.rows.append(row)
     return result
 
 
@@ -246,7 +299,7 @@ def _row(spec: Spec, res) -> TrialRow:
     metric, mode = spec.tune.metric, spec.tune.mode
     config = res.config or {}
     params = dict(config)
-    trial_id = Path(res.path).name if res.path else "?"
+    trial_id = (res.metrics or {}).get("trial_id") or (Path(res.path).name if res.path else "?")
     df = res.metrics_dataframe
     epochs = 0
     if df is not None and len(df):

@@ -1,0 +1,221 @@
+"""Sweep benchmarks, side by side in one run.
+
+    .venv/bin/python benchmarks/bench_sweep.py cache      # ~15 min on 2 cores
+    .venv/bin/python benchmarks/bench_sweep.py overhead   # ~10 min on 2 cores
+
+``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
+transferred from the fashion-base model, 500 labelled images, 1,500 for
+validation, at most 20 epochs), augmentation off and the base frozen, a 16-trial
+sweep over head size, dropout and learning rate — the same 16 sampled
+configurations in both runs — run
+
+  (a) naively: every trial runs the base on every step (``train.feature_cache: off``), FIFO;
+  (b) with tl-ray's feature cache and ASHA (its default scheduler), a process per trial;
+  (c) as (b), with ``tune.reuse_actors`` (the next trial runs in a finished trial's process).
+
+It prints the wall times, the ratios to (a) (goal ≥ 5×) and the best validation
+accuracies (goal: within 1 point of (a)).
+
+``overhead``: 32 trials of a fixed amount of work (a small head on cached
+features, a fixed number of steps), as many at once as there are CPUs.
+Ideal = sum of the trials' epoch times / concurrency; prints wall / ideal (goal
+≤ 1.3) and what the rest is made of, per trial: Ray worker and actor start,
+TensorFlow import, set-up before the first step (data, model, weights), and what
+is left (Tune's bookkeeping, checkpoints, reports). Twice: a process per trial
+(the default) and reused actors. Also the driver's memory before and after, and
+each trial process's peak RSS, first trial against last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPACE = {
+    "model.head.dense": "choice([[32], [64], [128], [256]])",
+    "model.head.dropout": "uniform(0.0, 0.5)",
+    "train.learning_rate": "loguniform(3.0e-4, 3.0e-3)",
+}
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def target_spec(store: str, **overrides):
+    from tl_ray.spec import load_spec
+
+    sets = [f"storage={store}", "data.augment.flip=false", "model.freeze.mode=feature_extraction"]
+    sets += [f"{k}={v}" for k, v in overrides.items()]
+    spec = load_spec(ROOT / "jobs/quickstart/target.yaml", overrides=sets)
+    data = spec.to_dict()
+    data["tune"]["space"] = SPACE
+    from tl_ray.spec import validate
+
+    return validate(data)
+
+
+def prepare(store: str) -> None:
+    """The quickstart's data and upstream model, reused when the store has them."""
+    from tl_ray.pipeline import ensure_data, ensure_upstream
+    from tl_ray.spec import load_spec
+
+    spec = load_spec(ROOT / "jobs/quickstart/target.yaml", overrides=[f"storage={store}"])
+    ensure_data(spec)
+    ensure_upstream(spec)
+
+
+def sweep(spec, name: str):
+    import numpy as np
+
+    from tl_ray.tune.sweep import run_sweep
+
+    np.random.seed(0)  # Tune's random sampler draws from NumPy's global generator in the driver
+    start = time.perf_counter()
+    result = run_sweep(spec, experiment=name)
+    return result, time.perf_counter() - start
+
+
+def trial_rows(result) -> list[list[dict]]:
+    from tl_ray import storage
+
+    out = []
+    for trial in storage.list_dir(result.experiment_path):
+        if "_trial_" in trial:
+            text = storage.read_text(storage.join(result.experiment_path, trial, "result.json"))
+            out.append([json.loads(line) for line in text.splitlines() if line.strip()])
+    return out
+
+
+def bench_cache(store: str, stamp: str, trials: int) -> dict:
+    from tl_ray.features import purge
+
+    prepare(store)
+    purge(store)  # the cached runs pay for building the cache inside their timed sweep
+    runs = {}
+    for label, overrides in (
+        ("a naive (no cache, FIFO)", {"train.feature_cache": "off", "tune.scheduler": "fifo"}),
+        ("b cache + ASHA", {"train.feature_cache": "auto", "tune.scheduler": "asha"}),
+        ("c cache + ASHA + reused actors", {"train.feature_cache": "auto", "tune.scheduler": "asha",
+                                            "tune.reuse_actors": "true"}),
+    ):
+        if label[0] == "c":
+            purge(store)
+        spec = target_spec(store, **overrides, **{"tune.num_samples": trials})
+        result, wall = sweep(spec, f"bench-cache-{stamp}-{label[0]}")
+        rows = trial_rows(result)
+        runs[label] = {
+            "wall_s": wall,
+            "best_val_accuracy": result.best.metric,
+            "trials": len(result.rows),
+            "epochs": sum(r.epochs for r in result.rows),
+            "configs": sorted(json.dumps(r.params, sort_keys=True) for r in result.rows),
+            "mean_epoch_s": statistics.mean(x["epoch_s"] for rs in rows for x in rs),
+            "mean_startup_s": statistics.mean(
+                sum(rs[0].get(k, 0.0) for k in ("startup_worker_s", "startup_import_s", "startup_setup_s"))
+                for rs in rows),
+        }
+        r = runs[label]
+        print(f"{label}: {wall:.0f} s, best val_accuracy {r['best_val_accuracy']:.4f}, {r['epochs']} epochs in "
+              f"{r['trials']} trials, mean epoch {r['mean_epoch_s']:.2f} s, mean start-up {r['mean_startup_s']:.1f} s",
+              flush=True)
+    a = runs["a naive (no cache, FIFO)"]
+    out = {"runs": runs}
+    for label, r in runs.items():
+        if label[0] == "a":
+            continue
+        same = r["configs"] == a["configs"]
+        ratio = a["wall_s"] / r["wall_s"]
+        gap = (a["best_val_accuracy"] - r["best_val_accuracy"]) * 100
+        print(f"{label} vs naive: same {trials} configurations {same}; wall time ratio {ratio:.2f}x "
+              f"(goal >= 5x: {'met' if ratio >= 5 else 'missed'}); best val accuracy {gap:+.2f} points below naive "
+              f"(goal within 1 point: {'met' if gap <= 1 else 'missed'})")
+        out[label] = {"ratio": ratio, "accuracy_gap_points": gap, "same_configs": same}
+    for r in runs.values():
+        r.pop("configs")
+    return out
+
+
+def overhead_run(spec, name: str) -> dict:
+    import ray
+
+    before = rss_mb()
+    result, wall = sweep(spec, name)
+    after = rss_mb()
+    concurrency = min(spec.tune.num_samples, int(ray.cluster_resources().get("CPU", 1)) // spec.train.cpus_per_worker)
+    rows = [rs for rs in trial_rows(result) if rs]
+    rows.sort(key=lambda rs: rs[0]["timestamp"] - rs[0]["time_total_s"])
+    work = [sum(r["epoch_s"] for r in rs) for rs in rows]
+    ideal = sum(work) / concurrency
+    parts = {k: statistics.mean(rs[0].get(k, 0.0) for rs in rows)
+             for k in ("startup_worker_s", "startup_import_s", "startup_setup_s")}
+    parts["work (epochs)"] = statistics.mean(work)
+    parts["rest (Tune bookkeeping, checkpoints, reports)"] = wall * concurrency / len(rows) - sum(parts.values())
+    peaks = [max(r["peak_rss_mb"] for r in rs) for rs in rows]
+    return {"trials": len(rows), "concurrency": concurrency, "wall_s": wall, "ideal_s": ideal, "ratio": wall / ideal,
+            "per_trial_s": parts, "trial_peak_rss_mb": peaks, "driver_rss_mb": [before, after]}
+
+
+def bench_overhead(store: str, stamp: str, trials: int) -> dict:
+    from tl_ray.features import ensure_features
+    from tl_ray.models.weights import resolve_weights
+    from tl_ray.spec import validate
+
+    prepare(store)
+    spec = target_spec(store, **{"train.feature_cache": "auto", "tune.scheduler": "fifo",
+                                 "tune.num_samples": trials, "train.epochs": 3, "train.steps_per_epoch": 100,
+                                 "train.checkpoint_every": 3})
+    data = spec.to_dict()
+    data["tune"]["space"] = {"model.head.dropout": "uniform(0.0, 0.5)"}
+    spec = validate(data)
+    # The cache exists before the clock starts: every trial does the same work.
+    ensure_features(spec, spec.resolve(spec.data.train), resolve_weights(spec.model.weights, spec.storage))
+    ensure_features(spec, spec.resolve(spec.data.validation), resolve_weights(spec.model.weights, spec.storage))
+    runs = {}
+    for label, reuse in (("a process per trial (default)", False), ("b reused actors (tune.reuse_actors)", True)):
+        data["tune"]["reuse_actors"] = reuse
+        runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
+        print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
+              f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",
+              flush=True)
+    print("per trial, mean seconds of one slot:" + "".join(f"  {k[:28]:>28}" for k in runs))
+    for part in next(iter(runs.values()))["per_trial_s"]:
+        print(f"  {part:<48}" + "".join(f"  {r['per_trial_s'][part]:>28.2f}" for r in runs.values()))
+    for label, r in runs.items():
+        peaks = r["trial_peak_rss_mb"]
+        print(f"{label}: trial peak RSS first {peaks[0]:.0f} MiB, last {peaks[-1]:.0f} MiB, max {max(peaks):.0f} MiB; "
+              f"driver RSS {r['driver_rss_mb'][0]:.0f} -> {r['driver_rss_mb'][1]:.0f} MiB")
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["cache", "overhead"])
+    parser.add_argument("--store", default=str(ROOT / "benchmarks/.store"), help="store root (data and models reused)")
+    parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.which == "cache":
+        out = bench_cache(args.store, stamp, args.trials or 16)
+    else:
+        out = bench_overhead(args.store, stamp, args.trials or 32)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The feature cache: a frozen backbone's outputs, computed once and shared by every trial.
+
+When a trial's base is frozen (``model.freeze.mode: feature_extraction``) and
+augmentation is off, every epoch of every trial would run the same backbone on
+the same images. tl-ray runs it once per key instead and trains heads on the
+stored outputs::
+
+    key = sha256(backbone, backbone_args, weights digest, preprocess_input, head pooling,
+                 image size, data manifest digest, augmentation off, float32)
+    <store>/cache/features/<key[:24]>/    a dataset: _manifest.json + part-NNNNN.parquet
+
+A cache entry is an ordinary tl-ray dataset whose Parquet shards hold a
+``features`` column (the backbone's output after the head's pooling layer —
+avg or max pooling stores one vector per image, ResNet-50's 2,048 floats
+instead of its 7×7×2,048 map — flattened, float32) and ``label``,
+shard for shard and row for row the image dataset it was computed from, so the
+reader streams it with the same sharding and the same per-epoch shuffle.
+
+One builder per key: the first trial to create ``_building.json`` (a
+conditional write, If-None-Match on S3) computes the entry; trials wanting the
+same key meanwhile wait for its manifest, which is written last. A builder that
+dies stops refreshing its lock; a waiter takes over once the lock has not
+changed for ``STALE_S``. A changed weights file, backbone, preprocessing, size
+or dataset gives another key, so an entry is never served stale.
+
+Example:
+
+>>> entry = ensure_features(spec, spec.resolve(spec.data.train), weights_file)
+>>> entry.uri, entry.status
+('s3://bucket/store/cache/features/4f0c.../', 'built')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from tl_ray import storage
+from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
+from tl_ray.errors import DataError, TLRayError
+from tl_ray.spec import FreezeSpec, Spec
+
+CACHE_DIR = "cache/features"
+LOCK_NAME = "_building.json"
+FORMAT_VERSION = 1
+STALE_S = 180.0  # a builder refreshes its lock after every shard; an older lock is a dead builder's
+WAIT_S = 3600.0
+BATCH = 256
+
+
+@dataclass
+class CacheEntry:
+    """A cache entry as ``ensure_features`` found or made it.
+
+    Attributes:
+        uri: the entry's dataset folder.
+        key: the fields the entry is keyed by.
+        status: ``"built"`` (this process computed it), ``"waited"`` (another builder did, while this
+            process waited) or ``"read"`` (it was there already).
+        seconds: time spent building or waiting.
+    """
+
+    uri: str
+    key: dict
+    status: str
+    seconds: float = 0.0
+
+
+def cache_root(store: str) -> str:
+    return storage.join(store, CACHE_DIR)
+
+
+def usable(spec: Spec, freeze: FreezeSpec) -> tuple[bool, str]:
+    """Whether a phase with ``freeze`` trains on cached features, and why not."""
+    if spec.train.feature_cache == "off":
+        return False, "train.feature_cache is off"
+    if freeze.mode != "feature_extraction":
+        return False, f"the base trains (model.freeze.mode {freeze.mode})"
+    from tl_ray.data.reader import _augment_on
+
+    if _augment_on(spec.data.augment):
+        return False, "data.augment is on (augmented images have no fixed features)"
+    return True, ""
+
+
+def weights_digest(spec: Spec, weights_file: str | None) -> str:
+    """What identifies the backbone's starting weights."""
+    from tl_ray.models.weights import weights_kind
+
+    kind = weights_kind(spec.model.weights)
+    if kind in ("file", "registry"):
+        return "sha256:" + storage.sha256_file(weights_file)
+    if kind == "imagenet":
+        import keras
+
+        return f"imagenet:keras-{keras.__version__}"
+    return f"none:seed-{spec.train.seed}"  # random initial weights depend on the seed
+
+
+def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:
+    """The fields a cache entry is keyed by (see the module docstring)."""
+    from tl_ray.models.backbones import get_backbone
+
+    backbone = get_backbone(spec.model.backbone)
+    return {
+        "format": FORMAT_VERSION,
+        "backbone": backbone.name,
+        "backbone_args": spec.model.backbone_args,
+        "weights": weights_digest(spec, weights_file),
+        "preprocess": backbone.preprocess,
+        "pooling": spec.model.head.pooling,
+        "image_size": list(spec.data.image_size),
+        "dataset": read_manifest(dataset_uri).digest,
+        "augment": "off",
+        "dtype": "float32",
+    }
+
+
+def key_id(key: dict) -> str:
+    return storage.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:24]
+
+
+def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, log=print) -> CacheEntry:
+    """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
+
+    Raises:
+        DataError: the dataset is missing or corrupt (from the reader).
+        StorageError: the store is unreachable.
+        TLRayError: another builder holds the lock for longer than ``WAIT_S``.
+    """
+    from tl_ray.registry._conditional import create_exclusive, delete_if, read_tagged
+    from tl_ray.train import _test_hooks
+
+    key = feature_key(spec, dataset_uri, weights_file)
+    uri = storage.join(cache_root(spec.storage), key_id(key))
+    lock = storage.join(uri, LOCK_NAME)
+    start = time.monotonic()
+    waited = False
+    seen, seen_at = None, start
+    while time.monotonic() - start < WAIT_S:
+        if has_manifest(uri):
+            return CacheEntry(uri, key, "waited" if waited else "read", time.monotonic() - start)
+        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "rows": 0})
+        if create_exclusive(lock, owner.encode()):
+            try:
+                _test_hooks.cache_builder_started()
+                log(f"feature cache: building {uri} for {dataset_uri}")
+                _build(spec, dataset_uri, weights_file, key, uri, lock)
+            finally:
+                data, tag = read_tagged(lock)
+                if tag is not None:
+                    delete_if(lock, tag)
+            return CacheEntry(uri, key, "built", time.monotonic() - start)
+        data, tag = read_tagged(lock)
+        if tag is not None and tag != seen:
+            seen, seen_at = tag, time.monotonic()
+        elif tag is not None and time.monotonic() - seen_at > STALE_S:
+            log(f"feature cache: the builder of {uri} stopped refreshing its lock; taking over")
+            delete_if(lock, tag)
+            continue
+        if not waited:
+            log(f"feature cache: waiting for another trial to build {uri}")
+            _test_hooks.cache_waiter_started()
+        waited = True
+        time.sleep(1.0)  # polling the store for the builder's manifest
+    raise TLRayError(
+        f"feature cache {uri}: another builder held {LOCK_NAME} for over {WAIT_S:.0f} s. If no trial is building "
+        f"it, remove the entry with `tl-ray cache purge {key_id(key)}` and retry."
+    )
+
+
+def _extractor(spec: Spec, num_classes: int, weights_file: str | None):
+    """preprocess + backbone + the head's pooling layer of the spec's model, in inference mode."""
+    import keras
+
+    from tl_ray.models.build import build_model
+
+    model = build_model(spec.model.model_copy(update={"freeze": FreezeSpec()}), num_classes,
+                        tuple(spec.data.image_size), weights_file=weights_file, seed=spec.train.seed)
+    return keras.Model(model.inputs, model.get_layer("pool").output, name="feature_extractor")
+
+
+def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lock: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from tl_ray.data.reader import batches, make_dataset
+    from tl_ray.registry._conditional import read_tagged, write_if
+
+    source = read_manifest(dataset_uri)
+    started = time.perf_counter()
+    # A stale entry folder (a dead builder's shards) is overwritten shard by shard; the manifest comes last.
+    extractor = _extractor(spec, len(source.class_names), weights_file)
+    feature_shape = [int(v) for v in extractor.output_shape[1:]]
+    width = int(np.prod(feature_shape))
+    infer = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+    ds = make_dataset(dataset_uri, image_size=tuple(spec.data.image_size), batch_size=BATCH)
+    pending_x: list[np.ndarray] = []
+    pending_y: list[np.ndarray] = []
+    shards: list[Shard] = []
+    held = 0
+
+    def flush(rows: int) -> None:
+        x = np.concatenate(pending_x)
+        y = np.concatenate(pending_y)
+        out_x, out_y = x[:rows], y[:rows]
+        pending_x[:] = [x[rows:]]
+        pending_y[:] = [y[rows:]]
+        values = pa.FixedSizeListArray.from_arrays(pa.array(out_x.reshape(-1), type=pa.float32()), width)
+        table = pa.table({"features": values, "label": pa.array(out_y, type=pa.int32())})
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=1024, compression="none", write_page_checksum=True)
+        data = buf.getvalue()
+        name = f"part-{len(shards):05d}.parquet"
+        storage.write_bytes(storage.join(uri, name), data)
+        shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
+        _, tag = read_tagged(lock)  # the heartbeat waiters watch
+        status = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
+        if tag is not None:
+            write_if(lock, status.encode(), tag)
+
+    for images, labels in batches(ds):
+        pending_x.append(infer(images).numpy().astype(np.float32, copy=False))
+        pending_y.append(labels.numpy())
+        held += len(labels)
+        while len(shards) < len(source.shards) and held >= source.shards[len(shards)].rows:
+            rows = source.shards[len(shards)].rows
+            flush(rows)
+            held -= rows
+    if len(shards) != len(source.shards) or held:
+        raise DataError(f"feature cache: {dataset_uri} yielded rows that do not match its manifest's shards.")
+    manifest = Manifest(
+        "parquet", source.num_rows, list(source.class_names), None, shards,
+        {"kind": "features", "feature_shape": feature_shape, "key": key, "dataset_uri": dataset_uri,
+         "built_by": f"{socket.gethostname()}:{os.getpid()}", "build_seconds": round(time.perf_counter() - started, 2),
+         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    write_manifest(uri, manifest)
+
+
+def head_model(model):
+    """The layers after the pooling layer, as a model on its output (weights shared with ``model``)."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    after = model.layers[names.index("pool") + 1:]
+    inputs = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
+    x = inputs
+    for layer in after:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{model.name}_head")
+
+
+@dataclass
+class EntryInfo:
+    key_id: str
+    uri: str
+    complete: bool
+    rows: int
+    bytes: int
+    key: dict
+    created: str
+    dataset_uri: str
+
+
+def list_entries(store: str) -> list[EntryInfo]:
+    """Every entry under the store's cache, complete or not (an entry without a manifest is partial)."""
+    root = cache_root(store)
+    out = []
+    for name in storage.list_dir(root):
+        uri = storage.join(root, name)
+        if name.startswith(".") or not storage.list_files(uri):
+            continue
+        if storage.exists(storage.join(uri, MANIFEST_NAME)):
+            m = read_manifest(uri)
+            src = m.source or {}
+            out.append(EntryInfo(name, uri, True, m.num_rows, sum(s.bytes for s in m.shards), src.get("key", {}),
+                                 str(src.get("created", "")), str(src.get("dataset_uri", ""))))
+        else:
+            out.append(EntryInfo(name, uri, False, 0, 0, {}, "", ""))
+    return out
+
+
+def purge(store: str, keys: list[str] | None = None) -> list[str]:
+    """Deletes cache entries (all when ``keys`` is None); returns the ids deleted.
+
+    The manifest goes first, so a trial never reads a half-deleted entry.
+
+    Raises:
+        TLRayError: a key names no entry.
+    """
+    entries = {e.key_id: e for e in list_entries(store)}
+    wanted = list(entries) if keys is None else keys
+    unknown = [k for k in wanted if k not in entries]
+    if unknown:
+        from tl_ray.errors import did_you_mean
+
+        raise TLRayError(f"no feature-cache entry {unknown[0]!r} in {cache_root(store)}."
+                         f"{did_you_mean(unknown[0], list(entries))} See `tl-ray cache list`.")
+    for k in wanted:
+        storage.delete(storage.join(entries[k].uri, MANIFEST_NAME))
+        storage.delete(entries[k].uri)
+    return wanted
