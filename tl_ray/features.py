@@ -69,6 +69,11 @@ class CacheEntry:
     status: str
     seconds: float = 0.0
 
+    @property
+    def bytes(self) -> int:
+        """Size of the entry's shards."""
+        return sum(s.bytes for s in read_manifest(self.uri).shards)
+
 
 def cache_root(store: str) -> str:
     return storage.join(store, CACHE_DIR)

@@ -376,6 +376,10 @@ class TuneSpec(_Section):
         default="random",
         description="random: Ray Tune's sampler (grid() dimensions are crossed); optuna: TPE (needs the optuna extra).",
     )
+    seed: int | None = Field(
+        default=None,
+        description="Seed of the search (random sampler or Optuna): the same seed draws the same trials. Unset: random.",
+    )
     grace_period: PositiveInt = Field(default=1, description="asha/median: epochs before a trial may be stopped.")
     reduction_factor: float = Field(default=2.0, gt=1.0, description="asha/hyperband: rung reduction factor.")
     perturbation_interval: PositiveInt = Field(default=2, description="pbt: epochs between exploit/explore steps.")

@@ -62,6 +62,76 @@ def worker_rows(manifest: Manifest, worker_index: int = 0, num_workers: int = 1)
     return sum(manifest.shards[i].rows for i in shards)
 
 
+def read_order(manifest: Manifest, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+               worker_index: int = 0, num_workers: int = 1) -> np.ndarray:
+    """Global row indices one worker reads, in the order ``make_dataset`` streams them before its
+    shuffle buffer: its shards (permuted per epoch when shuffling), rows filtered by worker."""
+    shard_ids, by_row = _plan(manifest, worker_index, num_workers)
+    if shuffle:
+        shard_ids = [shard_ids[i] for i in np.random.default_rng(seed + epoch).permutation(len(shard_ids))]
+    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
+    rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in shard_ids]) if shard_ids else np.zeros(0, np.int64)
+    return rows[rows % num_workers == worker_index] if by_row else rows
+
+
+def in_memory_dataset(
+    values: np.ndarray,
+    labels: np.ndarray,
+    manifest: Manifest,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 2048,
+    worker_index: int = 0,
+    num_workers: int = 1,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """``make_dataset`` over rows already in memory (a small feature-cache entry), in the same order.
+
+    The same rows reach the same shuffle buffer with the same seed, so the batches equal
+    ``make_dataset``'s; only reading and decoding are skipped.
+    """
+    _check_args((1, 1), batch_size, worker_index, num_workers, shuffle_buffer)
+    order = read_order(manifest, shuffle=shuffle, seed=seed, epoch=epoch, worker_index=worker_index,
+                       num_workers=num_workers)
+    ds = tf.data.Dataset.from_tensor_slices(order)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
+    x, y = tf.constant(values), tf.constant(labels)
+    ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+def load_rows(uri: str) -> tuple[np.ndarray, np.ndarray, Manifest]:
+    """Every row of a feature-cache dataset as ``(features float32 [N, *shape], labels int32 [N], manifest)``.
+
+    Raises:
+        DataError: a shard is missing, truncated or corrupt.
+    """
+    manifest = read_manifest(uri)
+    shape = feature_shape(manifest)
+    if shape is None:
+        raise ConfigError(f"{uri} holds images, not cached features; load_rows reads feature-cache entries only.")
+    xs, ys = [], []
+    keep = lambda rows: np.ones(len(rows), dtype=bool)  # noqa: E731
+    first = 0
+    for shard in manifest.shards:
+        for values, labels in shard_io.parquet_batches(uri, shard, first, keep, "features"):
+            xs.append(values)
+            ys.append(labels)
+        first += shard.rows
+    x = np.concatenate(xs).reshape(-1, *shape) if xs else np.zeros((0, *shape), np.float32)
+    return x, (np.concatenate(ys) if ys else np.zeros(0, np.int32)), manifest
+
+
 def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer) -> None:
     if len(tuple(image_size)) != 2 or any(int(v) <= 0 for v in image_size):
         raise ConfigError(f"image_size must be (height, width) of positive ints. Received: {image_size!r}.")

@@ -213,7 +213,6 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
 
 
 def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weights, loop: LoopState, hooks) -> dict:
-    from tl_ray.data.reader import make_dataset
     from tl_ray.models.build import build_model
     from tl_ray.models.freeze import apply_freeze
     from tl_ray.train import _test_hooks
@@ -275,14 +274,14 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                                class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
         if "warm_started_from" in extra and val_uri is not None and "warm_start_val_loss" not in extra:
             # What the warm start begins from: the validation score of the loaded weights.
-            val = step.evaluate(make_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
+            val = step.evaluate(open_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
                                              worker_index=worker_index, num_workers=num_workers), num_workers)
             extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
         hooks.on_phase_begin(phase_index, phase.first_epoch, phase.epochs)
         for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
 
             def dataset_fn(ctx, epoch=epoch, phase_train=phase_train):
-                return make_dataset(
+                return open_dataset(
                     phase_train, image_size=image_size, batch_size=per_replica, shuffle=True,
                     seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
                     worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
@@ -320,7 +319,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             }
             restored = {}
             if val_uri is not None:
-                local_val = make_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
+                local_val = open_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
                                          worker_index=worker_index, num_workers=num_workers)
                 val = step.evaluate(local_val, num_workers)
                 metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -369,6 +368,32 @@ def warm_start(model, checkpoint_uri: str) -> str:
     return checkpoint_uri
 
 
+def open_dataset(source, **kwargs):
+    """``make_dataset`` for a dataset URI; the same batches from rows held in memory (``MemoryRows``)."""
+    if isinstance(source, MemoryRows):
+        return source.dataset(**kwargs)
+    from tl_ray.data.reader import make_dataset
+
+    return make_dataset(source, **kwargs)
+
+
+class MemoryRows:
+    """A small feature-cache entry read once per trial, streamed each epoch in the reader's order."""
+
+    MAX_BYTES = 512 * 2**20
+
+    def __init__(self, uri: str):
+        from tl_ray.data.reader import load_rows
+
+        self.uri = uri
+        self.values, self.labels, self.manifest = load_rows(uri)
+
+    def dataset(self, *, image_size=None, augment=None, **kwargs):
+        from tl_ray.data.reader import in_memory_dataset
+
+        return in_memory_dataset(self.values, self.labels, self.manifest, **kwargs)
+
+
 class CachedInputs:
     """The head-on-features model and cached datasets for the phases that can use them."""
 
@@ -391,7 +416,8 @@ class CachedInputs:
         for uri in (train_uri, val_uri):
             if uri is not None and uri not in self._uris:
                 entry = features.ensure_features(self.spec, uri, self.weights_file)
-                self._uris[uri] = entry.uri
+                # Small entries are read once; every epoch then streams them from memory.
+                self._uris[uri] = MemoryRows(entry.uri) if entry.bytes <= MemoryRows.MAX_BYTES else entry.uri
                 statuses.append(entry.status)
         if statuses:
             self.status = "built" if "built" in statuses else statuses[0]

@@ -48,11 +48,16 @@ def saved_trial_statuses(experiment_path: str, filesystem=None) -> list[str]:
     return [t.status for t in analysis.trials]
 
 
-def count_unfinished(spec, statuses: list[str]) -> int:
-    """Trials neither finished nor errored, plus trials of the sweep not created yet."""
+def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> int:
+    """Trials neither finished nor errored, plus trials of the sweep not created yet.
+
+    ``planned`` is how many trials the experiment runs (default: the spec's sweep; a later
+    stage of a staged sweep runs one trial per promoted parent).
+    """
     from tl_ray.tune.space import grid_size
 
-    planned = spec.tune.num_samples * (1 if spec.tune.search == "optuna" else grid_size(spec.tune.space))
+    if planned is None:
+        planned = spec.tune.num_samples * (1 if spec.tune.search == "optuna" else grid_size(spec.tune.space))
     settled = sum(s in ("TERMINATED", "ERROR") for s in statuses)
     return len(statuses) - settled + max(planned - len(statuses), 0)
 

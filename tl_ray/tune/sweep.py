@@ -159,7 +159,11 @@ def _scheduler(spec: Spec):
 
 def _search_alg(spec: Spec):
     if spec.tune.search == "random":
-        return None
+        if spec.tune.seed is None:
+            return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=spec.tune.seed)
     try:
         from ray.tune.search.optuna import OptunaSearch
         import optuna  # noqa: F401
@@ -172,7 +176,8 @@ def _search_alg(spec: Spec):
     # A define-by-run space (conditional dimensions are drawn only where their
     # condition holds); Tune's param_space is then empty, so metric and mode go here.
     return OptunaSearch(
-        space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode, seed=spec.train.seed
+        space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
+        seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
     )
 
 
@@ -281,7 +286,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         )
     with quiet_ray_resume_hint():
         grid = tuner.fit()
-    unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs))
+    planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
+    unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs), planned)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
         raise SweepInterrupted(name, exp_path, unfinished)
     result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
@@ -291,6 +297,13 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         row.stage = stage
         result.rows.append(row)
     return result
+
+
+def _grid_points(param_space: dict) -> int:
+    """Trials per sample of a param space: the product of its grid_search lengths."""
+    import math
+
+    return math.prod(len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v)
 
 
 def _row(spec: Spec, res) -> TrialRow:
