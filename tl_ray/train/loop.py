@@ -319,7 +319,9 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             }
             restored = {}
             if val_uri is not None:
-                local_val = open_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
+                # Cached features are small: large evaluation batches, few steps.
+                eval_batch = 1024 if isinstance(phase_val, MemoryRows) else max(per_replica, 64)
+                local_val = open_dataset(phase_val, image_size=image_size, batch_size=eval_batch,
                                          worker_index=worker_index, num_workers=num_workers)
                 val = step.evaluate(local_val, num_workers)
                 metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
