@@ -290,8 +290,9 @@ def test_spread_trial_spans_two_ray_start_raylets(ray_start_pair, dataset, tmp_p
 
     (experiment,) = (dataset / "experiments").glob(f"{data['name']}-*")
     (trial,) = experiment.glob("tune_trial_*")
-    assert any(line.startswith(trial.name) and line.split()[-1] == "DONE" for line in run.stdout.splitlines())
     rows = trial_rows(trial)
+    trial_id = rows[-1]["trial_id"]  # the results table names trials by Tune's trial id
+    assert any(line.startswith(trial_id) and line.split()[-1] == "DONE" for line in run.stdout.splitlines())
     assert [r["epoch"] for r in rows] == [1]
     assert rows[-1]["group_nodes"] == 2  # the worker group's bundles sit on both raylets
     assert rows[-1]["node_id"] in labels  # rank 0 ran on this cluster, not on a local one

@@ -94,22 +94,15 @@ def test_ctrl_c_stops_the_sweep_says_how_to_resume_and_resume_completes_it(tmp_p
         first = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
 
     # Interrupt the last trial mid-way, where only Tune's saved state tells the sweep is unfinished
-    # (Tune marks the trials it stops TERMINATED in memory). Once two trials are done, arm the hook
-    # that holds the next trial to report epoch 2, and wait until the third trial is held there.
+    # (Tune marks the trials it stops TERMINATED in memory): the hook holds the third trial (trials
+    # run one at a time) once it has reported epoch 2.
+    (hooks / "resumable" / "pause_after_epoch").write_text("2 _00002")
     experiments = store / "experiments"
     deadline = time.monotonic() + 600
     held = hooks / "resumable" / "pid.0"
     while not held.exists():
         assert first.poll() is None, err_path.read_text()[-3000:]
         assert time.monotonic() < deadline, "the third trial never reached epoch 2"
-        results = {}
-        for exp in experiments.glob("resumable-*") if experiments.exists() else []:
-            results = trial_results(exp)
-        done = [k for k, v in results.items() if v and v[-1].get("epoch") == epochs]
-        trigger = hooks / "resumable" / "pause_after_epoch"
-        if len(done) == 2 and not trigger.exists():
-            assert len(results) == 2 or all(v[-1]["epoch"] < 2 for k, v in results.items() if k not in done)
-            trigger.write_text("2")
         time.sleep(0.1)
     # Ctrl-C in a terminal signals the whole foreground process group.
     os.killpg(first.pid, signal.SIGINT)

@@ -6,6 +6,7 @@ writes the id of its Ray node to ``D/<experiment>/node.<rank>`` and then its
 pid to ``D/<experiment>/pid.<rank>``, and waits there to be killed (a real
 ``os.kill`` of the pid, or the removal of the node, from the test). A worker
 restarted from the checkpoint finds its pid file already written and carries on.
+``N SUFFIX`` holds only the trial whose Tune trial id ends with SUFFIX (e.g. ``2 _00002``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ def after_report(experiment: str, epoch: int, rank: int) -> None:
         return
     folder = Path(root) / experiment
     trigger = folder / "pause_after_epoch"
-    if not trigger.is_file() or int(trigger.read_text().strip()) != epoch:
+    if not trigger.is_file():
+        return
+    wanted, *suffix = trigger.read_text().split()
+    if int(wanted) != epoch or (suffix and not _trial_id().endswith(suffix[0])):
         return
     pid_file = folder / f"pid.{rank}"
     if pid_file.exists():
@@ -35,6 +39,15 @@ def after_report(experiment: str, epoch: int, rank: int) -> None:
     while time.monotonic() < deadline:  # the test kills this process meanwhile
         time.sleep(0.05)
     raise RuntimeError(f"{ENV}: worker {rank} of {experiment!r} was paused for a kill that never came")
+
+
+def _trial_id() -> str:
+    try:
+        from ray import tune
+
+        return tune.get_context().get_trial_id() or ""
+    except Exception:  # not in a Tune trial
+        return ""
 
 
 def _node_id() -> str:

@@ -317,6 +317,8 @@ def _row(spec: Spec, res) -> TrialRow:
     epochs = 0
     if df is not None and len(df):
         epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
+    # The last result counts too: after PBT exploits, a trial's result file can miss rows.
+    epochs = max(epochs, int((res.metrics or {}).get("epoch", 0) or 0))
     # Every checkpointed epoch with its metric: Tune-managed checkpoints for
     # single-worker trials, paths reported through TuneReportCallback otherwise.
     scored: list[tuple[str, float]] = []
