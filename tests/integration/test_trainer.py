@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from tl_ray import storage
 from tl_ray.data.ingest import ingest_fashion_mnist
 from tl_ray.spec import validate
 
@@ -93,6 +94,16 @@ def test_every_strategy_gives_the_same_loss_curve(ray_cluster, store):
         assert curve == pytest.approx(reference, rel=LOSS_RTOL), (label, curves)
 
 
+def _recorded_epoch(experiment_uri: str, epoch: int) -> bool:
+    """Whether the trial's result.json in the store holds a row for ``epoch``."""
+    for trial in storage.list_dir(experiment_uri):
+        uri = storage.join(experiment_uri, trial, "result.json")
+        if trial.startswith("tune_trial") and storage.exists(uri):
+            if any(json.loads(line).get("epoch") == epoch for line in storage.read_text(uri).splitlines() if line.strip()):
+                return True
+    return False
+
+
 def _run_and_kill(spec_data: dict, hook_dir, ranks: list[int]) -> tuple[list[dict], list[int]]:
     """Runs the trial in a thread, kills the given workers' processes once they pause after epoch 2."""
     name = spec_data["name"]
@@ -116,6 +127,12 @@ def _run_and_kill(spec_data: dict, hook_dir, ranks: list[int]) -> tuple[list[dic
         assert time.monotonic() < deadline, "the workers never reached epoch 2"
         time.sleep(0.05)
     pids = [int(p.read_text()) for p in pid_files]
+    # Tune handles a report asynchronously: kill only once the driver has recorded epoch 2 (and so its
+    # checkpoint), or the restart would begin from an older checkpoint.
+    root = storage.join(spec_data["storage"], "experiments", name)
+    while not _recorded_epoch(root, 2):
+        assert time.monotonic() < deadline, "Tune never recorded epoch 2"
+        time.sleep(0.05)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     thread.join(timeout=600)
