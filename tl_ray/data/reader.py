@@ -102,6 +102,11 @@ def in_memory_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
     x, y = tf.constant(values), tf.constant(labels)
     ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+    return _batched(ds, batch_size, drop_remainder, repeat)
+
+
+def _batched(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
+    """Repeat, batch and prefetch; tf.distribute's auto-sharding off (each worker already reads its own part)."""
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
@@ -299,12 +304,7 @@ def make_dataset(
         )
     else:
         ds = ds.map(lambda image, label: (decode_image(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options)
+    return _batched(ds, batch_size, drop_remainder, repeat)
 
 
 _WRAPPED = re.compile(r"\b(DataError|StorageError): (.*?)(?:\nTraceback|\n\n|$)", re.S)
