@@ -94,16 +94,21 @@ def usable(spec: Spec, freeze: FreezeSpec) -> tuple[bool, str]:
 
 def weights_digest(spec: Spec, weights_file: str | None) -> str:
     """What identifies the backbone's starting weights."""
+    return backbone_weights_digest(spec.model.weights, weights_file, spec.train.seed)
+
+
+def backbone_weights_digest(weights: str, weights_file: str | None, seed: int | None) -> str:
+    """``sha256:...`` of a weights file, ``imagenet:keras-VERSION``, or ``none:seed-N`` for seeded random weights."""
     from tl_ray.models.weights import weights_kind
 
-    kind = weights_kind(spec.model.weights)
+    kind = weights_kind(weights)
     if kind in ("file", "registry"):
         return "sha256:" + storage.sha256_file(weights_file)
     if kind == "imagenet":
         import keras
 
         return f"imagenet:keras-{keras.__version__}"
-    return f"none:seed-{spec.train.seed}"  # random initial weights depend on the seed
+    return f"none:seed-{seed}"  # random initial weights depend on the seed
 
 
 def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:

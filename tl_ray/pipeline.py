@@ -172,7 +172,7 @@ def test_accuracy(spec: Spec, model) -> float:
 
 def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
     """Trains the same network from random weights on the same data; returns its test accuracy."""
-    from tl_ray.models.export import load_model
+    from tl_ray.train.checkpoint import checkpoint_model
     from tl_ray.tune.sweep import fetch_checkpoint
 
     scratch = spec.model_copy(deep=True)
@@ -183,7 +183,7 @@ def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
     out("[baseline] training the same network from scratch on the same images")
     row = train_once(scratch, experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
     with tempfile.TemporaryDirectory(prefix="tlray-scratch-") as tmp:
-        model = load_model(fetch_checkpoint(row.checkpoint, tmp) / "model.keras")
+        model = checkpoint_model(fetch_checkpoint(row.checkpoint, tmp), spec.storage)
         return test_accuracy(spec, model)
 
 

@@ -63,3 +63,82 @@ def test_digest_changes_with_any_weight(tmp_path):
     bn = model.layers[2]
     bn.moving_mean.assign(bn.moving_mean.numpy() + 1.0)  # a non-trainable weight counts too
     assert weights_digest(model) != before
+
+
+# -- head-only checkpoints (trials on cached features) ---------------------------------------
+def head_spec(tmp_path):
+    from tl_ray.spec import validate
+
+    return validate({"name": "heads", "storage": str(tmp_path / "store"),
+                     "data": {"train": "d/train", "image_size": [32, 32], "augment": {"flip": False}},
+                     "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+                               "head": {"dense": [16], "dropout": 0.1}, "freeze": {"mode": "feature_extraction"}},
+                     "train": {"seed": 3}})
+
+
+def test_a_head_built_alone_starts_from_the_weights_it_has_in_the_full_model():
+    from tl_ray.models.build import build_head, build_model
+    from tl_ray.spec import HeadSpec, ModelSpec
+
+    spec = ModelSpec(backbone="mobilenet_v2", backbone_args={"alpha": 0.35}, weights="none",
+                     head=HeadSpec(dense=[16], dropout=0.1))
+    full = build_model(spec, 4, (32, 32), seed=7)
+    head = build_head(spec.head, 4, [full.get_layer("pool").output.shape[-1]], seed=7)
+    names = [layer.name for layer in head.layers]
+    assert names == ["features", "head_dropout_0", "head_dense_0", "head_dropout", "predictions"]
+    for name in names[1:]:
+        for a, b in zip(full.get_layer(name).weights, head.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = build_head(spec.head, 4, [full.get_layer("pool").output.shape[-1]], seed=8)
+    assert weights_digest(other) != weights_digest(head)
+
+
+def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_kind(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tl_ray import features
+    from tl_ray.errors import ConfigError
+    from tl_ray.models.build import build_head, build_model
+    from tl_ray.train.checkpoint import HEAD_FILE, MODEL_FILE, checkpoint_model, head_recipe
+
+    spec = head_spec(tmp_path)
+    reference = build_model(spec.model, 4, (32, 32), seed=3)  # what the head's features come from
+    width = reference.get_layer("pool").output.shape[-1]
+    head = build_head(spec.model.head, 4, [width], seed=3)
+    opt = make_optimizer(TrainSpec(optimizer="adam"), 0.01, trainable_variables=head.trainable_variables)
+    x = tf.random.stateless_uniform((8, width), seed=(1, 2))
+    for _ in range(2):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(head(x, training=True)))
+        opt.apply(tape.gradient(loss, head.trainable_variables), head.trainable_variables)
+    recipe = head_recipe(spec, 4, [width], features.weights_digest(spec, None))
+    save_checkpoint(tmp_path / "ck", head, opt, {"epoch": 2}, head_of=recipe)
+    assert (tmp_path / "ck" / HEAD_FILE).exists() and not (tmp_path / "ck" / MODEL_FILE).exists()
+
+    # The full model: the same backbone (seeded random weights here) under the trained head.
+    full = checkpoint_model(tmp_path / "ck")
+    images = tf.random.stateless_uniform((3, 32, 32, 3), maxval=255, seed=(3, 4))
+    pooled = keras.Model(reference.inputs, reference.get_layer("pool").output)(images, training=False)
+    np.testing.assert_allclose(full(images, training=False).numpy(), head(pooled, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert not full.get_layer("backbone").trainable  # the spec's freeze policy is applied
+
+    # Into a full model built from the spec (a warm start or a PBT donor of the other kind), and back.
+    target = build_model(spec.model, 4, (32, 32), seed=3)
+    restore_checkpoint(tmp_path / "ck", target, None)
+    for name in ("head_dense_0", "predictions"):
+        for a, b in zip(target.get_layer(name).get_weights(), head.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    target_opt = make_optimizer(TrainSpec(optimizer="adam"), 0.01, trainable_variables=target.trainable_variables)
+    save_checkpoint(tmp_path / "full", target, target_opt, {"epoch": 2})
+    fresh = build_head(spec.model.head, 4, [width], seed=9)
+    restore_checkpoint(tmp_path / "full", fresh, None)
+    assert weights_digest(fresh) == weights_digest(head)
+
+    # Backbone weights that changed since the head was trained are refused, naming both.
+    state = read_state(tmp_path / "ck")
+    state["head_of"]["backbone_weights"] = "sha256:0000"
+    (tmp_path / "ck" / "state.json").write_text(__import__("json").dumps(state))
+    with pytest.raises(ConfigError, match=r"trained over backbone weights sha256:0000.*now resolves to none:seed-3"):
+        checkpoint_model(tmp_path / "ck")

@@ -100,13 +100,27 @@ def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = N
         head: the ``model.head`` spec section.
         num_classes: number of labels; 2 gives ``Dense(1, sigmoid)``, and
             ``head.multi_label`` gives ``Dense(num_classes, sigmoid)``.
-        seed: seed for the Dropout layers. Defaults to None.
+        seed: seed for the Dense initializers and the Dropout layers. Defaults to None.
     """
-    x = POOLING[head.pooling](name="pool")(features)
+    return head_layers(POOLING[head.pooling](name="pool")(features), head, num_classes, seed=seed)
+
+
+def head_layers(pooled, head: HeadSpec, num_classes: int, *, seed: int | None = None):
+    """The layers after pooling: ``[Dropout, Dense(relu)] * n``, Dropout, ``predictions``.
+
+    With a seed every Dense layer draws its initial kernel from its own seed, so the
+    head starts from the same weights whether or not a backbone was built before it
+    (``build_head`` builds it alone, for trials on cached features).
+    """
+
+    def kernel(i: int):
+        return "glorot_uniform" if seed is None else keras.initializers.GlorotUniform(seed=seed * 1000 + i)
+
+    x = pooled
     for i, units in enumerate(head.dense):
         if head.dropout:
             x = keras.layers.Dropout(head.dropout, seed=seed, name=f"head_dropout_{i}")(x)
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
+        x = keras.layers.Dense(units, activation="relu", kernel_initializer=kernel(i), name=f"head_dense_{i}")(x)
     if head.dropout:
         x = keras.layers.Dropout(head.dropout, seed=seed, name="head_dropout")(x)
     if head.multi_label:
@@ -114,7 +128,28 @@ def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = N
     else:
         units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
     # float32 output keeps probabilities exact under mixed precision.
-    return keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
+    return keras.layers.Dense(units, activation=activation, dtype="float32", kernel_initializer=kernel(len(head.dense)),
+                              name="predictions")(x)
+
+
+def build_head(head: HeadSpec, num_classes: int, feature_shape, *, seed: int | None = None,
+               name: str = "tlray_head") -> keras.Model:
+    """The head alone, on pooled features of ``feature_shape``: the layers ``build_model`` puts after ``pool``.
+
+    Its layers carry the same names and, with the same seed, the same initial weights as
+    in the full model, so head weights move between the two by layer name.
+
+    Example:
+
+    >>> head = build_head(HeadSpec(dense=[64]), 5, [1280], seed=0)
+    >>> [layer.name for layer in head.layers]
+    ['features', 'head_dropout_0', 'head_dense_0', 'head_dropout', 'predictions']
+    """
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
+                          "Check the dataset's manifest.")
+    inputs = keras.Input(shape=tuple(int(v) for v in feature_shape), dtype="float32", name="features")
+    return keras.Model(inputs, head_layers(inputs, head, num_classes, seed=seed), name=name)
 
 
 def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, weights_file: str | None):

@@ -163,6 +163,7 @@ def promote_checkpoint(
     """
     from tl_ray.data.manifest import read_manifest
     from tl_ray.models.export import export_model, load_model
+    from tl_ray.train.checkpoint import checkpoint_model
 
     if spec.promote is None:
         raise ConfigError("promote is missing from the spec: add `promote: {name: MODEL_NAME}` to register models.")
@@ -174,7 +175,7 @@ def promote_checkpoint(
         logger.warning(w)
     image_size = tuple(spec.data.image_size)
 
-    challenger = load_model(Path(checkpoint_dir) / "model.keras")
+    challenger = checkpoint_model(checkpoint_dir, spec.storage)  # a head-only checkpoint is rebuilt in full
     score = evaluate(challenger, uri, image_size)[key]
 
     def judge(current: int | None) -> dict:

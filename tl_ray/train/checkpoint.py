@@ -1,10 +1,18 @@
-"""Trial checkpoints: the whole model, the optimizer state and the loop state.
+"""Trial checkpoints: the model, the optimizer state and the loop state.
 
 A checkpoint folder holds ``model.keras`` (the full model, which promotion
 exports), ``optimizer.npz`` (every optimizer variable, in order) and
 ``state.json`` (epoch, metrics, the Tune trial that wrote it and a digest of
 the model weights). Ray Train/Tune upload the folder to the spec's storage;
 resuming rebuilds the model from the spec and loads both.
+
+A trial that only trains a head on cached features (its base frozen throughout,
+see ``tl_ray.features``) never builds the backbone: its checkpoints hold
+``head.weights.h5`` instead of ``model.keras``, and ``state.json`` records under
+``head_of`` how to rebuild the full model (the model spec, classes, image size,
+seed and the digest of the backbone's weights, which did not change while the
+head trained). ``checkpoint_model`` returns the full model for either kind;
+restores and warm starts move head weights between the kinds by layer name.
 
 A restore keeps the learning rate the restoring trial was built with: under
 PBT the restoring trial is another one (the exploiting trial, with a mutated
@@ -20,20 +28,154 @@ from pathlib import Path
 import numpy as np
 
 MODEL_FILE = "model.keras"
+HEAD_FILE = "head.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
 
 
-def save_checkpoint(folder: str | Path, model, optimizer, state: dict) -> Path:
-    """Writes a checkpoint into ``folder`` (created if needed) and returns it."""
+def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_of: dict | None = None) -> Path:
+    """Writes a checkpoint into ``folder`` (created if needed) and returns it.
+
+    Args:
+        folder: where to write.
+        model: the full model, or the head alone when ``head_of`` is given.
+        optimizer: the optimizer whose variables are saved.
+        state: loop state (epoch, metrics, trial id), written to ``state.json``.
+        head_of: for a head alone, how to rebuild the full model (see ``head_recipe``). Defaults to None.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {**state, "weights_digest": weights_digest(model)}
-    model.save(folder / MODEL_FILE)
+    if head_of is None:
+        model.save(folder / MODEL_FILE)
+    else:
+        model.save_weights(folder / HEAD_FILE)
+        state["head_of"] = head_of
     arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     np.savez(folder / OPTIMIZER_FILE, **arrays)
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
     return folder
+
+
+def head_recipe(spec, num_classes: int, feature_shape, backbone_weights: str) -> dict:
+    """What ``checkpoint_model`` needs to rebuild the full model around a saved head.
+
+    ``backbone_weights`` is ``tl_ray.features.backbone_weights_digest`` of the weights the features came from.
+    """
+    return {"model": spec.model.model_dump(mode="json"), "num_classes": int(num_classes),
+            "feature_shape": [int(v) for v in feature_shape], "image_size": [int(v) for v in spec.data.image_size],
+            "seed": spec.train.seed, "storage": spec.storage, "backbone_weights": backbone_weights}
+
+
+def is_head_only(folder: str | Path) -> bool:
+    return (Path(folder) / HEAD_FILE).exists() and not (Path(folder) / MODEL_FILE).exists()
+
+
+def load_model_weights(folder: str | Path, model) -> None:
+    """Loads a checkpoint's weights into ``model``, the full model or the head alone, whichever the checkpoint holds.
+
+    Raises:
+        ValueError: the checkpoint's layers do not fit ``model``'s.
+    """
+    folder = Path(folder)
+    if not is_head_only(folder):
+        if _is_head(model):
+            copy_head_weights(_load_full(folder), model)
+        else:
+            model.load_weights(folder / MODEL_FILE)
+        return
+    if _is_head(model):
+        model.load_weights(folder / HEAD_FILE)
+        return
+    recipe = read_state(folder)["head_of"]
+    head = _recipe_head(recipe)
+    head.load_weights(folder / HEAD_FILE)
+    copy_head_weights(head, model)
+
+
+def checkpoint_model(folder: str | Path, storage_root: str | None = None):
+    """The full Keras model of a checkpoint (a head-only checkpoint is rebuilt around its backbone).
+
+    Args:
+        folder: a local checkpoint folder.
+        storage_root: the store that the backbone's weights resolve against. Defaults to the
+            store recorded in the checkpoint.
+
+    Raises:
+        StorageError: the backbone's weights cannot be fetched.
+        ConfigError: they changed since the head was trained (another digest).
+    """
+    folder = Path(folder)
+    if not is_head_only(folder):
+        return _load_full(folder)
+    from tl_ray import features
+    from tl_ray.errors import ConfigError
+    from tl_ray.models.build import build_model
+    from tl_ray.models.weights import resolve_weights
+    from tl_ray.spec import FreezeSpec, ModelSpec
+
+    recipe = read_state(folder)["head_of"]
+    model_spec = ModelSpec.model_validate(recipe["model"])
+    store = storage_root or recipe["storage"]
+    weights_file = resolve_weights(model_spec.weights, store)
+    found = features.backbone_weights_digest(model_spec.weights, weights_file, recipe["seed"])
+    if found != recipe["backbone_weights"]:
+        raise ConfigError(
+            f"checkpoint {folder} holds a head trained over backbone weights {recipe['backbone_weights']}, but "
+            f"model.weights {model_spec.weights!r} now resolves to {found}. Point model.weights at the weights "
+            "the head was trained over, or retrain the head."
+        )
+    model = build_model(model_spec.model_copy(update={"freeze": FreezeSpec()}), recipe["num_classes"],
+                        tuple(recipe["image_size"]), weights_file=weights_file, seed=recipe["seed"])
+    load_model_weights(folder, model)
+    from tl_ray.models.freeze import apply_freeze
+
+    return apply_freeze(model, model_spec.freeze)
+
+
+def copy_head_weights(source, target) -> None:
+    """Copies the weights of the head's layers (``head_*``, ``predictions``) from one model to another by name.
+
+    Raises:
+        ValueError: a head layer is missing from ``source`` or its weights have other shapes.
+    """
+    names = [layer.name for layer in target.layers if _is_head_layer(layer.name)]
+    have = {layer.name: layer for layer in source.layers}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"the checkpoint's model has no layers {missing}: another head")
+    for name in names:
+        values = have[name].get_weights()
+        layer = target.get_layer(name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(v.shape) for v in values] != shapes:
+            raise ValueError(f"layer {name!r} holds weights of shapes {[v.shape for v in values]}, the model's are "
+                             f"{shapes}: another head")
+        layer.set_weights(values)
+
+
+def _is_head_layer(name: str) -> bool:
+    return name.startswith("head_") or name == "predictions"
+
+
+def _is_head(model) -> bool:
+    """A tl-ray head without its backbone (``build_head``, or ``tl_ray.features.head_model``)."""
+    names = {layer.name for layer in model.layers}
+    return "predictions" in names and "backbone" not in names
+
+
+def _recipe_head(recipe: dict):
+    from tl_ray.models.build import build_head
+    from tl_ray.spec import ModelSpec
+
+    model_spec = ModelSpec.model_validate(recipe["model"])
+    return build_head(model_spec.head, recipe["num_classes"], recipe["feature_shape"], seed=recipe["seed"])
+
+
+def _load_full(folder: Path):
+    from tl_ray.models.export import load_model
+
+    return load_model(folder / MODEL_FILE)
 
 
 def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
@@ -44,7 +186,7 @@ def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
 
     Args:
         folder: a checkpoint folder written by ``save_checkpoint``.
-        model: the rebuilt model.
+        model: the rebuilt model, or the head alone (either kind of checkpoint loads into either).
         optimizer: the optimizer to load, or None to load the weights only (a
             checkpoint written at the end of a phase, when the next phase
             starts with a fresh optimizer).
@@ -53,7 +195,7 @@ def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
         ValueError: the optimizer's variables do not match the checkpoint's.
     """
     folder = Path(folder)
-    model.load_weights(folder / MODEL_FILE)
+    load_model_weights(folder, model)
     if optimizer is None:
         return read_state(folder)
     with np.load(folder / OPTIMIZER_FILE) as data:

@@ -213,10 +213,12 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
 
 
 def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weights, loop: LoopState, hooks) -> dict:
+    import tensorflow as tf
+
     from tl_ray.models.build import build_model
     from tl_ray.models.freeze import apply_freeze
     from tl_ray.train import _test_hooks
-    from tl_ray.train.checkpoint import restore_checkpoint, save_checkpoint
+    from tl_ray.train.checkpoint import read_state, restore_checkpoint, save_checkpoint
     from tl_ray.train.runtime import intra_op_threads
     from tl_ray.train.step import DistributedStep
 
@@ -228,30 +230,40 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
     val_uri = spec.resolve(spec.data.validation) if spec.data.validation else None
     per_replica = cfg.batch_size // replicas
     steps = loop.steps_per_epoch
-    with strategy.scope():
-        model = build_model(spec.model, len(manifest.class_names), image_size, weights_file=weights, seed=cfg.seed)
-    loop.model = model
+    num_classes = len(manifest.class_names)
 
     restore = reporter.restore_dir()
-    start_epoch = 0
-    extra: dict = {}
-    if restore is not None:
-        from tl_ray.train.checkpoint import read_state
+    start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+    phases = plan_phases(spec)
+    cached = CachedInputs(spec, strategy, weights, num_classes)
+    # Every phase left trains the head on cached features: the backbone is never built.
+    head_only = not cfg.init_from and cached.covers([p.freeze for p in phases if p.end > start_epoch])
+    if head_only:
+        model = cached.head(train_uri, val_uri)
+    else:
+        with strategy.scope():
+            model = build_model(spec.model, num_classes, image_size, weights_file=weights, seed=cfg.seed)
+        cached.model = model
+    loop.model = model
 
-        start_epoch = int(read_state(restore)["epoch"])
-    elif cfg.init_from:
+    extra: dict = {"head_only": head_only}
+    if restore is None and cfg.init_from:
         extra["warm_started_from"] = warm_start(model, cfg.init_from)
-    cached = CachedInputs(spec, model, strategy, weights)
 
     metrics: dict = {}
     restored: dict = {}
     first_epoch = True
+    # Single device: batches go to the step as they are (distributing a dataset costs a tenth of a second per epoch).
+    local_input = num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
     hooks.on_train_begin()
-    for phase_index, phase in enumerate(plan_phases(spec)):
+    for phase_index, phase in enumerate(phases):
         if phase.end <= start_epoch:
             continue
-        apply_freeze(model, phase.freeze)
-        backbone_vars = model.get_layer("backbone").trainable_variables
+        if head_only:
+            backbone_vars = []
+        else:
+            apply_freeze(model, phase.freeze)
+            backbone_vars = model.get_layer("backbone").trainable_variables
         with strategy.scope():
             optimizer = make_optimizer(
                 cfg, phase.learning_rate * lr_scale(cfg), trainable_variables=model.trainable_variables,
@@ -268,14 +280,21 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             restored = {"restored_from_trial": state.get("trial_id"), "restored_weights_digest": weights_digest(model)}
         loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
-        net, phase_train, phase_val = cached.for_phase(phase.freeze, train_uri, val_uri)
-        extra["feature_cache"] = cached.status if net is not model else "off"
+        net, phase_train, phase_val, on_cache = cached.for_phase(phase.freeze, train_uri, val_uri)
+        extra["feature_cache"] = cached.status if on_cache else "off"
         step = DistributedStep(strategy, net, optimizer, cfg.batch_size, cfg.label_smoothing,
                                class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
+        # Cached features are small: large evaluation batches, few steps; in memory, one dataset for every epoch.
+        eval_batch = 1024 if isinstance(phase_val, MemoryRows) else max(per_replica, 64)
+
+        def validation(phase_val=phase_val, eval_batch=eval_batch):
+            return open_dataset(phase_val, image_size=image_size, batch_size=eval_batch, worker_index=worker_index,
+                                num_workers=num_workers)
+
+        phase_val_ds = validation() if isinstance(phase_val, MemoryRows) else None
         if "warm_started_from" in extra and val_uri is not None and "warm_start_val_loss" not in extra:
             # What the warm start begins from: the validation score of the loaded weights.
-            val = step.evaluate(open_dataset(phase_val, image_size=image_size, batch_size=max(per_replica, 64),
-                                             worker_index=worker_index, num_workers=num_workers), num_workers)
+            val = step.evaluate(phase_val_ds or validation(), num_workers)
             extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
         hooks.on_phase_begin(phase_index, phase.first_epoch, phase.epochs)
         for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
@@ -295,7 +314,10 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 mark("first_epoch")
                 extra.update(startup_times())
             epoch_start = time.perf_counter()
-            iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+            if local_input:
+                iterator = iter(dataset_fn(_single_input_context()))
+            else:
+                iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
             start = time.perf_counter()
             sums = None
             for i in range(steps):
@@ -319,11 +341,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             }
             restored = {}
             if val_uri is not None:
-                # Cached features are small: large evaluation batches, few steps.
-                eval_batch = 1024 if isinstance(phase_val, MemoryRows) else max(per_replica, 64)
-                local_val = open_dataset(phase_val, image_size=image_size, batch_size=eval_batch,
-                                         worker_index=worker_index, num_workers=num_workers)
-                val = step.evaluate(local_val, num_workers)
+                val = step.evaluate(phase_val_ds or validation(), num_workers)
                 metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             for key in ("warm_started_from", "warm_start_val_loss", "warm_start_val_accuracy", "startup_worker_s",
                         "startup_import_s", "startup_setup_s"):
@@ -336,7 +354,8 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 ckpt = None
                 if worker_index == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                     ckpt = str(save_checkpoint(tmp, model, optimizer, {
-                        "epoch": epoch + 1, "metrics": metrics, "trial_id": getattr(reporter, "trial_id", None)}))
+                        "epoch": epoch + 1, "metrics": metrics, "trial_id": getattr(reporter, "trial_id", None)},
+                        head_of=cached.recipe() if head_only else None))
                 reporter.report(metrics, ckpt)
             _test_hooks.after_report(spec.name, epoch + 1, worker_index)
             if loop.stop_training:
@@ -347,6 +366,12 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
     return metrics
 
 
+def _single_input_context():
+    import tensorflow as tf
+
+    return tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
+
+
 def warm_start(model, checkpoint_uri: str) -> str:
     """Loads the model weights of a checkpoint folder (local or in the store) into ``model``.
 
@@ -355,13 +380,13 @@ def warm_start(model, checkpoint_uri: str) -> str:
         ConfigError: its model does not match the spec's (another backbone or head).
     """
     from tl_ray import storage
-    from tl_ray.train.checkpoint import MODEL_FILE
+    from tl_ray.train.checkpoint import load_model_weights
 
     local = Path(checkpoint_uri)
     if storage.is_s3(checkpoint_uri) or not local.is_dir():
         local = storage.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
     try:
-        model.load_weights(local / MODEL_FILE)
+        load_model_weights(local, model)
     except (ValueError, KeyError) as exc:
         raise ConfigError(
             f"train.init_from {checkpoint_uri!r} holds a model that does not fit the spec's ({exc}). "
@@ -397,33 +422,76 @@ class MemoryRows:
 
 
 class CachedInputs:
-    """The head-on-features model and cached datasets for the phases that can use them."""
+    """The head-on-features model and cached datasets for the phases that can use them.
 
-    def __init__(self, spec: Spec, model, strategy, weights_file: str | None):
-        self.spec, self.model, self.strategy, self.weights_file = spec, model, strategy, weights_file
+    ``model`` is the full model when the trial built one (the head then shares its
+    layers); without it, ``head`` builds the head alone on the entries' feature shape.
+    """
+
+    def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int):
+        self.spec, self.strategy, self.weights_file, self.num_classes = spec, strategy, weights_file, num_classes
+        self.model = None
         self.status = "off"
+        self.feature_shape: list[int] | None = None
         self._head = None
-        self._uris: dict[str, str] = {}
+        self._uris: dict = {}
+
+    def covers(self, freezes: list[FreezeSpec]) -> bool:
+        """Whether every one of these phases trains on cached features."""
+        from tl_ray import features
+
+        return bool(freezes) and all(features.usable(self.spec, f)[0] for f in freezes)
+
+    def head(self, train_uri: str, val_uri: str | None):
+        """The head model (entries for both datasets are found or built first: they give its input shape)."""
+        if self._head is None:
+            self._datasets(train_uri, val_uri)
+            with self.strategy.scope():
+                if self.model is not None:
+                    from tl_ray.features import head_model
+
+                    self._head = head_model(self.model)
+                else:
+                    from tl_ray.models.build import build_head
+
+                    self._head = build_head(self.spec.model.head, self.num_classes, self.feature_shape,
+                                            seed=self.spec.train.seed, name=f"tlray_{self.spec.model.backbone}_head")
+        return self._head
+
+    def recipe(self) -> dict:
+        """``head_of`` of this trial's head-only checkpoints."""
+        from tl_ray import features
+        from tl_ray.train.checkpoint import head_recipe
+
+        return head_recipe(self.spec, self.num_classes, self.feature_shape,
+                           features.weights_digest(self.spec, self.weights_file))
 
     def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
-        """``(model to step, train dataset, validation dataset)`` for a phase under ``freeze``."""
+        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase under ``freeze``."""
         from tl_ray import features
 
         use, why = features.usable(self.spec, freeze)
         if not use:
             if freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
                 print(f"feature cache not used: {why}")
-            return self.model, train_uri, val_uri
+            return self.model, train_uri, val_uri, False
+        head = self.head(train_uri, val_uri)
+        return head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None, True
+
+    def _datasets(self, train_uri: str, val_uri: str | None) -> None:
+        from tl_ray import features
+        from tl_ray.data.manifest import read_manifest
+        from tl_ray.data.reader import feature_shape
+
         statuses = []
         for uri in (train_uri, val_uri):
             if uri is not None and uri not in self._uris:
                 entry = features.ensure_features(self.spec, uri, self.weights_file)
+                manifest = read_manifest(entry.uri)
+                self.feature_shape = feature_shape(manifest)
                 # Small entries are read once; every epoch then streams them from memory.
-                self._uris[uri] = MemoryRows(entry.uri) if entry.bytes <= MemoryRows.MAX_BYTES else entry.uri
+                small = sum(s.bytes for s in manifest.shards) <= MemoryRows.MAX_BYTES
+                self._uris[uri] = MemoryRows(entry.uri) if small else entry.uri
                 statuses.append(entry.status)
         if statuses:
             self.status = "built" if "built" in statuses else statuses[0]
-        if self._head is None:
-            with self.strategy.scope():
-                self._head = features.head_model(self.model)
-        return self._head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None
