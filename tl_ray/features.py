@@ -85,9 +85,9 @@ def usable(spec: Spec, freeze: FreezeSpec) -> tuple[bool, str]:
         return False, "train.feature_cache is off"
     if freeze.mode != "feature_extraction":
         return False, f"the base trains (model.freeze.mode {freeze.mode})"
-    from tl_ray.data.reader import _augment_on
+    from tl_ray.data.reader import augmentation_on
 
-    if _augment_on(spec.data.augment):
+    if augmentation_on(spec.data.augment):
         return False, "data.augment is on (augmented images have no fixed features)"
     return True, ""
 
@@ -142,7 +142,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
         StorageError: the store is unreachable.
         TLRayError: another builder holds the lock for longer than ``WAIT_S``.
     """
-    from tl_ray.registry._conditional import create_exclusive, delete_if, read_tagged
+    from tl_ray.conditional import create_exclusive, delete_if, read_tagged
     from tl_ray.train import _test_hooks
 
     key = feature_key(spec, dataset_uri, weights_file)
@@ -201,7 +201,7 @@ def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, ur
     import tensorflow as tf
 
     from tl_ray.data.reader import batches, make_dataset
-    from tl_ray.registry._conditional import read_tagged, write_if
+    from tl_ray.conditional import read_tagged, write_if
 
     source = read_manifest(dataset_uri)
     started = time.perf_counter()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def test_conditional_writes_are_honoured(s3_store):
     from tl_ray import storage
-    from tl_ray.registry import _conditional
+    from tl_ray import conditional as _conditional
 
     uri = storage.join(s3_store, "cas/object.json")
     assert _conditional.create_exclusive(uri, b"one")

@@ -136,6 +136,16 @@ def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_ki
     restore_checkpoint(tmp_path / "full", fresh, None)
     assert weights_digest(fresh) == weights_digest(head)
 
+    # A warm start over other backbone weights is refused; over the same ones it loads the head.
+    from tl_ray.train.loop import warm_start
+
+    with pytest.raises(ConfigError, match=r"trained over backbone weights none:seed-3, but model.weights gives sha256:ab"):
+        warm_start(build_model(spec.model, 4, (32, 32), seed=3), str(tmp_path / "ck"), "sha256:ab")
+    warmed = build_model(spec.model, 4, (32, 32), seed=3)
+    warm_start(warmed, str(tmp_path / "ck"), "none:seed-3")
+    np.testing.assert_array_equal(warmed.get_layer("predictions").get_weights()[0],
+                                  head.get_layer("predictions").get_weights()[0])
+
     # Backbone weights that changed since the head was trained are refused, naming both.
     state = read_state(tmp_path / "ck")
     state["head_of"]["backbone_weights"] = "sha256:0000"

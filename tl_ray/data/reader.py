@@ -219,7 +219,7 @@ def _rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, height: int, 
     return out[0]
 
 
-def _augment_on(augment) -> bool:
+def augmentation_on(augment) -> bool:
     return augment is not None and bool(
         augment.flip or augment.crop > 0 or augment.contrast > 0 or augment.rotation > 0
     )
@@ -291,10 +291,10 @@ def make_dataset(
     size = (int(image_size[0]), int(image_size[1]))
     shape = feature_shape(manifest)
     if shape is not None:
-        if _augment_on(augment):
+        if augmentation_on(augment):
             raise ConfigError(f"{uri} holds cached backbone features, which cannot be augmented; turn data.augment off.")
         ds = ds.map(lambda values, label: (tf.reshape(values, shape), label), num_parallel_calls=tf.data.AUTOTUNE)
-    elif _augment_on(augment):
+    elif augmentation_on(augment):
         ds = ds.enumerate().map(
             lambda i, example: (
                 _augment(decode_image(example[0], size), tf.stack([tf.cast(seed + epoch, tf.int64), i]), augment, size),

@@ -12,7 +12,7 @@ records the sha256 of every other file, and every fetch checks them.
 Version numbers are claimed with a create-if-absent write (``.claims/vN``)
 and aliases move by compare-and-swap on the alias file (S3 ``If-Match`` on its
 ETag, a file lock locally), so concurrent promotions never share a version
-and never lose an alias update. See ``_conditional.py``.
+and never lose an alias update. See ``tl_ray.conditional``.
 
 Example:
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tl_ray import storage
 from tl_ray.errors import RegistryError, StorageError
-from tl_ray.registry import _conditional
+from tl_ray import conditional as _conditional
 
 _ANY = object()  # set_alias(expect=...) default: move the alias whatever it points at now
 

@@ -29,9 +29,14 @@ def begin_trial() -> None:
     import time
 
     if "trial_entry" in MARKS:
+        import gc
+
         import keras
 
         keras.backend.clear_session(free_memory=True)
+        # What survived is the process's own (modules, TensorFlow's runtime): later collections skip it,
+        # which makes the next trial's clear_session a few milliseconds instead of a quarter second.
+        gc.freeze()
         MARKS["reused"] = 1.0
         MARKS.pop("first_epoch", None)
     MARKS["trial_entry"] = time.time()

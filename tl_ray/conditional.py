@@ -1,4 +1,4 @@
-"""Conditional writes: the compare-and-swap the registry's versions and aliases rest on.
+"""Conditional writes on the store: the compare-and-swap that registry versions, aliases and cache locks rest on.
 
 On S3, ``PutObject`` with ``If-None-Match: *`` (create only if absent) and
 ``If-Match: <ETag>`` (replace only the object that was read); S3 answers 412
