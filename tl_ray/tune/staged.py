@@ -42,9 +42,14 @@ def stage_spec(spec: Spec, stage: StageSpec) -> Spec:
 
 
 def promoted(rows: list[TrialRow], keep: float, mode: str) -> list[TrialRow]:
-    """The best ``ceil(keep * n)`` of the rows that have a checkpoint (at least one), best first."""
-    scored = [r for r in rows if r.metric is not None and r.checkpoint]
-    scored.sort(key=lambda r: r.metric, reverse=mode == "max")
+    """The best ``ceil(keep * n)`` of the rows that have a checkpoint (at least one), best first.
+
+    Equal metrics go by trial id, not by the rows' order: a resumed sweep gets the previous
+    stage's rows in another order (Tune restores trials newest result first), and must promote
+    the same trials its interrupted stage was started with.
+    """
+    scored = sorted((r for r in rows if r.metric is not None and r.checkpoint), key=lambda r: r.trial_id)
+    scored.sort(key=lambda r: r.metric, reverse=mode == "max")  # stable: ties stay in trial id order
     return scored[: max(1, math.ceil(keep * len(scored)))] if scored else []
 
 
