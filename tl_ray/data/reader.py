@@ -100,7 +100,7 @@ def in_memory_dataset(
     ds = tf.data.Dataset.from_tensor_slices(order)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
-    x, y = tf.constant(values), tf.constant(labels)
+    x, y = tf.convert_to_tensor(values), tf.convert_to_tensor(labels)
     ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
     return _batched(ds, batch_size, drop_remainder, repeat)
 

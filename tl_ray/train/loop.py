@@ -422,15 +422,29 @@ def open_dataset(source, **kwargs):
 
 
 class MemoryRows:
-    """A small feature-cache entry read once per trial, streamed each epoch in the reader's order."""
+    """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
+
+    A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
+    trial process (``tune.reuse_actors``) reads an entry once for all its trials. Entries never
+    change once their manifest exists, and the manifest's digest is part of the key.
+    """
 
     MAX_BYTES = 512 * 2**20
+    _held: dict = {}
 
-    def __init__(self, uri: str):
-        from tl_ray.data.reader import load_rows
+    def __init__(self, uri: str, manifest):
+        key = (uri, manifest.digest)
+        if key not in MemoryRows._held:
+            import tensorflow as tf
 
+            from tl_ray.data.reader import load_rows
+
+            values, labels, manifest = load_rows(uri)
+            MemoryRows._held[key] = (tf.constant(values), tf.constant(labels), manifest)
+            while sum(int(v[0].shape.num_elements()) * 4 for v in MemoryRows._held.values()) > self.MAX_BYTES:
+                MemoryRows._held.pop(next(iter(MemoryRows._held)))
         self.uri = uri
-        self.values, self.labels, self.manifest = load_rows(uri)
+        self.values, self.labels, self.manifest = MemoryRows._held[key]
 
     def dataset(self, *, image_size=None, augment=None, **kwargs):
         from tl_ray.data.reader import in_memory_dataset
@@ -508,7 +522,7 @@ class CachedInputs:
                 self.feature_shape = feature_shape(manifest)
                 # Small entries are read once; every epoch then streams them from memory.
                 small = sum(s.bytes for s in manifest.shards) <= MemoryRows.MAX_BYTES
-                self._uris[uri] = MemoryRows(entry.uri) if small else entry.uri
+                self._uris[uri] = MemoryRows(entry.uri, manifest) if small else entry.uri
                 statuses.append(entry.status)
         if statuses:
             self.status = "built" if "built" in statuses else statuses[0]
