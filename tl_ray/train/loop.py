@@ -13,6 +13,11 @@ optimizer built on that phase's trainable variables and a newly traced step
 learning rate is the phase's rate scaled to the global batch
 (``train.lr_scaling``) times the ``train.lr_schedule`` factor; callbacks
 (``tl_ray.train.callbacks``) set it and decide early stopping.
+
+Phases with the base frozen and augmentation off train the head on the
+backbone's cached outputs (``tl_ray.features``). When every phase left does, the
+trial never builds the backbone: it trains ``build_head``'s head alone and
+checkpoints only the head (``tl_ray.train.checkpoint``).
 """
 
 from __future__ import annotations
