@@ -103,12 +103,24 @@ def backbone_weights_digest(weights: str, weights_file: str | None, seed: int | 
 
     kind = weights_kind(weights)
     if kind in ("file", "registry"):
-        return "sha256:" + storage.sha256_file(weights_file)
+        return "sha256:" + _file_digest(weights_file)
     if kind == "imagenet":
         import keras
 
         return f"imagenet:keras-{keras.__version__}"
     return f"none:seed-{seed}"  # random initial weights depend on the seed
+
+
+_digests: dict[tuple, str] = {}
+
+
+def _file_digest(path: str) -> str:
+    """sha256 of a local weights file, once per (path, size, mtime) in this process (a trial asks several times)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = storage.sha256_file(path)
+    return _digests[key]
 
 
 def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:

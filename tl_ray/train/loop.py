@@ -288,7 +288,9 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
         loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
         net, phase_train, phase_val, on_cache = cached.for_phase(phase.freeze, train_uri, val_uri)
-        extra["feature_cache"] = cached.status if on_cache else "off"
+        extra["feature_cache"] = cached.statuses["train"] if on_cache else "off"
+        if on_cache and "validation" in cached.statuses:
+            extra["feature_cache_validation"] = cached.statuses["validation"]
         step = DistributedStep(strategy, net, optimizer, cfg.batch_size, cfg.label_smoothing,
                                class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
         # Cached features are small: large evaluation batches, few steps; in memory, one dataset for every epoch.
@@ -467,9 +469,11 @@ class CachedInputs:
     def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int):
         self.spec, self.strategy, self.weights_file, self.num_classes = spec, strategy, weights_file, num_classes
         self.model = None
-        self.status = "off"
+        # How each entry was found: "built" here, "waited" for another builder, or "read".
+        self.statuses: dict[str, str] = {}
         self.feature_shape: list[int] | None = None
         self._head = None
+        self._recipe: dict | None = None
         self._uris: dict = {}
 
     def covers(self, freezes: list[FreezeSpec]) -> bool:
@@ -499,8 +503,10 @@ class CachedInputs:
         from tl_ray import features
         from tl_ray.train.checkpoint import head_recipe
 
-        return head_recipe(self.spec, self.num_classes, self.feature_shape,
-                           features.weights_digest(self.spec, self.weights_file))
+        if self._recipe is None:
+            self._recipe = head_recipe(self.spec, self.num_classes, self.feature_shape,
+                                       features.weights_digest(self.spec, self.weights_file))
+        return self._recipe
 
     def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
         """``(model to step, train dataset, validation dataset, on the cache)`` for a phase under ``freeze``."""
@@ -519,8 +525,7 @@ class CachedInputs:
         from tl_ray.data.manifest import read_manifest
         from tl_ray.data.reader import feature_shape
 
-        statuses = []
-        for uri in (train_uri, val_uri):
+        for role, uri in (("train", train_uri), ("validation", val_uri)):
             if uri is not None and uri not in self._uris:
                 entry = features.ensure_features(self.spec, uri, self.weights_file)
                 manifest = read_manifest(entry.uri)
@@ -528,6 +533,4 @@ class CachedInputs:
                 # Small entries are read once; every epoch then streams them from memory.
                 small = sum(s.bytes for s in manifest.shards) <= MemoryRows.MAX_BYTES
                 self._uris[uri] = MemoryRows(entry.uri, manifest) if small else entry.uri
-                statuses.append(entry.status)
-        if statuses:
-            self.status = "built" if "built" in statuses else statuses[0]
+                self.statuses[role] = entry.status
