@@ -10,8 +10,11 @@ sweep over head size, dropout and learning rate — the same 16 sampled
 configurations in both runs — run
 
   (a) naively: every trial runs the base on every step (``train.feature_cache: off``), FIFO;
-  (b) with tl-ray's feature cache and ASHA (its default scheduler), a process per trial;
-  (c) as (b), with ``tune.reuse_actors`` (the next trial runs in a finished trial's process).
+  (b) with tl-ray's feature cache and ASHA (its default scheduler);
+  (c) as (b), with ``tune.trial_process: reuse`` (the next trial runs in a finished trial's process).
+
+(a) and (b) both run each trial in its own forked process (``tune.trial_process: fork``,
+the default), so their ratio is what the cache and ASHA save.
 
 It prints the wall times, the ratios to (a) (goal ≥ 5×) and the best validation
 accuracies (goal: within 1 point of (a)).
@@ -21,8 +24,9 @@ features, a fixed number of steps), as many at once as there are CPUs.
 Ideal = sum of the trials' epoch times / concurrency; prints wall / ideal (goal
 ≤ 1.3) and what the rest is made of, per trial: Ray worker and actor start,
 TensorFlow import, set-up before the first step (data, model, weights), and what
-is left (Tune's bookkeeping, checkpoints, reports). Twice: a process per trial
-(the default) and reused actors. Also the driver's memory before and after, and
+is left (Tune's bookkeeping, checkpoints, reports). Three times, one per
+``tune.trial_process``: a new Ray actor per trial, a fork per trial (the default)
+and reused actor processes. Also the driver's memory before and after, and
 each trial process's peak RSS, first trial against last.
 """
 
@@ -105,7 +109,7 @@ def bench_cache(store: str, stamp: str, trials: int) -> dict:
         ("a naive (no cache, FIFO)", {"train.feature_cache": "off", "tune.scheduler": "fifo"}),
         ("b cache + ASHA", {"train.feature_cache": "auto", "tune.scheduler": "asha"}),
         ("c cache + ASHA + reused actors", {"train.feature_cache": "auto", "tune.scheduler": "asha",
-                                            "tune.reuse_actors": "true"}),
+                                            "tune.trial_process": "reuse"}),
     ):
         if label[0] == "c":
             purge(store)
@@ -180,8 +184,9 @@ def bench_overhead(store: str, stamp: str, trials: int) -> dict:
     ensure_features(spec, spec.resolve(spec.data.train), resolve_weights(spec.model.weights, spec.storage))
     ensure_features(spec, spec.resolve(spec.data.validation), resolve_weights(spec.model.weights, spec.storage))
     runs = {}
-    for label, reuse in (("a process per trial (default)", False), ("b reused actors (tune.reuse_actors)", True)):
-        data["tune"]["reuse_actors"] = reuse
+    for label, mode in (("a a new actor per trial (actor)", "actor"), ("b a fork per trial (fork, default)", "fork"),
+                        ("c reused actor processes (reuse)", "reuse")):
+        data["tune"]["trial_process"] = mode
         runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
               f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",

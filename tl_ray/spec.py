@@ -389,12 +389,14 @@ class TuneSpec(_Section):
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
-    reuse_actors: bool = Field(
-        default=False,
+    trial_process: Literal["fork", "actor", "reuse"] = Field(
+        default="fork",
         description=(
-            "Run the next trial in a finished trial's process (single-worker trials): saves the process start "
-            "and TensorFlow import per trial. Off by default: a process per trial keeps memory flat however "
-            "many trials run."
+            "Where a single-worker trial trains. fork: in its own process, forked from a template that has "
+            "TensorFlow imported (one per Tune actor; actors are reused), so memory is returned after every "
+            "trial and a trial starts in a fork; actor: in a new Ray actor per trial (a Ray worker start and a "
+            "TensorFlow import per trial); reuse: in the previous trial's actor process (memory grows a few MiB "
+            "per trial)."
         ),
     )
     space: dict[str, Any] = Field(

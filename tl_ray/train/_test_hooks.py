@@ -42,6 +42,10 @@ def after_report(experiment: str, epoch: int, rank: int) -> None:
 
 
 def _trial_id() -> str:
+    from tl_ray.train.runtime import TRIAL_CONTEXT
+
+    if TRIAL_CONTEXT:  # a forked trial process: no Ray session here
+        return TRIAL_CONTEXT.get("trial_id") or ""
     try:
         from ray import tune
 
@@ -51,6 +55,10 @@ def _trial_id() -> str:
 
 
 def _node_id() -> str:
+    from tl_ray.train.runtime import TRIAL_CONTEXT
+
+    if TRIAL_CONTEXT:
+        return TRIAL_CONTEXT.get("node_id") or ""
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""

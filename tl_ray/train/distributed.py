@@ -8,6 +8,7 @@ inside the trial and reports back to Tune through ``TuneReportCallback``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tl_ray import storage
@@ -30,12 +31,17 @@ class TuneReporter:
 
         return tune.get_context().get_trial_id()
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    @property
+    def node_id(self) -> str:
         import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
 
         # The node of each epoch: a trial restarted elsewhere (node lost) shows where it moved.
-        metrics = dict(metrics, node_id=ray.get_runtime_context().get_node_id())
+        metrics = dict(metrics, node_id=self.node_id)
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
@@ -136,15 +142,23 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
-    from tl_ray.train.runtime import begin_trial
+    from tl_ray.train.runtime import begin_trial, process_created
     from tl_ray.tune.space import trial_overrides
 
-    begin_trial()
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
     spec = validate(apply_overrides(base_spec, overrides), source="trial spec")
     if spec.train.workers == 1:
-        configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
+        threads = assigned_cpus(spec.train.cpus_per_worker)
+        if spec.tune.trial_process == "fork":
+            from tl_ray.train import trial_process
+
+            marks = {"actor_trial_entry": time.time(), "actor_created": process_created() or time.time()}
+            trial_process.run(spec.to_dict(), TuneReporter(), threads=threads, cpu_devices=spec.train.cpu_devices,
+                              marks=marks)
+            return
+        begin_trial()
+        configure_tensorflow(threads, spec.train.cpu_devices)
         train(spec, TuneReporter())
         return
     from ray import tune

@@ -23,6 +23,7 @@ checkpoints only the head (``tl_ray.train.checkpoint``).
 from __future__ import annotations
 
 import math
+import os
 import resource
 import tempfile
 import time
@@ -345,6 +346,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
                 "learning_rate": loop.learning_rate,
                 "intra_op_threads": intra_op_threads(),
                 "peak_rss_mb": peak_rss_mb(),
+                "trial_pid": os.getpid(),
                 **restored,
                 **extra,
             }

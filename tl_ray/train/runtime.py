@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 _configured: tuple | None = None
 # Wall-clock marks of this process's start-up, reported with a trial's first epoch (see startup_times).
 MARKS: dict[str, float] = {}
+# The Tune trial a forked trial process runs (``tl_ray.train.trial_process``): it has no Ray session.
+TRIAL_CONTEXT: dict[str, str | None] = {}
 
 
 def mark(name: str) -> None:
@@ -51,13 +53,10 @@ def startup_times() -> dict[str, float]:
     """
     import time
 
-    try:
-        import psutil
-
-        created = psutil.Process().create_time()
-    except Exception:  # psutil comes with Ray; outside it the process start is unknown
-        created = None
+    created = process_created()
     marks = dict(MARKS, first_epoch=MARKS.get("first_epoch", time.time()))
+    if "fork_requested" in marks:  # a child of the actor's template (tl_ray.train.trial_process)
+        return _forked_startup_times(marks)
     if marks.get("reused"):  # a reused actor: no process start, TensorFlow already imported
         return {"startup_worker_s": 0.0, "startup_import_s": 0.0,
                 "startup_setup_s": round(marks["first_epoch"] - marks["trial_entry"], 3)}
@@ -70,6 +69,30 @@ def startup_times() -> dict[str, float]:
     if begin is not None:
         out["startup_setup_s"] = marks["first_epoch"] - begin
     return {k: round(max(0.0, v), 3) for k, v in out.items()}
+
+
+def _forked_startup_times(marks: dict) -> dict[str, float]:
+    """Start-up of a forked trial: the actor's start and the template's TensorFlow import count in the
+    actor's first trial only; every trial pays its fork (in ``startup_worker_s``)."""
+    fork = marks["process_start"] - marks["fork_requested"]
+    first = bool(marks.get("template_started"))
+    out = {
+        "startup_worker_s": (marks["actor_trial_entry"] - marks["actor_created"] if first else 0.0)
+        + (0.0 if first else fork),
+        "startup_import_s": fork if first else 0.0,
+        "startup_setup_s": marks["first_epoch"] - marks["process_start"],
+    }
+    return {k: round(max(0.0, v), 3) for k, v in out.items()}
+
+
+def process_created() -> float | None:
+    """This process's creation time (``time.time()`` scale), None when unknown."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil comes with Ray; outside it the process start is unknown
+        return None
 
 
 def assigned_cpus(default: int | None = None) -> int:

@@ -269,7 +269,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 scheduler=_scheduler(spec),
                 search_alg=_search_alg(spec) if search else None,
                 max_concurrent_trials=_max_concurrent(spec),
-                reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
+                reuse_actors=spec.tune.trial_process in ("fork", "reuse") and spec.train.workers == 1,
             ),
             run_config=tune.RunConfig(
                 name=name,

@@ -1,0 +1,136 @@
+"""A trial in its own process forked from the template (``tune.trial_process: fork``), without Ray:
+reports forwarded with their checkpoints, the child's errors raised in the caller with its traceback,
+a killed child reported as such, and nothing of a child left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tl_ray.errors import DataError
+from tl_ray.spec import validate
+from tl_ray.train import trial_process
+from tl_ray.train.checkpoint import read_state
+from tl_ray.train.loop import ListReporter, train
+
+
+class Forwarded:
+    """The actor's side of a trial: records each report and what its checkpoint held at that moment."""
+
+    def __init__(self, on_report=None, restore: str | None = None):
+        self.trial_id = "trial_00007"
+        self.node_id = "node-a"
+        self.history: list[dict] = []
+        self.checkpoint_dirs: list[str | None] = []
+        self.states: list[dict] = []
+        self._on_report = on_report
+        self._restore = Path(restore) if restore else None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.history.append(metrics)
+        self.checkpoint_dirs.append(checkpoint_dir)
+        if checkpoint_dir:
+            self.states.append(read_state(checkpoint_dir))
+        if self._on_report:
+            self._on_report(self, metrics)
+
+    def restore_dir(self) -> Path | None:
+        return self._restore
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, fashion_dir) -> str:
+    from tl_ray.data.ingest import ingest_fashion_mnist
+
+    root = tmp_path_factory.mktemp("store")
+    ingest_fashion_mnist(str(root / "datasets/train"), path=str(fashion_dir), classes=[0, 1, 7], per_class=16,
+                         rows_per_shard=1024)
+    return str(root)
+
+
+def spec_dict(store: str, **train) -> dict:
+    return validate({
+        "name": "forked", "storage": store,
+        "data": {"train": "datasets/train", "shuffle_buffer": 1, "image_size": [32, 32], "augment": {"flip": False}},
+        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+                  "head": {"dropout": 0.0}},
+        "train": {"batch_size": 16, "steps_per_epoch": 2, "epochs": 2, "learning_rate": 1e-2, "feature_cache": "off",
+                  **train},
+    }).to_dict()
+
+
+def run(spec: dict, reporter: Forwarded) -> None:
+    trial_process.run(spec, reporter, threads=1, cpu_devices=0, marks={"actor_trial_entry": 0.0, "actor_created": 0.0})
+
+
+def test_a_forked_trial_reports_every_epoch_with_its_checkpoint_and_trains_as_in_process(store):
+    spec = spec_dict(store)
+    forked = Forwarded()
+    run(spec, forked)
+    assert [m["epoch"] for m in forked.history] == [1, 2]
+    pids = {m["trial_pid"] for m in forked.history}
+    assert len(pids) == 1 and os.getpid() not in pids  # one process of its own for the whole trial
+    assert all(forked.checkpoint_dirs) and [s["epoch"] for s in forked.states] == [1, 2]
+    assert {s["trial_id"] for s in forked.states} == {"trial_00007"}  # the actor's trial id reached the loop
+    assert not any(Path(d).exists() for d in forked.checkpoint_dirs)  # the child's temporary files are gone
+    assert forked.history[0]["intra_op_threads"] == 1  # the trial's threads, set in the child before TF started
+
+    again = Forwarded()
+    run(spec, again)
+    assert {m["trial_pid"] for m in again.history}.isdisjoint(pids)  # a new process per trial
+
+    in_process = ListReporter()
+    train(validate(spec), in_process)
+    for a, b in zip(forked.history, in_process.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
+
+
+def test_a_forked_trial_restores_the_checkpoint_its_actor_hands_it(store, tmp_path):
+    spec = spec_dict(store, epochs=3)
+    full = ListReporter(keep_checkpoints_in=tmp_path / "ck")
+    train(validate(spec), full)
+    resumed = Forwarded(restore=str(tmp_path / "ck" / "epoch_0002"))
+    run(spec, resumed)
+    assert [m["epoch"] for m in resumed.history] == [3]
+    assert resumed.history[0]["steps"] == full.history[-1]["steps"]
+
+
+def test_an_error_in_the_trial_is_raised_in_the_actor_with_the_childs_traceback(store):
+    spec = spec_dict(store)
+    spec["data"]["train"] = "datasets/missing"
+    with pytest.raises(DataError) as info:
+        run(spec, Forwarded())
+    assert "datasets/missing" in str(info.value)
+    cause = info.value.__cause__
+    assert isinstance(cause, trial_process.ChildTraceback)
+    assert "Traceback (most recent call last)" in cause.text and "DataError" in cause.text
+
+
+def test_a_killed_trial_process_fails_the_trial_naming_the_signal_and_leaves_no_files(store):
+    def kill_child(reporter, metrics):
+        os.kill(metrics["trial_pid"], signal.SIGKILL)
+
+    reporter = Forwarded(on_report=kill_child)
+    with pytest.raises(trial_process.TrialProcessDied, match="killed by SIGKILL") as info:
+        run(spec_dict(store), reporter)
+    assert "train.max_failures" in str(info.value)
+    assert len(reporter.history) == 1
+    assert not Path(reporter.checkpoint_dirs[0]).exists()
+
+
+def test_a_stopped_trial_takes_its_process_with_it(store):
+    """Tune stops a trial by raising SystemExit in the report it is blocked in."""
+
+    def stop(reporter, metrics):
+        raise SystemExit(0)
+
+    reporter = Forwarded(on_report=stop)
+    with pytest.raises(SystemExit):
+        run(spec_dict(store), reporter)
+    pid = reporter.history[0]["trial_pid"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped, not left training
+    assert not Path(reporter.checkpoint_dirs[0]).exists()
