@@ -1,6 +1,7 @@
 """Trials on a real local Ray cluster, data on the S3 API server over loopback:
 MirroredStrategy over 2 logical CPU devices, MultiWorkerMirroredStrategy over 2
-Ray Train workers, a tiny ASHA sweep, and registry promotions (accepted, refused)."""
+Ray Train workers, a tiny ASHA sweep, registry promotions (accepted, refused), and where
+trials train (``tune.trial_process``)."""
 
 from __future__ import annotations
 
@@ -150,3 +151,34 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
         meta = registry.metadata("sweep", 3)
         assert meta["gate"]["accepted"] is False and meta["gate"]["champion_version"] == 2
         assert set(meta["files"]) >= {"model.keras"}
+
+
+@pytest.mark.parametrize("mode", ["fork", "reuse"])
+def test_trials_run_in_a_process_each_by_default_and_share_one_with_reuse(ray_cluster, dataset, mode):
+    import json
+
+    from tl_ray import storage
+    from tl_ray.tune.sweep import run_sweep
+
+    name = f"process-{mode}"
+    data = small_spec(dataset, name)
+    data["train"].update(epochs=1, steps_per_epoch=2)
+    data["tune"] = {"num_samples": 4, "scheduler": "fifo", "max_concurrent_trials": 2, "trial_process": mode,
+                    "space": {"model.head.dropout": "uniform(0.0, 0.3)"}}
+    spec = validate(data)
+    result = run_sweep(spec, experiment=name)
+    assert [r.status for r in result.rows] == ["DONE"] * 4, [r.error for r in result.rows]
+    rows = []
+    experiment = storage.join(spec.storage, "experiments", name)
+    for trial in storage.list_dir(experiment):
+        if trial.startswith("tune_trial"):
+            text = storage.read_text(storage.join(experiment, trial, "result.json"))
+            rows += [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert len(rows) == 4
+    actors = {r["pid"] for r in rows}  # Tune's: the actor's process
+    trained_in = {r["trial_pid"] for r in rows}  # the loop's: where the trial trained
+    assert len(actors) <= 2  # two at a time: Tune gave the later trials the earlier trials' actors
+    if mode == "fork":
+        assert len(trained_in) == 4 and not trained_in & actors  # a fresh process per trial, none an actor
+    else:
+        assert trained_in == actors  # the trials trained in the actors themselves

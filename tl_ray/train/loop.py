@@ -434,7 +434,7 @@ class MemoryRows:
     """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
 
     A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
-    trial process (``tune.reuse_actors``) reads an entry once for all its trials. Entries never
+    trial process (``tune.trial_process: reuse``) reads an entry once for all its trials. Entries never
     change once their manifest exists, and the manifest's digest is part of the key.
     """
 

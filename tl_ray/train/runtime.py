@@ -27,7 +27,7 @@ def mark(name: str) -> None:
 
 
 def begin_trial() -> None:
-    """Marks a trial's start; in a process that already ran one (``tune.reuse_actors``), frees its Keras state."""
+    """Marks a trial's start; in a process that already ran one (``tune.trial_process: reuse``), frees its Keras state."""
     import time
 
     if "trial_entry" in MARKS:

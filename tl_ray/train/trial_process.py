@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 # What the template imports once: everything a trial would otherwise import itself.
 PRELOAD = [
+    # The actor's main script (Ray's worker). Python re-runs a script ``__main__`` in every child it
+    # starts unless the template imported it: here once, instead of a Ray import per trial.
+    "__main__",
     "tensorflow",
     "keras",
     "pyarrow.parquet",
@@ -112,8 +116,8 @@ def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int, marks: dic
                 proc.join()
                 raise TrialProcessDied(
                     f"the trial's process (pid {proc.pid}) ended without a result: {_exit_reason(proc.exitcode)}. "
-                    "If it ran out of memory, give the trial more (train.cpus_per_worker or a smaller "
-                    "data.batch_size); train.max_failures restarts a trial from its last checkpoint."
+                    "If it ran out of memory, lower data.batch_size or run fewer trials at once "
+                    "(tune.max_concurrent_trials); train.max_failures restarts a trial from its last checkpoint."
                 ) from None
             if kind == "report":
                 reporter.report(*payload)  # returns once Tune stored the checkpoint
@@ -193,9 +197,10 @@ def _child_main(conn, spec_dict: dict, context: dict) -> None:
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the actor
         text = traceback.format_exc()
         try:
-            conn.send(("error", exc, text))
-        except Exception:  # the exception does not pickle: send its text
-            conn.send(("error", TLRayError(f"{type(exc).__name__}: {exc}"), text))
+            pickle.loads(pickle.dumps(exc))  # what the actor will do with it
+        except Exception:  # it does not travel: its type and message do
+            exc = TLRayError(f"{type(exc).__name__}: {exc}")
+        conn.send(("error", exc, text))
         conn.close()
         os._exit(1)
     conn.send(("done",))
