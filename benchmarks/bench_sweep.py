@@ -164,11 +164,17 @@ def overhead_run(spec, name: str) -> dict:
     parts["work (epochs)"] = statistics.mean(work)
     parts["rest (Tune bookkeeping, checkpoints, reports)"] = wall * concurrency / len(rows) - sum(parts.values())
     peaks = [max(r["peak_rss_mb"] for r in rs) for rs in rows]
+    # Forked trials: each actor's own RSS at its first and its last trial (Tune's ``pid`` is the actor).
+    actors: dict[int, list[float]] = {}
+    for rs in rows:
+        if "actor_rss_mb" in rs[-1]:
+            actors.setdefault(rs[-1]["pid"], []).append(rs[-1]["actor_rss_mb"])
     return {"trials": len(rows), "concurrency": concurrency, "wall_s": wall, "ideal_s": ideal, "ratio": wall / ideal,
-            "per_trial_s": parts, "trial_peak_rss_mb": peaks, "driver_rss_mb": [before, after]}
+            "per_trial_s": parts, "trial_peak_rss_mb": peaks, "driver_rss_mb": [before, after],
+            "actor_rss_mb": {str(pid): [v[0], v[-1], len(v)] for pid, v in actors.items()}}
 
 
-def bench_overhead(store: str, stamp: str, trials: int) -> dict:
+def bench_overhead(store: str, stamp: str, trials: int, modes: list[str]) -> dict:
     from tl_ray.features import ensure_features
     from tl_ray.models.weights import resolve_weights
     from tl_ray.spec import validate
@@ -186,6 +192,8 @@ def bench_overhead(store: str, stamp: str, trials: int) -> dict:
     runs = {}
     for label, mode in (("a a new actor per trial (actor)", "actor"), ("b a fork per trial (fork, default)", "fork"),
                         ("c reused actor processes (reuse)", "reuse")):
+        if mode not in modes:
+            continue
         data["tune"]["trial_process"] = mode
         runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
@@ -198,6 +206,8 @@ def bench_overhead(store: str, stamp: str, trials: int) -> dict:
         peaks = r["trial_peak_rss_mb"]
         print(f"{label}: trial peak RSS first {peaks[0]:.0f} MiB, last {peaks[-1]:.0f} MiB, max {max(peaks):.0f} MiB; "
               f"driver RSS {r['driver_rss_mb'][0]:.0f} -> {r['driver_rss_mb'][1]:.0f} MiB")
+        for pid, (first, last, n) in r["actor_rss_mb"].items():
+            print(f"  actor {pid}: {n} trials, its RSS at the first {first:.0f} MiB, at the last {last:.0f} MiB")
     return runs
 
 
@@ -207,6 +217,7 @@ def main() -> int:
     parser.add_argument("--store", default=str(ROOT / "benchmarks/.store"), help="store root (data and models reused)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--modes", default="actor,fork,reuse", help="overhead: the tune.trial_process modes to run")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -215,7 +226,7 @@ def main() -> int:
     if args.which == "cache":
         out = bench_cache(args.store, stamp, args.trials or 16)
     else:
-        out = bench_overhead(args.store, stamp, args.trials or 32)
+        out = bench_overhead(args.store, stamp, args.trials or 32, args.modes.split(","))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0

@@ -142,7 +142,8 @@ def test_staged_sweep_interrupted_in_its_second_stage_resumes_without_rerunning_
     (folder,) = list((store / "experiments").glob(f"{name}-*"))
     heads, top = folder / "heads", folder / "top"
     message = sweep.interrupt_message(stderr)
-    assert "interrupted with 1 trial(s) unfinished" in message and str(top) in message
+    assert f"sweep {folder.name!r} was interrupted in its stage 'top' with 1 trial(s) unfinished" in message
+    assert str(top) in message
 
     heads_before, top_before = trial_results(heads), trial_results(top)
     assert len(heads_before) == 2 and all(epochs(rows) == [1] for rows in heads_before.values())

@@ -21,19 +21,22 @@ class SweepInterrupted(TLRayError):
         experiment: the experiment folder name.
         experiment_path: where Tune saved the experiment.
         unfinished: trials not finished (running, pending or not created yet).
+        stage: the stage of a staged sweep that was running.
     """
 
     exit_code = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
-    def __init__(self, experiment: str, experiment_path: str = "", unfinished: int = 0):
+    def __init__(self, experiment: str, experiment_path: str = "", unfinished: int = 0, stage: str = ""):
+        where = f" in its stage {stage!r}" if stage else ""
         super().__init__(
-            f"sweep {experiment!r} was interrupted with {unfinished} trial(s) unfinished; its state and "
+            f"sweep {experiment!r} was interrupted{where} with {unfinished} trial(s) unfinished; its state and "
             f"checkpoints are saved in {experiment_path}"
         )
         self.experiment, self.experiment_path, self.unfinished = experiment, experiment_path, unfinished
+        self.stage = stage
 
     def __reduce__(self):
-        return (type(self), (self.experiment, self.experiment_path, self.unfinished))
+        return (type(self), (self.experiment, self.experiment_path, self.unfinished, self.stage))
 
 
 def saved_trial_statuses(experiment_path: str, filesystem=None) -> list[str]:

@@ -289,7 +289,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs), planned)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
-        raise SweepInterrupted(name, exp_path, unfinished)
+        raise SweepInterrupted(folder[0] if folder else name, exp_path, unfinished, stage=stage)
     result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
     result.wall_time_s = time.perf_counter() - start
     for res in grid:
