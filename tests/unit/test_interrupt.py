@@ -61,3 +61,12 @@ def test_run_does_not_promote_from_an_interrupted_sweep(interrupted_sweep, capsy
     err = capsys.readouterr().err
     assert code == 130
     assert f"Resume it with: tl-ray tune {MINIMAL} --resume --promote" in err
+
+
+def test_an_interrupted_stage_is_named_with_its_sweep_and_survives_pickling():
+    import pickle
+
+    exc = SweepInterrupted("sweep-1", "/store/experiments/sweep-1/top", 1, stage="top")
+    assert str(exc).startswith("sweep 'sweep-1' was interrupted in its stage 'top' with 1 trial(s) unfinished")
+    again = pickle.loads(pickle.dumps(exc))  # Ray carries it from a worker as a pickle
+    assert str(again) == str(exc) and again.stage == "top"

@@ -1,9 +1,11 @@
 """Ray entry points of the training stage: reporters and the multi-worker trainer.
 
-``train.workers == 1`` trains in the calling process (a Tune trial actor) under
-MirroredStrategy/OneDeviceStrategy. ``train.workers > 1`` launches Ray Train
-V2's ``TensorflowTrainer`` (MultiWorkerMirroredStrategy through TF_CONFIG) from
-inside the trial and reports back to Tune through ``TuneReportCallback``.
+``train.workers == 1`` trains under MirroredStrategy/OneDeviceStrategy in a process
+of the trial's own, forked for it (``tune.trial_process: fork``, see
+``tl_ray.train.trial_process``), or in the Tune trial actor itself (``actor``,
+``reuse``). ``train.workers > 1`` launches Ray Train V2's ``TensorflowTrainer``
+(MultiWorkerMirroredStrategy through TF_CONFIG) from inside the trial and reports
+back to Tune through ``TuneReportCallback``.
 """
 
 from __future__ import annotations
