@@ -134,3 +134,31 @@ def test_a_stopped_trial_takes_its_process_with_it(store):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped, not left training
     assert not Path(reporter.checkpoint_dirs[0]).exists()
+
+
+def test_a_script_that_starts_a_trial_at_import_is_refused_not_forked_without_end(store, tmp_path):
+    """The template imports the caller's main script once; one without a ``__main__`` guard would
+    start a trial again in the template. Python's own bootstrapping error stops it there."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from tl_ray.train import trial_process\n"
+        "class R:\n"
+        "    trial_id = node_id = None\n"
+        "    def report(self, metrics, checkpoint_dir): pass\n"
+        "    def restore_dir(self): return None\n"
+        f"trial_process.run({spec_dict(store)!r}, R(), threads=1, cpu_devices=0)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "bootstrapping phase" in stderr  # Python's error: guard the script with if __name__ == "__main__"
+    assert "TrialProcessDied" in stderr

@@ -77,8 +77,8 @@ def _forked_startup_times(marks: dict) -> dict[str, float]:
     fork = marks["process_start"] - marks["fork_requested"]
     first = bool(marks.get("template_started"))
     out = {
-        "startup_worker_s": (marks["actor_trial_entry"] - marks["actor_created"] if first else 0.0)
-        + (0.0 if first else fork),
+        "startup_worker_s": (marks.get("actor_trial_entry", 0.0) - marks.get("actor_created", 0.0) if first
+                             else fork),
         "startup_import_s": fork if first else 0.0,
         "startup_setup_s": marks["first_epoch"] - marks["process_start"],
     }

@@ -80,7 +80,7 @@ def _context():
     return ctx
 
 
-def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int, marks: dict) -> None:
+def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
     """Runs ``train(spec)`` in a child of this process's template, forwarding its reports to ``reporter``.
 
     ``reporter`` is the actor's (``TuneReporter``): it reports each epoch and gives the checkpoint to
@@ -99,7 +99,7 @@ def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int, marks: dic
         "restore_dir": str(restore) if restore else None,
         "threads": threads,
         "cpu_devices": cpu_devices,
-        "marks": dict(marks, fork_requested=time.time(), template_started=0.0 if _started_here else 1.0),
+        "marks": dict(marks or {}, fork_requested=time.time(), template_started=0.0 if _started_here else 1.0),
     }
     # The child's temporary files (checkpoints before Tune keeps them) live here, so none outlives
     # the trial even when the child is killed mid-write.
