@@ -1,7 +1,7 @@
 """Sweep benchmarks, side by side in one run.
 
-    .venv/bin/python benchmarks/bench_sweep.py cache      # ~15 min on 2 cores
-    .venv/bin/python benchmarks/bench_sweep.py overhead   # ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_sweep.py cache      # ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_sweep.py overhead   # ~6 min on 2 cores
 
 ``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
 transferred from the fashion-base model, 500 labelled images, 1,500 for
@@ -27,7 +27,8 @@ TensorFlow import, set-up before the first step (data, model, weights), and what
 is left (Tune's bookkeeping, checkpoints, reports). Three times, one per
 ``tune.trial_process``: a new Ray actor per trial, a fork per trial (the default)
 and reused actor processes. Also the driver's memory before and after, and
-each trial process's peak RSS, first trial against last.
+each trial process's peak RSS, first trial against last, and (forked trials) each
+actor's own RSS at its first and its last trial.
 """
 
 from __future__ import annotations
