@@ -18,7 +18,6 @@ template nor the actor: the template exits with the actor, and the child is kill
 
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import shutil
@@ -30,8 +29,6 @@ import traceback
 from pathlib import Path
 
 from tl_ray.errors import TLRayError
-
-logger = logging.getLogger(__name__)
 
 # What the template imports once: everything a trial would otherwise import itself.
 PRELOAD = [
@@ -146,8 +143,11 @@ def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int = 0, marks:
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:  # resident pages
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    try:
+        with open("/proc/self/statm") as f:  # resident pages (Linux)
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
 
 
 def _exit_reason(code: int | None) -> str:
@@ -219,9 +219,3 @@ def _child_main(conn, spec_dict: dict, context: dict) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def started_template() -> bool:
-    """Whether this process has started a template (an earlier trial of this actor)."""
-    return _started_here
-
