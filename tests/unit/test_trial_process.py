@@ -52,18 +52,18 @@ def store(tmp_path_factory, fashion_dir) -> str:
 
 
 def spec_dict(store: str, **train) -> dict:
-    return validate({
+    return {
         "name": "forked", "storage": store,
         "data": {"train": "datasets/train", "shuffle_buffer": 1, "image_size": [32, 32], "augment": {"flip": False}},
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "head": {"dropout": 0.0}},
         "train": {"batch_size": 16, "steps_per_epoch": 2, "epochs": 2, "learning_rate": 1e-2, "feature_cache": "off",
                   **train},
-    }).to_dict()
+    }
 
 
 def run(spec: dict, reporter: Forwarded) -> None:
-    trial_process.run(spec, reporter, threads=1, cpu_devices=0, marks={"actor_trial_entry": 0.0, "actor_created": 0.0})
+    trial_process.run(validate(spec), reporter, threads=1, cpu_devices=0, marks={"actor_trial_entry": 0.0, "actor_created": 0.0})
 
 
 def test_a_forked_trial_reports_every_epoch_with_its_checkpoint_and_trains_as_in_process(store):
@@ -144,12 +144,13 @@ def test_a_script_that_starts_a_trial_at_import_is_refused_not_forked_without_en
 
     script = tmp_path / "unguarded.py"
     script.write_text(
+        "from tl_ray.spec import validate\n"
         "from tl_ray.train import trial_process\n"
         "class R:\n"
         "    trial_id = node_id = None\n"
         "    def report(self, metrics, checkpoint_dir): pass\n"
         "    def restore_dir(self): return None\n"
-        f"trial_process.run({spec_dict(store)!r}, R(), threads=1, cpu_devices=0)\n"
+        f"trial_process.run(validate({spec_dict(store)!r}), R(), threads=1, cpu_devices=0)\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -156,7 +156,7 @@ def tune_trial(config: dict, base_spec: dict) -> None:
             from tl_ray.train import trial_process
 
             marks = {"actor_trial_entry": time.time(), "actor_created": process_created() or time.time()}
-            trial_process.run(spec.to_dict(), TuneReporter(), threads=threads, cpu_devices=spec.train.cpu_devices,
+            trial_process.run(spec, TuneReporter(), threads=threads, cpu_devices=spec.train.cpu_devices,
                               marks=marks)
             return
         begin_trial()

@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 
 from tl_ray.errors import TLRayError
+from tl_ray.spec import Spec
 
 # What the template imports once: everything a trial would otherwise import itself.
 PRELOAD = [
@@ -77,7 +78,7 @@ def _context():
     return ctx
 
 
-def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
+def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
     """Runs ``train(spec)`` in a child of this process's template, forwarding its reports to ``reporter``.
 
     ``reporter`` is the actor's (``TuneReporter``): it reports each epoch and gives the checkpoint to
@@ -103,7 +104,7 @@ def run(spec_dict: dict, reporter, *, threads: int, cpu_devices: int = 0, marks:
     scratch = tempfile.mkdtemp(prefix="tlray-trial-")
     context["scratch"] = scratch
     ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_child_main, args=(theirs, spec_dict, context), name="tl-ray-trial", daemon=True)
+    proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
     proc.start()
     _started_here = True
     theirs.close()
@@ -189,7 +190,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _child_main(conn, spec_dict: dict, context: dict) -> None:
+def _child_main(conn, spec: Spec, context: dict) -> None:
     _die_with_parent()
     from tl_ray.train import runtime
 
@@ -197,12 +198,10 @@ def _child_main(conn, spec_dict: dict, context: dict) -> None:
     tempfile.tempdir = context["scratch"]
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])
     try:
-        from tl_ray.spec import validate
         from tl_ray.train.loop import train
 
         runtime.begin_trial()
         runtime.configure_tensorflow(context["threads"], context["cpu_devices"])
-        spec = validate(spec_dict, source="trial spec")
         train(spec, PipeReporter(conn, context["trial_id"], context["restore_dir"]))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the actor
         text = traceback.format_exc()
