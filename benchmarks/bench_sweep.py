@@ -176,14 +176,14 @@ def overhead_run(spec, name: str) -> dict:
             "actor_rss_mb": {str(pid): [v[0], v[-1], len(v)] for pid, v in actors.items()}}
 
 
-def bench_overhead(store: str, stamp: str, trials: int, modes: list[str]) -> dict:
+def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps: int = 100) -> dict:
     from tl_ray.features import ensure_features
     from tl_ray.models.weights import resolve_weights
     from tl_ray.spec import validate
 
     prepare(store)
     spec = target_spec(store, **{"train.feature_cache": "auto", "tune.scheduler": "fifo",
-                                 "tune.num_samples": trials, "train.epochs": 3, "train.steps_per_epoch": 100,
+                                 "tune.num_samples": trials, "train.epochs": 3, "train.steps_per_epoch": steps,
                                  "train.checkpoint_every": 3})
     data = spec.to_dict()
     data["tune"]["space"] = {"model.head.dropout": "uniform(0.0, 0.5)"}
@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--modes", default="actor,fork,reuse", help="overhead: the tune.trial_process modes to run")
+    parser.add_argument("--steps", type=int, default=100, help="overhead: steps per epoch of each trial (3 epochs)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -228,7 +229,7 @@ def main() -> int:
     if args.which == "cache":
         out = bench_cache(args.store, stamp, args.trials or 16)
     else:
-        out = bench_overhead(args.store, stamp, args.trials or 32, args.modes.split(","))
+        out = bench_overhead(args.store, stamp, args.trials or 32, args.modes.split(","), args.steps)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
