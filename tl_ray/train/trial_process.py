@@ -108,6 +108,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
     proc.start()
     _started_here = True
     theirs.close()
+    done = False
     try:
         while True:
             try:
@@ -131,12 +132,13 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
             elif kind == "error":
                 exc, text = payload
                 raise exc from ChildTraceback(text)
-            else:  # done
-                proc.join()
+            else:  # done: the child is exiting. Not waited for (unmapping its memory takes a few hundredths
+                # of a second); multiprocessing reaps it when the next child starts, or at the actor's exit.
+                done = True
                 return
     finally:
         # Tune stopping the trial ends ``reporter.report`` with SystemExit: the child goes too.
-        if proc.is_alive():
+        if not done and proc.is_alive():
             proc.kill()
             proc.join()
         shutil.rmtree(scratch, ignore_errors=True)
