@@ -1,0 +1,29 @@
+"""The experiment spec: one YAML file, validated by pydantic.
+
+Every setting of a tl-ray experiment lives here, typed, constrained and
+described. Unknown keys are rejected. Any field can be overridden from the
+command line with ``--set a.b=c``; the same dotted names are what
+``tune.space`` searches over.
+
+Example:
+
+>>> spec = load_spec("jobs/quickstart/target.yaml", overrides=["train.epochs=2"])
+>>> spec.train.epochs
+2
+"""
+
+from tl_ray.spec._base import DEFAULT_STORE, PositiveInt
+from tl_ray.spec.data import AugmentSpec, DataSpec, IngestSource
+from tl_ray.spec.experiment import RunSpec, Spec
+from tl_ray.spec.load import apply_overrides, load_spec, parse_override, set_path, validate
+from tl_ray.spec.model import FreezeSpec, HeadSpec, ModelSpec
+from tl_ray.spec.serve import AutoscalingSpec, CanarySpec, PromoteSpec, ServeSpec
+from tl_ray.spec.train import EarlyStoppingSpec, LRScheduleSpec, PhaseSpec, TrainSpec
+from tl_ray.spec.tune import StageSpec, TuneSpec
+
+__all__ = [
+    "DEFAULT_STORE", "AugmentSpec", "AutoscalingSpec", "CanarySpec", "DataSpec", "EarlyStoppingSpec", "FreezeSpec",
+    "HeadSpec", "IngestSource", "LRScheduleSpec", "ModelSpec", "PhaseSpec", "PositiveInt", "PromoteSpec", "RunSpec",
+    "ServeSpec", "Spec", "StageSpec", "TrainSpec", "TuneSpec", "apply_overrides", "load_spec", "parse_override",
+    "set_path", "validate",
+]

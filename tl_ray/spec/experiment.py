@@ -1,0 +1,66 @@
+"""A whole experiment: every section of the spec, and ``run`` (what `tl-ray run` does around the sweep)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from tl_ray.spec._base import DEFAULT_STORE, _Section
+from tl_ray.spec.data import DataSpec
+from tl_ray.spec.model import ModelSpec
+from tl_ray.spec.serve import PromoteSpec, ServeSpec
+from tl_ray.spec.train import TrainSpec
+from tl_ray.spec.tune import TuneSpec
+
+class RunSpec(_Section):
+    """What `tl-ray run` does around the sweep."""
+
+    upstream: str | None = Field(
+        default=None,
+        description="Spec (relative to this file) that trains and registers the model named in model.weights.",
+    )
+    compare_from_scratch: bool = Field(
+        default=False, description="Also train the same network from scratch and report its test accuracy."
+    )
+    serve: bool = Field(default=True, description="Serve the promoted model at the end and measure it over HTTP.")
+
+
+class Spec(_Section):
+    """A whole tl-ray experiment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Experiment name.")
+    storage: str = Field(
+        default=DEFAULT_STORE,
+        validate_default=True,
+        description="Store root: a local folder (relative to the working directory) or s3://bucket/prefix.",
+    )
+    data: DataSpec = Field(description="Datasets.")
+    model: ModelSpec = Field(description="Model.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training of one trial.")
+    tune: TuneSpec = Field(default_factory=TuneSpec, description="Sweep.")
+    promote: PromoteSpec | None = Field(default=None, description="Registry promotion.")
+    serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
+    run: RunSpec = Field(default_factory=RunSpec, description="The end-to-end job.")
+
+    # Not part of the YAML: the folder relative paths in `run.upstream` resolve against.
+    _base_dir: str = "."
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_local_store(cls, value: str) -> str:
+        # Ray runs trials and replicas in other working directories: a relative
+        # local store is pinned to where the spec was loaded.
+        if "://" in value:
+            return value
+        return os.path.abspath(os.path.expanduser(value))
+
+    def resolve(self, uri: str) -> str:
+        """A dataset or artifact path resolved against `storage` (full URIs pass through)."""
+        from tl_ray import storage
+
+        return storage.join(self.storage, uri) if not storage.is_absolute(uri) else uri
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,137 @@
+"""Loading a spec: YAML, ``--set`` overrides on dotted paths, and validation into one ConfigError."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tl_ray.errors import ConfigError, did_you_mean
+from tl_ray.spec.experiment import Spec
+
+def _check_path(dotted: str) -> None:
+    """Raises ValueError when ``dotted`` does not name a field of the spec."""
+    model: Any = Spec
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            if model is dict or getattr(model, "__origin__", None) is dict:
+                return  # free-form mapping such as backbone_args
+            raise ValueError(f"'{'.'.join(parts[:i])}' has no sub-fields, so '{dotted}' is not a field")
+        if part not in fields:
+            raise ValueError(
+                f"'{dotted}' is not a spec field: '{part}' must be one of {sorted(fields)}."
+                f"{did_you_mean(part, fields)}"
+            )
+        model = _inner_model(fields[part].annotation)
+
+
+def _inner_model(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if getattr(annotation, "__origin__", None) is dict:
+        return dict
+    if args:
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+        if any(getattr(a, "__origin__", None) is dict for a in args):
+            return dict
+    return None
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Sets ``data[a][b][c] = value`` for ``dotted == 'a.b.c'``, creating sections as needed."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section. Received: {child!r}.")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Splits ``'a.b=c'`` into the dotted path and a YAML-typed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, e.g. train.epochs=3. Received: {text!r}.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        _check_path(key)
+    except ValueError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):
+            from tl_ray.tune.space import _number
+
+            value = _number(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc}).") from None
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
+    """Returns a copy of ``data`` with dotted overrides applied (strings 'a.b=c' or a mapping)."""
+    out = copy.deepcopy(data)
+    items = (
+        [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
+    )
+    for key, value in items:
+        set_path(out, key, value)
+    return out
+
+
+def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
+    """Validates a spec mapping, turning pydantic's report into one ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a spec must be a YAML mapping. Received: {type(data).__name__}.")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; remove it or check its spelling"
+            received = err.get("input")
+            shown = "" if err["type"] in ("missing",) else f" Received: {received!r}."
+            lines.append(f"{loc}: {msg}.{shown}" if not msg.endswith(".") else f"{loc}: {msg}{shown}")
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    spec._base_dir = base_dir
+    return spec
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Spec:
+    """Loads, overrides and validates the spec at ``path``.
+
+    Args:
+        path: a YAML file.
+        overrides: ``["a.b=c", ...]`` or ``{"a.b": c}``. Defaults to none.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"spec file {str(p)!r} does not exist. Pass the path of a YAML spec, e.g. jobs/quickstart/target.yaml.")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a spec must be a YAML mapping. Received: {type(data).__name__}.")
+        data = apply_overrides(data, overrides)
+    return validate(data, source=str(p), base_dir=str(p.parent))

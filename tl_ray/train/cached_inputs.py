@@ -1,0 +1,129 @@
+"""The inputs of a trial's phases that train the head on cached features.
+
+A phase with the base frozen and augmentation off trains the head on the backbone's
+outputs, computed once and kept in the store (``tl_ray.features``). ``CachedInputs``
+finds or builds the entries for the trial's datasets, builds the head on their
+feature shape, and holds small entries in memory (``MemoryRows``), so every epoch
+streams them without reading the store again.
+"""
+
+from __future__ import annotations
+
+from tl_ray.spec import FreezeSpec, Spec
+
+
+def open_dataset(source, **kwargs):
+    """``make_dataset`` for a dataset URI; the same batches from rows held in memory (``MemoryRows``)."""
+    if isinstance(source, MemoryRows):
+        return source.dataset(**kwargs)
+    from tl_ray.data.reader import make_dataset
+
+    return make_dataset(source, **kwargs)
+
+
+class MemoryRows:
+    """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
+
+    A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
+    trial process (``tune.trial_process: reuse``) reads an entry once for all its trials. Entries never
+    change once their manifest exists, and the manifest's digest is part of the key.
+    """
+
+    MAX_BYTES = 512 * 2**20
+    _held: dict = {}
+
+    def __init__(self, uri: str, manifest):
+        key = (uri, manifest.digest)
+        if key not in MemoryRows._held:
+            import tensorflow as tf
+
+            from tl_ray.data.reader import load_rows
+
+            values, labels, manifest = load_rows(uri)
+            MemoryRows._held[key] = (tf.constant(values), tf.constant(labels), manifest)
+            while sum(int(v[0].shape.num_elements()) * 4 for v in MemoryRows._held.values()) > self.MAX_BYTES:
+                MemoryRows._held.pop(next(iter(MemoryRows._held)))
+        self.uri = uri
+        self.values, self.labels, self.manifest = MemoryRows._held[key]
+
+    def dataset(self, *, image_size=None, augment=None, **kwargs):
+        from tl_ray.data.reader import in_memory_dataset
+
+        return in_memory_dataset(self.values, self.labels, self.manifest, **kwargs)
+
+
+class CachedInputs:
+    """The head-on-features model and cached datasets for the phases that can use them.
+
+    ``model`` is the full model when the trial built one (the head then shares its
+    layers); without it, ``head`` builds the head alone on the entries' feature shape.
+    """
+
+    def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int):
+        self.spec, self.strategy, self.weights_file, self.num_classes = spec, strategy, weights_file, num_classes
+        self.model = None
+        # How each entry was found: "built" here, "waited" for another builder, or "read".
+        self.statuses: dict[str, str] = {}
+        self.feature_shape: list[int] | None = None
+        self._head = None
+        self._recipe: dict | None = None
+        self._uris: dict = {}
+
+    def covers(self, freezes: list[FreezeSpec]) -> bool:
+        """Whether every one of these phases trains on cached features."""
+        from tl_ray import features
+
+        return bool(freezes) and all(features.usable(self.spec, f)[0] for f in freezes)
+
+    def head(self, train_uri: str, val_uri: str | None):
+        """The head model (entries for both datasets are found or built first: they give its input shape)."""
+        if self._head is None:
+            self._datasets(train_uri, val_uri)
+            with self.strategy.scope():
+                if self.model is not None:
+                    from tl_ray.features import head_model
+
+                    self._head = head_model(self.model)
+                else:
+                    from tl_ray.models.build import build_head
+
+                    self._head = build_head(self.spec.model.head, self.num_classes, self.feature_shape,
+                                            seed=self.spec.train.seed, name=f"tlray_{self.spec.model.backbone}_head")
+        return self._head
+
+    def recipe(self) -> dict:
+        """``head_of`` of this trial's head-only checkpoints."""
+        from tl_ray import features
+        from tl_ray.train.checkpoint import head_recipe
+
+        if self._recipe is None:
+            self._recipe = head_recipe(self.spec, self.num_classes, self.feature_shape,
+                                       features.weights_digest(self.spec, self.weights_file))
+        return self._recipe
+
+    def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
+        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase under ``freeze``."""
+        from tl_ray import features
+
+        use, why = features.usable(self.spec, freeze)
+        if not use:
+            if freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
+                print(f"feature cache not used: {why}")
+            return self.model, train_uri, val_uri, False
+        head = self.head(train_uri, val_uri)
+        return head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None, True
+
+    def _datasets(self, train_uri: str, val_uri: str | None) -> None:
+        from tl_ray import features
+        from tl_ray.data.manifest import read_manifest
+        from tl_ray.data.reader import feature_shape
+
+        for role, uri in (("train", train_uri), ("validation", val_uri)):
+            if uri is not None and uri not in self._uris:
+                entry = features.ensure_features(self.spec, uri, self.weights_file)
+                manifest = read_manifest(entry.uri)
+                self.feature_shape = feature_shape(manifest)
+                # Small entries are read once; every epoch then streams them from memory.
+                small = sum(s.bytes for s in manifest.shards) <= MemoryRows.MAX_BYTES
+                self._uris[uri] = MemoryRows(entry.uri, manifest) if small else entry.uri
+                self.statuses[role] = entry.status
