@@ -111,16 +111,18 @@ def in_memory_dataset(
         return tf.gather(x, i), tf.gather(y, i)
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    return _batched(ds, None, drop_remainder, False)
+    return _prefetched(ds)
 
 
-def _batched(ds: tf.data.Dataset, batch_size: int | None, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
-    """Repeat, batch (unless ``batch_size`` is None: batched already) and prefetch; tf.distribute's
-    auto-sharding off (each worker already reads its own part)."""
+def _batched(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
+    """Repeat, batch and ``_prefetched``."""
     if repeat:
         ds = ds.repeat()
-    if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return _prefetched(ds.batch(batch_size, drop_remainder=drop_remainder))
+
+
+def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Prefetch; tf.distribute's auto-sharding off (each worker already reads its own part)."""
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
