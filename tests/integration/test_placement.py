@@ -45,8 +45,9 @@ def spec_for(store: str, name: str, placement: str, **train) -> dict:
         "storage": store,
         "data": {"train": "datasets/p/train", "validation": "datasets/p/val"},
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
-                  "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
+                  "freeze": {"mode": "feature_extraction"}, "head": {"dropout": 0.0}},
         "train": {"workers": 2, "gpus_per_worker": 4, "cpus_per_worker": 1, "placement": placement,
+                  "feature_cache": "off",
                   "epochs": 1, "batch_size": 16, "steps_per_epoch": 1, **train},
         "tune": {"num_samples": 4, "scheduler": "fifo"},
     }
