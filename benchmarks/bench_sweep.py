@@ -192,11 +192,14 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
     ensure_features(spec, spec.resolve(spec.data.train), resolve_weights(spec.model.weights, spec.storage))
     ensure_features(spec, spec.resolve(spec.data.validation), resolve_weights(spec.model.weights, spec.storage))
     runs = {}
-    for label, mode in (("a a new actor per trial (actor)", "actor"), ("b a fork per trial (fork, default)", "fork"),
-                        ("c reused actor processes (reuse)", "reuse")):
+    for label, mode in (("a a new actor per trial (actor)", "actor"),
+                        ("b forked processes, 8 trials each (fork, default)", "fork"),
+                        ("c a forked process per trial (fork, trials_per_process 1)", "fork1"),
+                        ("d reused actor processes (reuse)", "reuse")):
         if mode not in modes:
             continue
-        data["tune"]["trial_process"] = mode
+        data["tune"]["trial_process"] = mode.rstrip("1")
+        data["tune"]["trials_per_process"] = 1 if mode == "fork1" else 8
         runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
               f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",
@@ -219,7 +222,8 @@ def main() -> int:
     parser.add_argument("--store", default=str(ROOT / "benchmarks/.store"), help="store root (data and models reused)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--modes", default="actor,fork,reuse", help="overhead: the tune.trial_process modes to run")
+    parser.add_argument("--modes", default="actor,fork,fork1,reuse",
+                        help="overhead: the tune.trial_process modes to run (fork1: fork, one trial per process)")
     parser.add_argument("--steps", type=int, default=100, help="overhead: steps per epoch of each trial (3 epochs)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

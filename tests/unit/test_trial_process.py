@@ -1,5 +1,6 @@
-"""A trial in its own process forked from the template (``tune.trial_process: fork``), without Ray:
-reports forwarded with their checkpoints, the child's errors raised in the caller with its traceback,
+"""Trials in processes forked from the template (``tune.trial_process: fork``), without Ray: reports
+forwarded with their checkpoints, later trials in the same process until it has run its share, a
+trial Tune stops ended in its process, the child's errors raised in the caller with its traceback,
 a killed child reported as such, and nothing of a child left behind."""
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def spec_dict(store: str, **train) -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def no_idle_process():
+    """Each test starts without a previous test's trial process waiting for a next trial."""
+    trial_process.close_idle()
+    yield
+    trial_process.close_idle()
+
+
 def run(spec: dict, reporter: Forwarded) -> None:
     trial_process.run(validate(spec), reporter, threads=1, cpu_devices=0, marks={"actor_trial_entry": 0.0, "actor_created": 0.0})
 
@@ -78,14 +87,26 @@ def test_a_forked_trial_reports_every_epoch_with_its_checkpoint_and_trains_as_in
     assert not any(Path(d).exists() for d in forked.checkpoint_dirs)  # the child's temporary files are gone
     assert forked.history[0]["intra_op_threads"] == 1  # the trial's threads, set in the child before TF started
 
-    again = Forwarded()
-    run(spec, again)
-    assert {m["trial_pid"] for m in again.history}.isdisjoint(pids)  # a new process per trial
-
     in_process = ListReporter()
     train(validate(spec), in_process)
     for a, b in zip(forked.history, in_process.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
+
+    # The next trial runs in the same process, and trains as the first did in a fresh one.
+    again = Forwarded()
+    run(spec, again)
+    assert {m["trial_pid"] for m in again.history} == pids
+    assert again.history[0]["startup_import_s"] == 0.0 and again.history[0]["startup_setup_s"] > 0
+    for a, b in zip(again.history, forked.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
+
+    # Once a process has run its share (here 2 trials), the next trial forks a new one.
+    third = Forwarded()
+    run(dict(spec, tune={"trials_per_process": 2}), third)
+    assert {m["trial_pid"] for m in third.history}.isdisjoint(pids)
+    fourth = Forwarded()
+    run(dict(spec, tune={"trials_per_process": 1}), fourth)
+    assert {m["trial_pid"] for m in fourth.history}.isdisjoint({m["trial_pid"] for m in third.history} | pids)
 
 
 def test_a_forked_trial_restores_the_checkpoint_its_actor_hands_it(store, tmp_path):
@@ -121,15 +142,31 @@ def test_a_killed_trial_process_fails_the_trial_naming_the_signal_and_leaves_no_
     assert not Path(reporter.checkpoint_dirs[0]).exists()
 
 
-def test_a_stopped_trial_takes_its_process_with_it(store):
-    """Tune stops a trial by raising SystemExit in the report it is blocked in."""
+def stop(reporter, metrics):
+    """What Tune does to stop a trial: SystemExit in the report the trial is blocked in."""
+    raise SystemExit(0)
 
-    def stop(reporter, metrics):
-        raise SystemExit(0)
 
+def test_a_stopped_trial_ends_in_its_process_which_runs_the_next_trial(store):
     reporter = Forwarded(on_report=stop)
     with pytest.raises(SystemExit):
         run(spec_dict(store), reporter)
+    assert len(reporter.history) == 1
+    assert not Path(reporter.checkpoint_dirs[0]).exists()
+    pid = reporter.history[0]["trial_pid"]
+    os.kill(pid, 0)  # alive, waiting for the next trial
+
+    after = Forwarded()
+    run(spec_dict(store), after)
+    assert [m["epoch"] for m in after.history] == [1, 2]
+    assert {m["trial_pid"] for m in after.history} == {pid}
+
+
+def test_a_stopped_trial_takes_its_process_with_it_once_it_has_run_its_share(store):
+    spec = dict(spec_dict(store), tune={"trials_per_process": 1})
+    reporter = Forwarded(on_report=stop)
+    with pytest.raises(SystemExit):
+        run(spec, reporter)
     pid = reporter.history[0]["trial_pid"]
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped, not left training

@@ -61,10 +61,18 @@ class TuneSpec(_Section):
         default="fork",
         description=(
             "Where a single-worker trial trains. fork: in its own process, forked from a template that has "
-            "TensorFlow imported (one per Tune actor; actors are reused), so memory is returned after every "
-            "trial and a trial starts in a fork; actor: in a new Ray actor per trial (a Ray worker start and a "
-            "TensorFlow import per trial); reuse: in the previous trial's actor process (memory grows a few MiB "
-            "per trial)."
+            "TensorFlow imported (one per Tune actor; actors are reused), which runs tune.trials_per_process "
+            "trials and exits, returning its memory; actor: in a new Ray actor per trial (a Ray worker start and "
+            "a TensorFlow import per trial); reuse: in the previous trial's actor process (memory grows a few MiB "
+            "per trial, for as long as the actor lives)."
+        ),
+    )
+    trials_per_process: PositiveInt = Field(
+        default=8,
+        description=(
+            "fork: trials a forked process runs one after another before it exits and the next trial forks a "
+            "fresh one. Later trials skip TensorFlow's runtime start and first kernel runs (a third of a second "
+            "each); the process's memory grows a few MiB per trial until it exits. 1: a fresh process per trial."
         ),
     )
     space: dict[str, Any] = Field(

@@ -17,6 +17,7 @@ _configured: tuple | None = None
 MARKS: dict[str, float] = {}
 # The Tune trial a forked trial process runs (``tl_ray.train.trial_process``): it has no Ray session.
 TRIAL_CONTEXT: dict[str, str | None] = {}
+_trials_begun = 0  # trials this process has started (begin_trial)
 
 
 def mark(name: str) -> None:
@@ -27,10 +28,13 @@ def mark(name: str) -> None:
 
 
 def begin_trial() -> None:
-    """Marks a trial's start; in a process that already ran one (``tune.trial_process: reuse``), frees its Keras state."""
+    """Marks a trial's start; in a process that already ran one (``tune.trial_process: reuse``, or a forked
+    process's later trials), frees its Keras state."""
     import time
 
-    if "trial_entry" in MARKS:
+    global _trials_begun
+    _trials_begun += 1
+    if _trials_begun > 1:
         import gc
 
         import keras

@@ -4,16 +4,20 @@
 light: it never imports TensorFlow, and Tune reuses it from trial to trial. The first trial of
 an actor starts a template process (Python's ``forkserver``) that imports TensorFlow, Keras and
 tl-ray's training modules, and nothing else: TensorFlow's runtime (its thread pools, devices)
-never starts there. Every trial then trains in a child forked from the template, which starts
-TensorFlow's runtime with the threads and devices of that trial, reports each epoch to the actor
-over a pipe, and exits. Its memory goes back to the system with it, however many trials an
-actor runs, and a trial costs a fork instead of a Ray worker start and a TensorFlow import.
+never starts there. Trials then train in a child forked from the template, which starts
+TensorFlow's runtime with the threads and devices of its first trial and reports each epoch to the
+actor over a pipe. A child runs ``tune.trials_per_process`` of the actor's trials one after another
+(clearing Keras's state between them; the later ones skip the runtime's start and first kernel
+runs), then exits. Its memory goes back to the system with it, however many trials an actor runs,
+and a trial costs at most a fork instead of a Ray worker start and a TensorFlow import.
 
 The actor forwards each report to Tune and answers once Tune has stored the checkpoint, so a
-child never deletes a checkpoint before it is kept. When Tune stops the trial, the actor kills
-the child. A child killed (or out of memory) fails the trial like a dead worker would, so
-``train.max_failures`` restarts it from its last checkpoint. A child outlives neither the
-template nor the actor: the template exits with the actor, and the child is killed with it.
+child never deletes a checkpoint before it is kept. When Tune stops the trial, the actor's answer
+tells the child to end it, and the child waits for the next trial (the actor kills a child that
+does not end it). A trial that raises ends its child; a child killed (or out of memory) fails the
+trial like a dead worker would, so ``train.max_failures`` restarts it from its last checkpoint. A
+child outlives neither the template nor the actor: the template exits with the actor, and the
+child is killed with it.
 """
 
 from __future__ import annotations
@@ -78,18 +82,50 @@ def _context():
     return ctx
 
 
-def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
-    """Runs ``train(spec)`` in a child of this process's template, forwarding its reports to ``reporter``.
+class _Child:
+    """A trial process of this actor and the actor's end of its pipe."""
 
-    ``reporter`` is the actor's (``TuneReporter``): it reports each epoch and gives the checkpoint to
-    restore. ``marks`` holds the actor's start-up times (``runtime.startup_times`` in the child).
+    def __init__(self, proc, conn, key: tuple):
+        self.proc, self.conn, self.key = proc, conn, key
+        self.trials = 0  # trials sent to it
+
+    def release(self) -> None:
+        """Closes the pipe: the child exits at its next receive. Not waited for (unmapping its memory takes a
+        few hundredths of a second); multiprocessing reaps it when the next child starts, or at the actor's exit."""
+        self.conn.close()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
+_idle: _Child | None = None  # the last trial's process, waiting for this actor's next trial
+
+
+def close_idle() -> None:
+    """Lets the process that waits for a next trial exit (it would with the actor)."""
+    global _idle
+    if _idle is not None:
+        _idle.release()
+        _idle = None
+
+
+def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
+    """Runs ``train(spec)`` in a trial process of this actor, forwarding its reports to ``reporter``.
+
+    The process is the previous trial's when that one ended (done or stopped by Tune) after fewer than
+    ``tune.trials_per_process`` trials, with the same threads and devices; otherwise a new child of this
+    actor's template. ``reporter`` is the actor's (``TuneReporter``): it reports each epoch and gives the
+    checkpoint to restore. ``marks`` holds the actor's start-up times (``runtime.startup_times`` in the child).
 
     Raises:
         the exception the trial raised (its traceback in the child is the cause), or
         TrialProcessDied: the child ended without a result (killed, out of memory).
     """
-    global _started_here
-    ctx = _context()
+    global _started_here, _idle
+    limit = spec.tune.trials_per_process
     restore = reporter.restore_dir()
     context = {
         "trial_id": getattr(reporter, "trial_id", None),
@@ -103,46 +139,78 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
     # the trial even when the child is killed mid-write.
     scratch = tempfile.mkdtemp(prefix="tlray-trial-")
     context["scratch"] = scratch
-    ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
-    proc.start()
-    _started_here = True
-    theirs.close()
-    done = False
+    key = (threads, cpu_devices)
+    child, _idle = _idle, None
+    if child is not None and (child.key != key or child.trials >= limit or not child.proc.is_alive()
+                              or not _send(child, ("trial", spec, context))):
+        child.release()
+        child = None
+    if child is None:
+        ctx = _context()
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
+        proc.start()
+        _started_here = True
+        theirs.close()
+        child = _Child(proc, ours, key)
+    child.trials += 1
+    ended = False  # the trial ended in the child (done, or stopped by Tune) and the child waits for the next
     try:
         while True:
             try:
-                kind, *payload = ours.recv()
+                kind, *payload = child.conn.recv()
             except (EOFError, OSError):  # the child's end closed: it died
-                proc.join()
+                child.proc.join()
                 raise TrialProcessDied(
-                    f"the trial's process (pid {proc.pid}) ended without a result: {_exit_reason(proc.exitcode)}. "
-                    "If it ran out of memory, lower data.batch_size or run fewer trials at once "
-                    "(tune.max_concurrent_trials); train.max_failures restarts a trial from its last checkpoint."
+                    f"the trial's process (pid {child.proc.pid}) ended without a result: "
+                    f"{_exit_reason(child.proc.exitcode)}. If it ran out of memory, lower data.batch_size or run "
+                    "fewer trials at once (tune.max_concurrent_trials); train.max_failures restarts a trial from "
+                    "its last checkpoint."
                 ) from None
             if kind == "report":
                 metrics, checkpoint_dir = payload
                 # The actor's own memory, which outlives the trials: flat when nothing leaks into it.
                 metrics = dict(metrics, actor_rss_mb=_rss_mb())
-                reporter.report(metrics, checkpoint_dir)  # returns once Tune stored the checkpoint
                 try:
-                    ours.send(("ack",))
-                except OSError:  # the child died meanwhile: the next recv says how
-                    pass
+                    reporter.report(metrics, checkpoint_dir)  # returns once Tune stored the checkpoint
+                except BaseException:
+                    # Tune stopping the trial ends the report with SystemExit: the child ends the trial too,
+                    # and waits for the next one unless it has run its share.
+                    ended = child.trials < limit and _stop(child)
+                    raise
+                _send(child, ("ack",))  # if the child died meanwhile, the next recv says how
             elif kind == "error":
                 exc, text = payload
                 raise exc from ChildTraceback(text)
-            else:  # done: the child is exiting. Not waited for (unmapping its memory takes a few hundredths
-                # of a second); multiprocessing reaps it when the next child starts, or at the actor's exit.
-                done = True
+            else:  # done
+                ended = True
                 return
     finally:
-        # Tune stopping the trial ends ``reporter.report`` with SystemExit: the child goes too.
-        if not done and proc.is_alive():
-            proc.kill()
-            proc.join()
+        if ended and child.trials < limit:
+            _idle = child
+        elif ended:
+            child.release()
+        else:
+            child.kill()
         shutil.rmtree(scratch, ignore_errors=True)
-        ours.close()
+
+
+def _send(child: _Child, message: tuple) -> bool:
+    try:
+        child.conn.send(message)
+        return True
+    except OSError:  # the child is gone
+        return False
+
+
+def _stop(child: _Child, timeout: float = 30.0) -> bool:
+    """Asks the child, blocked in a report, to end its trial; whether it did within ``timeout`` seconds."""
+    if not _send(child, ("stop",)):
+        return False
+    try:
+        return child.conn.poll(timeout) and child.conn.recv() == ("stopped",)
+    except (EOFError, OSError):
+        return False
 
 
 def _rss_mb() -> float:
@@ -162,6 +230,10 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class TrialStopped(BaseException):
+    """Raised in a trial process when Tune stopped its trial (as ``SystemExit`` in a Tune actor)."""
+
+
 class PipeReporter:
     """The child's reporter: sends each epoch to the actor and waits until Tune has kept it."""
 
@@ -172,7 +244,9 @@ class PipeReporter:
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self._conn.send(("report", metrics, checkpoint_dir))
-        self._conn.recv()  # the ack; EOF (the actor went away) ends this process
+        (reply,) = self._conn.recv()  # the ack; EOF (the actor went away) ends this process
+        if reply == "stop":
+            raise TrialStopped
 
     def restore_dir(self) -> Path | None:
         return self._restore
@@ -199,10 +273,27 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
     # of scanning it (a quarter to half a second per full collection) and copying its pages.
     gc.freeze()
     _die_with_parent()
+    while True:
+        _run_trial(conn, spec, context)
+        try:
+            _, spec, context = conn.recv()  # the actor's next trial; EOF when this process has run its share
+        except (EOFError, OSError):
+            break
+    conn.close()
+    # Skip interpreter teardown (TensorFlow's is slow and nothing is left to flush).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _run_trial(conn, spec: Spec, context: dict) -> None:
+    """Trains one trial and tells the actor how it ended; a trial that raised ends the process."""
     from tl_ray.train import runtime
 
+    runtime.MARKS.clear()
     runtime.MARKS.update(context["marks"], process_start=time.time())
     tempfile.tempdir = context["scratch"]
+    runtime.TRIAL_CONTEXT.clear()
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])
     try:
         from tl_ray.train.loop import train
@@ -210,6 +301,9 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
         runtime.begin_trial()
         runtime.configure_tensorflow(context["threads"], context["cpu_devices"])
         train(spec, PipeReporter(conn, context["trial_id"], context["restore_dir"]))
+    except TrialStopped:
+        conn.send(("stopped",))
+        return
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the actor
         text = traceback.format_exc()
         try:
@@ -220,8 +314,3 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
         conn.close()
         os._exit(1)
     conn.send(("done",))
-    conn.close()
-    # Skip interpreter teardown (TensorFlow's is slow and nothing is left to flush).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
