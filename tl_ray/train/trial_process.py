@@ -187,6 +187,8 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
                 return
     finally:
         if ended and child.trials < limit:
+            if _idle is not None:  # another trial's thread left one meanwhile: one waiting process per actor
+                _idle.release()
             _idle = child
         elif ended:
             child.release()
@@ -203,8 +205,12 @@ def _send(child: _Child, message: tuple) -> bool:
         return False
 
 
-def _stop(child: _Child, timeout: float = 30.0) -> bool:
-    """Asks the child, blocked in a report, to end its trial; whether it did within ``timeout`` seconds."""
+def _stop(child: _Child, timeout: float = 1.5) -> bool:
+    """Asks the child, blocked in a report, to end its trial; whether it did within ``timeout`` seconds.
+
+    Tune gives a stopped trial's thread 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``) before it gives up
+    reusing the actor; a child that has not ended its trial by then is killed.
+    """
     if not _send(child, ("stop",)):
         return False
     try:
