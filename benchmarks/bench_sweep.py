@@ -24,11 +24,14 @@ features, a fixed number of steps), as many at once as there are CPUs.
 Ideal = sum of the trials' epoch times / concurrency; prints wall / ideal (goal
 ≤ 1.3) and what the rest is made of, per trial: Ray worker and actor start,
 TensorFlow import, set-up before the first step (data, model, weights), and what
-is left (Tune's bookkeeping, checkpoints, reports). Three times, one per
-``tune.trial_process``: a new Ray actor per trial, a fork per trial (the default)
-and reused actor processes. Also the driver's memory before and after, and
-each trial process's peak RSS, first trial against last, and (forked trials) each
-actor's own RSS at its first and its last trial.
+is left (Tune's bookkeeping, checkpoints, reports). Once per
+``tune.trial_process``: a new Ray actor per trial, forked processes of 8 trials
+each (the default), a forked process per trial, and reused actor processes;
+then "plain": the same trials without Ray or Tune, as many Python processes as
+trials at once, each training its share back to back with the same loop, and
+each sweep's wall time against it. Also the driver's memory before and after,
+and each trial process's peak RSS, first trial against last, and (forked trials)
+each actor's own RSS at its first and its last trial.
 """
 
 from __future__ import annotations
@@ -176,6 +179,45 @@ def overhead_run(spec, name: str) -> dict:
             "actor_rss_mb": {str(pid): [v[0], v[-1], len(v)] for pid, v in actors.items()}}
 
 
+def _plain_slot(base: dict, dropouts: list[float], out) -> None:
+    """One slot of the plain run: a Python process that trains its trials back to back, no Ray."""
+    from tl_ray.spec import apply_overrides, validate
+    from tl_ray.train.loop import ListReporter, train
+    from tl_ray.train.runtime import begin_trial, configure_tensorflow
+
+    configure_tensorflow(1, 0)
+    work = []
+    for dropout in dropouts:
+        begin_trial()  # frees the previous trial's Keras state
+        reporter = ListReporter()
+        train(validate(apply_overrides(base, [f"model.head.dropout={dropout}"])), reporter)
+        work.append(sum(m["epoch_s"] for m in reporter.history))
+    out.put(work)
+
+
+def plain_run(spec, concurrency: int) -> dict:
+    """The same trials without Ray or Tune: ``concurrency`` processes, each training its share back to back
+    in one process with the same loop (what a hand-written script would do)."""
+    import multiprocessing
+    import random
+
+    ctx = multiprocessing.get_context("spawn")  # each starts as a script does: Python, then TensorFlow's import
+    rng = random.Random(0)
+    dropouts = [rng.uniform(0.0, 0.5) for _ in range(spec.tune.num_samples)]
+    base = dict(spec.to_dict(), tune={})
+    out = ctx.Queue()
+    start = time.perf_counter()
+    procs = [ctx.Process(target=_plain_slot, args=(base, dropouts[i::concurrency], out)) for i in range(concurrency)]
+    for proc in procs:
+        proc.start()
+    work = [w for _ in procs for w in out.get()]
+    wall = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    return {"trials": len(work), "wall_s": wall, "ideal_s": sum(work) / concurrency,
+            "ratio": wall / (sum(work) / concurrency), "work_s": statistics.mean(work)}
+
+
 def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps: int = 100) -> dict:
     from tl_ray.features import ensure_features
     from tl_ray.models.weights import resolve_weights
@@ -204,6 +246,15 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
               f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",
               flush=True)
+    if "plain" in modes:
+        concurrency = next(iter(runs.values()))["concurrency"] if runs else 2
+        plain = runs_plain = plain_run(spec, concurrency)
+        print(f"e plain (the same trials back to back in {concurrency} Python processes, no Ray): wall "
+              f"{plain['wall_s']:.1f} s, ideal {plain['ideal_s']:.1f} s, ratio {plain['ratio']:.2f}, work per trial "
+              f"{plain['work_s']:.2f} s", flush=True)
+        for label, r in runs.items():
+            r["vs_plain"] = r["wall_s"] / plain["wall_s"]
+            print(f"{label}: wall {r['wall_s']:.1f} s = {r['vs_plain']:.2f}x the plain run's", flush=True)
     print("per trial, mean seconds of one slot:" + "".join(f"  {k[:28]:>28}" for k in runs))
     for part in next(iter(runs.values()))["per_trial_s"]:
         print(f"  {part:<48}" + "".join(f"  {r['per_trial_s'][part]:>28.2f}" for r in runs.values()))
@@ -213,6 +264,8 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
               f"driver RSS {r['driver_rss_mb'][0]:.0f} -> {r['driver_rss_mb'][1]:.0f} MiB")
         for pid, (first, last, n) in r["actor_rss_mb"].items():
             print(f"  actor {pid}: {n} trials, its RSS at the first {first:.0f} MiB, at the last {last:.0f} MiB")
+    if "plain" in modes:
+        runs["e plain"] = runs_plain
     return runs
 
 
@@ -222,8 +275,9 @@ def main() -> int:
     parser.add_argument("--store", default=str(ROOT / "benchmarks/.store"), help="store root (data and models reused)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--modes", default="actor,fork,fork1,reuse",
-                        help="overhead: the tune.trial_process modes to run (fork1: fork, one trial per process)")
+    parser.add_argument("--modes", default="actor,fork,fork1,reuse,plain",
+                        help="overhead: the tune.trial_process modes to run (fork1: fork, one trial per process; "
+                             "plain: the same trials without Ray)")
     parser.add_argument("--steps", type=int, default=100, help="overhead: steps per epoch of each trial (3 epochs)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
