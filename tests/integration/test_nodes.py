@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
+from processes import kill_group
 from tl_ray.spec import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -147,7 +146,7 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another(node_cluste
         node_cluster.remove_node(lost)
         driver.wait(timeout=600)
     finally:
-        _kill_group(driver)
+        kill_group(driver)
     assert driver.returncode == 0, log_path.read_text()[-3000:]
     (row,) = json.loads(out_path.read_text().strip().splitlines()[-1])
     assert row["status"] == "DONE" and row["epochs"] == EPOCHS, row["error"]
@@ -240,7 +239,7 @@ def ray_start_pair(tmp_path):
         yield env, {node_id: labels[0] for node_id, labels in nodes.items() if labels}
     finally:
         for proc in reversed(list(procs.values())):
-            _kill_group(proc)
+            kill_group(proc)
         for log in logs.values():
             log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -256,25 +255,6 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log: Path, time
             return False
 
     wait_until(open_, f"{host}:{port} to open", timeout=timeout)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Stops a process started in its own session, then kills whatever is left of its group.
-
-    SIGTERM goes to the leader alone, so `ray start --block` stops its own Ray processes
-    in order; SIGKILL to the group then takes any straggler.
-    """
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the group is gone already
-        pass
-    proc.wait()
 
 
 def test_spread_trial_spans_two_ray_start_raylets(ray_start_pair, dataset, tmp_path):

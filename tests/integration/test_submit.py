@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
+from processes import kill_group
 from tl_ray.cli import main
 
 pytestmark = pytest.mark.integration
@@ -51,11 +50,7 @@ def ray_head(tmp_path_factory):
                 raise RuntimeError(f"ray head did not come up; see {log.name}")
             time.sleep(0.5)
     yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_group(proc)
     log.close()
 
 
