@@ -197,7 +197,8 @@ def _plain_slot(base: dict, dropouts: list[float], out) -> None:
 
 def plain_run(spec, concurrency: int) -> dict:
     """The same trials without Ray or Tune: ``concurrency`` processes, each training its share back to back
-    in one process with the same loop (what a hand-written script would do)."""
+    in one process with the same loop (what a hand-written script would do). Dropout is drawn from the
+    sweep's range with its own generator; it does not change a trial's work."""
     import multiprocessing
     import random
 
@@ -248,16 +249,17 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
               flush=True)
     if "plain" in modes:
         concurrency = next(iter(runs.values()))["concurrency"] if runs else 2
-        plain = runs_plain = plain_run(spec, concurrency)
+        plain = plain_run(spec, concurrency)
         print(f"e plain (the same trials back to back in {concurrency} Python processes, no Ray): wall "
               f"{plain['wall_s']:.1f} s, ideal {plain['ideal_s']:.1f} s, ratio {plain['ratio']:.2f}, work per trial "
               f"{plain['work_s']:.2f} s", flush=True)
         for label, r in runs.items():
             r["vs_plain"] = r["wall_s"] / plain["wall_s"]
             print(f"{label}: wall {r['wall_s']:.1f} s = {r['vs_plain']:.2f}x the plain run's", flush=True)
-    print("per trial, mean seconds of one slot:" + "".join(f"  {k[:28]:>28}" for k in runs))
-    for part in next(iter(runs.values()))["per_trial_s"]:
-        print(f"  {part:<48}" + "".join(f"  {r['per_trial_s'][part]:>28.2f}" for r in runs.values()))
+    if runs:
+        print("per trial, mean seconds of one slot:" + "".join(f"  {k[:28]:>28}" for k in runs))
+        for part in next(iter(runs.values()))["per_trial_s"]:
+            print(f"  {part:<48}" + "".join(f"  {r['per_trial_s'][part]:>28.2f}" for r in runs.values()))
     for label, r in runs.items():
         peaks = r["trial_peak_rss_mb"]
         print(f"{label}: trial peak RSS first {peaks[0]:.0f} MiB, last {peaks[-1]:.0f} MiB, max {max(peaks):.0f} MiB; "
@@ -265,7 +267,7 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
         for pid, (first, last, n) in r["actor_rss_mb"].items():
             print(f"  actor {pid}: {n} trials, its RSS at the first {first:.0f} MiB, at the last {last:.0f} MiB")
     if "plain" in modes:
-        runs["e plain"] = runs_plain
+        runs["e plain"] = plain
     return runs
 
 
