@@ -100,13 +100,46 @@ def test_a_forked_trial_reports_every_epoch_with_its_checkpoint_and_trains_as_in
     for a, b in zip(again.history, forked.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
 
-    # Once a process has run its share (here 2 trials), the next trial forks a new one.
+    # Once a process has run its share (here 2 trials), the next trial forks a new one, and the old one exits.
     third = Forwarded()
     run(dict(spec, tune={"trials_per_process": 2}), third)
     assert {m["trial_pid"] for m in third.history}.isdisjoint(pids)
+    wait_gone(*pids)
     fourth = Forwarded()
     run(dict(spec, tune={"trials_per_process": 1}), fourth)
     assert {m["trial_pid"] for m in fourth.history}.isdisjoint({m["trial_pid"] for m in third.history} | pids)
+    wait_gone(*{m["trial_pid"] for m in fourth.history})  # its only trial done, it exits
+
+
+def wait_gone(*pids: int, timeout: float = 60.0) -> None:
+    """Polls until none of ``pids`` is a live process (the template reaps its children as they exit)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, f"process {pid} did not exit"
+            time.sleep(0.05)
+
+
+def test_a_later_trial_on_cached_features_with_dropout_trains_as_in_a_fresh_process(store):
+    """What a process keeps between trials (the cache entries it read, random state) changes nothing."""
+    spec = spec_dict(store, feature_cache="auto")
+    spec["model"]["head"] = {"dropout": 0.3}
+    first, again, fresh = Forwarded(), Forwarded(), Forwarded()
+    run(spec, first)
+    run(spec, again)
+    run(dict(spec, tune={"trials_per_process": 1}), fresh)  # the process has run 2: a new one
+    assert {m["trial_pid"] for m in first.history} == {m["trial_pid"] for m in again.history}
+    assert {m["trial_pid"] for m in fresh.history}.isdisjoint({m["trial_pid"] for m in again.history})
+    assert first.history[0]["feature_cache"] == "built" and again.history[0]["feature_cache"] == "read"
+    for a, b, c in zip(first.history, again.history, fresh.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
+        assert c["loss"] == pytest.approx(b["loss"], rel=1e-4) and c["accuracy"] == b["accuracy"]
 
 
 def test_a_forked_trial_restores_the_checkpoint_its_actor_hands_it(store, tmp_path):

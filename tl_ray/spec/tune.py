@@ -72,7 +72,8 @@ class TuneSpec(_Section):
         description=(
             "fork: trials a forked process runs one after another before it exits and the next trial forks a "
             "fresh one. Later trials skip TensorFlow's runtime start and first kernel runs (a third of a second "
-            "each); the process's memory grows a few MiB per trial until it exits. 1: a fresh process per trial."
+            "each); the process's memory grows a few MiB per trial, and it keeps the feature-cache entries it "
+            "read (up to 512 MiB) for its next trials, until it exits. 1: a fresh process per trial."
         ),
     )
     space: dict[str, Any] = Field(

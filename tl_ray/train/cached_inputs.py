@@ -41,7 +41,10 @@ class MemoryRows:
 
             values, labels, manifest = load_rows(uri)
             MemoryRows._held[key] = (tf.constant(values), tf.constant(labels), manifest)
-            while sum(int(v[0].shape.num_elements()) * 4 for v in MemoryRows._held.values()) > self.MAX_BYTES:
+            # The oldest entries go first; the new one stays, whatever its size.
+            while len(MemoryRows._held) > 1 and sum(
+                int(v[0].shape.num_elements()) * 4 for v in MemoryRows._held.values()
+            ) > self.MAX_BYTES:
                 MemoryRows._held.pop(next(iter(MemoryRows._held)))
         self.uri = uri
         self.values, self.labels, self.manifest = MemoryRows._held[key]

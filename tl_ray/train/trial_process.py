@@ -95,9 +95,10 @@ class _Child:
         self.conn.close()
 
     def kill(self) -> None:
+        """Kills the child; waits a moment for its exit status (reaped later otherwise)."""
         if self.proc.is_alive():
             self.proc.kill()
-        self.proc.join()
+        self.proc.join(timeout=1.0)
         self.conn.close()
 
 
@@ -133,29 +134,32 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
         "restore_dir": str(restore) if restore else None,
         "threads": threads,
         "cpu_devices": cpu_devices,
+        "cwd": os.getcwd(),
         "marks": dict(marks or {}, fork_requested=time.time(), template_started=0.0 if _started_here else 1.0),
     }
+    key = (threads, cpu_devices)
+    child, _idle = _idle, None
+    ended = False  # the trial ended in the child (done, or stopped by Tune) and the child waits for the next
     # The child's temporary files (checkpoints before Tune keeps them) live here, so none outlives
     # the trial even when the child is killed mid-write.
     scratch = tempfile.mkdtemp(prefix="tlray-trial-")
     context["scratch"] = scratch
-    key = (threads, cpu_devices)
-    child, _idle = _idle, None
-    if child is not None and (child.key != key or child.trials >= limit or not child.proc.is_alive()
-                              or not _send(child, ("trial", spec, context))):
-        child.release()
-        child = None
-    if child is None:
-        ctx = _context()
-        ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
-        proc.start()
-        _started_here = True
-        theirs.close()
-        child = _Child(proc, ours, key)
-    child.trials += 1
-    ended = False  # the trial ended in the child (done, or stopped by Tune) and the child waits for the next
     try:
+        if child is not None and (child.key != key or child.trials >= limit or not child.proc.is_alive()
+                                  or not _send(child, ("trial", spec, context))):
+            child.release()
+            child = None
+        if child is None:
+            ctx = _context()
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
+            try:
+                proc.start()
+            finally:
+                theirs.close()
+            _started_here = True
+            child = _Child(proc, ours, key)
+        child.trials += 1
         while True:
             try:
                 kind, *payload = child.conn.recv()
@@ -186,7 +190,9 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
                 ended = True
                 return
     finally:
-        if ended and child.trials < limit:
+        if child is None:
+            pass
+        elif ended and child.trials < limit:
             if _idle is not None:  # another trial's thread left one meanwhile: one waiting process per actor
                 _idle.release()
             _idle = child
@@ -205,17 +211,18 @@ def _send(child: _Child, message: tuple) -> bool:
         return False
 
 
-def _stop(child: _Child, timeout: float = 1.5) -> bool:
-    """Asks the child, blocked in a report, to end its trial; whether it did within ``timeout`` seconds.
+def _stop(child: _Child) -> bool:
+    """Asks the child, blocked in a report, to end its trial; whether it did in time.
 
-    Tune gives a stopped trial's thread 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``) before it gives up
-    reusing the actor; a child that has not ended its trial by then is killed.
+    Tune gives a stopped trial's thread ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) to end before it fails
+    the actor's next trial; the child gets half of it, and is killed if it has not ended the trial by then.
     """
+    timeout = 0.5 * float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 2))
     if not _send(child, ("stop",)):
         return False
     try:
         return child.conn.poll(timeout) and child.conn.recv() == ("stopped",)
-    except (EOFError, OSError):
+    except Exception:  # the child died, or sent what it should not have: it is killed
         return False
 
 
@@ -281,6 +288,7 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
     _die_with_parent()
     while True:
         _run_trial(conn, spec, context)
+        _free_trial_state()  # while the actor reports the end and Tune picks the next trial
         try:
             _, spec, context = conn.recv()  # the actor's next trial; EOF when this process has run its share
         except (EOFError, OSError):
@@ -292,12 +300,23 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
     os._exit(0)
 
 
+def _free_trial_state() -> None:
+    """Drops the finished trial's Keras state and garbage (the cache entries it read stay, for the next)."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+
+
 def _run_trial(conn, spec: Spec, context: dict) -> None:
     """Trains one trial and tells the actor how it ended; a trial that raised ends the process."""
     from tl_ray.train import runtime
 
     runtime.MARKS.clear()
     runtime.MARKS.update(context["marks"], process_start=time.time())
+    os.chdir(context["cwd"])  # Tune moves the actor into each trial's folder
     tempfile.tempdir = context["scratch"]
     runtime.TRIAL_CONTEXT.clear()
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])
