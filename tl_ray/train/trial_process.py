@@ -190,17 +190,22 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
                 ended = True
                 return
     finally:
-        if child is None:
-            pass
-        elif ended and child.trials < limit:
-            if _idle is not None:  # another trial's thread left one meanwhile: one waiting process per actor
-                _idle.release()
-            _idle = child
-        elif ended:
-            child.release()
-        else:
-            child.kill()
         shutil.rmtree(scratch, ignore_errors=True)
+        if child is not None:
+            _after_trial(child, ended and child.trials < limit, ended)
+
+
+def _after_trial(child: _Child, keep: bool, ended: bool) -> None:
+    """Keeps the child for the actor's next trial, lets it exit (it ended its trial), or kills it."""
+    global _idle
+    if keep:
+        if _idle is not None:  # another trial's thread left one meanwhile: one waiting process per actor
+            _idle.release()
+        _idle = child
+    elif ended:
+        child.release()
+    else:
+        child.kill()
 
 
 def _send(child: _Child, message: tuple) -> bool:
