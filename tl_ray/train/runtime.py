@@ -18,6 +18,7 @@ MARKS: dict[str, float] = {}
 # The Tune trial a forked trial process runs (``tl_ray.train.trial_process``): it has no Ray session.
 TRIAL_CONTEXT: dict[str, str | None] = {}
 _trials_begun = 0  # trials this process has started (begin_trial)
+_trials_ended = 0  # of those, trials whose Keras state was freed (end_trial)
 
 
 def mark(name: str) -> None:
@@ -29,23 +30,32 @@ def mark(name: str) -> None:
 
 def begin_trial() -> None:
     """Marks a trial's start; in a process that already ran one (``tune.trial_process: reuse``, or a forked
-    process's later trials), frees its Keras state."""
+    process's later trials), frees its Keras state unless ``end_trial`` did."""
     import time
 
     global _trials_begun
-    _trials_begun += 1
-    if _trials_begun > 1:
-        import gc
-
-        import keras
-
-        keras.backend.clear_session(free_memory=True)
-        # What survived is the process's own (modules, TensorFlow's runtime): later collections skip it,
-        # which makes the next trial's clear_session a few milliseconds instead of a quarter second.
-        gc.freeze()
+    if _trials_begun:
+        end_trial()
         MARKS["reused"] = 1.0
         MARKS.pop("first_epoch", None)
+    _trials_begun += 1
     MARKS["trial_entry"] = time.time()
+
+
+def end_trial() -> None:
+    """Frees the Keras state of the trial this process ran last (once; the next ``begin_trial`` skips it)."""
+    global _trials_ended
+    if _trials_ended == _trials_begun:
+        return
+    _trials_ended = _trials_begun
+    import gc
+
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    # What survived is the process's own (modules, TensorFlow's runtime): later collections skip it,
+    # which makes the next trial's clear_session a few milliseconds instead of a quarter second.
+    gc.freeze()
 
 
 def startup_times() -> dict[str, float]:

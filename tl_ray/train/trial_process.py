@@ -293,7 +293,9 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
     _die_with_parent()
     while True:
         _run_trial(conn, spec, context)
-        _free_trial_state()  # while the actor reports the end and Tune picks the next trial
+        from tl_ray.train import runtime
+
+        runtime.end_trial()  # while the actor reports the end and Tune picks the next trial
         try:
             _, spec, context = conn.recv()  # the actor's next trial; EOF when this process has run its share
         except (EOFError, OSError):
@@ -303,16 +305,6 @@ def _child_main(conn, spec: Spec, context: dict) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _free_trial_state() -> None:
-    """Drops the finished trial's Keras state and garbage (the cache entries it read stay, for the next)."""
-    import gc
-
-    import keras
-
-    keras.backend.clear_session(free_memory=True)
-    gc.collect()
 
 
 def _run_trial(conn, spec: Spec, context: dict) -> None:
