@@ -85,12 +85,16 @@ def prepare(store: str) -> None:
 
 
 def sweep(spec, name: str):
+    from tl_ray.train.node_template import stop_node_templates
     from tl_ray.tune.sweep import connect_ray, run_sweep
 
     connect_ray()  # the cluster's start is not the sweep's: every run finds Ray up
     start = time.perf_counter()
     result = run_sweep(spec, experiment=name)
-    return result, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    # Each run starts its node's template (tl_ray.train.node_template) itself: none outlives its sweep here.
+    stop_node_templates()
+    return result, wall
 
 
 def trial_rows(result) -> list[list[dict]]:

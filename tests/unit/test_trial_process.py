@@ -233,3 +233,96 @@ def test_a_script_that_starts_a_trial_at_import_is_refused_not_forked_without_en
     assert proc.returncode != 0
     assert "bootstrapping phase" in stderr  # Python's error: guard the script with if __name__ == "__main__"
     assert "TrialProcessDied" in stderr
+
+
+# A node's template (tl_ray.train.node_template): owned by another process than the one whose trials fork from it.
+
+
+def _host(conn) -> None:
+    """Owns a node's template as the ``NodeTemplate`` actor does (no Ray here), until the test closes the pipe."""
+    from tl_ray.train.node_template import NodeTemplate
+
+    conn.send(NodeTemplate().connection())
+    try:
+        conn.recv()
+    except EOFError:
+        pass
+
+
+@pytest.fixture
+def node(monkeypatch):
+    """The connection to a node's template, which this process's trials then fork from."""
+    import multiprocessing
+
+    from tl_ray.train import node_template
+
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    host = ctx.Process(target=_host, args=(theirs,), daemon=True)
+    host.start()
+    theirs.close()
+    info = ours.recv()
+    monkeypatch.setattr(trial_process, "_node", node_template.connect(info))
+    yield info
+    trial_process.close_idle()
+    ours.close()  # the host exits, and its template with it
+    host.join(timeout=60)
+    if host.is_alive():
+        host.kill()
+
+
+def test_trials_fork_from_the_nodes_template_and_train_as_in_process(store, node):
+    spec = spec_dict(store)
+    forked = Forwarded()
+    run(spec, forked)
+    assert [m["epoch"] for m in forked.history] == [1, 2]
+    assert {m["template_pid"] for m in forked.history} == {node["pid"]}  # not a template of this process
+    assert forked.history[0]["intra_op_threads"] == 1
+    in_process = ListReporter()
+    train(validate(spec), in_process)
+    for a, b in zip(forked.history, in_process.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["accuracy"] == b["accuracy"]
+    again = Forwarded()  # the next trial in the same process
+    run(spec, again)
+    assert {m["trial_pid"] for m in again.history} == {m["trial_pid"] for m in forked.history}
+
+
+def _actor(info: dict, spec: dict, hook_dir: str) -> None:
+    """A trial actor on the node: its environment changes after the template started."""
+    from tl_ray.train import node_template
+
+    trial_process._node = node_template.connect(info)
+    os.environ["TLRAY_TEST_HOOK_DIR"] = hook_dir  # the trial pauses after epoch 1 only if it sees this
+    run(spec, Forwarded())
+
+
+def test_a_trial_forked_from_the_nodes_template_has_its_actors_environment_and_ends_with_it(store, node, tmp_path):
+    import multiprocessing
+    import time
+
+    import psutil
+
+    spec = dict(spec_dict(store), name="paused")
+    (tmp_path / "paused").mkdir()
+    (tmp_path / "paused" / "pause_after_epoch").write_text("1")
+    actor = multiprocessing.get_context("spawn").Process(target=_actor, args=(node, spec, str(tmp_path)))
+    actor.start()
+    pid_file = tmp_path / "paused" / "pid.0"
+    deadline = time.monotonic() + 300
+    while not pid_file.exists():  # the child paused: it saw the variable the actor set after the fork server started
+        assert actor.is_alive() and time.monotonic() < deadline, "the trial never paused after epoch 1"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert psutil.Process(child).ppid() == node["pid"]  # the template's child, not the actor's
+    os.kill(actor.pid, signal.SIGKILL)
+    actor.join()
+    wait_gone(child)  # the actor gone, its trial's process went too (the template reaps it)
+
+
+def test_an_actor_whose_nodes_template_died_forks_from_its_own(store, node):
+    os.kill(node["pid"], signal.SIGKILL)
+    forked = Forwarded()
+    run(spec_dict(store), forked)
+    assert [m["epoch"] for m in forked.history] == [1, 2]
+    assert node["pid"] not in {m["template_pid"] for m in forked.history}
+    assert trial_process._node is False  # later trials go to its own template directly

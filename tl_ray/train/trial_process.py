@@ -52,7 +52,8 @@ PRELOAD = [
     "tl_ray.data.reader",
     "tl_ray.features",
 ]
-_started_here = False  # this process started a template (an actor's first trial)
+_started_here = False  # this actor forked a trial process before
+_preloaded = False  # this process's own template (if it starts one) imports PRELOAD
 
 
 class TrialProcessDied(TLRayError):
@@ -70,16 +71,53 @@ class ChildTraceback(Exception):
         return f"\n\n(in the trial's process)\n{self.text}"
 
 
-def _context():
+def preload_template() -> None:
+    """Makes this process's ``forkserver`` (its template, not yet started) import ``PRELOAD`` and, once,
+    this process's main script."""
     import multiprocessing
 
+    global _preloaded
+    _preloaded = True
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    main = getattr(sys.modules["__main__"], "__file__", None)
+    if main and getattr(sys.modules["__main__"], "__spec__", None) is None:  # a script, not ``-m``
+        os.environ["TLRAY_TEMPLATE_MAIN"] = os.path.abspath(main)  # the template inherits it
+
+
+_node = None  # the Process class of this node's template (node_template.connect), False when it has none
+
+
+def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
+    """Forks this trial's process from the node's template, else from this actor's own (started here at first)."""
+    global _node, _started_here
+    import multiprocessing
+
+    from tl_ray.train import node_template
+
     ctx = multiprocessing.get_context("forkserver")
-    if not _started_here:
-        ctx.set_forkserver_preload(PRELOAD)
-        main = getattr(sys.modules["__main__"], "__file__", None)
-        if main and getattr(sys.modules["__main__"], "__spec__", None) is None:  # a script, not ``-m``
-            os.environ["TLRAY_TEMPLATE_MAIN"] = os.path.abspath(main)  # the template inherits it
-    return ctx
+    if _node is None:
+        info = node_template.find()
+        _node = node_template.connect(info) if info else False
+    while True:
+        cls = _node or ctx.Process
+        if not _node and not _preloaded:
+            preload_template()
+        ours, theirs = ctx.Pipe()
+        # A child of the node's template writes to the actor's log, not the template's.
+        outputs = (node_template.Outputs(),) if _node else ()
+        proc = cls(target=_child_main, args=(theirs, spec, context, *outputs), name="tl-ray-trial", daemon=True)
+        try:
+            proc.start()
+        except OSError:
+            if not _node:
+                raise
+            _node = False  # the node's template is gone: this actor starts its own
+            ours.close()
+            continue
+        finally:
+            theirs.close()
+        _started_here = True
+        return _Child(proc, ours, key)
 
 
 class _Child:
@@ -125,7 +163,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
         the exception the trial raised (its traceback in the child is the cause), or
         TrialProcessDied: the child ended without a result (killed, out of memory).
     """
-    global _started_here, _idle
+    global _idle
     limit = spec.tune.trials_per_process
     restore = reporter.restore_dir()
     context = {
@@ -135,6 +173,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
         "threads": threads,
         "cpu_devices": cpu_devices,
         "cwd": os.getcwd(),
+        "env": dict(os.environ),
         "marks": dict(marks or {}, fork_requested=time.time(), template_started=0.0 if _started_here else 1.0),
     }
     key = (threads, cpu_devices)
@@ -150,15 +189,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
             child.release()
             child = None
         if child is None:
-            ctx = _context()
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_child_main, args=(theirs, spec, context), name="tl-ray-trial", daemon=True)
-            try:
-                proc.start()
-            finally:
-                theirs.close()
-            _started_here = True
-            child = _Child(proc, ours, key)
+            child = _start_child(spec, context, key)
         child.trials += 1
         while True:
             try:
@@ -261,7 +292,7 @@ class PipeReporter:
         self._restore = Path(restore_dir) if restore_dir else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self._conn.send(("report", metrics, checkpoint_dir))
+        self._conn.send(("report", dict(metrics, template_pid=os.getppid()), checkpoint_dir))
         (reply,) = self._conn.recv()  # the ack; EOF (the actor went away) ends this process
         if reply == "stop":
             raise TrialStopped
@@ -284,13 +315,19 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _child_main(conn, spec: Spec, context: dict) -> None:
+def _child_main(conn, spec: Spec, context: dict, outputs=None) -> None:
     import gc
+
+    if outputs is not None:
+        outputs.attach()
 
     # What the template imported lives as long as this process: Python's collector skips it instead
     # of scanning it (a quarter to half a second per full collection) and copying its pages.
     gc.freeze()
     _die_with_parent()
+    from tl_ray.train import node_template
+
+    node_template.exit_with_parent()  # with a node's template, the actor is not the parent
     while True:
         _run_trial(conn, spec, context)
         from tl_ray.train import runtime
@@ -314,6 +351,10 @@ def _run_trial(conn, spec: Spec, context: dict) -> None:
     runtime.MARKS.clear()
     runtime.MARKS.update(context["marks"], process_start=time.time())
     os.chdir(context["cwd"])  # Tune moves the actor into each trial's folder
+    # The actor's environment: a node's template started with its own (no CUDA_VISIBLE_DEVICES of the actor's).
+    if os.environ != context["env"]:
+        os.environ.clear()
+        os.environ.update(context["env"])
     tempfile.tempdir = context["scratch"]
     runtime.TRIAL_CONTEXT.clear()
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])

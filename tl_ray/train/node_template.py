@@ -1,0 +1,199 @@
+"""One trial template per node, started by the sweep's driver and shared by its trial actors.
+
+Without it, each Tune trial actor starts its own template (``tl_ray.train.trial_process``) at its
+first trial: every actor of a node imports TensorFlow once more, after Tune has started it, and
+holds one more template's memory. With it, the driver starts a ``NodeTemplate`` actor on every
+node as the sweep starts (no CPUs reserved), whose template imports TensorFlow while Tune starts
+its trial actors; every trial process on the node is forked from that one template. The actors
+of later sweeps and stages of the same driver find it ready. It ends with the driver.
+
+A trial process forked from a node template is a child of that template, not of its actor. So:
+
+- the actor still talks to it over its own pipe and kills it by pid; the template reports its exit
+  status to the actor as Python's ``forkserver`` does to the process that asked for the fork;
+- it takes the actor's environment (Ray's ``CUDA_VISIBLE_DEVICES`` for the actor, the job's
+  variables) and working folder per trial, before TensorFlow's runtime starts;
+- it exits when its actor does (it watches the actor's end of a pipe) and when the template does.
+
+An actor whose node has no template (a node that joined after the sweep started, a template that
+died) starts its own, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from multiprocessing import context, popen_forkserver
+
+NAME = "tl-ray-trial-template:{node_id}"
+_hosts: dict[str, object] = {}  # the driver's handles, by node id: the actors live as long as it holds them
+
+
+class NodeTemplate:
+    """The Ray actor that owns a node's template process (Python's ``forkserver``)."""
+
+    def __init__(self):
+        from multiprocessing import forkserver
+
+        from tl_ray.train import trial_process
+
+        trial_process.preload_template()
+        forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
+
+    def connection(self) -> dict:
+        """What an actor needs to fork from the template; restarts a template that died."""
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+        server = forkserver._forkserver
+        return {"address": server._forkserver_address, "pid": server._forkserver_pid,
+                "authkey": getattr(server, "_forkserver_authkey", None)}
+
+
+def start_node_templates() -> None:
+    """Starts a template on every live node of the connected cluster that has none; does not wait."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor = ray.remote(num_cpus=0, max_restarts=0)(NodeTemplate)
+    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    for gone in set(_hosts) - set(alive):  # a lost node's, or an earlier cluster's
+        del _hosts[gone]
+    for node_id in alive:
+        if node_id in _hosts:
+            continue
+        _hosts[node_id] = actor.options(
+            name=NAME.format(node_id=node_id), get_if_exists=True, lifetime=None,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote()
+
+
+def stop_node_templates(timeout: float = 30.0) -> None:
+    """Ends the templates this driver started (they end with it anyway), and their trial processes; returns
+    once their names are free for the next sweep's."""
+    import time
+
+    import ray
+
+    names = [NAME.format(node_id=node_id) for node_id in _hosts]
+    while _hosts:
+        ray.kill(_hosts.popitem()[1])
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                break
+            time.sleep(0.05)
+
+
+def find(timeout: float = 30.0) -> dict | None:
+    """In a trial actor: the connection to this node's template, None when the node has none."""
+    try:
+        import ray
+
+        if not ray.is_initialized():  # not in a Ray actor
+            return None
+        handle = ray.get_actor(NAME.format(node_id=ray.get_runtime_context().get_node_id()))
+        return ray.get(handle.connection.remote(), timeout=timeout)
+    except Exception:  # no template on this node (or it died): the actor starts its own
+        return None
+
+
+def connect(info: dict):
+    """The ``multiprocessing`` Process class whose instances are forked from the template in ``info``."""
+    global _server
+    from multiprocessing import forkserver, resource_tracker
+
+    class Server(forkserver.ForkServer):
+        def __init__(self):
+            super().__init__()
+            self._forkserver_address = info["address"]
+            # Children keep this as the "alive" end of their own template's pipe; they never start one.
+            self._forkserver_alive_fd = os.open(os.devnull, os.O_RDONLY)
+            if info.get("authkey") is not None:
+                self._forkserver_authkey = info["authkey"]
+
+        def ensure_running(self):  # the template is the node's: never start one here
+            resource_tracker.ensure_running()
+
+    _server = Server()
+    return NodeProcess
+
+
+_server = None  # this actor's connection to its node's template (connect)
+
+
+class _NodePopen(popen_forkserver.Popen):
+    def _launch(self, process_obj):  # popen_forkserver.Popen._launch, through the node's template
+        import io
+
+        from multiprocessing import forkserver, spawn, util
+        from multiprocessing.context import reduction, set_spawning_popen
+
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = _server.connect_to_new_process(self._fds)
+        parent_w = os.dup(w)  # the child's sentinel of this process
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class NodeProcess(context.ForkServerProcess):
+    """A process forked from the node's template (``connect`` first)."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _NodePopen(process_obj)
+
+
+class Outputs:
+    """The stdout and stderr of the process that pickles it (the actor), as the process that unpickles it (a
+    trial process forked from the node's template) inherits them: its output then goes to the actor's log."""
+
+    def __init__(self, fds: tuple[int, int] | None = None):
+        self.fds = fds
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return _rebuild_outputs, (reduction.DupFd(1), reduction.DupFd(2))
+
+    def attach(self) -> None:
+        """Makes them this process's stdout and stderr."""
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, target in zip(self.fds, (1, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def _rebuild_outputs(out, err) -> Outputs:
+    return Outputs((out.detach(), err.detach()))
+
+
+def exit_with_parent() -> None:
+    """In a forked trial process: exits when the process that asked for it (its actor) ends."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tl-ray-actor-watch", daemon=True).start()
