@@ -26,7 +26,9 @@ Ideal = sum of the trials' epoch times / concurrency; prints wall / ideal (goal
 TensorFlow import, set-up before the first step (data, model, weights), and what
 is left (Tune's bookkeeping, checkpoints, reports). Once per
 ``tune.trial_process``: a new Ray actor per trial, forked processes of 8 trials
-each (the default), a forked process per trial, and reused actor processes;
+each (the default: forked from the node's template, which the sweep starts), the
+same forked from a template per actor, a forked process per trial, and reused
+actor processes;
 then "plain": the same trials without Ray or Tune, as many Python processes as
 trials at once, each training its share back to back with the same loop, and
 each sweep's wall time against it. Also the driver's memory before and after,
@@ -37,6 +39,7 @@ each actor's own RSS at its first and its last trial.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -223,6 +226,20 @@ def plain_run(spec, concurrency: int) -> dict:
             "ratio": wall / (sum(work) / concurrency), "work_s": statistics.mean(work)}
 
 
+@contextlib.contextmanager
+def own_templates(on: bool):
+    """With ``on``, the sweep starts no node template: each trial actor starts its own at its first trial."""
+    from tl_ray.train import node_template
+
+    start = node_template.start_node_templates
+    if on:
+        node_template.start_node_templates = lambda: None
+    try:
+        yield
+    finally:
+        node_template.start_node_templates = start
+
+
 def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps: int = 100) -> dict:
     from tl_ray.features import ensure_features
     from tl_ray.models.weights import resolve_weights
@@ -241,20 +258,22 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
     runs = {}
     for label, mode in (("a a new actor per trial (actor)", "actor"),
                         ("b forked processes, 8 trials each (fork, default)", "fork"),
-                        ("c a forked process per trial (fork, trials_per_process 1)", "fork1"),
-                        ("d reused actor processes (reuse)", "reuse")):
+                        ("c as b, each actor forking from a template of its own", "forkown"),
+                        ("d a forked process per trial (fork, trials_per_process 1)", "fork1"),
+                        ("e reused actor processes (reuse)", "reuse")):
         if mode not in modes:
             continue
-        data["tune"]["trial_process"] = mode.rstrip("1")
+        data["tune"]["trial_process"] = mode.removesuffix("1").removesuffix("own")
         data["tune"]["trials_per_process"] = 1 if mode == "fork1" else 8
-        runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
+        with own_templates(mode == "forkown"):
+            runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
               f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",
               flush=True)
     if "plain" in modes:
         concurrency = next(iter(runs.values()))["concurrency"] if runs else 2
         plain = plain_run(spec, concurrency)
-        print(f"e plain (the same trials back to back in {concurrency} Python processes, no Ray): wall "
+        print(f"f plain (the same trials back to back in {concurrency} Python processes, no Ray): wall "
               f"{plain['wall_s']:.1f} s, ideal {plain['ideal_s']:.1f} s, ratio {plain['ratio']:.2f}, work per trial "
               f"{plain['work_s']:.2f} s", flush=True)
         for label, r in runs.items():
@@ -271,7 +290,7 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
         for pid, (first, last, n) in r["actor_rss_mb"].items():
             print(f"  actor {pid}: {n} trials, its RSS at the first {first:.0f} MiB, at the last {last:.0f} MiB")
     if "plain" in modes:
-        runs["e plain"] = plain
+        runs["f plain"] = plain
     return runs
 
 
@@ -281,9 +300,10 @@ def main() -> int:
     parser.add_argument("--store", default=str(ROOT / "benchmarks/.store"), help="store root (data and models reused)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32)")
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--modes", default="actor,fork,fork1,reuse,plain",
-                        help="overhead: the tune.trial_process modes to run (fork1: fork, one trial per process; "
-                             "plain: the same trials without Ray)")
+    parser.add_argument("--modes", default="actor,fork,forkown,fork1,reuse,plain",
+                        help="overhead: the tune.trial_process modes to run (forkown: fork, a template per actor "
+                             "instead of per node; fork1: fork, one trial per process; plain: the same trials "
+                             "without Ray)")
     parser.add_argument("--steps", type=int, default=100, help="overhead: steps per epoch of each trial (3 epochs)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

@@ -300,8 +300,6 @@ def test_a_trial_forked_from_the_nodes_template_has_its_actors_environment_and_e
     import multiprocessing
     import time
 
-    import psutil
-
     spec = dict(spec_dict(store), name="paused")
     (tmp_path / "paused").mkdir()
     (tmp_path / "paused" / "pause_after_epoch").write_text("1")
@@ -313,7 +311,8 @@ def test_a_trial_forked_from_the_nodes_template_has_its_actors_environment_and_e
         assert actor.is_alive() and time.monotonic() < deadline, "the trial never paused after epoch 1"
         time.sleep(0.05)
     child = int(pid_file.read_text())
-    assert psutil.Process(child).ppid() == node["pid"]  # the template's child, not the actor's
+    with open(f"/proc/{child}/stat") as f:  # Linux: "pid (name) state ppid ..."
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == node["pid"]  # the template's child, not the actor's
     os.kill(actor.pid, signal.SIGKILL)
     actor.join()
     wait_gone(child)  # the actor gone, its trial's process went too (the template reaps it)

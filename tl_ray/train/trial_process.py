@@ -1,10 +1,11 @@
 """Each trial in its own process, forked from a template that has TensorFlow imported.
 
 ``tune.trial_process: fork`` (the default for single-worker trials). A Tune trial actor stays
-light: it never imports TensorFlow, and Tune reuses it from trial to trial. The first trial of
-an actor starts a template process (Python's ``forkserver``) that imports TensorFlow, Keras and
-tl-ray's training modules, and nothing else: TensorFlow's runtime (its thread pools, devices)
-never starts there. Trials then train in a child forked from the template, which starts
+light: it never imports TensorFlow, and Tune reuses it from trial to trial. A template process
+(Python's ``forkserver``) imports TensorFlow, Keras and tl-ray's training modules, and nothing
+else: TensorFlow's runtime (its thread pools, devices) never starts there. The template is the
+node's, which the sweep's driver started (``tl_ray.train.node_template``), or else one the
+actor starts at its first trial. Trials then train in a child forked from the template, which starts
 TensorFlow's runtime with the threads and devices of its first trial and reports each epoch to the
 actor over a pipe. A child runs ``tune.trials_per_process`` of the actor's trials one after another
 (clearing Keras's state between them; the later ones skip the runtime's start and first kernel
@@ -16,8 +17,8 @@ child never deletes a checkpoint before it is kept. When Tune stops the trial, t
 tells the child to end it, and the child waits for the next trial (the actor kills a child that
 does not end it). A trial that raises ends its child; a child killed (or out of memory) fails the
 trial like a dead worker would, so ``train.max_failures`` restarts it from its last checkpoint. A
-child outlives neither the template nor the actor: the template exits with the actor, and the
-child is killed with it.
+child outlives neither the template nor the actor: it is killed with the template, and exits
+when the actor does (an actor's own template also exits with the actor).
 """
 
 from __future__ import annotations
