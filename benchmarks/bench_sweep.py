@@ -181,7 +181,10 @@ def overhead_run(spec, name: str) -> dict:
     for rs in rows:
         if "actor_rss_mb" in rs[-1]:
             actors.setdefault(rs[-1]["pid"], []).append(rs[-1]["actor_rss_mb"])
+    # Forked trials: the template processes they were forked from (one per node, or one per actor).
+    templates = {r["template_pid"] for rs in rows for r in rs if "template_pid" in r}
     return {"trials": len(rows), "concurrency": concurrency, "wall_s": wall, "ideal_s": ideal, "ratio": wall / ideal,
+            "templates": len(templates),
             "per_trial_s": parts, "trial_peak_rss_mb": peaks, "driver_rss_mb": [before, after],
             "actor_rss_mb": {str(pid): [v[0], v[-1], len(v)] for pid, v in actors.items()}}
 
@@ -268,8 +271,8 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
         with own_templates(mode == "forkown"):
             runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
-              f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})",
-              flush=True)
+              f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})"
+              + (f"; {r['templates']} template process(es)" if r["templates"] else ""), flush=True)
     if "plain" in modes:
         concurrency = next(iter(runs.values()))["concurrency"] if runs else 2
         plain = plain_run(spec, concurrency)

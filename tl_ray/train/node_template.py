@@ -12,11 +12,16 @@ A trial process forked from a node template is a child of that template, not of 
 - the actor still talks to it over its own pipe and kills it by pid; the template reports its exit
   status to the actor as Python's ``forkserver`` does to the process that asked for the fork;
 - it takes the actor's environment (Ray's ``CUDA_VISIBLE_DEVICES`` for the actor, the job's
-  variables) and working folder per trial, before TensorFlow's runtime starts;
+  variables) before TensorFlow's runtime starts, and the actor's working folder per trial. What
+  TensorFlow and Keras read at import (``KERAS_BACKEND``, ``TF_ENABLE_ONEDNN_OPTS``,
+  ``TF_CPP_MIN_LOG_LEVEL``) is the template's, that is the job's;
 - it exits when its actor does (it watches the actor's end of a pipe) and when the template does.
 
-An actor whose node has no template (a node that joined after the sweep started, a template that
-died) starts its own, as before.
+The driver also starts a template on each node that joins while the sweep runs
+(``tl_ray.tune.templates.NodeTemplates``). An actor whose node has no template yet, or whose
+template died, starts its own. A template that dies (out of memory) takes the trial processes
+forked from it with it: each such trial fails as a killed process does and restarts from its
+checkpoint (``train.max_failures``).
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ def start_node_templates() -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actor = ray.remote(num_cpus=0, max_restarts=0)(NodeTemplate)
-    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    # Nodes that can run trial processes: alive, with CPUs.
+    alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
     for gone in set(_hosts) - set(alive):  # a lost node's, or an earlier cluster's
         del _hosts[gone]
     for node_id in alive:
@@ -88,7 +94,7 @@ def stop_node_templates(timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def find(timeout: float = 30.0) -> dict | None:
+def find(timeout: float = 10.0) -> dict | None:
     """In a trial actor: the connection to this node's template, None when the node has none."""
     try:
         import ray
@@ -111,7 +117,7 @@ def connect(info: dict):
             super().__init__()
             self._forkserver_address = info["address"]
             # Children keep this as the "alive" end of their own template's pipe; they never start one.
-            self._forkserver_alive_fd = os.open(os.devnull, os.O_RDONLY)
+            self._forkserver_alive_fd = _devnull()
             if info.get("authkey") is not None:
                 self._forkserver_authkey = info["authkey"]
 
@@ -123,6 +129,14 @@ def connect(info: dict):
 
 
 _server = None  # this actor's connection to its node's template (connect)
+_null_fd: int | None = None
+
+
+def _devnull() -> int:
+    global _null_fd
+    if _null_fd is None:
+        _null_fd = os.open(os.devnull, os.O_RDONLY)
+    return _null_fd
 
 
 class _NodePopen(popen_forkserver.Popen):

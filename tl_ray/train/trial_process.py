@@ -109,7 +109,7 @@ def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
         proc = cls(target=_child_main, args=(theirs, spec, context, *outputs), name="tl-ray-trial", daemon=True)
         try:
             proc.start()
-        except OSError:
+        except (OSError, EOFError):  # EOFError: the template died between accepting and forking
             if not _node:
                 raise
             _node = False  # the node's template is gone: this actor starts its own
@@ -277,6 +277,8 @@ def _exit_reason(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code == 255:  # what multiprocessing reports when the template that forked it ended first
+        return "exit code 255, or its template process ended (a node's template ends with the sweep's driver)"
     return f"exit code {code}"
 
 
@@ -329,6 +331,14 @@ def _child_main(conn, spec: Spec, context: dict, outputs=None) -> None:
     from tl_ray.train import node_template
 
     node_template.exit_with_parent()  # with a node's template, the actor is not the parent
+    # The actor's environment (a node's template has its own: no CUDA_VISIBLE_DEVICES of the actor's), once,
+    # before TensorFlow's runtime starts. Later trials here are the same actor's.
+    env = context["env"]
+    for name in set(os.environ) - set(env):
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
     while True:
         _run_trial(conn, spec, context)
         from tl_ray.train import runtime
@@ -352,10 +362,6 @@ def _run_trial(conn, spec: Spec, context: dict) -> None:
     runtime.MARKS.clear()
     runtime.MARKS.update(context["marks"], process_start=time.time())
     os.chdir(context["cwd"])  # Tune moves the actor into each trial's folder
-    # The actor's environment: a node's template started with its own (no CUDA_VISIBLE_DEVICES of the actor's).
-    if os.environ != context["env"]:
-        os.environ.clear()
-        os.environ.update(context["env"])
     tempfile.tempdir = context["scratch"]
     runtime.TRIAL_CONTEXT.clear()
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])

@@ -243,10 +243,12 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 
     connect_ray()
+    callbacks = []
     if spec.tune.trial_process == "fork" and spec.train.workers == 1:
-        from tl_ray.train.node_template import start_node_templates
+        from tl_ray.tune.templates import NodeTemplates
 
-        start_node_templates()  # TensorFlow's import in each node's template overlaps Tune's start
+        callbacks.append(NodeTemplates())
+        callbacks[0].start()  # TensorFlow's import in each node's template overlaps Tune's start
     storage_path, fs = ray_storage(spec, *folder)
     if search and spec.tune.search == "optuna":
         param_space = {}  # Optuna samples through its define-by-run space (tl_ray.tune.space)
@@ -286,6 +288,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                     checkpoint_score_order=spec.tune.mode,
                 ),
                 verbose=1,
+                callbacks=callbacks,
             ),
         )
     with quiet_ray_resume_hint():

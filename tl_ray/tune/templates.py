@@ -1,0 +1,33 @@
+"""The sweep's side of the trial templates per node (``tl_ray.train.node_template``)."""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+
+from tl_ray.train.node_template import start_node_templates
+
+
+class NodeTemplates(Callback):
+    """Starts a template on every node as the sweep starts, and on each node that joins while it runs (the
+    autoscaler's), checking at most every ``interval_s``. An actor that starts on a node before its template
+    does forks from a template of its own."""
+
+    def __init__(self, interval_s: float = 10.0):
+        self.interval_s = interval_s
+        self._checked = 0.0
+
+    def __getstate__(self) -> dict:  # a restored sweep checks at once, whatever clock it saved
+        return {"interval_s": self.interval_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def start(self) -> None:
+        self._checked = time.monotonic()
+        start_node_templates()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() - self._checked >= self.interval_s:
+            self.start()
