@@ -6,7 +6,7 @@ import time
 
 from ray.tune import Callback
 
-from tl_ray.train.node_template import start_node_templates
+from tl_ray.train import node_template
 
 
 class NodeTemplates(Callback):
@@ -26,7 +26,7 @@ class NodeTemplates(Callback):
 
     def start(self) -> None:
         self._checked = time.monotonic()
-        start_node_templates()
+        node_template.start_node_templates()
 
     def on_step_begin(self, iteration, trials, **info):
         if time.monotonic() - self._checked >= self.interval_s:
