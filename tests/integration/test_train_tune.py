@@ -188,7 +188,7 @@ def test_trials_run_in_forked_processes_by_default_and_in_the_actors_with_reuse(
 
         from tl_ray.train import node_template
 
-        started = {ray.get(h.connection.remote())["pid"] for h in node_template._hosts.values()}
+        started = {ray.get(h.connection.remote(), timeout=60)["pid"] for h in node_template._hosts.values()}
         assert len(started) == 1 and {r["template_pid"] for r in rows} == started
     else:
         assert trained_in == actors  # the trials trained in the actors themselves

@@ -94,7 +94,7 @@ def stop_node_templates(timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def find(timeout: float = 10.0) -> dict | None:
+def find(timeout: float = 30.0) -> dict | None:
     """In a trial actor: the connection to this node's template, None when the node has none."""
     try:
         import ray

@@ -1,0 +1,47 @@
+"""The sweep's callback that starts trial templates on the nodes: at the sweep's start, then at most every
+``interval_s`` for nodes that join, never failing the sweep, and checking at once after a resume."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+from tl_ray.train import node_template
+from tl_ray.tune.templates import NodeTemplates
+
+
+def test_nodes_are_checked_at_most_every_interval(monkeypatch):
+    calls = []
+    monkeypatch.setattr(node_template, "start_node_templates", lambda: calls.append(1))
+    clock = [100.0]
+    monkeypatch.setattr("tl_ray.tune.templates.time.monotonic", lambda: clock[0])
+    callback = NodeTemplates(interval_s=10.0)
+    callback.start()
+    callback.on_step_begin(iteration=1, trials=[])
+    clock[0] += 9.9
+    callback.on_step_begin(iteration=2, trials=[])
+    assert len(calls) == 1
+    clock[0] += 0.1
+    callback.on_step_begin(iteration=3, trials=[])
+    assert len(calls) == 2
+
+
+def test_a_failure_to_start_templates_is_logged_and_the_sweep_goes_on(monkeypatch, caplog):
+    def unreachable():
+        raise ConnectionError("GCS unreachable")
+
+    monkeypatch.setattr(node_template, "start_node_templates", unreachable)
+    with caplog.at_level(logging.WARNING, logger="tl_ray.tune.templates"):
+        NodeTemplates().start()
+    assert "GCS unreachable" in caplog.text and "trial actors start their own" in caplog.text
+
+
+def test_a_restored_callback_checks_at_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(node_template, "start_node_templates", lambda: calls.append(1))
+    callback = NodeTemplates(interval_s=30.0)
+    callback.start()
+    restored = pickle.loads(pickle.dumps(callback))  # as Tune saves the run's callbacks and a resume loads them
+    assert restored.interval_s == 30.0
+    restored.on_step_begin(iteration=1, trials=[])
+    assert len(calls) == 2
