@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from multiprocessing import context, popen_forkserver
+from multiprocessing import context, forkserver, popen_forkserver, resource_tracker
 
 NAME = "tl-ray-trial-template:{node_id}"
 _hosts: dict[str, object] = {}  # the driver's handles, by node id: the actors live as long as it holds them
@@ -38,8 +38,6 @@ class NodeTemplate:
     """The Ray actor that owns a node's template process (Python's ``forkserver``)."""
 
     def __init__(self):
-        from multiprocessing import forkserver
-
         from tl_ray.train import trial_process
 
         trial_process.preload_template()
@@ -47,8 +45,6 @@ class NodeTemplate:
 
     def connection(self) -> dict:
         """What an actor needs to fork from the template; restarts a template that died."""
-        from multiprocessing import forkserver
-
         forkserver.ensure_running()
         server = forkserver._forkserver
         return {"address": server._forkserver_address, "pid": server._forkserver_pid,
@@ -107,28 +103,22 @@ def find(timeout: float = 30.0) -> dict | None:
         return None
 
 
-def connect(info: dict):
-    """The ``multiprocessing`` Process class whose instances are forked from the template in ``info``."""
-    global _server
-    from multiprocessing import forkserver, resource_tracker
+class _Server(forkserver.ForkServer):
+    """A client of the node's template: it connects to it and never starts one."""
 
-    class Server(forkserver.ForkServer):
-        def __init__(self):
-            super().__init__()
-            self._forkserver_address = info["address"]
-            # Children keep this as the "alive" end of their own template's pipe; they never start one.
-            self._forkserver_alive_fd = _devnull()
-            if info.get("authkey") is not None:
-                self._forkserver_authkey = info["authkey"]
+    def __init__(self, info: dict):
+        super().__init__()
+        self._forkserver_address = info["address"]
+        # Children keep this as the "alive" end of their own template's pipe; they never start one.
+        self._forkserver_alive_fd = _devnull()
+        if info.get("authkey") is not None:
+            self._forkserver_authkey = info["authkey"]
 
-        def ensure_running(self):  # the template is the node's: never start one here
-            resource_tracker.ensure_running()
-
-    _server = Server()
-    return NodeProcess
+    def ensure_running(self):
+        resource_tracker.ensure_running()
 
 
-_server = None  # this actor's connection to its node's template (connect)
+_server: _Server | None = None  # this actor's connection to its node's template (connect)
 _null_fd: int | None = None
 
 
@@ -139,11 +129,18 @@ def _devnull() -> int:
     return _null_fd
 
 
+def connect(info: dict):
+    """The ``multiprocessing`` Process class whose instances are forked from the template in ``info``."""
+    global _server
+    _server = _Server(info)
+    return NodeProcess
+
+
 class _NodePopen(popen_forkserver.Popen):
     def _launch(self, process_obj):  # popen_forkserver.Popen._launch, through the node's template
         import io
 
-        from multiprocessing import forkserver, spawn, util
+        from multiprocessing import spawn, util
         from multiprocessing.context import reduction, set_spawning_popen
 
         prep_data = spawn.get_preparation_data(process_obj._name)
