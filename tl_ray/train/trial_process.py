@@ -105,8 +105,9 @@ def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
             preload_template()
         ours, theirs = ctx.Pipe()
         # A child of the node's template writes to the actor's log, not the template's.
-        outputs = (node_template.Outputs(),) if _node else ()
-        proc = cls(target=_child_main, args=(theirs, spec, context, *outputs), name="tl-ray-trial", daemon=True)
+        outputs = node_template.Outputs() if _node else None
+        proc = cls(target=_child_main, args=(theirs, spec, context, dict(os.environ), outputs), name="tl-ray-trial",
+                   daemon=True)
         try:
             proc.start()
         except (OSError, EOFError):  # EOFError: the template died between accepting and forking
@@ -174,7 +175,6 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
         "threads": threads,
         "cpu_devices": cpu_devices,
         "cwd": os.getcwd(),
-        "env": dict(os.environ),
         "marks": dict(marks or {}, fork_requested=time.time(), template_started=0.0 if _started_here else 1.0),
     }
     key = (threads, cpu_devices)
@@ -318,7 +318,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _child_main(conn, spec: Spec, context: dict, outputs=None) -> None:
+def _child_main(conn, spec: Spec, context: dict, env: dict, outputs=None) -> None:
     import gc
 
     if outputs is not None:
@@ -331,9 +331,8 @@ def _child_main(conn, spec: Spec, context: dict, outputs=None) -> None:
     from tl_ray.train import node_template
 
     node_template.exit_with_parent()  # with a node's template, the actor is not the parent
-    # The actor's environment (a node's template has its own: no CUDA_VISIBLE_DEVICES of the actor's), once,
-    # before TensorFlow's runtime starts. Later trials here are the same actor's.
-    env = context["env"]
+    # The actor's environment (a node's template has its own: no CUDA_VISIBLE_DEVICES of the actor's), before
+    # TensorFlow's runtime starts. Later trials here are the same actor's.
     for name in set(os.environ) - set(env):
         del os.environ[name]
     for name, value in env.items():

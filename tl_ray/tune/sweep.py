@@ -247,8 +247,9 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     if spec.tune.trial_process == "fork" and spec.train.workers == 1:
         from tl_ray.tune.templates import NodeTemplates
 
-        callbacks.append(NodeTemplates())
-        callbacks[0].start()  # TensorFlow's import in each node's template overlaps Tune's start
+        templates = NodeTemplates()
+        templates.start()  # TensorFlow's import in each node's template overlaps Tune's start
+        callbacks.append(templates)
     storage_path, fs = ray_storage(spec, *folder)
     if search and spec.tune.search == "optuna":
         param_space = {}  # Optuna samples through its define-by-run space (tl_ray.tune.space)
