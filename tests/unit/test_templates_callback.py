@@ -31,7 +31,7 @@ def test_a_failure_to_start_templates_is_logged_and_the_sweep_goes_on(monkeypatc
         raise ConnectionError("GCS unreachable")
 
     monkeypatch.setattr(node_template, "start_node_templates", unreachable)
-    with caplog.at_level(logging.WARNING, logger="tl_ray.tune.templates"):
+    with caplog.at_level(logging.WARNING, logger="tl_ray.train.node_template"):
         NodeTemplates().start()
     assert "GCS unreachable" in caplog.text and "trial actors start their own" in caplog.text
 
@@ -45,3 +45,30 @@ def test_a_restored_callback_checks_at_once(monkeypatch):
     assert restored.interval_s == 30.0
     restored.on_step_begin(iteration=1, trials=[])
     assert len(calls) == 2
+
+
+def test_a_sweep_starts_the_templates_before_it_imports_tune(tmp_path):
+    """The templates' TensorFlow import overlaps the driver's own import of Tune, not only Tune's start."""
+    import subprocess
+    import sys
+
+    spec = {"name": "order", "storage": str(tmp_path), "data": {"train": "datasets/train"},
+            "model": {"backbone": "mobilenet_v2", "weights": "none"}, "tune": {"space": {"train.learning_rate": "loguniform(1e-4, 1e-2)"}}}
+    code = (
+        "import sys\n"
+        "from tl_ray.spec import validate\n"
+        "from tl_ray.train import node_template\n"
+        "from tl_ray.tune import sweep\n"
+        "seen = []\n"
+        "node_template.start_node_templates = lambda: seen.append('ray.tune' in sys.modules)\n"
+        "sweep.connect_ray = lambda: None\n"
+        "class Reached(Exception): pass\n"
+        "def run_tuner(*args, **kwargs): raise Reached\n"
+        "sweep.run_tuner = run_tuner\n"
+        "try:\n"
+        f"    sweep.run_sweep(validate({spec!r}))\n"
+        "except Reached:\n"
+        "    print(seen, 'ray.tune' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.splitlines()[-1] == "[False] True"  # started before Tune was imported, which came next

@@ -206,33 +206,65 @@ def test_a_stopped_trial_takes_its_process_with_it_once_it_has_run_its_share(sto
     assert not Path(reporter.checkpoint_dirs[0]).exists()
 
 
-def test_a_script_that_starts_a_trial_at_import_is_refused_not_forked_without_end(store, tmp_path):
-    """The template imports the caller's main script once; one without a ``__main__`` guard would
-    start a trial again in the template. Python's own bootstrapping error stops it there."""
+def test_a_trial_process_is_not_sent_the_main_script_and_its_template_loads_no_matplotlib(store, tmp_path):
+    """A trial process is sent no main script to run again (a Ray actor's is Ray's worker): a script that
+    starts a trial at import, without an ``if __name__ == "__main__":`` guard, runs once and trains. Its
+    template imported Keras without matplotlib (none of its libraries is mapped in it)."""
+    import json
     import subprocess
     import sys
 
+    runs = tmp_path / "runs.txt"
     script = tmp_path / "unguarded.py"
     script.write_text(
+        "import json, os\n"
+        f"open({str(runs)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
         "from tl_ray.spec import validate\n"
         "from tl_ray.train import trial_process\n"
         "class R:\n"
         "    trial_id = node_id = None\n"
-        "    def report(self, metrics, checkpoint_dir): pass\n"
+        "    history = []\n"
+        "    def report(self, metrics, checkpoint_dir): self.history.append(metrics)\n"
         "    def restore_dir(self): return None\n"
-        f"trial_process.run(validate({spec_dict(store)!r}), R(), threads=1, cpu_devices=0)\n"
+        "def mapped(pid):\n"
+        "    text = open(f'/proc/{pid}/maps').read()\n"
+        "    return [m for m in ('matplotlib',) if f'/{m}/' in text]\n"
+        "r = R()\n"
+        f"trial_process.run(validate({spec_dict(store)!r}), r, threads=1, cpu_devices=0)\n"
+        "template = mapped(r.history[-1]['template_pid'])\n"
+        "import matplotlib.pyplot\n"
+        "print(json.dumps({'epochs': [m['epoch'] for m in r.history], 'template': template, 'here': mapped('self')}))\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode != 0
-    assert "bootstrapping phase" in stderr  # Python's error: guard the script with if __name__ == "__main__"
-    assert "TrialProcessDied" in stderr
+    assert proc.returncode == 0, stderr
+    assert runs.read_text().split() == [str(proc.pid)]  # the script ran once, in its own process
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["epochs"] == [1, 2]
+    assert out["here"] == ["matplotlib"]  # what the probe sees once it is imported
+    assert out["template"] == []
+
+
+def test_the_template_module_imports_keras_without_matplotlib_and_leaves_it_importable():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tl_ray.train._template\n"
+        "from keras.src.visualization import plot_image_gallery\n"
+        "print('matplotlib' in sys.modules, plot_image_gallery.plt)\n"
+        "import matplotlib.pyplot\n"
+        "print('imported', matplotlib.pyplot.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out.splitlines()[-2:] == ["False None", "imported matplotlib.pyplot"]
 
 
 # A node's template (tl_ray.train.node_template): owned by another process than the one whose trials fork from it.

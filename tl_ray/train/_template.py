@@ -1,28 +1,26 @@
-"""Imported first by a trial template process (``tl_ray.train.trial_process``).
+"""Imported first by a trial template process (``tl_ray.train.trial_process``): Keras and TensorFlow,
+without Keras's optional matplotlib.
 
-Python starts every child of a ``forkserver`` by re-running the parent's main script as
-``__mp_main__`` unless the server already holds it as its ``__main__``. The server's own
-``'__main__'`` preload never does that (it looks for a ``main_path`` its parent never sends), so
-a Ray actor's children would each re-run Ray's worker script and import Ray again. This module
-imports the script named by ``TLRAY_TEMPLATE_MAIN`` once, here, as the server's ``__main__``.
-
-As in any child of ``multiprocessing``, a script that starts processes at import (no
-``if __name__ == "__main__":`` guard) is refused with Python's own error instead of forking
-without end; the template then leaves the script to each child, which refuses it the same way.
+When it is installed, Keras imports matplotlib with itself, for its image-gallery plots: about 0.3 of
+the template's 3.7 s of imports on a 2-core machine, which a sweep waits for before its first trial, and
+for plots a trial never draws (tl-ray writes its plots in the driver). The template imports Keras with
+matplotlib hidden, so Keras goes without it, as when it is not installed. Once Keras is in, it is no
+longer hidden: a trial that imports matplotlib gets it as usual. (pandas, which Keras imports too, stays:
+pyarrow imports it in every trial process to convert columns to NumPy.)
 """
 
 from __future__ import annotations
 
-import os
+import sys
 
-_main = os.environ.get("TLRAY_TEMPLATE_MAIN")
-if _main and os.path.isfile(_main):
-    from multiprocessing import process, spawn
+OPTIONAL = ("matplotlib",)
 
-    process.current_process()._inheriting = True  # what the forkserver sets for its own preload
-    try:
-        spawn.import_main_path(_main)
-    except Exception:  # noqa: S110 - an unguarded script: each child raises Python's bootstrapping error
-        pass
-    finally:
-        del process.current_process()._inheriting
+_hidden = [name for name in OPTIONAL if name not in sys.modules]
+for _name in _hidden:
+    sys.modules[_name] = None  # what ``import`` reads as "not installed"
+try:
+    import keras  # noqa: F401 - imports TensorFlow
+finally:
+    for _name in _hidden:
+        if _name in sys.modules and sys.modules[_name] is None:
+            del sys.modules[_name]

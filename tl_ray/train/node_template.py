@@ -3,8 +3,9 @@
 Without it, each Tune trial actor starts its own template (``tl_ray.train.trial_process``) at its
 first trial: every actor of a node imports TensorFlow once more, after Tune has started it, and
 holds one more template's memory. With it, the driver starts a ``NodeTemplate`` actor on every
-node as the sweep starts (no CPUs reserved), whose template imports TensorFlow while Tune starts
-its trial actors; every trial process on the node is forked from that one template. The actors
+node first thing in the sweep, before it imports Tune (no CPUs reserved); its template imports
+TensorFlow while the driver imports and starts Tune and Tune starts its trial actors. Every trial
+process on the node is forked from that one template. The actors
 of later sweeps and stages of the same driver find it ready. It ends with the driver.
 
 A trial process forked from a node template is a child of that template, not of its actor. So:
@@ -26,10 +27,12 @@ checkpoint (``train.max_failures``).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from multiprocessing import context, forkserver, popen_forkserver, resource_tracker
 
+logger = logging.getLogger(__name__)
 NAME = "tl-ray-trial-template:{node_id}"
 _hosts: dict[str, object] = {}  # the driver's handles, by node id: the actors live as long as it holds them
 
@@ -68,6 +71,14 @@ def start_node_templates() -> None:
             name=NAME.format(node_id=node_id), get_if_exists=True, lifetime=None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote()
+
+
+def try_start_node_templates() -> None:
+    """``start_node_templates``; a failure is logged, not raised (the trial actors then start their own)."""
+    try:
+        start_node_templates()
+    except Exception as exc:  # noqa: BLE001 - a saving, not the sweep
+        logger.warning("Could not start trial templates on the nodes (%s); trial actors start their own.", exc)
 
 
 def stop_node_templates(timeout: float = 30.0) -> None:
@@ -136,14 +147,28 @@ def connect(info: dict):
     return NodeProcess
 
 
-class _NodePopen(popen_forkserver.Popen):
-    def _launch(self, process_obj):  # popen_forkserver.Popen._launch, through the node's template
+class _Popen(popen_forkserver.Popen):
+    """``popen_forkserver.Popen`` without the requesting process's main script.
+
+    Python's ``forkserver`` child runs the parent's main script again (as ``__mp_main__``) before it
+    unpickles its target. A trial process's target lives in a module, and a Ray actor's main script is
+    Ray's worker: running it would import Ray in every trial process for nothing (and a driver script
+    without an ``if __name__ == "__main__":`` guard would start its sweep again). The child is sent
+    everything else Python sends (``sys.path``, the working folder, the authentication key).
+    """
+
+    def _server(self):
+        return forkserver._forkserver  # this process's own template, started here if not yet running
+
+    def _launch(self, process_obj):  # popen_forkserver.Popen._launch, less the main script
         import io
 
         from multiprocessing import spawn, util
         from multiprocessing.context import reduction, set_spawning_popen
 
         prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
         buf = io.BytesIO()
         set_spawning_popen(self)
         try:
@@ -151,12 +176,25 @@ class _NodePopen(popen_forkserver.Popen):
             reduction.dump(process_obj, buf)
         finally:
             set_spawning_popen(None)
-        self.sentinel, w = _server.connect_to_new_process(self._fds)
+        self.sentinel, w = self._server().connect_to_new_process(self._fds)
         parent_w = os.dup(w)  # the child's sentinel of this process
         self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
         with open(w, "wb", closefd=True) as f:
             f.write(buf.getbuffer())
         self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _NodePopen(_Popen):
+    def _server(self):
+        return _server  # the node's template (connect)
+
+
+class OwnProcess(context.ForkServerProcess):
+    """A process forked from this process's own template (``multiprocessing``'s ``forkserver``)."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _Popen(process_obj)
 
 
 class NodeProcess(context.ForkServerProcess):

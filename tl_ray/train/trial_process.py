@@ -38,10 +38,7 @@ from tl_ray.spec import Spec
 
 # What the template imports once: everything a trial would otherwise import itself.
 PRELOAD = [
-    # The actor's main script (Ray's worker), imported once here instead of once per child.
-    "tl_ray.train._template",
-    "tensorflow",
-    "keras",
+    "tl_ray.train._template",  # Keras and TensorFlow, without Keras's optional matplotlib
     "pyarrow.parquet",
     "tl_ray.train.loop",
     "tl_ray.train.step",
@@ -73,16 +70,12 @@ class ChildTraceback(Exception):
 
 
 def preload_template() -> None:
-    """Makes this process's ``forkserver`` (its template, not yet started) import ``PRELOAD`` and, once,
-    this process's main script."""
+    """Makes this process's ``forkserver`` (its template, not yet started) import ``PRELOAD``."""
     import multiprocessing
 
     global _preloaded
     _preloaded = True
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    main = getattr(sys.modules["__main__"], "__file__", None)
-    if main and getattr(sys.modules["__main__"], "__spec__", None) is None:  # a script, not ``-m``
-        os.environ["TLRAY_TEMPLATE_MAIN"] = os.path.abspath(main)  # the template inherits it
 
 
 _node = None  # the Process class of this node's template (node_template.connect), False when it has none
@@ -95,15 +88,14 @@ def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
 
     from tl_ray.train import node_template
 
-    ctx = multiprocessing.get_context("forkserver")
     if _node is None:
         info = node_template.find()
         _node = node_template.connect(info) if info else False
     while True:
-        cls = _node or ctx.Process
+        cls = _node or node_template.OwnProcess
         if not _node and not _preloaded:
             preload_template()
-        ours, theirs = ctx.Pipe()
+        ours, theirs = multiprocessing.get_context("forkserver").Pipe()
         # A child of the node's template writes to the actor's log, not the template's.
         outputs = node_template.Outputs() if _node else None
         proc = cls(target=_child_main, args=(theirs, spec, context, dict(os.environ), outputs), name="tl-ray-trial",

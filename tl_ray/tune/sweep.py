@@ -199,6 +199,11 @@ def connect_ray() -> None:
         )
 
 
+def forks_from_templates(spec: Spec) -> bool:
+    """Whether the sweep's trials fork from trial templates (``tl_ray.train.node_template``)."""
+    return spec.tune.trial_process == "fork" and spec.train.workers == 1
+
+
 def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
     """Runs the spec's sweep on the connected (or a new local) Ray cluster.
 
@@ -215,6 +220,12 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         SweepInterrupted: the sweep stopped (Ctrl-C) before every trial finished; resume it.
         TLRayError: no trial finished with the metric.
     """
+    if forks_from_templates(spec):
+        from tl_ray.train import node_template
+
+        connect_ray()
+        # First: the nodes' templates import TensorFlow while this driver imports and starts Tune.
+        node_template.try_start_node_templates()
     from ray import tune
 
     from tl_ray.train.distributed import tune_trial
@@ -244,11 +255,11 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
 
     connect_ray()
     callbacks = []
-    if spec.tune.trial_process == "fork" and spec.train.workers == 1:
+    if forks_from_templates(spec):
         from tl_ray.tune.templates import NodeTemplates
 
         templates = NodeTemplates()
-        templates.start()  # TensorFlow's import in each node's template overlaps Tune's start
+        templates.start()  # run_sweep started them before Tune's import; this finds them there
         callbacks.append(templates)
     storage_path, fs = ray_storage(spec, *folder)
     if search and spec.tune.search == "optuna":
