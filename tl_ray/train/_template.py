@@ -1,12 +1,14 @@
 """Imported first by a trial template process (``tl_ray.train.trial_process``): Keras and TensorFlow,
 without Keras's optional matplotlib.
 
-When it is installed, Keras imports matplotlib with itself, for its image-gallery plots: about 0.3 of
-the template's 3.7 s of imports on a 2-core machine, which a sweep waits for before its first trial, and
+When it is installed, Keras imports matplotlib with itself, for its gallery plots: about 0.3 s of the
+template's 2.5–3 s of imports on a 2-core machine, which a sweep waits for before its first trial, and
 for plots a trial never draws (tl-ray writes its plots in the driver). The template imports Keras with
-matplotlib hidden, so Keras goes without it, as when it is not installed. Once Keras is in, it is no
-longer hidden: a trial that imports matplotlib gets it as usual. (pandas, which Keras imports too, stays:
-pyarrow imports it in every trial process to convert columns to NumPy.)
+matplotlib hidden, so Keras goes without it, as when it is not installed: in a trial process,
+``keras.visualization.plot_image_gallery`` and ``plot_bounding_box_gallery`` say that matplotlib is
+missing. Once Keras is in, it is no longer hidden: a trial that imports matplotlib itself gets it as
+usual. (pandas, which Keras imports too, stays: pyarrow imports it in every trial process to convert
+columns to NumPy.)
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Without it, each Tune trial actor starts its own template (``tl_ray.train.trial_process``) at its
 first trial: every actor of a node imports TensorFlow once more, after Tune has started it, and
-holds one more template's memory. With it, the driver starts a ``NodeTemplate`` actor on every
-node first thing in the sweep, before it imports Tune (no CPUs reserved); its template imports
-TensorFlow while the driver imports and starts Tune and Tune starts its trial actors. Every trial
+holds one more template's memory. With it, the driver starts a ``NodeTemplate`` actor (no CPUs
+reserved) on every node first thing in the sweep, before it imports Tune. Its template imports
+TensorFlow while the driver imports and starts Tune, and Tune starts its trial actors. Every trial
 process on the node is forked from that one template. The actors
 of later sweeps and stages of the same driver find it ready. It ends with the driver.
 
@@ -152,9 +152,10 @@ class _Popen(popen_forkserver.Popen):
 
     Python's ``forkserver`` child runs the parent's main script again (as ``__mp_main__``) before it
     unpickles its target. A trial process's target lives in a module, and a Ray actor's main script is
-    Ray's worker: running it would import Ray in every trial process for nothing (and a driver script
-    without an ``if __name__ == "__main__":`` guard would start its sweep again). The child is sent
-    everything else Python sends (``sys.path``, the working folder, the authentication key).
+    Ray's worker: running it would import Ray in every trial process for nothing (and a script that
+    starts trials itself, without an ``if __name__ == "__main__":`` guard, would fail each child with
+    Python's bootstrapping error). The child is sent everything else Python sends (``sys.path``, the
+    working folder, the authentication key).
     """
 
     def _server(self):

@@ -2,8 +2,8 @@
 
 ``tune.trial_process: fork`` (the default for single-worker trials). A Tune trial actor stays
 light: it never imports TensorFlow, and Tune reuses it from trial to trial. A template process
-(Python's ``forkserver``) imports TensorFlow, Keras and tl-ray's training modules, and nothing
-else: TensorFlow's runtime (its thread pools, devices) never starts there. The template is the
+(Python's ``forkserver``) imports TensorFlow, Keras, pyarrow and tl-ray's training modules, but not
+Ray, and TensorFlow's runtime (its thread pools, devices) never starts there. The template is the
 node's, which the sweep's driver started (``tl_ray.train.node_template``), or else one the
 actor starts at its first trial. Trials then train in a child forked from the template, which starts
 TensorFlow's runtime with the threads and devices of its first trial and reports each epoch to the

@@ -225,7 +225,10 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
         connect_ray()
         # First: the nodes' templates import TensorFlow while this driver imports and starts Tune.
-        node_template.try_start_node_templates()
+        try:
+            node_template.start_node_templates()
+        except Exception:  # noqa: BLE001, S110 - run_tuner's NodeTemplates tries again, and logs why it fails
+            pass
     from ray import tune
 
     from tl_ray.train.distributed import tune_trial
