@@ -31,7 +31,7 @@ def test_a_failure_to_start_templates_is_logged_and_the_sweep_goes_on(monkeypatc
         raise ConnectionError("GCS unreachable")
 
     monkeypatch.setattr(node_template, "start_node_templates", unreachable)
-    with caplog.at_level(logging.WARNING, logger="tl_ray.train.node_template"):
+    with caplog.at_level(logging.WARNING, logger="tl_ray.tune.templates"):
         NodeTemplates().start()
     assert "GCS unreachable" in caplog.text and "trial actors start their own" in caplog.text
 

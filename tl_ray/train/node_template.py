@@ -5,8 +5,8 @@ first trial: every actor of a node imports TensorFlow once more, after Tune has 
 holds one more template's memory. With it, the driver starts a ``NodeTemplate`` actor (no CPUs
 reserved) on every node first thing in the sweep, before it imports Tune. Its template imports
 TensorFlow while the driver imports and starts Tune, and Tune starts its trial actors. Every trial
-process on the node is forked from that one template. The actors
-of later sweeps and stages of the same driver find it ready. It ends with the driver.
+process on the node is forked from that one template. The actors of later sweeps and stages of the
+same driver find it ready. It ends with the driver.
 
 A trial process forked from a node template is a child of that template, not of its actor. So:
 
@@ -27,12 +27,10 @@ checkpoint (``train.max_failures``).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from multiprocessing import context, forkserver, popen_forkserver, resource_tracker
 
-logger = logging.getLogger(__name__)
 NAME = "tl-ray-trial-template:{node_id}"
 _hosts: dict[str, object] = {}  # the driver's handles, by node id: the actors live as long as it holds them
 
@@ -71,14 +69,6 @@ def start_node_templates() -> None:
             name=NAME.format(node_id=node_id), get_if_exists=True, lifetime=None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote()
-
-
-def try_start_node_templates() -> None:
-    """``start_node_templates``; a failure is logged, not raised (the trial actors then start their own)."""
-    try:
-        start_node_templates()
-    except Exception as exc:  # noqa: BLE001 - a saving, not the sweep
-        logger.warning("Could not start trial templates on the nodes (%s); trial actors start their own.", exc)
 
 
 def stop_node_templates(timeout: float = 30.0) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from ray.tune import Callback
 
 from tl_ray.train import node_template
+
+logger = logging.getLogger(__name__)
 
 
 # Its import path is kept in each experiment's saved state (Tune pickles the run's callbacks): resuming an
@@ -29,7 +32,10 @@ class NodeTemplates(Callback):
     def start(self) -> None:
         """Starts the templates missing; a failure is logged, not raised (the actors then start their own)."""
         self._checked = time.monotonic()
-        node_template.try_start_node_templates()
+        try:
+            node_template.start_node_templates()
+        except Exception as exc:  # noqa: BLE001 - a saving, not the sweep
+            logger.warning("Could not start trial templates on the nodes (%s); trial actors start their own.", exc)
 
     def on_step_begin(self, iteration, trials, **info):
         if time.monotonic() - self._checked >= self.interval_s:
