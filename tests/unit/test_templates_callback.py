@@ -1,4 +1,5 @@
-"""The sweep's callback that starts trial templates on the nodes: at the sweep's start, then at most every
+"""Starting the trial templates on the nodes: ``run_sweep`` starts them before it imports Tune, and a failure
+there leaves them to the sweep's callback, which starts them at the sweep's start, then at most every
 ``interval_s`` for nodes that join, never failing the sweep, and checking at once after a resume."""
 
 from __future__ import annotations
