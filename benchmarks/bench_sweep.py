@@ -297,6 +297,33 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
     return runs
 
 
+def repeat_overhead(args) -> dict:
+    """``overhead`` ``args.repeat`` times, each in a new driver process (and local Ray): every sweep is its
+    driver's first, as every ``tl-ray tune`` is. Prints each mode's wall / ideal, median and range."""
+    import subprocess
+    import tempfile
+
+    ratios: dict[str, list[float]] = {}
+    rounds = []
+    for i in range(args.repeat):
+        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+            cmd = [sys.executable, __file__, "overhead", "--store", args.store, "--modes", args.modes,
+                   "--steps", str(args.steps), "--json", tmp.name]
+            if args.trials:
+                cmd += ["--trials", str(args.trials)]
+            print(f"== round {i + 1} of {args.repeat}: {' '.join(cmd[1:-2])}", flush=True)
+            subprocess.run(cmd, check=True)
+            runs = json.loads(Path(tmp.name).read_text())
+        rounds.append(runs)
+        for label, r in runs.items():
+            ratios.setdefault(label, []).append(r["ratio"])
+    print(f"wall / ideal over {args.repeat} rounds (goal <= 1.3):")
+    for label, values in ratios.items():
+        print(f"  {label}: median {statistics.median(values):.2f}, range {min(values):.2f}-{max(values):.2f}  "
+              f"({', '.join(f'{v:.2f}' for v in values)})")
+    return {"rounds": rounds, "ratios": ratios}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["cache", "overhead"])
@@ -308,6 +335,9 @@ def main() -> int:
                              "instead of per node; fork1: fork, one trial per process; plain: the same trials "
                              "without Ray)")
     parser.add_argument("--steps", type=int, default=100, help="overhead: steps per epoch of each trial (3 epochs)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="overhead: run the modes this many times, each time in a new driver process on a new "
+                             "local Ray (as each `tl-ray tune` is), and print each mode's median and range")
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -315,6 +345,8 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.which == "cache":
         out = bench_cache(args.store, stamp, args.trials or 16)
+    elif args.repeat > 1:
+        out = repeat_overhead(args)
     else:
         out = bench_overhead(args.store, stamp, args.trials or 32, args.modes.split(","), args.steps)
     if args.json:

@@ -1,9 +1,11 @@
 """Several nodes on one machine: a trial whose node is removed mid-run resumes from its
 checkpoint on another node (Ray's multi-node test cluster), and a 2-worker SPREAD trial
-spans the two raylets of a real `ray start --head` / `ray start --address` pair."""
+spans the two raylets of a real `ray start --head` / `ray start --address` pair. Also a
+`ray start` cluster's kept trial template: a later job forks from it, and it expires."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,12 +182,12 @@ def _own_ports() -> list[str]:
             "--min-worker-port=0", "--max-worker-port=0"]
 
 
-# Lists the cluster's alive nodes once both raylets have joined: {node_id: its tlray_* resource}.
+# Lists the cluster's alive nodes once all (argv[1]) raylets have joined: {node_id: its tlray_* resource}.
 NODES = """
-import json, time, ray
+import json, sys, time, ray
 ray.init(log_to_driver=False)  # RAY_ADDRESS
 deadline = time.monotonic() + 120
-while len(alive := [n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+while len(alive := [n for n in ray.nodes() if n["Alive"]]) < int(sys.argv[1]) and time.monotonic() < deadline:
     time.sleep(0.2)
 print(json.dumps({n["NodeID"]: [k for k in n["Resources"] if k.startswith("tlray_")] for n in alive}))
 """
@@ -195,12 +197,28 @@ print(json.dumps({n["NodeID"]: [k for k in n["Resources"] if k.startswith("tlray
 def ray_start_pair(tmp_path):
     """`ray start --head` and `ray start --address` on this machine, each blocking in its own process group.
 
+    Yields the environment for a driver (RAY_ADDRESS and the token) and {node_id: resource label}.
+    """
+    with _ray_start(tmp_path, ["head", "second"]) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def ray_start_head(tmp_path):
+    """`ray start --head` alone: a cluster that outlives the jobs run on it. Yields as ``ray_start_pair``."""
+    with _ray_start(tmp_path, ["head"]) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def _ray_start(tmp_path, labels: list[str]):
+    """`ray start --head`, then (for "second") `ray start --address`, each blocking in its own process group.
+
     Both share a private, short temp dir (Unix socket paths are limited to ~107 bytes) and
     take their own ports, so they coexist with other Ray instances on the machine; a custom
     resource names each node. Token authentication (on by default for `ray start`) uses a
-    token of the test's own, passed in the environment, not ~/.ray/auth_token. Yields the
-    environment for a driver (RAY_ADDRESS and the token) and {node_id: resource label}.
-    Stopped by killing the two process groups, never `ray stop`.
+    token of the test's own, passed in the environment, not ~/.ray/auth_token.
+    Stopped by killing the process groups, never `ray stop`.
     """
     import secrets
 
@@ -223,15 +241,15 @@ def ray_start_pair(tmp_path):
     procs: dict[str, subprocess.Popen] = {}
     logs = {}
     try:
-        for label, cmd in commands.items():
+        for label in labels:
             logs[label] = open(tmp_path / f"{label}.log", "w")
-            procs[label] = subprocess.Popen(cmd, stdout=logs[label], stderr=subprocess.STDOUT, env=node_env,
-                                            start_new_session=True)
+            procs[label] = subprocess.Popen(commands[label], stdout=logs[label], stderr=subprocess.STDOUT,
+                                            env=node_env, start_new_session=True)
             if label == "head":
                 _wait_for_port("127.0.0.1", gcs_port, procs[label], tmp_path / "head.log")
         env["RAY_ADDRESS"] = f"127.0.0.1:{gcs_port}"
-        listing = subprocess.run([sys.executable, "-c", NODES], capture_output=True, text=True, env=env,
-                                 timeout=300)
+        listing = subprocess.run([sys.executable, "-c", NODES, str(len(labels))], capture_output=True, text=True,
+                                 env=env, timeout=300)
         for label, proc in procs.items():
             assert proc.poll() is None, (tmp_path / f"{label}.log").read_text()[-3000:]
         assert listing.returncode == 0, listing.stderr[-3000:]
@@ -257,23 +275,52 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log: Path, time
     wait_until(open_, f"{host}:{port} to open", timeout=timeout)
 
 
-def test_spread_trial_spans_two_ray_start_raylets(ray_start_pair, dataset, tmp_path):
-    env, labels = ray_start_pair
-    assert sorted(labels.values()) == ["tlray_head", "tlray_second"]
-    data = spec_for(dataset, f"pair-{uuid.uuid4().hex[:6]}", epochs=1, workers=2, placement="SPREAD",
-                    cpus_per_worker=1)
-    spec_path = tmp_path / "spec.yaml"
+def tune_job(env: dict, store: Path, data: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Runs `tl-ray tune` on ``data`` (one trial) as a job of the cluster in ``env``; its output and the trial's
+    result rows."""
+    spec_path = tmp_path / f"{data['name']}.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     # `tl-ray tune` joins the cluster through RAY_ADDRESS (connect_ray).
     run = subprocess.run([sys.executable, "-m", "tl_ray.cli", "tune", str(spec_path)], capture_output=True,
                          text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    (experiment,) = (dataset / "experiments").glob(f"{data['name']}-*")
+    (experiment,) = (store / "experiments").glob(f"{data['name']}-*")
     (trial,) = experiment.glob("tune_trial_*")
-    rows = trial_rows(trial)
+    return run, trial_rows(trial)
+
+
+def test_spread_trial_spans_two_ray_start_raylets(ray_start_pair, dataset, tmp_path):
+    env, labels = ray_start_pair
+    assert sorted(labels.values()) == ["tlray_head", "tlray_second"]
+    data = spec_for(dataset, f"pair-{uuid.uuid4().hex[:6]}", epochs=1, workers=2, placement="SPREAD",
+                    cpus_per_worker=1)
+    run, rows = tune_job(env, dataset, data, tmp_path)
     trial_id = rows[-1]["trial_id"]  # the results table names trials by Tune's trial id
     assert any(line.startswith(trial_id) and line.split()[-1] == "DONE" for line in run.stdout.splitlines())
     assert [r["epoch"] for r in rows] == [1]
     assert rows[-1]["group_nodes"] == 2  # the worker group's bundles sit on both raylets
     assert rows[-1]["node_id"] in labels  # rank 0 ran on this cluster, not on a local one
+
+
+# -- a trial template kept for the cluster's next jobs (tune.template_keep_alive_s) ---------
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_later_job_forks_from_the_template_an_earlier_job_kept_until_it_expires(ray_start_head, dataset, tmp_path):
+    """Two `tl-ray tune` jobs, one after the other, on one `ray start` cluster: the second job's trial forks
+    from the template the first started and kept (TensorFlow imported once for both). The template then
+    expires by itself once idle for the last job's keep-alive."""
+    env, _ = ray_start_head
+    pids = []
+    for job, keep_alive in (("first", 600.0), ("second", 3.0)):
+        data = spec_for(dataset, f"kept-{job}-{uuid.uuid4().hex[:6]}", epochs=1)
+        data["tune"]["template_keep_alive_s"] = keep_alive
+        _, rows = tune_job(env, dataset, data, tmp_path)
+        pids.append(rows[-1]["template_pid"])
+    assert pids[0] == pids[1]  # the first job's driver has exited: its template had not
+    wait_until(lambda: not _alive(pids[0]), f"the kept template (pid {pids[0]}) to expire", timeout=120)

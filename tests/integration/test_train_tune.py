@@ -188,7 +188,10 @@ def test_trials_run_in_forked_processes_by_default_and_in_the_actors_with_reuse(
 
         from tl_ray.train import node_template
 
-        started = {ray.get(h.connection.remote(), timeout=60)["pid"] for h in node_template._hosts.values()}
-        assert len(started) == 1 and {r["template_pid"] for r in rows} == started
+        where = node_template.locator(spec.tune.template_keep_alive_s)  # kept for the next sweeps: detached
+        assert where["namespace"] == "tl-ray"
+        handle = ray.get_actor(where["name"].format(node_id=ray.get_runtime_context().get_node_id()),
+                               namespace=where["namespace"])
+        assert {r["template_pid"] for r in rows} == {ray.get(handle.connection.remote(), timeout=60)["pid"]}
     else:
         assert trained_in == actors  # the trials trained in the actors themselves

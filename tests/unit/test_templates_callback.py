@@ -13,7 +13,7 @@ from tl_ray.tune.templates import NodeTemplates
 
 def test_nodes_are_checked_at_most_every_interval(monkeypatch):
     calls = []
-    monkeypatch.setattr(node_template, "start_node_templates", lambda: calls.append(1))
+    monkeypatch.setattr(node_template, "start_node_templates", lambda where: calls.append(where))
     clock = [100.0]
     monkeypatch.setattr("tl_ray.tune.templates.time.monotonic", lambda: clock[0])
     callback = NodeTemplates(interval_s=10.0)
@@ -28,7 +28,7 @@ def test_nodes_are_checked_at_most_every_interval(monkeypatch):
 
 
 def test_a_failure_to_start_templates_is_logged_and_the_sweep_goes_on(monkeypatch, caplog):
-    def unreachable():
+    def unreachable(where):
         raise ConnectionError("GCS unreachable")
 
     monkeypatch.setattr(node_template, "start_node_templates", unreachable)
@@ -39,13 +39,26 @@ def test_a_failure_to_start_templates_is_logged_and_the_sweep_goes_on(monkeypatc
 
 def test_a_restored_callback_checks_at_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(node_template, "start_node_templates", lambda: calls.append(1))
+    monkeypatch.setattr(node_template, "start_node_templates", lambda where: calls.append(where))
     callback = NodeTemplates(interval_s=30.0)
     callback.start()
     restored = pickle.loads(pickle.dumps(callback))  # as Tune saves the run's callbacks and a resume loads them
     assert restored.interval_s == 30.0
     restored.on_step_begin(iteration=1, trials=[])
     assert len(calls) == 2
+
+
+def test_the_callback_starts_templates_where_the_sweep_keeps_them(monkeypatch):
+    """With ``tune.template_keep_alive_s`` the callback starts the templates the sweep's trials look for (kept,
+    named after the code's key), also after a resume; with 0, the driver's own."""
+    calls = []
+    monkeypatch.setattr(node_template, "start_node_templates", lambda where: calls.append(where))
+    monkeypatch.setattr(node_template, "template_key", lambda: "k1")
+    NodeTemplates(keep_alive_s=120.0).start()
+    pickle.loads(pickle.dumps(NodeTemplates(keep_alive_s=120.0))).start()
+    NodeTemplates(keep_alive_s=0.0).start()
+    kept = {"name": "tl-ray-trial-template:{node_id}:k1", "namespace": "tl-ray", "keep_alive_s": 120.0}
+    assert calls == [kept, kept, {"name": "tl-ray-trial-template:{node_id}", "namespace": None, "keep_alive_s": 0.0}]
 
 
 def _run_sweep_until_tuner(tmp_path, start_templates: str) -> str:
@@ -79,12 +92,50 @@ def _run_sweep_until_tuner(tmp_path, start_templates: str) -> str:
 
 def test_a_sweep_starts_the_templates_before_it_imports_tune(tmp_path):
     """The templates' TensorFlow import overlaps the driver's own import of Tune, not only Tune's start."""
-    out = _run_sweep_until_tuner(tmp_path, "def start(): seen.append('ray.tune' in sys.modules)")
+    out = _run_sweep_until_tuner(tmp_path, "def start(where): seen.append('ray.tune' in sys.modules)")
     assert out.splitlines()[-1] == "reached run_tuner [False]"
 
 
 def test_a_failed_early_start_leaves_the_sweep_to_its_callback(tmp_path):
     """A failed early start does not fail the sweep: it goes on to run_tuner, whose callback tries again (and
     logs why it fails)."""
-    out = _run_sweep_until_tuner(tmp_path, "def start():\n    seen.append(1)\n    raise ConnectionError('GCS down')")
+    out = _run_sweep_until_tuner(tmp_path, "def start(where):\n    seen.append(1)\n    raise ConnectionError('GCS down')")
     assert out.splitlines()[-1] == "reached run_tuner [1]"
+
+
+def test_a_kept_template_expires_only_idle_with_no_trial_process():
+    idle_for = node_template._idle_for
+    assert idle_for(60.0, used=0.0, children=0, now=60.0)
+    assert not idle_for(60.0, used=0.0, children=0, now=59.9)  # asked for less than a keep-alive ago
+    assert not idle_for(60.0, used=0.0, children=1, now=600.0)  # a trial process still runs
+    assert not idle_for(0.0, used=0.0, children=0, now=600.0)  # not kept: ends with its driver instead
+
+
+def test_the_template_key_follows_the_code_the_packages_and_the_runtime_environment(monkeypatch, tmp_path):
+    """A sweep forks from a kept template only when the key matches: another job's working_dir, pip packages or
+    env_vars, or other tl-ray code, make a template of their own."""
+    import ray
+
+    class Context:
+        runtime_env: dict = {}
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: Context)
+    base = node_template.template_key()
+    assert node_template.template_key() == base
+    Context.runtime_env = {"working_dir": "gcs://_ray_pkg_0123abcd.zip"}
+    with_dir = node_template.template_key()
+    Context.runtime_env = {"env_vars": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    assert len({base, with_dir, node_template.template_key()}) == 3
+    Context.runtime_env = {}
+    monkeypatch.setattr("importlib.metadata.version", lambda package: "0.0-other")
+    assert node_template.template_key() != base
+    # The code: every module of the package the template imported from.
+    package = tmp_path / "tl_ray"
+    (package / "train").mkdir(parents=True)
+    (package / "train" / "node_template.py").write_text("")
+    (package / "loop.py").write_text("EPOCHS = 1\n")
+    monkeypatch.setattr(node_template, "__file__", str(package / "train" / "node_template.py"))
+    before = node_template.template_key()
+    (package / "loop.py").write_text("EPOCHS = 2\n")
+    assert node_template.template_key() != before

@@ -76,6 +76,16 @@ class TuneSpec(_Section):
             "read (up to 512 MiB) for its next trials, until it exits. 1: a fresh process per trial."
         ),
     )
+    template_keep_alive_s: float = Field(
+        default=600.0,
+        ge=0.0,
+        description=(
+            "fork: seconds a node's trial template (TensorFlow imported, about 0.6 GB) stays up after its last "
+            "trial process ends, for the cluster's next sweeps: a sweep that finds one skips TensorFlow's "
+            "import. Only a sweep of the same tl-ray code, packages and Ray runtime environment uses it. 0: the "
+            "template ends with the sweep's driver."
+        ),
+    )
     space: dict[str, Any] = Field(
         default_factory=dict,
         description=(

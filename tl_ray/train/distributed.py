@@ -141,8 +141,11 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
     return trainer.fit()
 
 
-def tune_trial(config: dict, base_spec: dict) -> None:
-    """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
+def tune_trial(config: dict, base_spec: dict, template: dict | None = None) -> None:
+    """The Ray Tune trial function: the base spec with the trial's sampled fields set.
+
+    ``template``: where the trial's process forks from (``tl_ray.train.node_template.locator``).
+    """
     from tl_ray.spec import apply_overrides
     from tl_ray.train.runtime import begin_trial, process_created
     from tl_ray.tune.space import trial_overrides
@@ -157,7 +160,7 @@ def tune_trial(config: dict, base_spec: dict) -> None:
 
             marks = {"actor_trial_entry": time.time(), "actor_created": process_created() or time.time()}
             trial_process.run(spec, TuneReporter(), threads=threads, cpu_devices=spec.train.cpu_devices,
-                              marks=marks)
+                              marks=marks, template=template)
             return
         begin_trial()
         configure_tensorflow(threads, spec.train.cpu_devices)

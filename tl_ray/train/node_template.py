@@ -6,7 +6,17 @@ holds one more template's memory. With it, the driver starts a ``NodeTemplate`` 
 reserved) on every node first thing in the sweep, before it imports Tune. Its template imports
 TensorFlow while the driver imports and starts Tune, and Tune starts its trial actors. Every trial
 process on the node is forked from that one template. The actors of later sweeps and stages of the
-same driver find it ready. It ends with the driver.
+same driver find it ready.
+
+How long it stays is ``tune.template_keep_alive_s`` (600 s by default). Above 0 the actor is detached
+(Ray namespace ``tl-ray``): it outlives the job, and the cluster's next sweeps (later ``tl-ray tune``
+jobs on a ``ray start`` cluster) fork from it without importing TensorFlow again, as Ray's own idle
+workers and SageMaker's warm pools spare a job its start. It ends by itself once it has had no trial
+process for that long, and with the cluster. It is named after ``template_key``: tl-ray's code, the
+packages the template imported, Python, and the job's Ray runtime environment. A job with any of them
+changed starts a template of its own and leaves the other to expire. With 0, the template ends with
+the driver, as a local cluster started by the driver (``tl-ray tune`` without ``RAY_ADDRESS``) does
+anyway.
 
 A trial process forked from a node template is a child of that template, not of its actor. So:
 
@@ -15,7 +25,8 @@ A trial process forked from a node template is a child of that template, not of 
 - it takes the actor's environment (Ray's ``CUDA_VISIBLE_DEVICES`` for the actor, the job's
   variables) before TensorFlow's runtime starts, and the actor's working folder per trial. What
   TensorFlow and Keras read at import (``KERAS_BACKEND``, ``TF_ENABLE_ONEDNN_OPTS``,
-  ``TF_CPP_MIN_LOG_LEVEL``) is the template's, that is the job's;
+  ``TF_CPP_MIN_LOG_LEVEL``) is the template's: the cluster's and the runtime environment's of the job
+  that started it, which is in its key;
 - it exits when its actor does (it watches the actor's end of a pipe) and when the template does.
 
 The driver also starts a template on each node that joins while the sweep runs
@@ -29,76 +40,212 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from multiprocessing import context, forkserver, popen_forkserver, resource_tracker
 
 NAME = "tl-ray-trial-template:{node_id}"
+KEPT_NAME = "tl-ray-trial-template:{node_id}:{key}"
+KEPT_NAMESPACE = "tl-ray"  # kept templates outlive the job that started them: a namespace every job can look in
 _hosts: dict[str, object] = {}  # the driver's handles, by node id: the actors live as long as it holds them
 
 
 class NodeTemplate:
-    """The Ray actor that owns a node's template process (Python's ``forkserver``)."""
+    """The Ray actor that owns a node's template process (Python's ``forkserver``).
 
-    def __init__(self):
+    With ``keep_alive_s`` > 0 it is detached: it outlives the job that started it and ends by itself once its
+    template has had no trial process for ``keep_alive_s`` seconds (the last sweep's value).
+    """
+
+    def __init__(self, keep_alive_s: float = 0.0):
         from tl_ray.train import trial_process
 
         trial_process.preload_template()
         forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
+        self._keep_alive = keep_alive_s
+        self._used = time.monotonic()
+        self._lock = threading.Lock()
+        self._expired = False
+        if keep_alive_s > 0:
+            threading.Thread(target=self._watch, name="tl-ray-template-keep-alive", daemon=True).start()
 
     def connection(self) -> dict:
         """What an actor needs to fork from the template; restarts a template that died."""
+        self._use()
         forkserver.ensure_running()
         server = forkserver._forkserver
         return {"address": server._forkserver_address, "pid": server._forkserver_pid,
                 "authkey": getattr(server, "_forkserver_authkey", None)}
 
+    def touch(self, keep_alive_s: float) -> int:
+        """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's."""
+        self._use(keep_alive_s)
+        return os.getpid()
 
-def start_node_templates() -> None:
-    """Starts a template on every live node of the connected cluster that has none; does not wait."""
+    def _use(self, keep_alive_s: float = 0.0) -> None:
+        with self._lock:
+            if self._expired:  # the caller's actors start templates of their own
+                raise RuntimeError("this trial template has expired")
+            self._used = time.monotonic()
+            if keep_alive_s > 0:
+                self._keep_alive = keep_alive_s
+
+    def _watch(self) -> None:
+        """Ends this actor, and its template with it, once the template has been idle for its keep-alive."""
+        import ray
+
+        while True:
+            time.sleep(min(10.0, max(0.5, self._keep_alive / 4)))
+            with self._lock:
+                if _children(forkserver._forkserver._forkserver_pid):
+                    self._used = time.monotonic()  # the keep-alive counts from the last trial process's end
+                    continue
+                if not _idle_for(self._keep_alive, self._used, 0):
+                    continue
+                self._expired = True
+            # Ray ends the worker and the processes it started: the template goes with it.
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            return
+
+
+def _idle_for(keep_alive_s: float, used: float, children: int, now: float | None = None) -> bool:
+    """Whether a kept template expires: no trial process, and none asked for in ``keep_alive_s`` seconds."""
+    now = time.monotonic() if now is None else now
+    return keep_alive_s > 0 and children == 0 and now - used >= keep_alive_s
+
+
+def _children(pid: int | None) -> int:
+    """How many processes ``pid`` has (a template's: its trial processes); 0 when it has gone."""
+    if not pid:
+        return 0
+    try:
+        import psutil
+
+        return len(psutil.Process(pid).children())
+    except Exception:  # noqa: BLE001 - gone, or no psutil (it comes with Ray)
+        return 0
+
+
+def template_key() -> str:
+    """What a kept template must share with a sweep that forks from it: tl-ray's code, the packages its
+    template imported, Python, and the job's Ray runtime environment (working_dir, pip, env_vars, ...).
+    A sweep with any of them changed starts a template of its own."""
+    import hashlib
+    import json
+    import sys
+    from importlib import metadata
+    from pathlib import Path
+
+    import ray
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent  # the tl_ray package
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    versions = {}
+    for package in ("tensorflow", "keras", "pyarrow", "numpy", "pandas", "ray"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    runtime_env = dict(ray.get_runtime_context().runtime_env or {}) if ray.is_initialized() else {}
+    digest.update(json.dumps({"versions": versions, "python": sys.version, "runtime_env": runtime_env},
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def locator(keep_alive_s: float) -> dict:
+    """Where the sweep's trial actors find their node's template: the name (``{node_id}`` to fill) and the
+    Ray namespace. A template kept for later sweeps is named after its ``template_key``, in a namespace of its
+    own; one that ends with the driver is the job's."""
+    if keep_alive_s > 0:
+        return {"name": KEPT_NAME.replace("{key}", template_key()), "namespace": KEPT_NAMESPACE,
+                "keep_alive_s": keep_alive_s}
+    return {"name": NAME, "namespace": None, "keep_alive_s": 0.0}
+
+
+def start_node_templates(where: dict | None = None) -> None:
+    """Starts a template on every live node of the connected cluster that has none; does not wait.
+
+    ``where`` is the sweep's ``locator`` (default: templates that end with the driver). A kept template that
+    is already up is told that a sweep starts (its keep-alive counts from now).
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    where = where or locator(0.0)
+    keep_alive = where["keep_alive_s"]
     actor = ray.remote(num_cpus=0, max_restarts=0)(NodeTemplate)
     # Nodes that can run trial processes: alive, with CPUs.
     alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
     for gone in set(_hosts) - set(alive):  # a lost node's, or an earlier cluster's
         del _hosts[gone]
     for node_id in alive:
-        if node_id in _hosts:
+        if keep_alive <= 0 and node_id in _hosts:
             continue
-        _hosts[node_id] = actor.options(
-            name=NAME.format(node_id=node_id), get_if_exists=True, lifetime=None,
+        handle = actor.options(
+            name=where["name"].format(node_id=node_id), namespace=where["namespace"], get_if_exists=True,
+            lifetime="detached" if keep_alive > 0 else None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote()
+        ).remote(keep_alive)
+        if keep_alive > 0:
+            handle.touch.remote(keep_alive)  # a kept one found up: not to expire as this sweep starts
+        else:
+            _hosts[node_id] = handle
 
 
 def stop_node_templates(timeout: float = 30.0) -> None:
-    """Ends the templates this driver started (they end with it anyway), and their trial processes; returns
-    once their names are free for the next sweep's."""
-    import time
-
+    """Ends the templates this driver started and holds (they end with it anyway), and their trial processes;
+    returns once their names are free for the next sweep's. Kept templates (``keep_alive_s``) are the
+    cluster's, not the driver's: ``stop_kept_templates`` ends those."""
     import ray
 
     names = [NAME.format(node_id=node_id) for node_id in _hosts]
     while _hosts:
         ray.kill(_hosts.popitem()[1])
+    _wait_gone(names, None, timeout)
+
+
+def stop_kept_templates(timeout: float = 30.0) -> int:
+    """Ends every kept template of the connected cluster, whatever its key, and their trial processes;
+    returns how many there were."""
+    import ray
+    from ray.util import list_named_actors
+
+    names = [a["name"] for a in list_named_actors(all_namespaces=True)
+             if a.get("namespace") == KEPT_NAMESPACE and a["name"].startswith("tl-ray-trial-template:")]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=KEPT_NAMESPACE))
+        except ValueError:  # expired meanwhile
+            pass
+    _wait_gone(names, KEPT_NAMESPACE, timeout)
+    return len(names)
+
+
+def _wait_gone(names: list[str], namespace: str | None, timeout: float) -> None:
+    import ray
+
     deadline = time.monotonic() + timeout
     for name in names:
         while time.monotonic() < deadline:
             try:
-                ray.get_actor(name)
+                ray.get_actor(name, namespace=namespace)
             except ValueError:
                 break
             time.sleep(0.05)
 
 
-def find(timeout: float = 30.0) -> dict | None:
-    """In a trial actor: the connection to this node's template, None when the node has none."""
+def find(where: dict | None = None, timeout: float = 30.0) -> dict | None:
+    """In a trial actor: the connection to this node's template (``where``: the sweep's ``locator``), None
+    when the node has none."""
     try:
         import ray
 
         if not ray.is_initialized():  # not in a Ray actor
             return None
-        handle = ray.get_actor(NAME.format(node_id=ray.get_runtime_context().get_node_id()))
+        where = where or locator(0.0)
+        name = where["name"].format(node_id=ray.get_runtime_context().get_node_id())
+        handle = ray.get_actor(name, namespace=where["namespace"])
         return ray.get(handle.connection.remote(), timeout=timeout)
     except Exception:  # no template on this node (or it died): the actor starts its own
         return None

@@ -81,7 +81,7 @@ def preload_template() -> None:
 _node = None  # the Process class of this node's template (node_template.connect), False when it has none
 
 
-def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
+def _start_child(spec: Spec, context: dict, key: tuple, template: dict | None = None) -> _Child:
     """Forks this trial's process from the node's template, else from this actor's own (started here at first)."""
     global _node, _started_here
     import multiprocessing
@@ -89,7 +89,7 @@ def _start_child(spec: Spec, context: dict, key: tuple) -> _Child:
     from tl_ray.train import node_template
 
     if _node is None:
-        info = node_template.find()
+        info = node_template.find(template)
         _node = node_template.connect(info) if info else False
     while True:
         cls = _node or node_template.OwnProcess
@@ -145,13 +145,16 @@ def close_idle() -> None:
         _idle = None
 
 
-def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None) -> None:
+def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict | None = None,
+        template: dict | None = None) -> None:
     """Runs ``train(spec)`` in a trial process of this actor, forwarding its reports to ``reporter``.
 
     The process is the previous trial's when that one ended (done or stopped by Tune) after fewer than
     ``tune.trials_per_process`` trials, with the same threads and devices; otherwise a new child of this
     actor's template. ``reporter`` is the actor's (``TuneReporter``): it reports each epoch and gives the
     checkpoint to restore. ``marks`` holds the actor's start-up times (``runtime.startup_times`` in the child).
+    ``template`` says where the node's template is (``node_template.locator``; default: one that ends with
+    the sweep's driver).
 
     Raises:
         the exception the trial raised (its traceback in the child is the cause), or
@@ -182,7 +185,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
             child.release()
             child = None
         if child is None:
-            child = _start_child(spec, context, key)
+            child = _start_child(spec, context, key, template)
         child.trials += 1
         while True:
             try:

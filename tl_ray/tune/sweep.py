@@ -204,6 +204,16 @@ def forks_from_templates(spec: Spec) -> bool:
     return spec.tune.trial_process == "fork" and spec.train.workers == 1
 
 
+def trial_templates(spec: Spec) -> dict | None:
+    """Where the sweep's trial actors find their node's template (``node_template.locator``); None when its
+    trials do not fork from one."""
+    if not forks_from_templates(spec):
+        return None
+    from tl_ray.train import node_template
+
+    return node_template.locator(spec.tune.template_keep_alive_s)
+
+
 def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
     """Runs the spec's sweep on the connected (or a new local) Ray cluster.
 
@@ -226,7 +236,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         connect_ray()
         # First: the nodes' templates import TensorFlow while this driver imports and starts Tune.
         try:
-            node_template.start_node_templates()
+            node_template.start_node_templates(node_template.locator(spec.tune.template_keep_alive_s))
         except Exception:  # noqa: BLE001, S110 - run_tuner's NodeTemplates tries again, and logs why it fails
             pass
     from ray import tune
@@ -240,7 +250,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         return run_staged(spec, resume=resume, experiment=name)
     # The base spec travels through the object store, not the config, so Tune's
     # tables and result files show only the searched fields.
-    trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict())
+    trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict(), template=trial_templates(spec))
     return run_tuner(spec, name, trainable, to_param_space(spec.tune.space), resume=resume)
 
 
@@ -261,7 +271,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     if forks_from_templates(spec):
         from tl_ray.tune.templates import NodeTemplates
 
-        templates = NodeTemplates()
+        templates = NodeTemplates(keep_alive_s=spec.tune.template_keep_alive_s)
         templates.start()  # run_sweep started them before Tune's import; this finds them there
         callbacks.append(templates)
     storage_path, fs = ray_storage(spec, *folder)

@@ -19,12 +19,14 @@ class NodeTemplates(Callback):
     autoscaler's), checking at most every ``interval_s``. An actor that starts on a node before its template
     does forks from a template of its own."""
 
-    def __init__(self, interval_s: float = 10.0):
+    def __init__(self, interval_s: float = 10.0, keep_alive_s: float = 0.0):
         self.interval_s = interval_s
+        self.keep_alive_s = keep_alive_s  # tune.template_keep_alive_s
         self._checked = 0.0
+        self._where: dict | None = None
 
     def __getstate__(self) -> dict:  # a restored sweep checks at once, whatever clock it saved
-        return {"interval_s": self.interval_s}
+        return {"interval_s": self.interval_s, "keep_alive_s": self.keep_alive_s}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -33,7 +35,9 @@ class NodeTemplates(Callback):
         """Starts the templates missing; a failure is logged, not raised (the actors then start their own)."""
         self._checked = time.monotonic()
         try:
-            node_template.start_node_templates()
+            if self._where is None:
+                self._where = node_template.locator(self.keep_alive_s)
+            node_template.start_node_templates(self._where)
         except Exception as exc:  # noqa: BLE001 - a saving, not the sweep
             logger.warning("Could not start trial templates on the nodes (%s); trial actors start their own.", exc)
 
