@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sweep.py cache      # ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_sweep.py overhead   # ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 4 --cluster
 
 ``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
 transferred from the fashion-base model, 500 labelled images, 1,500 for
@@ -31,7 +32,11 @@ same forked from a template per actor, a forked process per trial, and reused
 actor processes;
 then "plain": the same trials without Ray or Tune, as many Python processes as
 trials at once, each training its share back to back with the same loop, and
-each sweep's wall time against it. Also the driver's memory before and after,
+each sweep's wall time against it. ``--repeat N`` runs them N times, each in a
+new driver process (as each ``tl-ray tune`` is), and prints each one's median
+and range; with ``--cluster`` the rounds are jobs of one ``ray start`` cluster,
+so each after the first finds the trial template the previous job kept
+(``tune.template_keep_alive_s``). Also the driver's memory before and after,
 and each trial process's peak RSS, first trial against last, and (forked trials)
 each actor's own RSS at its first and its last trial.
 """
@@ -87,16 +92,22 @@ def prepare(store: str) -> None:
     ensure_upstream(spec)
 
 
+KEEP_TEMPLATES = False  # --keep-templates: a template this run's sweeps leave is left for the cluster's next job
+
+
 def sweep(spec, name: str):
-    from tl_ray.train.node_template import stop_node_templates
+    from tl_ray.train.node_template import stop_kept_templates, stop_node_templates
     from tl_ray.tune.sweep import connect_ray, run_sweep
 
     connect_ray()  # the cluster's start is not the sweep's: every run finds Ray up
     start = time.perf_counter()
     result = run_sweep(spec, experiment=name)
     wall = time.perf_counter() - start
-    # Each run starts its node's template (tl_ray.train.node_template) itself: none outlives its sweep here.
+    # Each run starts its node's template (tl_ray.train.node_template) itself: none outlives its sweep here,
+    # neither the driver's nor one kept for the cluster's next sweeps (tune.template_keep_alive_s).
     stop_node_templates()
+    if not KEEP_TEMPLATES:
+        stop_kept_templates()
     return result, wall
 
 
@@ -298,30 +309,89 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
 
 
 def repeat_overhead(args) -> dict:
-    """``overhead`` ``args.repeat`` times, each in a new driver process (and local Ray): every sweep is its
-    driver's first, as every ``tl-ray tune`` is. Prints each mode's wall / ideal, median and range."""
+    """``overhead`` ``args.repeat`` times, each in a new driver process, as every ``tl-ray tune`` is. Prints each
+    mode's wall / ideal, median and range.
+
+    Each round starts a local Ray of its own; with ``args.cluster``, every round is instead a job of one
+    ``ray start`` cluster (started before the first): the first round's sweep starts the node's template, and
+    each later one finds the template the previous job kept (``tune.template_keep_alive_s``).
+    """
     import subprocess
     import tempfile
 
-    ratios: dict[str, list[float]] = {}
+    ratios: dict[str, dict[str, list[float]]] = {}
     rounds = []
-    for i in range(args.repeat):
-        with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
-            cmd = [sys.executable, __file__, "overhead", "--store", args.store, "--modes", args.modes,
-                   "--steps", str(args.steps), "--json", tmp.name]
-            if args.trials:
-                cmd += ["--trials", str(args.trials)]
-            print(f"== round {i + 1} of {args.repeat}: {' '.join(cmd[1:-2])}", flush=True)
-            subprocess.run(cmd, check=True)
-            runs = json.loads(Path(tmp.name).read_text())
-        rounds.append(runs)
-        for label, r in runs.items():
-            ratios.setdefault(label, []).append(r["ratio"])
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if args.cluster:
+            env = stack.enter_context(ray_start_cluster())
+        for i in range(args.repeat):
+            with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
+                cmd = [sys.executable, __file__, "overhead", "--store", args.store, "--modes", args.modes,
+                       "--steps", str(args.steps), "--json", tmp.name]
+                if args.trials:
+                    cmd += ["--trials", str(args.trials)]
+                if args.cluster:
+                    cmd += ["--keep-templates"]
+                print(f"== round {i + 1} of {args.repeat}: {' '.join(cmd[1:-2])}", flush=True)
+                subprocess.run(cmd, check=True, env=env)
+                runs = json.loads(Path(tmp.name).read_text())
+            rounds.append(runs)
+            when = "first job (no template yet)" if args.cluster and i == 0 else (
+                "later jobs (the template kept)" if args.cluster else "new local Ray")
+            for label, r in runs.items():
+                ratios.setdefault(label, {}).setdefault(when, []).append(r["ratio"])
     print(f"wall / ideal over {args.repeat} rounds (goal <= 1.3):")
-    for label, values in ratios.items():
-        print(f"  {label}: median {statistics.median(values):.2f}, range {min(values):.2f}-{max(values):.2f}  "
-              f"({', '.join(f'{v:.2f}' for v in values)})")
+    for label, by_when in ratios.items():
+        for when, values in by_when.items():
+            print(f"  {label}, {when}: median {statistics.median(values):.2f}, range {min(values):.2f}-"
+                  f"{max(values):.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
     return {"rounds": rounds, "ratios": ratios}
+
+
+@contextlib.contextmanager
+def ray_start_cluster(cpus: int | None = None):
+    """A one-node ``ray start --head`` cluster in a temp dir and on ports of its own, as a long-lived cluster
+    that jobs join; yields the environment of a job (RAY_ADDRESS). Stopped by ending its process group."""
+    import secrets
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    temp_dir = tempfile.mkdtemp(prefix="tlb-", dir="/tmp")  # Unix socket paths are limited to ~107 bytes
+    gcs = port()
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               RAY_ADDRESS=f"127.0.0.1:{gcs}", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={gcs}",
+           f"--num-cpus={cpus or os.cpu_count()}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+           "--disable-usage-stats", f"--ray-client-server-port={port()}", f"--dashboard-agent-listen-port={port()}",
+           f"--dashboard-agent-grpc-port={port()}", f"--runtime-env-agent-port={port()}",
+           f"--metrics-export-port={port()}"]
+    head = subprocess.Popen(cmd, env=dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"),
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if head.poll() is not None:
+                raise RuntimeError(f"ray start --head exited with {head.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", gcs), timeout=0.5):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("ray start --head did not open its port in 120 s")
+            time.sleep(0.2)
+        yield env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def main() -> int:
@@ -338,7 +408,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="overhead: run the modes this many times, each time in a new driver process on a new "
                              "local Ray (as each `tl-ray tune` is), and print each mode's median and range")
+    parser.add_argument("--cluster", action="store_true",
+                        help="overhead with --repeat: every round a job of one `ray start` cluster, the later ones "
+                             "finding the template the previous job kept")
+    parser.add_argument("--keep-templates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global KEEP_TEMPLATES
+    KEEP_TEMPLATES = args.keep_templates
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
