@@ -70,24 +70,26 @@ class NodeTemplate:
 
     def connection(self) -> dict:
         """What an actor needs to fork from the template; restarts a template that died."""
-        self._use()
+        if not self._use():  # ending: the caller's actor starts a template of its own
+            raise RuntimeError("this trial template is ending (idle for its keep-alive)")
         forkserver.ensure_running()
         server = forkserver._forkserver
         return {"address": server._forkserver_address, "pid": server._forkserver_pid,
                 "authkey": getattr(server, "_forkserver_authkey", None)}
 
-    def touch(self, keep_alive_s: float) -> int:
-        """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's."""
-        self._use(keep_alive_s)
-        return os.getpid()
+    def touch(self, keep_alive_s: float) -> bool:
+        """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's.
+        False when it is ending (the sweep's actors then start templates of their own)."""
+        return self._use(keep_alive_s)
 
-    def _use(self, keep_alive_s: float = 0.0) -> None:
+    def _use(self, keep_alive_s: float = 0.0) -> bool:
         with self._lock:
-            if self._expired:  # the caller's actors start templates of their own
-                raise RuntimeError("this trial template has expired")
+            if self._expired:
+                return False
             self._used = time.monotonic()
             if keep_alive_s > 0:
                 self._keep_alive = keep_alive_s
+            return True
 
     def _watch(self) -> None:
         """Ends this actor, and its template with it, once the template has been idle for its keep-alive."""
