@@ -247,7 +247,7 @@ def own_templates(on: bool):
 
     start = node_template.start_node_templates
     if on:
-        node_template.start_node_templates = lambda: None
+        node_template.start_node_templates = lambda where=None: None
     try:
         yield
     finally:
@@ -278,6 +278,8 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
         if mode not in modes:
             continue
         data["tune"]["trial_process"] = mode.removesuffix("1").removesuffix("own")
+        # forkown: no node template at all, neither this run's nor one kept by an earlier job.
+        data["tune"]["template_keep_alive_s"] = 0.0 if mode == "forkown" else spec.tune.template_keep_alive_s
         data["tune"]["trials_per_process"] = 1 if mode == "fork1" else 8
         with own_templates(mode == "forkown"):
             runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
@@ -333,7 +335,8 @@ def repeat_overhead(args) -> dict:
                     cmd += ["--trials", str(args.trials)]
                 if args.cluster:
                     cmd += ["--keep-templates"]
-                print(f"== round {i + 1} of {args.repeat}: {' '.join(cmd[1:-2])}", flush=True)
+                print(f"== round {i + 1} of {args.repeat}: {' '.join(c for c in cmd[1:] if c != tmp.name)}",
+                      flush=True)
                 subprocess.run(cmd, check=True, env=env)
                 runs = json.loads(Path(tmp.name).read_text())
             rounds.append(runs)
@@ -413,6 +416,8 @@ def main() -> int:
                              "finding the template the previous job kept")
     parser.add_argument("--keep-templates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cluster and args.repeat < 2:
+        parser.error("--cluster needs --repeat 2 or more: its later rounds are what it measures")
     global KEEP_TEMPLATES
     KEEP_TEMPLATES = args.keep_templates
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

@@ -314,10 +314,10 @@ def _alive(pid: int) -> bool:
 def test_a_later_job_forks_from_the_template_an_earlier_job_kept_until_it_expires(ray_start_head, dataset, tmp_path):
     """Two `tl-ray tune` jobs, one after the other, on one `ray start` cluster: the second job's trial forks
     from the template the first started and kept (TensorFlow imported once for both). The template then
-    expires by itself once idle for the last job's keep-alive."""
+    expires by itself once idle for the last job's keep-alive (the shortest allowed, 30 s)."""
     env, _ = ray_start_head
     pids = []
-    for job, keep_alive in (("first", 600.0), ("second", 3.0)):
+    for job, keep_alive in (("first", 600.0), ("second", 30.0)):
         data = spec_for(dataset, f"kept-{job}-{uuid.uuid4().hex[:6]}", epochs=1)
         data["tune"]["template_keep_alive_s"] = keep_alive
         _, rows = tune_job(env, dataset, data, tmp_path)

@@ -183,7 +183,8 @@ def test_trials_run_in_forked_processes_by_default_and_in_the_actors_with_reuse(
         # An actor's trials (fewer than tune.trials_per_process) ran one after another in one forked process.
         by_actor = {a: {r["trial_pid"] for r in rows if r["pid"] == a} for a in actors}
         assert all(len(pids) == 1 for pids in by_actor.values()) and len(trained_in) == len(actors)
-        # Every actor forked them from the node's template, which the sweep started: no actor's own.
+        # Every actor forked them from the node's template (started by this sweep, or kept from an earlier
+        # sweep on this cluster): no actor's own.
         import ray
 
         from tl_ray.train import node_template

@@ -8,7 +8,7 @@ import logging
 import pickle
 
 from tl_ray.train import node_template
-from tl_ray.tune.templates import NodeTemplates
+from tl_ray.tune.templates import NodeTemplates, sweep_templates
 
 
 def test_nodes_are_checked_at_most_every_interval(monkeypatch):
@@ -48,17 +48,32 @@ def test_a_restored_callback_checks_at_once(monkeypatch):
     assert len(calls) == 2
 
 
-def test_the_callback_starts_templates_where_the_sweep_keeps_them(monkeypatch):
-    """With ``tune.template_keep_alive_s`` the callback starts the templates the sweep's trials look for (kept,
-    named after the code's key), also after a resume; with 0, the driver's own."""
+def test_the_callback_starts_templates_where_the_running_sweep_looks(monkeypatch):
+    """The callback starts templates where the running sweep's trials look for them (``sweep_templates``, set
+    by run_tuner), also when it is one a resumed sweep restored from an older saved state."""
     calls = []
     monkeypatch.setattr(node_template, "start_node_templates", lambda where: calls.append(where))
-    monkeypatch.setattr(node_template, "template_key", lambda: "k1")
-    NodeTemplates(keep_alive_s=120.0).start()
-    pickle.loads(pickle.dumps(NodeTemplates(keep_alive_s=120.0))).start()
-    NodeTemplates(keep_alive_s=0.0).start()
     kept = {"name": "tl-ray-trial-template:{node_id}:k1", "namespace": "tl-ray", "keep_alive_s": 120.0}
-    assert calls == [kept, kept, {"name": "tl-ray-trial-template:{node_id}", "namespace": None, "keep_alive_s": 0.0}]
+    restored = NodeTemplates.__new__(NodeTemplates)
+    restored.__setstate__({"interval_s": 10.0})  # what Tune saved with an experiment
+    with sweep_templates(kept):
+        NodeTemplates().start()
+        restored.start()
+    NodeTemplates().start()  # no sweep running: templates that end with the driver
+    assert calls == [kept, kept, None]
+
+
+def test_a_driver_looks_for_kept_templates_under_one_key(monkeypatch):
+    """Kept templates are named after the driver's template key, computed once for all its sweeps and stages;
+    with no keep-alive, the job's own template as before."""
+    keys = iter(["k1", "k2"])
+    monkeypatch.setattr(node_template, "template_key", lambda: next(keys))
+    monkeypatch.setattr(node_template, "_keys", {})
+    kept = {"name": "tl-ray-trial-template:{node_id}:k1", "namespace": "tl-ray", "keep_alive_s": 120.0}
+    assert node_template.locator(120.0) == kept
+    assert node_template.locator(120.0) == kept  # not "k2": one key per driver
+    assert node_template.locator(0.0) == {"name": "tl-ray-trial-template:{node_id}", "namespace": None,
+                                          "keep_alive_s": 0.0}
 
 
 def _run_sweep_until_tuner(tmp_path, start_templates: str) -> str:
@@ -128,7 +143,10 @@ def test_the_template_key_follows_the_code_the_packages_and_the_runtime_environm
     Context.runtime_env = {"env_vars": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
     assert len({base, with_dir, node_template.template_key()}) == 3
     Context.runtime_env = {}
-    monkeypatch.setattr("importlib.metadata.version", lambda package: "0.0-other")
+    installed = node_template._distributions()
+    assert any(name.startswith("tensorflow-") for name in installed)
+    upgraded = [name.replace("numpy-", "numpy-0.0.") for name in installed]
+    monkeypatch.setattr(node_template, "_distributions", lambda: upgraded)
     assert node_template.template_key() != base
     # The code: every module of the package the template imported from.
     package = tmp_path / "tl_ray"

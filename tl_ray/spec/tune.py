@@ -9,6 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from tl_ray.spec._base import PositiveInt, _Section
 from tl_ray.spec.model import FreezeSpec
 
+MIN_KEEP_ALIVE_S = 30.0  # tune.template_keep_alive_s, when not 0
+
 class StageSpec(_Section):
     """One stage of a staged sweep (``tune.stages``)."""
 
@@ -83,7 +85,8 @@ class TuneSpec(_Section):
             "fork: seconds a node's trial template (TensorFlow imported, about 0.6 GB) stays up after its last "
             "trial process ends, for the cluster's next sweeps: a sweep that finds one skips TensorFlow's "
             "import. Only a sweep of the same tl-ray code, packages and Ray runtime environment uses it. 0: the "
-            "template ends with the sweep's driver."
+            "template ends with the sweep's driver. Otherwise at least 30 s, which covers a sweep's own start "
+            "(Tune's import and actors) before its first trial forks."
         ),
     )
     space: dict[str, Any] = Field(
@@ -103,6 +106,16 @@ class TuneSpec(_Section):
             "each warm-starting from its parent's best checkpoint. Empty: one ordinary sweep."
         ),
     )
+
+    @field_validator("template_keep_alive_s")
+    @classmethod
+    def _keep_alive(cls, value: float) -> float:
+        if 0 < value < MIN_KEEP_ALIVE_S:
+            raise ValueError(
+                f"{value:g} s is too short to outlast a sweep's start; use 0 (the template ends with the driver) "
+                f"or at least {MIN_KEEP_ALIVE_S:g} s"
+            )
+        return value
 
     @field_validator("space")
     @classmethod

@@ -98,14 +98,17 @@ class NodeTemplate:
         while True:
             time.sleep(min(10.0, max(0.5, self._keep_alive / 4)))
             with self._lock:
-                if _children(forkserver._forkserver._forkserver_pid):
+                children = _children(forkserver._forkserver._forkserver_pid)
+                if children:
                     self._used = time.monotonic()  # the keep-alive counts from the last trial process's end
-                    continue
-                if not _idle_for(self._keep_alive, self._used, 0):
+                if not _idle_for(self._keep_alive, self._used, children):
                     continue
                 self._expired = True
             # Ray ends the worker and the processes it started: the template goes with it.
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            try:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - Ray unreachable: the process ends itself, its template with it
+                os._exit(0)
             return
 
 
@@ -128,13 +131,13 @@ def _children(pid: int | None) -> int:
 
 
 def template_key() -> str:
-    """What a kept template must share with a sweep that forks from it: tl-ray's code, the packages its
-    template imported, Python, and the job's Ray runtime environment (working_dir, pip, env_vars, ...).
-    A sweep with any of them changed starts a template of its own."""
+    """What a kept template must share with a sweep that forks from it: tl-ray's code, the installed
+    packages (every distribution's name and version on ``sys.path``), Python, and the job's Ray runtime
+    environment (working_dir, pip, env_vars, ...). A sweep with any of them changed starts a template of
+    its own."""
     import hashlib
     import json
     import sys
-    from importlib import metadata
     from pathlib import Path
 
     import ray
@@ -143,24 +146,46 @@ def template_key() -> str:
     root = Path(__file__).resolve().parent.parent  # the tl_ray package
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    versions = {}
-    for package in ("tensorflow", "keras", "pyarrow", "numpy", "pandas", "ray"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     runtime_env = dict(ray.get_runtime_context().runtime_env or {}) if ray.is_initialized() else {}
-    digest.update(json.dumps({"versions": versions, "python": sys.version, "runtime_env": runtime_env},
-                             sort_keys=True, default=str).encode())
+    digest.update(json.dumps({"packages": _distributions(), "python": [sys.version, sys.prefix],
+                              "runtime_env": runtime_env}, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
+
+
+def _driver_key() -> str:
+    """This driver's ``template_key``, computed once per Ray job: every sweep and stage it runs looks in one
+    place, whatever is edited on disk meanwhile."""
+    import ray
+
+    job = ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+    if _keys.get("job", "") != job:
+        _keys.update(job=job, key=template_key())
+    return _keys["key"]
+
+
+def _distributions() -> list[str]:
+    """The installed distributions, as their metadata folders name them (``numpy-2.1.3.dist-info``)."""
+    import sys
+
+    found = set()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:  # a zip, or gone
+            continue
+        found.update(n for n in names if n.endswith((".dist-info", ".egg-info")))
+    return sorted(found)
+
+
+_keys: dict = {}  # this driver's template_key and the Ray job it was computed in (_driver_key)
 
 
 def locator(keep_alive_s: float) -> dict:
     """Where the sweep's trial actors find their node's template: the name (``{node_id}`` to fill) and the
-    Ray namespace. A template kept for later sweeps is named after its ``template_key``, in a namespace of its
-    own; one that ends with the driver is the job's."""
+    Ray namespace. A template kept for later sweeps is named after the driver's ``template_key``, in a
+    namespace of its own; one that ends with the driver is the job's."""
     if keep_alive_s > 0:
-        return {"name": KEPT_NAME.replace("{key}", template_key()), "namespace": KEPT_NAMESPACE,
+        return {"name": KEPT_NAME.replace("{key}", _driver_key()), "namespace": KEPT_NAMESPACE,
                 "keep_alive_s": keep_alive_s}
     return {"name": NAME, "namespace": None, "keep_alive_s": 0.0}
 
@@ -184,15 +209,34 @@ def start_node_templates(where: dict | None = None) -> None:
     for node_id in alive:
         if keep_alive <= 0 and node_id in _hosts:
             continue
+        name = where["name"].format(node_id=node_id)
+        if keep_alive > 0 and _touch(name, where["namespace"], keep_alive):
+            continue  # kept from an earlier sweep, and told that this one starts
         handle = actor.options(
-            name=where["name"].format(node_id=node_id), namespace=where["namespace"], get_if_exists=True,
+            name=name, namespace=where["namespace"], get_if_exists=True,
             lifetime="detached" if keep_alive > 0 else None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote(keep_alive)
-        if keep_alive > 0:
-            handle.touch.remote(keep_alive)  # a kept one found up: not to expire as this sweep starts
-        else:
+        if keep_alive <= 0:
             _hosts[node_id] = handle
+
+
+def _touch(name: str, namespace: str, keep_alive_s: float, timeout: float = 10.0) -> bool:
+    """Tells a kept template up under ``name`` that a sweep starts (its keep-alive counts from now); False
+    when there is none, or none any more once one that was ending has gone (its name is free again)."""
+    import ray
+
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    try:
+        if ray.get(handle.touch.remote(keep_alive_s), timeout=timeout):
+            return True
+    except Exception:  # noqa: BLE001, S110 - died meanwhile (its name is freed), or too busy: a new one
+        pass
+    _wait_gone([name], namespace, timeout)
+    return False
 
 
 def stop_node_templates(timeout: float = 30.0) -> None:

@@ -273,7 +273,8 @@ def _exit_reason(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     if code == 255:  # what multiprocessing reports when the template that forked it ended first
-        return "exit code 255, or its template process ended (a node's template ends with the sweep's driver)"
+        return ("exit code 255, or its template process ended (a node's template ends with the sweep's driver, "
+                "or once idle for tune.template_keep_alive_s)")
     return f"exit code {code}"
 
 

@@ -236,7 +236,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         connect_ray()
         # First: the nodes' templates import TensorFlow while this driver imports and starts Tune.
         try:
-            node_template.start_node_templates(node_template.locator(spec.tune.template_keep_alive_s))
+            node_template.start_node_templates(trial_templates(spec))
         except Exception:  # noqa: BLE001, S110 - run_tuner's NodeTemplates tries again, and logs why it fails
             pass
     from ray import tune
@@ -266,13 +266,15 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     from tl_ray.train.distributed import ray_storage
     from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 
+    from tl_ray.tune.templates import NodeTemplates, sweep_templates
+
     connect_ray()
     callbacks = []
-    if forks_from_templates(spec):
-        from tl_ray.tune.templates import NodeTemplates
-
-        templates = NodeTemplates(keep_alive_s=spec.tune.template_keep_alive_s)
-        templates.start()  # run_sweep started them before Tune's import; this finds them there
+    where = trial_templates(spec)
+    if where is not None:
+        templates = NodeTemplates()
+        with sweep_templates(where):
+            templates.start()  # run_sweep started them before Tune's import; this finds them there
         callbacks.append(templates)
     storage_path, fs = ray_storage(spec, *folder)
     if search and spec.tune.search == "optuna":
@@ -316,7 +318,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 callbacks=callbacks,
             ),
         )
-    with quiet_ray_resume_hint():
+    with quiet_ray_resume_hint(), sweep_templates(where):
         grid = tuner.fit()
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs), planned)
