@@ -191,10 +191,11 @@ def locator(keep_alive_s: float) -> dict:
 
 
 def start_node_templates(where: dict | None = None) -> None:
-    """Starts a template on every live node of the connected cluster that has none; does not wait.
+    """Starts a template on every live node of the connected cluster that has none; does not wait for it.
 
     ``where`` is the sweep's ``locator`` (default: templates that end with the driver). A kept template that
-    is already up is told that a sweep starts (its keep-alive counts from now).
+    is already up is told that a sweep starts (its keep-alive counts from now), and its answer awaited: one
+    that is ending is replaced once it has gone.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
