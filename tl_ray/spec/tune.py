@@ -11,6 +11,7 @@ from tl_ray.spec.model import FreezeSpec
 
 MIN_KEEP_ALIVE_S = 30.0  # tune.template_keep_alive_s, when not 0
 
+
 class StageSpec(_Section):
     """One stage of a staged sweep (``tune.stages``)."""
 

@@ -265,7 +265,6 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
 
     from tl_ray.train.distributed import ray_storage
     from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
-
     from tl_ray.tune.templates import NodeTemplates, sweep_templates
 
     connect_ray()
