@@ -57,3 +57,25 @@ def test_in_memory_batches_equal_the_readers(entry, options):
         np.testing.assert_array_equal(ya.numpy(), yb.numpy())
     if options.get("drop_remainder"):
         assert all(len(y) == 4 for _, y in b)
+
+
+def test_a_process_reuses_an_entrys_unshuffled_dataset_and_streams_the_same_batches(entry):
+    from tl_ray.data.manifest import read_manifest
+    from tl_ray.train.cached_inputs import MemoryRows
+
+    manifest = read_manifest(entry)
+    first = MemoryRows(entry, manifest).dataset(batch_size=4, image_size=(8, 8))
+    later = MemoryRows(entry, manifest)  # the next trial in the same process
+    again = later.dataset(batch_size=4, image_size=(8, 8))
+    assert again is first
+    assert later.dataset(batch_size=8) is not first  # other arguments: a dataset of their own
+    shuffled = dict(batch_size=4, shuffle=True, seed=1, epoch=1)
+    assert later.dataset(**shuffled) is not later.dataset(**shuffled)  # training data: a new one each epoch
+    fresh = make_dataset(entry, image_size=(8, 8), batch_size=4)
+    for _ in range(2):  # a second pass over the kept dataset streams the same batches again
+        pairs = list(zip(batches(again), batches(fresh), strict=True))
+        assert len(pairs) == 6
+        for (xa, ya), (xb, yb) in pairs:
+            np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+            np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    MemoryRows._held.clear()

@@ -26,7 +26,8 @@ class MemoryRows:
 
     A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
     trial process (``tune.trial_process: reuse``) reads an entry once for all its trials. Entries never
-    change once their manifest exists, and the manifest's digest is part of the key.
+    change once their manifest exists, and the manifest's digest is part of the key. The datasets that
+    stream an entry unshuffled (validation) are kept with it too: the process's next trials reuse them.
     """
 
     MAX_BYTES = 512 * 2**20
@@ -40,19 +41,24 @@ class MemoryRows:
             from tl_ray.data.reader import load_rows
 
             values, labels, manifest = load_rows(uri)
-            MemoryRows._held[key] = (tf.constant(values), tf.constant(labels), manifest)
+            MemoryRows._held[key] = (tf.constant(values), tf.constant(labels), manifest, {})
             # The oldest entries go first; the new one stays, whatever its size.
             while len(MemoryRows._held) > 1 and sum(
                 int(v[0].shape.num_elements()) * 4 for v in MemoryRows._held.values()
             ) > self.MAX_BYTES:
                 MemoryRows._held.pop(next(iter(MemoryRows._held)))
         self.uri = uri
-        self.values, self.labels, self.manifest = MemoryRows._held[key]
+        self.values, self.labels, self.manifest, self._unshuffled = MemoryRows._held[key]
 
     def dataset(self, *, image_size=None, augment=None, **kwargs):
         from tl_ray.data.reader import in_memory_dataset
 
-        return in_memory_dataset(self.values, self.labels, self.manifest, **kwargs)
+        if kwargs.get("shuffle"):
+            return in_memory_dataset(self.values, self.labels, self.manifest, **kwargs)
+        args = tuple(sorted(kwargs.items()))
+        if args not in self._unshuffled:
+            self._unshuffled[args] = in_memory_dataset(self.values, self.labels, self.manifest, **kwargs)
+        return self._unshuffled[args]
 
 
 class CachedInputs:

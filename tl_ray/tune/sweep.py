@@ -264,6 +264,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     from ray import tune
 
     from tl_ray.train.distributed import ray_storage
+    from tl_ray.tune.actors import trial_actors_in_idle_workers
     from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
     from tl_ray.tune.templates import NodeTemplates, sweep_templates
 
@@ -317,7 +318,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 callbacks=callbacks,
             ),
         )
-    with quiet_ray_resume_hint(), sweep_templates(where):
+    with quiet_ray_resume_hint(), sweep_templates(where), trial_actors_in_idle_workers():
         grid = tuner.fit()
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs), planned)
