@@ -5,6 +5,7 @@
     tl-ray train jobs/quickstart/source.yaml --set train.epochs=1
     tl-ray tune jobs/quickstart/target.yaml --promote
     tl-ray models list
+    tl-ray templates list
     tl-ray serve jobs/quickstart/target.yaml
     tl-ray predict http://127.0.0.1:8000 shoe.png
     tl-ray run jobs/quickstart/target.yaml
@@ -132,6 +133,48 @@ def cmd_report(args) -> int:
     print(report.table)
     for f in report.files:
         print(f"wrote {f}")
+    return 0
+
+
+# -- trial templates --------------------------------------------------------------
+def cmd_templates_start(args) -> int:
+    from tl_ray.spec.tune import MIN_KEEP_ALIVE_S
+    from tl_ray.train import node_template
+    from tl_ray.tune.sweep import join_running_cluster
+
+    if args.keep_alive < MIN_KEEP_ALIVE_S:
+        raise ConfigError(f"--keep-alive must be at least {MIN_KEEP_ALIVE_S:g} s (a template that ends with this "
+                          f"command would serve no sweep). Received: {args.keep_alive:g}")
+    join_running_cluster()
+    nodes = node_template.start_kept_templates(args.keep_alive)
+    print(f"{len(nodes)} node(s) have a trial template for this tl-ray and environment "
+          f"(key {node_template.template_key()}), kept {args.keep_alive:g} s after its last trial process; "
+          "each imports TensorFlow in the background")
+    return 0
+
+
+def cmd_templates_list(args) -> int:
+    from tl_ray.train import node_template
+    from tl_ray.tune.sweep import join_running_cluster
+
+    join_running_cluster()
+    rows = node_template.kept_templates()
+    if not rows:
+        print("no kept trial templates in the cluster")
+    for r in rows:
+        state = "ending" if r["ending"] else (
+            f"{r['trial_processes']} trial process(es)" if r["trial_processes"]
+            else f"idle {r['idle_s']:.0f} s of {r['keep_alive_s']:g} s")
+        print(f"node {r['node_id'][:12]}  key {r['key']}  pid {r['pid']}  {r['rss_mb']:.0f} MiB  {state}")
+    return 0
+
+
+def cmd_templates_stop(args) -> int:
+    from tl_ray.train import node_template
+    from tl_ray.tune.sweep import join_running_cluster
+
+    join_running_cluster()
+    print(f"stopped {node_template.stop_kept_templates()} kept trial template(s) and their trial processes")
     return 0
 
 
@@ -376,6 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val_accuracy")
     p.add_argument("--mode", default="max", choices=["max", "min"])
     p.set_defaults(func=cmd_report)
+
+    templates = sub.add_parser(
+        "templates", help="the trial templates kept on a cluster's nodes for its next sweeps (tune.trial_process: fork)"
+    ).add_subparsers(dest="templates_cmd", required=True)
+    p = templates.add_parser("start", help="start one on every node now, so the cluster's first sweep forks at once")
+    p.add_argument("--keep-alive", type=float, default=3600.0,
+                   help="seconds it stays up with no trial process (default 3600; a sweep sets its own on start)")
+    p.set_defaults(func=cmd_templates_start)
+    p = templates.add_parser("list", help="node, key, process, memory and idle time of each kept template")
+    p.set_defaults(func=cmd_templates_list)
+    p = templates.add_parser("stop", help="end every kept template now (sweeps running on them lose their trials)")
+    p.set_defaults(func=cmd_templates_stop)
 
     cache = sub.add_parser("cache", help="backbone features cached for frozen-base trials").add_subparsers(
         dest="cache_cmd", required=True)

@@ -324,3 +324,27 @@ def test_a_later_job_forks_from_the_template_an_earlier_job_kept_until_it_expire
         pids.append(rows[-1]["template_pid"])
     assert pids[0] == pids[1]  # the first job's driver has exited: its template had not
     wait_until(lambda: not _alive(pids[0]), f"the kept template (pid {pids[0]}) to expire", timeout=120)
+
+
+def _templates(env: dict, *argv: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "tl_ray.cli", "templates", *argv], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def test_templates_started_ahead_serve_the_clusters_first_job_then_are_listed_and_stopped(
+        ray_start_head, dataset, tmp_path):
+    """`tl-ray templates start` on a new `ray start` cluster: its first `tl-ray tune` job forks from that
+    template (no TensorFlow import of its own); `list` shows it, `stop` ends it and its process."""
+    env, _ = ray_start_head
+    assert "1 node(s) have a trial template" in _templates(env, "start", "--keep-alive", "600")
+    (line,) = _templates(env, "list").splitlines()
+    pid = int(line.split(" pid ")[1].split()[0])
+    assert _alive(pid) and "idle" in line and "of 600 s" in line
+    data = spec_for(dataset, f"ahead-{uuid.uuid4().hex[:6]}", epochs=1)
+    _, rows = tune_job(env, dataset, data, tmp_path)
+    assert rows[-1]["template_pid"] == pid  # the job's trial forked from the template started ahead of it
+    assert "stopped 1 kept trial template(s)" in _templates(env, "stop")
+    wait_until(lambda: not _alive(pid), f"the stopped template (pid {pid}) to exit", timeout=60)
+    assert _templates(env, "list").strip() == "no kept trial templates in the cluster"

@@ -75,6 +75,34 @@ def test_unreachable_bucket_exits_4_naming_the_uri(capsys, monkeypatch):
     assert "StorageError" in err and "s3://no-such-bucket/datasets/x" in err
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv", [["templates", "list"], ["templates", "stop"], ["tune", str(SPECS / "good" / "minimal.yaml")]])
+def test_unreachable_cluster_exits_7_at_once_naming_the_address(capsys, monkeypatch, tmp_path, argv):
+    import ray
+
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 7
+    assert "ClusterError" in err and f"RAY_ADDRESS={address!r}" in err and "ray start --head" in err
+    assert not ray.is_initialized()  # failed before Ray's own retries (minutes)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_templates_start_refuses_a_keep_alive_that_would_serve_no_sweep(capsys):
+    code, _, err = run(capsys, "templates", "start", "--keep-alive", "5")
+    assert code == 2
+    assert "ConfigError" in err and "--keep-alive must be at least 30 s" in err and "Received: 5" in err
+
+
 def test_registry_reference_to_missing_model_exits_5(capsys, tmp_path):
     code, _, err = run(capsys, "models", "show", "nothing:production", "--storage", str(tmp_path))
     assert code == 5

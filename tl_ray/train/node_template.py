@@ -82,6 +82,21 @@ class NodeTemplate:
         False when it is ending (the sweep's actors then start templates of their own)."""
         return self._use(keep_alive_s)
 
+    def status(self) -> dict:
+        """The template's process, its memory, its trial processes, and how long until it expires (kept ones)."""
+        import psutil
+
+        with self._lock:
+            pid = forkserver._forkserver._forkserver_pid
+            children = _children(pid)
+            idle = 0.0 if children else time.monotonic() - self._used
+            try:
+                rss = psutil.Process(pid).memory_info().rss / 2**20 if pid else 0.0
+            except psutil.Error:  # gone: the next trial's connection starts it again
+                rss = 0.0
+            return {"pid": pid, "rss_mb": rss, "trial_processes": children, "idle_s": idle,
+                    "keep_alive_s": self._keep_alive, "ending": self._expired}
+
     def _use(self, keep_alive_s: float = 0.0) -> bool:
         with self._lock:
             if self._expired:
@@ -256,10 +271,8 @@ def stop_kept_templates(timeout: float = 30.0) -> int:
     """Ends every kept template of the connected cluster, whatever its key, and their trial processes;
     returns how many there were."""
     import ray
-    from ray.util import list_named_actors
 
-    names = [a["name"] for a in list_named_actors(all_namespaces=True)
-             if a.get("namespace") == KEPT_NAMESPACE and a["name"].startswith("tl-ray-trial-template:")]
+    names = _kept_names()
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=KEPT_NAMESPACE))
@@ -267,6 +280,46 @@ def stop_kept_templates(timeout: float = 30.0) -> int:
             pass
     _wait_gone(names, KEPT_NAMESPACE, timeout)
     return len(names)
+
+
+def _kept_names() -> list[str]:
+    from ray.util import list_named_actors
+
+    return sorted(a["name"] for a in list_named_actors(all_namespaces=True)
+                  if a.get("namespace") == KEPT_NAMESPACE and a["name"].startswith(KEPT_NAME.split("{")[0]))
+
+
+def kept_templates(timeout: float = 10.0) -> list[dict]:
+    """Every kept template of the connected cluster: its node, key and ``NodeTemplate.status``."""
+    import ray
+
+    rows = []
+    for name in _kept_names():
+        _, node_id, key = name.split(":")
+        try:
+            status = ray.get(ray.get_actor(name, namespace=KEPT_NAMESPACE).status.remote(), timeout=timeout)
+        except Exception:  # noqa: BLE001 - expired meanwhile, or still starting
+            continue
+        rows.append({"node_id": node_id, "key": key, **status})
+    return rows
+
+
+def start_kept_templates(keep_alive_s: float, timeout: float = 120.0) -> list[str]:
+    """Starts a kept template (``keep_alive_s`` > 0) on every live node that has none for this process's
+    ``template_key``, as a sweep's start would, and returns once each has started; returns their node ids. A
+    cluster's first sweep then forks from them at once, if its key is the same: the same tl-ray, packages and
+    Python, and a job without a runtime environment of its own (``tl-ray tune`` run on a node of the cluster)."""
+    import ray
+
+    if keep_alive_s <= 0:
+        raise ValueError(f"a kept template needs a keep-alive above 0 s. Received: {keep_alive_s}")
+    where = locator(keep_alive_s)
+    start_node_templates(where)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    for node_id in nodes:  # a method call waits for the actor's start (its template process running)
+        handle = ray.get_actor(where["name"].format(node_id=node_id), namespace=where["namespace"])
+        ray.get(handle.touch.remote(keep_alive_s), timeout=timeout)
+    return nodes
 
 
 def _wait_gone(names: list[str], namespace: str | None, timeout: float) -> None:

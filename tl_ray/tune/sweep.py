@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import ConfigError, TLRayError
+from tl_ray.errors import ClusterError, ConfigError, TLRayError
 from tl_ray.spec import Spec
 from tl_ray.tune.space import to_param_space
 
@@ -191,12 +191,49 @@ def connect_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or "local",
-            include_dashboard=False,
-            log_to_driver=True,
-            configure_logging=False,
-        )
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        check_reachable(address)
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+
+
+def join_running_cluster() -> None:
+    """Joins the running cluster in ``RAY_ADDRESS``, else the one this node belongs to (``ray start``); never
+    starts one.
+
+    Raises:
+        ClusterError: no cluster there.
+    """
+    import os
+
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    address = address if address and not address.startswith("http") else "auto"
+    check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as exc:
+        raise ClusterError(f"no running Ray cluster at {address!r} ({exc}). Start one with `ray start --head`, "
+                           "or set RAY_ADDRESS to its address (host:6379).") from None
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fails fast when ``address`` (``host:port`` of a cluster's GCS) does not answer; Ray itself would retry
+    for minutes.
+
+    Raises:
+        ClusterError: nothing listens there.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():  # "local", "auto", ray:// clients: Ray's own rules
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
+                           "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
 
 
 def forks_from_templates(spec: Spec) -> bool:
