@@ -420,7 +420,6 @@ def main() -> int:
         parser.error("--cluster needs --repeat 2 or more: its later rounds are what it measures")
     global KEEP_TEMPLATES
     KEEP_TEMPLATES = args.keep_templates
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -11,7 +11,6 @@ pytestmark = pytest.mark.integration
 def ray_cluster(s3_server):
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
     yield
     ray.shutdown()
