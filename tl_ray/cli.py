@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from tl_ray.errors import ConfigError, TLRayError
+from tl_ray.errors import ConfigError, TLRayError, TrialError
 
 DEFAULT_STORAGE = os.environ.get("TLRAY_STORAGE", "./tlray-store")
 
@@ -117,10 +117,29 @@ def cmd_tune(args) -> int:
 
     spec = _spec(args)
     try:
-        sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
+        result, _ = sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         return _interrupted(args, exc, promote=args.promote)
+    failed = [r for r in result.rows if r.status == "ERROR"]
+    if failed:  # the table, the report and any promotion above stand: the rest of the sweep was sound
+        first = "; ".join(f"{r.trial_id}: {_error_summary(r.error)}" for r in failed[:3])
+        exc = TrialError(
+            f"{len(failed)} of {len(result.rows)} trials ended in ERROR once train.max_failures="
+            f"{spec.train.max_failures} retries ran out ({first}{'; ...' if len(failed) > 3 else ''}). The other "
+            f"trials' results{' and the promotion' if args.promote else ''} stand. Fix the cause, then rerun the "
+            f"failed trials with: {_resume_command(args, args.promote)}"
+        )
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
+
+
+def _error_summary(error: str | None) -> str:
+    """What a trial's error says, without the traceback Ray wraps it in: its last exception line and the lines
+    of message after it."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    named = [i for i, line in enumerate(lines) if line.split(":")[0].endswith(("Error", "Exception"))]
+    return " ".join(lines[named[-1]:] if named else lines[-1:])[:300] or "no error message"
 
 
 def cmd_report(args) -> int:

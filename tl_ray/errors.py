@@ -58,6 +58,12 @@ class ClusterError(TLRayError):
     exit_code = 7
 
 
+class TrialError(TLRayError):
+    """Trials of a sweep ended in error once their retries (``train.max_failures``) ran out."""
+
+    exit_code = 8
+
+
 def closest(name: str, choices, n: int = 3) -> list[str]:
     """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
     import difflib

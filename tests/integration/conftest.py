@@ -1,7 +1,5 @@
 """Integration tests: a real local Ray cluster, shared by a module."""
 
-import os
-
 import pytest
 
 pytestmark = pytest.mark.integration

@@ -1,15 +1,17 @@
-"""How Ray Tune starts the sweep's trial actors: in the worker processes Ray started in advance.
+"""How Ray Tune starts the sweep's trial actors: with no runtime environment of their own.
 
-Ray keeps a few idle worker processes per node, started before any job asks (as many as the node has
-CPUs), with no runtime environment. Tune gives each trial actor the runtime environment
-``{"env_vars": {"PL_DISABLE_FORK": "1"}}`` (for PyTorch Lightning, which tl-ray does not use), and a
-worker started for one runtime environment never runs an actor of another: every trial actor then
-waits for a new worker process (Python, then Ray's import and registration) while the idle ones stay
-idle. Without that variable, the first actors start in the idle workers, 0.3-0.6 s sooner on a 2-core
-node (``benchmarks/RESULTS.md``).
+Tune gives each trial actor the runtime environment ``{"env_vars": {"PL_DISABLE_FORK": "1"}}`` (for
+PyTorch Lightning, which tl-ray does not use). Any runtime environment costs an actor's start:
+
+- Ray's idle worker processes, which a raylet starts ahead of its first job (as many as the node has
+  CPUs, with none), never run an actor of another runtime environment. Each trial actor of a driver's
+  first sweep on a new local Ray then waits for a new worker (Python, Ray's import and registration)
+  while the idle ones stay idle: 0.6 s on a 2-core machine, measured alone.
+- A new worker for a runtime environment is started through the node's runtime-environment agent:
+  about 0.2 s more per actor in the later jobs of a ``ray start`` cluster (``benchmarks/RESULTS.md``).
 
 Tune still passes its actors the driver's credentials and Train settings (``AWS_*``, ``RAY_TRAIN_*``)
-when they are set; those trials start in new workers, as before.
+when they are set in the driver's environment; those actors start as before.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ class TrialSummary:
     params: dict
     history: list[dict]
     stage: str = ""
+    failed: bool = False  # Tune wrote the trial's error.txt: it failed at least once
 
     @property
     def started(self) -> float:
@@ -97,7 +98,8 @@ def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
         if storage.exists(storage.join(base, "result.json")):
             rows = [json.loads(line) for line in storage.read_text(storage.join(base, "result.json")).splitlines() if line.strip()]
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
-        out.append(TrialSummary(m.group(1) if m else name, params, rows, stage))
+        out.append(TrialSummary(m.group(1) if m else name, params, rows, stage,
+                                failed=storage.exists(storage.join(base, "error.txt"))))
     return out
 
 
@@ -110,8 +112,10 @@ def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: i
     for t in sorted(trials, key=lambda t: (order.index(t.stage), t.best(metric, mode) is None, -(t.best(metric, mode) or 0) if mode == "max" else (t.best(metric, mode) or 0))):
         best = t.best(metric, mode)
         planned = planned_epochs.get(t.stage) if isinstance(planned_epochs, dict) else planned_epochs
-        status = "no results" if not t.history else (
-            "stopped early" if planned and t.epochs < planned else "done")
+        finished = bool(t.history) and not (planned and t.epochs < planned)
+        # A trial that failed and never trained its epochs ended in error (or, restarted, was then stopped).
+        status = "error" if t.failed and not finished else "no results" if not t.history else (
+            "done" if finished else "stopped early")
         rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys), _fmt(best),
                      str(t.epochs), f"{t.wall_time_s:.0f}", status])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
