@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_sweep.py cache      # ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_sweep.py overhead   # ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 4 --cluster
+    .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 3 --cluster --templates-ahead
 
 ``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
 transferred from the fashion-base model, 500 labelled images, 1,500 for
@@ -36,7 +37,8 @@ each sweep's wall time against it. ``--repeat N`` runs them N times, each in a
 new driver process (as each ``tl-ray tune`` is), and prints each one's median
 and range; with ``--cluster`` the rounds are jobs of one ``ray start`` cluster,
 so each after the first finds the trial template the previous job kept
-(``tune.template_keep_alive_s``). Also the driver's memory before and after,
+(``tune.template_keep_alive_s``); with ``--templates-ahead`` the cluster starts its
+templates itself (``tl-ray templates start``) before the first job. Also the driver's memory before and after,
 and each trial process's peak RSS, first trial against last, and (forked trials)
 each actor's own RSS at its first and its last trial.
 """
@@ -327,6 +329,8 @@ def repeat_overhead(args) -> dict:
         env = dict(os.environ)
         if args.cluster:
             env = stack.enter_context(ray_start_cluster())
+        if args.templates_ahead:  # the cluster's set-up, before any job: not on any round's clock
+            subprocess.run([sys.executable, "-m", "tl_ray.cli", "templates", "start"], check=True, env=env)
         for i in range(args.repeat):
             with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
                 cmd = [sys.executable, __file__, "overhead", "--store", args.store, "--modes", args.modes,
@@ -340,7 +344,8 @@ def repeat_overhead(args) -> dict:
                 subprocess.run(cmd, check=True, env=env)
                 runs = json.loads(Path(tmp.name).read_text())
             rounds.append(runs)
-            when = "first job (no template yet)" if args.cluster and i == 0 else (
+            when = ("first job (templates started with the cluster)" if args.templates_ahead else
+                    "first job (no template yet)") if args.cluster and i == 0 else (
                 "later jobs (the template kept)" if args.cluster else "new local Ray")
             for label, r in runs.items():
                 ratios.setdefault(label, {}).setdefault(when, []).append(r["ratio"])
@@ -414,8 +419,13 @@ def main() -> int:
     parser.add_argument("--cluster", action="store_true",
                         help="overhead with --repeat: every round a job of one `ray start` cluster, the later ones "
                              "finding the template the previous job kept")
+    parser.add_argument("--templates-ahead", action="store_true",
+                        help="with --cluster: `tl-ray templates start` after `ray start`, before the first round, "
+                             "as a cluster's set-up would")
     parser.add_argument("--keep-templates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.templates_ahead and not args.cluster:
+        parser.error("--templates-ahead needs --cluster: templates are kept only on a `ray start` cluster")
     if args.cluster and args.repeat < 2:
         parser.error("--cluster needs --repeat 2 or more: its later rounds are what it measures")
     global KEEP_TEMPLATES
