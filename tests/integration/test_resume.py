@@ -132,12 +132,12 @@ def test_ctrl_c_stops_the_sweep_says_how_to_resume_and_resume_completes_it(tmp_p
 
 
 def test_a_sweep_whose_trials_error_exits_8_naming_them_after_the_table_and_report(tmp_path, fashion_dir):
-    """One trial of two fails (a dropout of 1.5, which the trial's spec refuses; no retries): the sweep
-    finishes the other, prints the table and writes the report, then exits 8 naming the failed trial, its
-    error and the command that reruns it."""
+    """One trial of two fails (its validation dataset does not exist; no retries): the sweep finishes the
+    other, prints the table and writes the report, then exits 8 naming the failed trial, its error and the
+    command that reruns it."""
     spec_path, store = write_spec(tmp_path, fashion_dir, epochs=1)
     spec = yaml.safe_load(spec_path.read_text())
-    spec["tune"]["space"] = {"model.head.dropout": "grid([0.0, 1.5])"}
+    spec["tune"]["space"] = {"data.validation": "grid([datasets/r/val, datasets/r/missing])"}
     spec["train"]["max_failures"] = 0
     spec_path.write_text(yaml.safe_dump(spec))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -145,11 +145,11 @@ def test_a_sweep_whose_trials_error_exits_8_naming_them_after_the_table_and_repo
                          text=True, env=env, timeout=900)
     assert run.returncode == 8, run.stdout[-3000:] + run.stderr[-3000:]
     (experiment,) = list((store / "experiments").glob("resumable-*"))
-    table = run.stdout[run.stdout.index("trial        model.head.dropout"):].splitlines()
+    table = run.stdout[run.stdout.index("trial        data.validation"):].splitlines()
     assert sorted(line.split()[-1] for line in table[1:3]) == ["DONE", "ERROR"]
     report = (experiment / "report" / "trials.txt").read_text().splitlines()
     assert sorted(line.split()[-1] for line in report[1:]) == ["done", "error"]
     (error_line,) = [line for line in run.stderr.splitlines() if line.startswith("TrialError:")]
     assert "1 of 2 trials ended in ERROR once train.max_failures=0 retries ran out" in error_line
-    assert "ConfigError: trial spec is invalid: model.head.dropout" in error_line and "Received: 1.5" in error_line
+    assert "DataError" in error_line and "datasets/r/missing" in error_line
     assert f"tl-ray tune {spec_path} --resume" in error_line

@@ -191,3 +191,31 @@ def test_cyclic_conditions_are_refused():
 
 def test_a_mapping_without_when_is_still_a_fixed_value():
     assert parse_space({"model.backbone_args": {"alpha": 0.35}})["model.backbone_args"].kind == "fixed"
+
+
+@pytest.mark.parametrize(
+    "key, expr, message",
+    [
+        ("model.head.dropout", "grid([0.0, 1.5])", "grid([0.0, 1.5]) gives 1.5, which model.head.dropout does not take"),
+        ("model.head.dropout", "uniform(0.0, 1.2)", "uniform(0.0, 1.2) reaches 1.2"),
+        ("train.batch_size", "randint(0, 64)", "randint(0, 64) reaches 0, which train.batch_size does not take"),
+        ("train.optimizer", "choice([adam, adamw2])", "gives 'adamw2', which train.optimizer does not take"),
+        ("train.learning_rate", -0.1, "gives -0.1, which train.learning_rate does not take"),
+        # A conditional dimension is checked where its condition holds.
+        (TOP, {"when": {MODE: "fine_tune"}, "sample": "randint(-5, 60)"}, "randint(-5, 60) reaches -5"),
+    ],
+)
+def test_a_space_value_its_field_refuses_fails_at_load_naming_dimension_value_and_rule(key, expr, message):
+    space = {MODE: "choice([feature_extraction, fine_tune])", key: expr}
+    with pytest.raises(ConfigError) as info:
+        load_spec(MINIMAL, overrides=[f"tune.space={space}"])
+    text = str(info.value)
+    assert f"tune.space.{key}: " in text and message in text and "Narrow it to values the field accepts" in text
+    assert "Received: {'name'" not in text  # not the whole spec
+
+
+def test_ranges_whose_open_end_the_field_refuses_still_load():
+    # uniform and loguniform never give HIGH, randint never gives HIGH: dropout < 1 holds for all of these.
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={{'model.head.dropout': 'uniform(0.0, 1.0)', "
+                                         f"'train.batch_size': 'randint(1, 65)'}}"])
+    assert set(spec.tune.space) == {"model.head.dropout", "train.batch_size"}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tl_ray.spec._base import DEFAULT_STORE, _Section
 from tl_ray.spec.data import DataSpec
@@ -55,6 +56,37 @@ class Spec(_Section):
         if "://" in value:
             return value
         return os.path.abspath(os.path.expanduser(value))
+
+    @model_validator(mode="after")
+    def _space_values_fit_their_fields(self) -> "Spec":
+        """Every value a ``tune.space`` dimension can give (its listed values, a range's ends) is one its field
+        takes: a sweep with one that is not would find out trial by trial."""
+        from tl_ray.spec.load import set_path
+        from tl_ray.tune.space import _describe, parse_space
+
+        dims = parse_space(self.tune.space)
+        base = self.model_dump(mode="json")
+        base["tune"]["space"] = {}
+        for key, dist in dims.items():
+            for value in dist.extremes():
+                data = copy.deepcopy(base)
+                # A conditional dimension is sampled only where its conditions hold: check it there.
+                for field, allowed in dist.when:
+                    set_path(data, field, allowed[0])
+                set_path(data, key, value)
+                try:
+                    Spec.model_validate(data)
+                except ValidationError as exc:
+                    own = [e for e in exc.errors() if ".".join(str(p) for p in e["loc"]) == key]
+                    if own:  # errors of other fields (rules across fields) are the trial's to report
+                        listed = dist.kind in ("fixed", "choice", "grid")
+                        shown = value if listed or value == dist.args[0] else dist.args[1]
+                        raise ValueError(
+                            f"tune.space.{key}: {_describe(dist)} {'gives' if listed else 'reaches'} {shown!r}, "
+                            f"which {key} does not take ({own[0]['msg'].removeprefix('Value error, ')}). Narrow "
+                            f"it to values the field accepts"
+                        ) from None
+        return self
 
     def resolve(self, uri: str) -> str:
         """A dataset or artifact path resolved against `storage` (full URIs pass through)."""

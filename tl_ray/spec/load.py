@@ -101,13 +101,15 @@ def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key; remove it or check its spelling"
             received = err.get("input")
-            shown = "" if err["type"] in ("missing",) else f" Received: {received!r}."
-            lines.append(f"{loc}: {msg}.{shown}" if not msg.endswith(".") else f"{loc}: {msg}{shown}")
+            # A rule across sections (loc empty) names its fields itself; its input is the whole spec.
+            shown = "" if err["type"] in ("missing",) or not loc else f" Received: {received!r}."
+            where = f"{loc}: " if loc else ""
+            lines.append(f"{where}{msg}.{shown}" if not msg.endswith(".") else f"{where}{msg}{shown}")
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
     spec._base_dir = base_dir
     return spec

@@ -77,6 +77,20 @@ class Distribution:
             return low <= value <= high and math.isclose(round(value / q) * q, value, rel_tol=1e-9, abs_tol=1e-12)
         return low <= value <= high
 
+    def extremes(self) -> list[Any]:
+        """Values that bound what sampling can give: every listed value, or a range's two ends (the highest a
+        half-open range can give)."""
+        kind, args = self.kind, self.args
+        if kind == "fixed":
+            return [args[0]]
+        if kind in ("choice", "grid"):
+            return list(args[0])
+        if kind == "randint":  # Ray's randint excludes HIGH
+            return [args[0], args[1] - 1]
+        if kind == "quniform":
+            return [args[0], args[1]]
+        return [args[0], math.nextafter(args[1], args[0])]  # uniform, loguniform: [LOW, HIGH)
+
     def to_tune(self):
         """The Ray Tune search object (imports Ray)."""
         from ray import tune
