@@ -123,11 +123,14 @@ def cmd_tune(args) -> int:
     failed = [r for r in result.rows if r.status == "ERROR"]
     if failed:  # the table, the report and any promotion above stand: the rest of the sweep was sound
         first = "; ".join(f"{r.trial_id}: {_error_summary(r.error)}" for r in failed[:3])
+        # Resuming reruns the failed trials; a staged sweep's later stages depend on which trials the earlier
+        # ones promoted, so it runs again whole.
+        again = ("run the sweep again: tl-ray tune " + args.spec if spec.tune.stages else
+                 f"rerun the failed trials with: {_resume_command(args, promote=False)}")
         exc = TrialError(
             f"{len(failed)} of {len(result.rows)} trials ended in ERROR once train.max_failures="
-            f"{spec.train.max_failures} retries ran out ({first}{'; ...' if len(failed) > 3 else ''}). The other "
-            f"trials' results{' and the promotion' if args.promote else ''} stand. Fix the cause, then rerun the "
-            f"failed trials with: {_resume_command(args, args.promote)}"
+            f"{spec.train.max_failures} retries ran out ({first}{'; ...' if len(failed) > 3 else ''}). The table, "
+            f"the report{' and the promotion' if args.promote else ''} above stand. Fix the cause, then {again}"
         )
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -161,7 +164,7 @@ def cmd_templates_start(args) -> int:
     from tl_ray.train import node_template
     from tl_ray.tune.sweep import join_running_cluster
 
-    if args.keep_alive < MIN_KEEP_ALIVE_S:
+    if not args.keep_alive >= MIN_KEEP_ALIVE_S:  # nan too
         raise ConfigError(f"--keep-alive must be at least {MIN_KEEP_ALIVE_S:g} s (a template that ends with this "
                           f"command would serve no sweep). Received: {args.keep_alive:g}")
     join_running_cluster()
@@ -180,11 +183,15 @@ def cmd_templates_list(args) -> int:
     rows = node_template.kept_templates()
     if not rows:
         print("no kept trial templates in the cluster")
-    for r in rows:
+    for row in rows:
+        r = row["status"]
+        if r is None:
+            print(f"node {row['node_id'][:12]}  key {row['key']}  no answer (starting, or ending)")
+            continue
         state = "ending" if r["ending"] else (
             f"{r['trial_processes']} trial process(es)" if r["trial_processes"]
             else f"idle {r['idle_s']:.0f} s of {r['keep_alive_s']:g} s")
-        print(f"node {r['node_id'][:12]}  key {r['key']}  pid {r['pid']}  {r['rss_mb']:.0f} MiB  {state}")
+        print(f"node {row['node_id'][:12]}  key {row['key']}  pid {r['pid']}  {r['rss_mb']:.0f} MiB  {state}")
     return 0
 
 
@@ -444,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="templates_cmd", required=True)
     p = templates.add_parser("start", help="start one on every node now, so the cluster's first sweep forks at once")
     p.add_argument("--keep-alive", type=float, default=3600.0,
-                   help="seconds it stays up with no trial process (default 3600; a sweep sets its own on start)")
+                   help="seconds it stays up with no trial process (default 3600, 'inf': until stopped; a sweep "
+                        "sets its own on start)")
     p.set_defaults(func=cmd_templates_start)
     p = templates.add_parser("list", help="node, key, process, memory and idle time of each kept template")
     p.set_defaults(func=cmd_templates_list)

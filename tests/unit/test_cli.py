@@ -97,10 +97,11 @@ def test_unreachable_cluster_exits_7_at_once_naming_the_address(capsys, monkeypa
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_templates_start_refuses_a_keep_alive_that_would_serve_no_sweep(capsys):
-    code, _, err = run(capsys, "templates", "start", "--keep-alive", "5")
+@pytest.mark.parametrize("value", ["5", "nan"])
+def test_templates_start_refuses_a_keep_alive_that_would_serve_no_sweep(capsys, value):
+    code, _, err = run(capsys, "templates", "start", "--keep-alive", value)
     assert code == 2
-    assert "ConfigError" in err and "--keep-alive must be at least 30 s" in err and "Received: 5" in err
+    assert "ConfigError" in err and "--keep-alive must be at least 30 s" in err and f"Received: {value}" in err
 
 
 def test_registry_reference_to_missing_model_exits_5(capsys, tmp_path):

@@ -59,9 +59,19 @@ def test_in_memory_batches_equal_the_readers(entry, options):
         assert all(len(y) == 4 for _, y in b)
 
 
-def test_a_process_reuses_an_entrys_unshuffled_dataset_and_streams_the_same_batches(entry):
-    from tl_ray.data.manifest import read_manifest
+@pytest.fixture
+def held():
+    """The process's in-memory entries, emptied after the test."""
     from tl_ray.train.cached_inputs import MemoryRows
+
+    yield MemoryRows
+    MemoryRows._held.clear()
+
+
+def test_a_process_reuses_an_entrys_unshuffled_dataset_and_streams_the_same_batches(entry, held):
+    from tl_ray.data.manifest import read_manifest
+
+    MemoryRows = held
 
     manifest = read_manifest(entry)
     first = MemoryRows(entry, manifest).dataset(batch_size=4, image_size=(8, 8))
@@ -78,4 +88,3 @@ def test_a_process_reuses_an_entrys_unshuffled_dataset_and_streams_the_same_batc
         for (xa, ya), (xb, yb) in pairs:
             np.testing.assert_array_equal(xa.numpy(), xb.numpy())
             np.testing.assert_array_equal(ya.numpy(), yb.numpy())
-    MemoryRows._held.clear()

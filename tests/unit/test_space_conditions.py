@@ -215,7 +215,18 @@ def test_a_space_value_its_field_refuses_fails_at_load_naming_dimension_value_an
 
 
 def test_ranges_whose_open_end_the_field_refuses_still_load():
-    # uniform and loguniform never give HIGH, randint never gives HIGH: dropout < 1 holds for all of these.
-    spec = load_spec(MINIMAL, overrides=[f"tune.space={{'model.head.dropout': 'uniform(0.0, 1.0)', "
-                                         f"'train.batch_size': 'randint(1, 65)'}}"])
-    assert set(spec.tune.space) == {"model.head.dropout", "train.batch_size"}
+    # uniform never gives HIGH (dropout < 1), randint never gives HIGH (latency_repeats <= 1000).
+    space = {"model.head.dropout": "uniform(0.0, 1.0)", "promote.latency_repeats": "randint(3, 1001)"}
+    spec = load_spec(MINIMAL, overrides={"promote": {"name": "m"}, "tune.space": space})
+    assert set(spec.tune.space) == set(space)
+    with pytest.raises(ConfigError, match=r"randint\(3, 1002\) reaches 1001, which promote.latency_repeats"):
+        load_spec(MINIMAL, overrides={"promote": {"name": "m"},
+                                      "tune.space": {"promote.latency_repeats": "randint(3, 1002)"}})
+
+
+def test_a_list_fields_bad_element_and_a_conditional_null_sample():
+    with pytest.raises(ConfigError, match=r"choice\(\[\[64\], \[64, -1\]\]\) gives \[64, -1\]"):
+        load_spec(MINIMAL, overrides=["tune.space={'model.head.dense': 'choice([[64], [64, -1]])'}"])
+    # None where the condition holds: the field keeps its default, as in the trial.
+    space = {MODE: "choice([feature_extraction, fine_tune])", TOP: {"when": {MODE: "fine_tune"}, "sample": None}}
+    assert TOP in load_spec(MINIMAL, overrides={"tune.space": space}).tune.space

@@ -12,7 +12,7 @@ def _options(cls) -> dict:
     return _ActorClassCache().get(cls)._default_options
 
 
-def test_inside_a_sweep_the_trial_actors_have_no_runtime_environment_and_tunes_default_is_restored(monkeypatch):
+def test_inside_the_context_trial_actors_have_no_runtime_environment_and_tunes_default_is_restored(monkeypatch):
     for name in ENV_VARS_TO_PROPAGATE:
         monkeypatch.delenv(name, raising=False)
     class Trainable:
@@ -48,3 +48,13 @@ def test_a_failing_sweep_restores_tunes_default():
     except KeyboardInterrupt:
         pass
     assert DEFAULT_ENV_VARS == before
+
+
+def test_run_tuner_fits_inside_the_context():
+    import inspect
+
+    from tl_ray.tune import sweep
+
+    source = inspect.getsource(sweep.run_tuner)
+    fit = source.index("grid = tuner.fit()")
+    assert "trial_actors_in_idle_workers()" in source[source.rindex("with ", 0, fit):fit]

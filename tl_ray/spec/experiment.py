@@ -60,7 +60,8 @@ class Spec(_Section):
     @model_validator(mode="after")
     def _space_values_fit_their_fields(self) -> "Spec":
         """Every value a ``tune.space`` dimension can give (its listed values, a range's ends) is one its field
-        takes: a sweep with one that is not would find out trial by trial."""
+        takes: a sweep with one that is not would find out trial by trial. (PBT's perturbations, which scale a
+        value by 0.8 or 1.2, can still leave a range: the trial's spec refuses such a value.)"""
         from tl_ray.spec.load import set_path
         from tl_ray.tune.space import _describe, parse_space
 
@@ -69,6 +70,8 @@ class Spec(_Section):
         base["tune"]["space"] = {}
         for key, dist in dims.items():
             for value in dist.extremes():
+                if value is None:  # the field's default
+                    continue
                 data = copy.deepcopy(base)
                 # A conditional dimension is sampled only where its conditions hold: check it there.
                 for field, allowed in dist.when:
@@ -77,10 +80,15 @@ class Spec(_Section):
                 try:
                     Spec.model_validate(data)
                 except ValidationError as exc:
-                    own = [e for e in exc.errors() if ".".join(str(p) for p in e["loc"]) == key]
-                    if own:  # errors of other fields (rules across fields) are the trial's to report
+                    # The field's own errors, or its items' (a list's element, a union's member). Errors of other
+                    # fields (rules across fields) are the trial's to report.
+                    own = [e for e in exc.errors()
+                           if f"{'.'.join(str(p) for p in e['loc'])}.".startswith(f"{key}.")]
+                    if own:
                         listed = dist.kind in ("fixed", "choice", "grid")
-                        shown = value if listed or value == dist.args[0] else dist.args[1]
+                        # uniform/loguniform never give HIGH itself: name the bound as written.
+                        shown = dist.args[1] if dist.kind in ("uniform", "loguniform") and value != dist.args[0] \
+                            else value
                         raise ValueError(
                             f"tune.space.{key}: {_describe(dist)} {'gives' if listed else 'reaches'} {shown!r}, "
                             f"which {key} does not take ({own[0]['msg'].removeprefix('Value error, ')}). Narrow "

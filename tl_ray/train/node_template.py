@@ -179,11 +179,13 @@ def _driver_key() -> str:
 
 
 def _distributions() -> list[str]:
-    """The installed distributions, as their metadata folders name them (``numpy-2.1.3.dist-info``)."""
+    """The installed distributions, as their metadata folders name them (``numpy-2.1.3.dist-info``). Not the
+    folder the command started from (``sys.path[0]``: the script's, or the working directory with ``-m``),
+    whose build leftovers (``tl_ray.egg-info``) would give one environment two keys."""
     import sys
 
     found = set()
-    for entry in sys.path:
+    for entry in sys.path if sys.flags.safe_path else sys.path[1:]:
         try:
             names = os.listdir(entry or ".")
         except OSError:  # a zip, or gone
@@ -290,17 +292,27 @@ def _kept_names() -> list[str]:
 
 
 def kept_templates(timeout: float = 10.0) -> list[dict]:
-    """Every kept template of the connected cluster: its node, key and ``NodeTemplate.status``."""
+    """Every kept template of the connected cluster: its node, key and ``NodeTemplate.status``; ``status`` None
+    for one that did not answer within ``timeout`` (starting, or ending)."""
     import ray
 
-    rows = []
+    asked = {}
     for name in _kept_names():
-        _, node_id, key = name.split(":")
         try:
-            status = ray.get(ray.get_actor(name, namespace=KEPT_NAMESPACE).status.remote(), timeout=timeout)
-        except Exception:  # noqa: BLE001 - expired meanwhile, or still starting
+            asked[name] = ray.get_actor(name, namespace=KEPT_NAMESPACE).status.remote()
+        except ValueError:  # expired meanwhile
             continue
-        rows.append({"node_id": node_id, "key": key, **status})
+    done, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=timeout) if asked else ([], [])
+    rows = []
+    for name, ref in asked.items():
+        _, node_id, key = name.split(":")
+        status = None
+        if ref in done:
+            try:
+                status = ray.get(ref)
+            except Exception:  # noqa: BLE001, S110 - died while answering: shown as not answering
+                pass
+        rows.append({"node_id": node_id, "key": key, "status": status})
     return rows
 
 
@@ -315,11 +327,23 @@ def start_kept_templates(keep_alive_s: float, timeout: float = 120.0) -> list[st
         raise ValueError(f"a kept template needs a keep-alive above 0 s. Received: {keep_alive_s}")
     where = locator(keep_alive_s)
     start_node_templates(where)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
-    for node_id in nodes:  # a method call waits for the actor's start (its template process running)
-        handle = ray.get_actor(where["name"].format(node_id=node_id), namespace=where["namespace"])
-        ray.get(handle.touch.remote(keep_alive_s), timeout=timeout)
-    return nodes
+    started = []
+    for node in ray.nodes():  # a method call waits for the actor's start (its template process running)
+        node_id = node["NodeID"]
+        try:
+            handle = ray.get_actor(where["name"].format(node_id=node_id), namespace=where["namespace"])
+        except ValueError:  # no CPUs, gone, or joined after the start: its first sweep starts one
+            continue
+        try:
+            ray.get(handle.touch.remote(keep_alive_s), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - its start failed or hangs: say which node
+            from tl_ray.errors import ClusterError
+
+            raise ClusterError(f"the trial template on node {node_id} did not start within {timeout:g} s "
+                               f"({type(exc).__name__}: {exc}). Check that node's Ray logs (raylet.err, "
+                               "worker-*.err), or end it with `tl-ray templates stop`.") from None
+        started.append(node_id)
+    return started
 
 
 def _wait_gone(names: list[str], namespace: str | None, timeout: float) -> None:

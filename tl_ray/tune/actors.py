@@ -11,7 +11,8 @@ PyTorch Lightning, which tl-ray does not use). Any runtime environment costs an 
   about 0.2 s more per actor in the later jobs of a ``ray start`` cluster (``benchmarks/RESULTS.md``).
 
 Tune still passes its actors the driver's credentials and Train settings (``AWS_*``, ``RAY_TRAIN_*``)
-when they are set in the driver's environment; those actors start as before.
+when they are set in the driver's environment; those actors start as before. Through Ray Client
+(``ray://``) Tune runs on the cluster, not in this process, and keeps its default.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import ClusterError, ConfigError, TLRayError
+from tl_ray.errors import ClusterError, ConfigError, TLRayError, TrialError
 from tl_ray.spec import Spec
 from tl_ray.tune.space import to_param_space
 
@@ -49,7 +49,8 @@ class SweepResult:
         scored = [r for r in self.rows if r.metric is not None and r.checkpoint]
         if not scored:
             errors = "; ".join(f"{r.trial_id}: {r.error}" for r in self.rows if r.error)[:2000]
-            raise TLRayError(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
+            error = TrialError if any(r.status == "ERROR" for r in self.rows) else TLRayError
+            raise error(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda r: r.metric)
 
@@ -208,7 +209,7 @@ def join_running_cluster() -> None:
     import ray
 
     address = os.environ.get("RAY_ADDRESS", "")
-    address = address if address and not address.startswith("http") else "auto"
+    address = address if address and address != "local" and not address.startswith("http") else "auto"
     check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
@@ -230,7 +231,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     if "://" in address or not host or not port.isdigit():  # "local", "auto", ray:// clients: Ray's own rules
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()  # [::1]:6379 too
     except OSError as exc:
         raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
                            "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
