@@ -29,7 +29,7 @@ class TrialSummary:
     params: dict
     history: list[dict]
     stage: str = ""
-    failed: bool = False  # Tune wrote the trial's error.txt: it failed at least once
+    failed: bool | None = False  # ended in error, as Tune saved it; None: failed once, how it ended unknown
 
     @property
     def started(self) -> float:
@@ -87,8 +87,21 @@ def is_trial_dir(name: str) -> bool:
     return re.match(r"^(tune|stage)_trial_[0-9a-f]+_\d+", name) is not None
 
 
+def _saved_statuses(experiment_uri: str) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        fs, path = storage.filesystem(experiment_uri)
+        analysis = ExperimentAnalysis(path, storage_filesystem=fs if storage.is_s3(experiment_uri) else None)
+        return {t.trial_id: t.status for t in analysis.trials}
+    except Exception:  # noqa: BLE001 - no state saved (or unreadable): the trial folders alone
+        return {}
+
+
 def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
     names = [n for n in storage.list_dir(experiment_uri) if is_trial_dir(n)]
+    statuses = _saved_statuses(experiment_uri)
     out = []
     for name in names:
         base = storage.join(experiment_uri, name)
@@ -98,8 +111,14 @@ def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
         if storage.exists(storage.join(base, "result.json")):
             rows = [json.loads(line) for line in storage.read_text(storage.join(base, "result.json")).splitlines() if line.strip()]
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
-        out.append(TrialSummary(m.group(1) if m else name, params, rows, stage,
-                                failed=storage.exists(storage.join(base, "error.txt"))))
+        trial_id = m.group(1) if m else name
+        # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
+        # one, a trial that failed and never trained its epochs is taken to have ended in error.
+        if trial_id in statuses:
+            failed: bool | None = statuses[trial_id] == "ERROR"
+        else:
+            failed = None if storage.exists(storage.join(base, "error.txt")) else False
+        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed))
     return out
 
 
@@ -113,8 +132,8 @@ def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: i
         best = t.best(metric, mode)
         planned = planned_epochs.get(t.stage) if isinstance(planned_epochs, dict) else planned_epochs
         finished = bool(t.history) and not (planned and t.epochs < planned)
-        # A trial that failed and never trained its epochs ended in error (or, restarted, was then stopped).
-        status = "error" if t.failed and not finished else "no results" if not t.history else (
+        ended_in_error = t.failed or (t.failed is None and not finished)
+        status = "error" if ended_in_error else "no results" if not t.history else (
             "done" if finished else "stopped early")
         rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys), _fmt(best),
                      str(t.epochs), f"{t.wall_time_s:.0f}", status])
