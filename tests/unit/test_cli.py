@@ -97,6 +97,20 @@ def test_unreachable_cluster_exits_7_at_once_naming_the_address(capsys, monkeypa
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_a_stale_cluster_address_left_by_ray_start_exits_7_at_once_naming_it(capsys, monkeypatch, tmp_path):
+    import ray
+
+    address = f"127.0.0.1:{_closed_port()}"  # what a `ray start` whose cluster has gone left behind
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    code, _, err = run(capsys, "templates", "list")
+    assert code == 7
+    assert f"no Ray cluster answers at {address!r}, the address the last `ray start` on this node recorded" in err
+    assert not ray.is_initialized()
+
+
 @pytest.mark.parametrize("value", ["5", "nan"])
 def test_templates_start_refuses_a_keep_alive_that_would_serve_no_sweep(capsys, value):
     code, _, err = run(capsys, "templates", "start", "--keep-alive", value)

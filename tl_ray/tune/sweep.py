@@ -210,7 +210,14 @@ def join_running_cluster() -> None:
 
     address = os.environ.get("RAY_ADDRESS", "")
     address = address if address and address != "local" and not address.startswith("http") else "auto"
-    check_reachable(address)
+    if address == "auto":  # the cluster the last `ray start` here recorded: Ray retries a dead one for minutes
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+        if found:
+            check_reachable(found, source="the address the last `ray start` on this node recorded")
+    else:
+        check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError) as exc:
@@ -218,7 +225,7 @@ def join_running_cluster() -> None:
                            "or set RAY_ADDRESS to its address (host:6379).") from None
 
 
-def check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRESS") -> None:
     """Fails fast when ``address`` (``host:port`` of a cluster's GCS) does not answer; Ray itself would retry
     for minutes.
 
@@ -233,8 +240,11 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()  # [::1]:6379 too
     except OSError as exc:
-        raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
-                           "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
+        if source == "RAY_ADDRESS":
+            raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
+                               "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
+        raise ClusterError(f"no Ray cluster answers at {address!r}, {source} ({exc}). Start a cluster (`ray start "
+                           "--head`), or set RAY_ADDRESS to a running cluster's address.") from None
 
 
 def forks_from_templates(spec: Spec) -> bool:
