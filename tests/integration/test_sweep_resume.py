@@ -61,7 +61,7 @@ def results_table(stdout: str) -> tuple[list[str], dict[str, list[str]]]:
 def saved_statuses(experiment: Path) -> list[str]:
     from tl_ray.tune.interrupt import saved_trial_statuses
 
-    return sorted(saved_trial_statuses(str(experiment)))
+    return sorted(saved_trial_statuses(str(experiment)).values())
 
 
 class Sweep:

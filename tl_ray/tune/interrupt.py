@@ -39,8 +39,8 @@ class SweepInterrupted(TLRayError):
         return (type(self), (self.experiment, self.experiment_path, self.unfinished, self.stage))
 
 
-def saved_trial_statuses(experiment_path: str, filesystem=None) -> list[str]:
-    """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues).
+def saved_trial_statuses(experiment_path: str, filesystem=None) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues), by trial id.
 
     Not the ResultGrid's statuses: after an interrupt Tune marks the trials it
     stops TERMINATED in memory, but saves the state before stopping them.
@@ -48,7 +48,7 @@ def saved_trial_statuses(experiment_path: str, filesystem=None) -> list[str]:
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem)
-    return [t.status for t in analysis.trials]
+    return {t.trial_id: t.status for t in analysis.trials}
 
 
 def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> int:

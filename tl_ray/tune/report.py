@@ -89,12 +89,11 @@ def is_trial_dir(name: str) -> bool:
 
 def _saved_statuses(experiment_uri: str) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
-    try:
-        from ray.tune import ExperimentAnalysis
+    from tl_ray.tune.interrupt import saved_trial_statuses
 
+    try:
         fs, path = storage.filesystem(experiment_uri)
-        analysis = ExperimentAnalysis(path, storage_filesystem=fs if storage.is_s3(experiment_uri) else None)
-        return {t.trial_id: t.status for t in analysis.trials}
+        return saved_trial_statuses(path, fs if storage.is_s3(experiment_uri) else None)
     except Exception:  # noqa: BLE001 - no state saved (or unreadable): the trial folders alone
         return {}
 

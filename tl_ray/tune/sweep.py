@@ -369,7 +369,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     with quiet_ray_resume_hint(), sweep_templates(where), trial_actors_in_idle_workers():
         grid = tuner.fit()
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
-    unfinished = count_unfinished(spec, saved_trial_statuses(exp_path, fs), planned)
+    unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), planned)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
         raise SweepInterrupted(folder[0] if folder else name, exp_path, unfinished, stage=stage)
     result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
