@@ -108,7 +108,8 @@ def default_threads_trial(config: dict, base_spec: dict) -> None:
     from tl_ray.train.distributed import TuneReporter
     from tl_ray.train.loop import train
 
-    train(validate(apply_overrides(base_spec, config)), TuneReporter())
+    with TuneReporter() as reporter:
+        train(validate(apply_overrides(base_spec, config)), reporter)
 
 
 def run_trial(spec_data: dict, default_threads: bool = False) -> dict:

@@ -10,6 +10,8 @@ back to Tune through ``TuneReportCallback``.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +21,50 @@ from tl_ray.train.loop import train
 from tl_ray.train.runtime import assigned_cpus, configure_tensorflow
 
 
-class TuneReporter:
+class _RestoreCopy:
+    """The checkpoint Ray hands a restarting trial, copied into a folder of this reporter's own.
+
+    ``Checkpoint.to_directory()`` downloads into a temporary folder named after the checkpoint's id, and
+    copies of a checkpoint share that id: two trials exploiting the same PBT donor at once, or the workers of
+    one trial, would download into one folder, a later download rewriting the files an earlier trial is
+    reading. Each reporter downloads into a folder of its own and removes it when its trial ends (used as a
+    context manager).
+    """
+
+    _copy: Path | None = None
+
+    def _checkpoint(self):
+        raise NotImplementedError
+
+    def restore_dir(self) -> Path | None:
+        if self._copy is None:
+            ckpt = self._checkpoint()
+            if ckpt is None:
+                return None
+            self._copy = private_copy(ckpt)
+        return self._copy
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+
+
+def private_copy(checkpoint) -> Path:
+    """Downloads a Ray checkpoint into a new temporary folder (the caller removes it)."""
+    folder = tempfile.mkdtemp(prefix="tlray-restore-")
+    try:
+        checkpoint.to_directory(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Path(folder)
+
+
+class TuneReporter(_RestoreCopy):
     """Reports a single-worker trial to Ray Tune.
 
     ``trial_id`` is the Tune trial's id, which the loop writes into each
@@ -47,14 +92,13 @@ class TuneReporter:
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
-    def restore_dir(self) -> Path | None:
+    def _checkpoint(self):
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        return Path(ckpt.to_directory()) if ckpt is not None else None
+        return tune.get_checkpoint()
 
 
-class TrainReporter:
+class TrainReporter(_RestoreCopy):
     """Reports a Ray Train worker; every worker reports, rank 0 with the checkpoint."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
@@ -67,11 +111,10 @@ class TrainReporter:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
 
-    def restore_dir(self) -> Path | None:
+    def _checkpoint(self):
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        return Path(ckpt.to_directory()) if ckpt is not None else None
+        return ray.train.get_checkpoint()
 
 
 def _group_nodes() -> int:
@@ -103,7 +146,8 @@ def train_worker(spec_dict: dict) -> None:
     """``train_loop_per_worker`` of the TensorflowTrainer."""
     spec = validate(spec_dict)
     configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker))
-    train(spec, TrainReporter())
+    with TrainReporter() as reporter:
+        train(spec, reporter)
 
 
 def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
@@ -159,12 +203,14 @@ def tune_trial(config: dict, base_spec: dict, template: dict | None = None) -> N
             from tl_ray.train import trial_process
 
             marks = {"actor_trial_entry": time.time(), "actor_created": process_created() or time.time()}
-            trial_process.run(spec, TuneReporter(), threads=threads, cpu_devices=spec.train.cpu_devices,
-                              marks=marks, template=template)
+            with TuneReporter() as reporter:
+                trial_process.run(spec, reporter, threads=threads, cpu_devices=spec.train.cpu_devices,
+                                  marks=marks, template=template)
             return
         begin_trial()
         configure_tensorflow(threads, spec.train.cpu_devices)
-        train(spec, TuneReporter())
+        with TuneReporter() as reporter:
+            train(spec, reporter)
         return
     from ray import tune
 
