@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_sweep.py overhead   # ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 4 --cluster
     .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 3 --cluster --templates-ahead
+    .venv/bin/python benchmarks/bench_sweep.py overhead --modes fork,plain --repeat 6 --template-start both
 
 ``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
 transferred from the fashion-base model, 500 labelled images, 1,500 for
@@ -38,7 +39,10 @@ new driver process (as each ``tl-ray tune`` is), and prints each one's median
 and range; with ``--cluster`` the rounds are jobs of one ``ray start`` cluster,
 so each after the first finds the trial template the previous job kept
 (``tune.template_keep_alive_s``); with ``--templates-ahead`` the cluster starts its
-templates itself (``tl-ray templates start``) before the first job. Also the driver's memory before and after,
+templates itself (``tl-ray templates start``) before the first job. Without ``--cluster`` each round starts
+a local Ray, and with it the node's trial template (``tl_ray.train.driver_template``), as ``tl-ray tune``
+does; ``--template-start sweep`` leaves the template to the sweep, and ``both`` alternates the two, printing
+Ray's start plus the sweep for each. Also the driver's memory before and after,
 and each trial process's peak RSS, first trial against last, and (forked trials)
 each actor's own RSS at its first and its last trial.
 """
@@ -95,13 +99,23 @@ def prepare(store: str) -> None:
 
 
 KEEP_TEMPLATES = False  # --keep-templates: a template this run's sweeps leave is left for the cluster's next job
+TEMPLATE_WITH_RAY = True  # --template-start sweep: a new local Ray starts without the driver's template
 
 
 def sweep(spec, name: str):
+    """Runs the sweep; returns (result, its wall time, the time Ray took to start before it: 0 when up)."""
+    import ray
+
     from tl_ray.train.node_template import stop_kept_templates, stop_node_templates
     from tl_ray.tune.sweep import connect_ray, run_sweep
 
-    connect_ray()  # the cluster's start is not the sweep's: every run finds Ray up
+    # The cluster's start is not the sweep's: every sweep finds Ray up. A new local Ray starts with the node's
+    # trial template (tl_ray.train.driver_template), as `tl-ray tune` starts it, unless --template-start sweep.
+    ray_s = 0.0
+    if not ray.is_initialized():
+        begin = time.perf_counter()
+        connect_ray(spec if TEMPLATE_WITH_RAY else None)
+        ray_s = time.perf_counter() - begin
     start = time.perf_counter()
     result = run_sweep(spec, experiment=name)
     wall = time.perf_counter() - start
@@ -110,7 +124,7 @@ def sweep(spec, name: str):
     stop_node_templates()
     if not KEEP_TEMPLATES:
         stop_kept_templates()
-    return result, wall
+    return result, wall, ray_s
 
 
 def trial_rows(result) -> list[list[dict]]:
@@ -139,7 +153,7 @@ def bench_cache(store: str, stamp: str, trials: int) -> dict:
         if label[0] == "c":
             purge(store)
         spec = target_spec(store, **overrides, **{"tune.num_samples": trials})
-        result, wall = sweep(spec, f"bench-cache-{stamp}-{label[0]}")
+        result, wall, _ = sweep(spec, f"bench-cache-{stamp}-{label[0]}")
         rows = trial_rows(result)
         runs[label] = {
             "wall_s": wall,
@@ -177,7 +191,7 @@ def overhead_run(spec, name: str) -> dict:
     import ray
 
     before = rss_mb()
-    result, wall = sweep(spec, name)
+    result, wall, ray_s = sweep(spec, name)
     after = rss_mb()
     concurrency = min(spec.tune.num_samples, int(ray.cluster_resources().get("CPU", 1)) // spec.train.cpus_per_worker)
     rows = [rs for rs in trial_rows(result) if rs]
@@ -197,6 +211,7 @@ def overhead_run(spec, name: str) -> dict:
     # Forked trials: the template processes they were forked from (one per node, or one per actor).
     templates = {r["template_pid"] for rs in rows for r in rs if "template_pid" in r}
     return {"trials": len(rows), "concurrency": concurrency, "wall_s": wall, "ideal_s": ideal, "ratio": wall / ideal,
+            "ray_start_s": ray_s,
             "templates": len(templates),
             "per_trial_s": parts, "trial_peak_rss_mb": peaks, "driver_rss_mb": [before, after],
             "actor_rss_mb": {str(pid): [v[0], v[-1], len(v)] for pid, v in actors.items()}}
@@ -287,7 +302,10 @@ def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps:
             runs[label] = r = overhead_run(validate(data), f"bench-overhead-{stamp}-{label[0]}")
         print(f"{label}: {r['trials']} trials, concurrency {r['concurrency']}: wall {r['wall_s']:.1f} s, "
               f"ideal {r['ideal_s']:.1f} s, ratio {r['ratio']:.2f} (goal <= 1.3: {'met' if r['ratio'] <= 1.3 else 'missed'})"
-              + (f"; {r['templates']} template process(es)" if r["templates"] else ""), flush=True)
+              + (f"; {r['templates']} template process(es)" if r["templates"] else "")
+              + (f"; Ray's start before it {r['ray_start_s']:.1f} s (template "
+                 f"{'started with Ray' if TEMPLATE_WITH_RAY else 'started by the sweep'})" if r["ray_start_s"] else ""),
+              flush=True)
     if "plain" in modes:
         concurrency = next(iter(runs.values()))["concurrency"] if runs else 2
         plain = plain_run(spec, concurrency)
@@ -324,6 +342,7 @@ def repeat_overhead(args) -> dict:
     import tempfile
 
     ratios: dict[str, dict[str, list[float]]] = {}
+    with_ray: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     rounds = []
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
@@ -339,6 +358,9 @@ def repeat_overhead(args) -> dict:
                     cmd += ["--trials", str(args.trials)]
                 if args.cluster:
                     cmd += ["--keep-templates"]
+                # both: alternate rounds with the template started with Ray and by the sweep, side by side
+                start_with = args.template_start if args.template_start != "both" else ("ray", "sweep")[i % 2]
+                cmd += ["--template-start", start_with]
                 print(f"== round {i + 1} of {args.repeat}: {' '.join(c for c in cmd[1:] if c != tmp.name)}",
                       flush=True)
                 subprocess.run(cmd, check=True, env=env)
@@ -346,15 +368,26 @@ def repeat_overhead(args) -> dict:
             rounds.append(runs)
             when = ("first job (templates started with the cluster)" if args.templates_ahead else
                     "first job (no template yet)") if args.cluster and i == 0 else (
-                "later jobs (the template kept)" if args.cluster else "new local Ray")
+                "later jobs (the template kept)" if args.cluster else
+                f"new local Ray, template started {'with Ray' if start_with == 'ray' else 'by the sweep'}")
             for label, r in runs.items():
                 ratios.setdefault(label, {}).setdefault(when, []).append(r["ratio"])
+                if r.get("ray_start_s"):  # Ray's start and the sweep, as the user waits for them
+                    with_ray.setdefault(label, {}).setdefault(when, []).append(
+                        (r["ray_start_s"], r["wall_s"], r["ideal_s"]))
     print(f"wall / ideal over {args.repeat} rounds (goal <= 1.3):")
     for label, by_when in ratios.items():
         for when, values in by_when.items():
             print(f"  {label}, {when}: median {statistics.median(values):.2f}, range {min(values):.2f}-"
                   f"{max(values):.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
-    return {"rounds": rounds, "ratios": ratios}
+    if with_ray:
+        print("Ray's start, then the sweep (the rounds that started a local Ray), mean seconds:")
+        for label, by_when in with_ray.items():
+            for when, values in by_when.items():
+                ray_s, wall, ideal = (statistics.mean(v[i] for v in values) for i in range(3))
+                print(f"  {label}, {when}: Ray's start {ray_s:.1f} + sweep {wall:.1f} = {ray_s + wall:.1f} s, "
+                      f"ideal {ideal:.1f} s ({len(values)} rounds)")
+    return {"rounds": rounds, "ratios": ratios, "ray_start_and_sweep": with_ray}
 
 
 @contextlib.contextmanager
@@ -422,14 +455,20 @@ def main() -> int:
     parser.add_argument("--templates-ahead", action="store_true",
                         help="with --cluster: `tl-ray templates start` after `ray start`, before the first round, "
                              "as a cluster's set-up would")
+    parser.add_argument("--template-start", choices=["ray", "sweep", "both"], default="ray",
+                        help="overhead, on a new local Ray: start the node's trial template with Ray (as `tl-ray "
+                             "tune` does) or only with the sweep; with --repeat, both alternates them")
     parser.add_argument("--keep-templates", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.templates_ahead and not args.cluster:
         parser.error("--templates-ahead needs --cluster: templates are kept only on a `ray start` cluster")
     if args.cluster and args.repeat < 2:
         parser.error("--cluster needs --repeat 2 or more: its later rounds are what it measures")
-    global KEEP_TEMPLATES
+    if args.template_start == "both" and args.repeat < 2:
+        parser.error("--template-start both needs --repeat 2 or more: it alternates the rounds")
+    global KEEP_TEMPLATES, TEMPLATE_WITH_RAY
     KEEP_TEMPLATES = args.keep_templates
+    TEMPLATE_WITH_RAY = args.template_start != "sweep"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -29,6 +29,10 @@ A trial process forked from a node template is a child of that template, not of 
   that started it, which is in its key;
 - it exits when its actor does (it watches the actor's end of a pipe) and when the template does.
 
+A driver that starts a local Ray starts its node's template before Ray (``tl_ray.train.driver_template``),
+so that TensorFlow's import runs while Ray starts; that node's ``NodeTemplate`` adopts it, and starts one
+of its own only if it has died.
+
 The driver also starts a template on each node that joins while the sweep runs
 (``tl_ray.tune.templates.NodeTemplates``). An actor whose node has no template yet, or whose
 template died, starts its own. A template that dies (out of memory) takes the trial processes
@@ -56,11 +60,13 @@ class NodeTemplate:
     template has had no trial process for ``keep_alive_s`` seconds (the last sweep's value).
     """
 
-    def __init__(self, keep_alive_s: float = 0.0):
-        from tl_ray.train import trial_process
+    def __init__(self, keep_alive_s: float = 0.0, adopt: dict | None = None):
+        from tl_ray.train import driver_template
 
-        trial_process.preload_template()
-        forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
+        # A template the driver started before the local Ray (tl_ray.train.driver_template), else its own.
+        self._adopted = adopt if adopt and driver_template.running(adopt["pid"]) else None
+        if self._adopted is None:
+            self._start_own()
         self._keep_alive = keep_alive_s
         self._used = time.monotonic()
         self._lock = threading.Lock()
@@ -70,12 +76,31 @@ class NodeTemplate:
 
     def connection(self) -> dict:
         """What an actor needs to fork from the template; restarts a template that died."""
+        from tl_ray.train import driver_template
+
         if not self._use():  # ending: the caller's actor starts a template of its own
             raise RuntimeError("this trial template is ending (idle for its keep-alive)")
+        adopted = self._adopted
+        if adopted is not None:
+            if driver_template.running(adopted["pid"]):
+                return {k: adopted[k] for k in ("address", "pid", "authkey")}
+            self._adopted = None  # it died (out of memory): this actor's own from now on
+            self._start_own()
         forkserver.ensure_running()
         server = forkserver._forkserver
         return {"address": server._forkserver_address, "pid": server._forkserver_pid,
                 "authkey": getattr(server, "_forkserver_authkey", None)}
+
+    @staticmethod
+    def _start_own() -> None:
+        from tl_ray.train import trial_process
+
+        trial_process.preload_template()
+        forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
+
+    def _pid(self) -> int | None:
+        adopted = self._adopted
+        return adopted["pid"] if adopted is not None else forkserver._forkserver._forkserver_pid
 
     def touch(self, keep_alive_s: float) -> bool:
         """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's.
@@ -87,7 +112,7 @@ class NodeTemplate:
         import psutil
 
         with self._lock:
-            pid = forkserver._forkserver._forkserver_pid
+            pid = self._pid()
             children = _children(pid)
             idle = 0.0 if children else time.monotonic() - self._used
             try:
@@ -113,7 +138,7 @@ class NodeTemplate:
         while True:
             time.sleep(min(10.0, max(0.5, self._keep_alive / 4)))
             with self._lock:
-                children = _children(forkserver._forkserver._forkserver_pid)
+                children = _children(self._pid())
                 if children:
                     self._used = time.monotonic()  # the keep-alive counts from the last trial process's end
                 if not _idle_for(self._keep_alive, self._used, children):
@@ -141,7 +166,7 @@ def _children(pid: int | None) -> int:
         import psutil
 
         return len(psutil.Process(pid).children())
-    except Exception:  # noqa: BLE001 - gone, or no psutil (it comes with Ray)
+    except Exception:  # noqa: BLE001 - gone
         return 0
 
 
@@ -217,8 +242,13 @@ def start_node_templates(where: dict | None = None) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from tl_ray.train import driver_template
+
     where = where or locator(0.0)
     keep_alive = where["keep_alive_s"]
+    # The template this driver started before the local Ray it started, on this node.
+    adopt = driver_template.info(ray.get_runtime_context().gcs_address)
+    here = ray.get_runtime_context().get_node_id() if adopt else None
     actor = ray.remote(num_cpus=0, max_restarts=0)(NodeTemplate)
     # Nodes that can run trial processes: alive, with CPUs.
     alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
@@ -234,7 +264,7 @@ def start_node_templates(where: dict | None = None) -> None:
             name=name, namespace=where["namespace"], get_if_exists=True,
             lifetime="detached" if keep_alive > 0 else None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(keep_alive)
+        ).remote(keep_alive, adopt if node_id == here else None)
         if keep_alive <= 0:
             _hosts[node_id] = handle
 

@@ -105,7 +105,7 @@ def process_created() -> float | None:
         import psutil
 
         return psutil.Process().create_time()
-    except Exception:  # psutil comes with Ray; outside it the process start is unknown
+    except Exception:  # noqa: BLE001 - the process start is unknown (no /proc)
         return None
 
 

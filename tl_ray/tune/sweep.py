@@ -182,10 +182,12 @@ def _search_alg(spec: Spec):
     )
 
 
-def connect_ray() -> None:
+def connect_ray(spec: Spec | None = None) -> None:
     """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one.
 
-    Never attaches to whatever Ray instance happens to run on the machine.
+    Never attaches to whatever Ray instance happens to run on the machine. Starting a local Ray for a spec
+    whose trials fork from templates, it starts this node's template first
+    (``tl_ray.train.driver_template``): TensorFlow's import runs while Ray starts.
     """
     import os
 
@@ -194,7 +196,14 @@ def connect_ray() -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
+        early = address == "local" and spec is not None and forks_from_templates(spec)
+        if early:
+            from tl_ray.train import driver_template
+
+            driver_template.start()
         ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        if early:
+            driver_template.bind(ray.get_runtime_context().gcs_address)
 
 
 def join_running_cluster() -> None:
@@ -281,7 +290,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     if forks_from_templates(spec):
         from tl_ray.train import node_template
 
-        connect_ray()
+        connect_ray(spec)
         # First: the nodes' templates import TensorFlow while this driver imports and starts Tune.
         try:
             node_template.start_node_templates(trial_templates(spec))

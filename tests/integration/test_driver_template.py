@@ -1,0 +1,74 @@
+"""A sweep that starts its own local Ray forks its trials from the template the driver started before Ray
+(tl_ray.train.driver_template), whose start-up output does not reach the driver's terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DRIVER = textwrap.dedent("""
+    import json, os, sys
+    import psutil
+    from tl_ray.spec import validate
+    from tl_ray.train import driver_template
+    from tl_ray.tune.sweep import run_sweep
+
+    result = run_sweep(validate(json.loads(sys.argv[1])), experiment="early")
+    info = driver_template.info()
+    template = psutil.Process(info["pid"])
+    # Fork servers among this driver's descendants (Ray's workers' own templates), other than its template and
+    # the trial processes forked from it (which carry its command line).
+    others = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if info["pid"] not in (proc.pid, proc.ppid()) and "forkserver" in " ".join(proc.cmdline()):
+                others.append(proc.pid)
+        except psutil.Error:  # ended meanwhile
+            pass
+    print("RESULT " + json.dumps({
+        "driver": os.getpid(), "template": info["pid"], "template_parent": template.ppid(),
+        "template_log": info["log"], "log_exists": os.path.exists(info["log"]),
+        "statuses": [r.status for r in result.rows],
+        # The Ray worker of the node's NodeTemplate actor: it adopted the template, it did not start one.
+        "actor_templates": others,
+    }))
+""")
+
+
+def test_a_sweep_on_a_new_local_ray_forks_its_trials_from_the_template_its_driver_started(tmp_path, fashion_dir):
+    from tl_ray.data.ingest import ingest_fashion_mnist
+
+    store = tmp_path / "store"
+    ingest_fashion_mnist(str(store / "datasets/d/train"), path=str(fashion_dir), classes=[0, 1], per_class=20,
+                         validation_to=str(store / "datasets/d/val"), validation_per_class=10)
+    spec = {
+        "name": "early",
+        "storage": str(store),
+        "data": {"train": "datasets/d/train", "validation": "datasets/d/val"},
+        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+                  "freeze": {"mode": "feature_extraction"}, "head": {"dropout": 0.0}},
+        "train": {"epochs": 2, "batch_size": 20, "steps_per_epoch": 1},
+        "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 2,
+                 "space": {"train.learning_rate": "grid([0.001, 0.002])"}},
+    }
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts a local Ray
+    proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    assert out["statuses"] == ["DONE", "DONE"]
+    assert out["template_parent"] == out["driver"]  # the driver's own child, started before Ray
+    experiment = store / "experiments" / "early"
+    epochs = [json.loads(l) for trial in experiment.glob("tune_trial_*")
+              for l in (trial / "result.json").read_text().splitlines() if l.strip()]
+    assert len(epochs) == 4 and {e["template_pid"] for e in epochs} == {out["template"]}
+    assert out["actor_templates"] == []  # the node's actor adopted it: no second template imported TensorFlow
+    # Its output went to its log while the driver ran; the log went with the driver.
+    assert out["log_exists"] and not os.path.exists(out["template_log"])
