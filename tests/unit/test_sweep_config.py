@@ -35,6 +35,42 @@ def test_pbt_mutates_the_searched_dimensions():
     assert set(_scheduler(spec)._hyperparam_mutations) == {"train.learning_rate"}
 
 
+def test_pbt_perturbations_stay_within_what_each_dimension_can_give():
+    """Ray's own explore step (×0.8 / ×1.2, integers truncated), repeated from values at the ranges' ends,
+    with the scheduler's settings: every value stays one the dimension (and so its field) can take."""
+    import random
+
+    from ray.tune.schedulers.pbt import _explore
+
+    from tl_ray.tune.space import parse_space
+    from tl_ray.tune.sweep import _scheduler
+
+    space = {"train.learning_rate": "loguniform(1.0e-4, 1.0e-2)", "model.head.dropout": "uniform(0.0, 0.9)",
+             "train.batch_size": "randint(16, 20)", "train.label_smoothing": "quniform(0.0, 0.3, 0.1)"}
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={space}", "tune.scheduler=pbt"])
+    pbt = _scheduler(spec)
+    dists = parse_space(space)
+    random.seed(0)
+    for start in ({"train.learning_rate": 9.9e-3, "model.head.dropout": 0.89, "train.batch_size": 19,
+                   "train.label_smoothing": 0.3},
+                  {"train.learning_rate": 1.0e-4, "model.head.dropout": 0.0, "train.batch_size": 16,
+                   "train.label_smoothing": 0.0}):
+        config = dict(start)
+        for _ in range(50):
+            config, _ = _explore(config, pbt._hyperparam_mutations, pbt._resample_probability,
+                                 pbt._perturbation_factors, pbt._custom_explore_fn)
+            for key, value in config.items():
+                assert dists[key].can_take(value), (key, value)
+        assert config != start  # it did perturb them
+    high = {"train.learning_rate": 9.0e-3, "model.head.dropout": 0.85, "train.batch_size": 19,
+            "train.label_smoothing": 0.3}
+    up, _ = _explore(high, pbt._hyperparam_mutations, 0.0, (1.2,), pbt._custom_explore_fn)
+    # Without the bound: 0.0108, 1.02, 22, 0.36.
+    assert up == {"train.learning_rate": dists["train.learning_rate"].extremes()[1],
+                  "model.head.dropout": dists["model.head.dropout"].extremes()[1], "train.batch_size": 19,
+                  "train.label_smoothing": pytest.approx(0.3)}
+
+
 def test_pbt_refuses_multi_worker_trials():
     from tl_ray.tune.sweep import _scheduler
 

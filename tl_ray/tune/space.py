@@ -337,6 +337,34 @@ def pbt_dimensions(space: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [k for k in searched if k not in excluded], excluded
 
 
+class KeepInRange:
+    """PBT's ``custom_explore_fn``: a perturbed value brought back into what its dimension can give.
+
+    PBT multiplies a range's value by 0.8 or 1.2 (and truncates an integer), which can carry it past the
+    range's ends, where the field may refuse it (a dropout of 1.08), failing the exploiting trial. A value
+    past an end is set to that end (the highest a half-open range gives); a ``quniform`` value goes to its
+    step, a ``randint`` value stays an integer.
+    """
+
+    def __init__(self, space: dict[str, Any]):
+        dists = parse_space(space)
+        self.ranges = {k: dists[k] for k in pbt_dimensions(space)[0]
+                       if dists[k].kind in ("uniform", "loguniform", "quniform", "randint")}
+
+    def __call__(self, config: dict) -> dict:
+        for key, dist in self.ranges.items():
+            value = config.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            low, high = dist.extremes()
+            if dist.kind == "quniform":
+                q = dist.args[2]
+                value = round(value / q) * q
+            value = min(max(value, low), high)
+            config[key] = int(round(value)) if dist.kind == "randint" else value
+        return config
+
+
 def trial_overrides(space: dict[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """A trial's config as spec overrides: conditional dimensions whose condition failed (None) are dropped."""
     dists = parse_space(space)
