@@ -286,7 +286,7 @@ def node(monkeypatch):
     """The connection to a node's template, which this process's trials then fork from."""
     import multiprocessing
 
-    from tl_ray.train import node_template
+    from tl_ray.train import forking
 
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe()
@@ -294,7 +294,7 @@ def node(monkeypatch):
     host.start()
     theirs.close()
     info = ours.recv()
-    monkeypatch.setattr(trial_process, "_node", node_template.connect(info))
+    monkeypatch.setattr(trial_process, "_node", forking.connect(info))
     yield info
     trial_process.close_idle()
     ours.close()  # the host exits, and its template with it
@@ -321,9 +321,9 @@ def test_trials_fork_from_the_nodes_template_and_train_as_in_process(store, node
 
 def _actor(info: dict, spec: dict, hook_dir: str) -> None:
     """A trial actor on the node: its environment changes after the template started."""
-    from tl_ray.train import node_template
+    from tl_ray.train import forking
 
-    trial_process._node = node_template.connect(info)
+    trial_process._node = forking.connect(info)
     os.environ["TLRAY_TEST_HOOK_DIR"] = hook_dir  # the trial pauses after epoch 1 only if it sees this
     run(spec, Forwarded())
 

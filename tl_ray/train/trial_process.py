@@ -78,7 +78,7 @@ def preload_template() -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
 
 
-_node = None  # the Process class of this node's template (node_template.connect), False when it has none
+_node = None  # the Process class of this node's template (forking.connect), False when it has none
 
 
 def _start_child(spec: Spec, context: dict, key: tuple, template: dict | None = None) -> _Child:
@@ -86,18 +86,18 @@ def _start_child(spec: Spec, context: dict, key: tuple, template: dict | None = 
     global _node, _started_here
     import multiprocessing
 
-    from tl_ray.train import node_template
+    from tl_ray.train import forking, node_template
 
     if _node is None:
         info = node_template.find(template)
-        _node = node_template.connect(info) if info else False
+        _node = forking.connect(info) if info else False
     while True:
-        cls = _node or node_template.OwnProcess
+        cls = _node or forking.OwnProcess
         if not _node and not _preloaded:
             preload_template()
         ours, theirs = multiprocessing.get_context("forkserver").Pipe()
         # A child of the node's template writes to the actor's log, not the template's.
-        outputs = node_template.Outputs() if _node else None
+        outputs = forking.Outputs() if _node else None
         proc = cls(target=_child_main, args=(theirs, spec, context, dict(os.environ), outputs), name="tl-ray-trial",
                    daemon=True)
         try:
@@ -324,9 +324,9 @@ def _child_main(conn, spec: Spec, context: dict, env: dict, outputs=None) -> Non
     # of scanning it (a quarter to half a second per full collection) and copying its pages.
     gc.freeze()
     _die_with_parent()
-    from tl_ray.train import node_template
+    from tl_ray.train import forking
 
-    node_template.exit_with_parent()  # with a node's template, the actor is not the parent
+    forking.exit_with_parent()  # with a node's template, the actor is not the parent
     # The actor's environment (a node's template has its own: no CUDA_VISIBLE_DEVICES of the actor's), before
     # TensorFlow's runtime starts. Later trials here are the same actor's.
     for name in set(os.environ) - set(env):
