@@ -93,7 +93,7 @@ def _run_sweep_until_tuner(tmp_path, start_templates: str) -> str:
         "seen = []\n"
         f"{start_templates}\n"
         "node_template.start_node_templates = start\n"
-        "sweep.connect_ray = lambda: None\n"
+        "sweep.connect_ray = lambda spec=None: None\n"
         "class Reached(Exception): pass\n"
         "def run_tuner(*args, **kwargs): raise Reached\n"
         "sweep.run_tuner = run_tuner\n"
