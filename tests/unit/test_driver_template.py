@@ -35,6 +35,13 @@ def _adopt_then_lose(queue) -> None:
     queue.put(out)
 
 
+def _start_then_stop(queue) -> None:
+    driver_template.start()
+    pid = driver_template.info()["pid"]
+    driver_template.stop()
+    queue.put({"pid": pid, "exists": os.path.exists(f"/proc/{pid}"), "info": driver_template.info()})
+
+
 def _dead_at_start(queue) -> None:
     from tl_ray.train.node_template import NodeTemplate
 
@@ -72,3 +79,8 @@ def test_a_node_template_adopts_the_drivers_and_starts_its_own_once_it_died():
 def test_a_node_template_whose_adopted_template_is_gone_at_its_start_starts_its_own():
     out, pid = _run(_dead_at_start)
     assert out["own"] != 2**22 + 1 and out["parent"] == pid
+
+
+def test_stopping_the_drivers_template_ends_it_and_reaps_it():
+    out, _ = _run(_start_then_stop)
+    assert out["exists"] is False and out["info"] is None  # gone, not a zombie left to the driver's exit

@@ -6,7 +6,9 @@ before the first trial can fork. Here the driver starts the template first, as i
 the import runs while Ray starts; the node's ``NodeTemplate`` actor then adopts it instead of starting
 one. It is Python's ``forkserver``, as the actor's own would be, and ends with the driver, as the
 local Ray does. Its output (TensorFlow's start-up notices) goes to a log file of its own, not to the
-driver's terminal; the file is removed when the driver exits.
+driver's terminal; the file is removed when the driver exits. The template ends earlier with the sweep's
+templates (``node_template.stop_node_templates``, ``stop_kept_templates``), and when its adopting actor
+expires (``tune.template_keep_alive_s``).
 
 Only for a Ray the driver starts on its own node: on a cluster, templates run on every node, under Ray.
 """
@@ -65,6 +67,29 @@ def info(gcs_address: str | None = None) -> dict | None:
     if gcs_address is not None and _info.get("gcs") != gcs_address:
         return None
     return _info
+
+
+def stop(timeout: float = 10.0) -> None:
+    """Ends this driver's template, if it has one, and waits for its exit (its trial processes go with it)."""
+    global _info
+    import signal
+    import time
+
+    if _info is None:
+        return
+    pid, _info = _info["pid"], None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:  # reaped elsewhere
+            return
+        time.sleep(0.05)
 
 
 def running(pid: int) -> bool:

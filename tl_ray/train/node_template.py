@@ -144,12 +144,23 @@ class NodeTemplate:
                 if not _idle_for(self._keep_alive, self._used, children):
                     continue
                 self._expired = True
-            # Ray ends the worker and the processes it started: the template goes with it.
+            if self._adopted is not None:  # the driver's: Ray does not end it with this actor
+                _terminate(self._adopted["pid"])
+            # Ray ends the worker and the processes it started: its own template goes with it.
             try:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             except Exception:  # noqa: BLE001 - Ray unreachable: the process ends itself, its template with it
                 os._exit(0)
             return
+
+
+def _terminate(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:  # gone
+        pass
 
 
 def _idle_for(keep_alive_s: float, used: float, children: int, now: float | None = None) -> bool:
@@ -293,16 +304,22 @@ def stop_node_templates(timeout: float = 30.0) -> None:
     cluster's, not the driver's: ``stop_kept_templates`` ends those."""
     import ray
 
+    from tl_ray.train import driver_template
+
     names = [NAME.format(node_id=node_id) for node_id in _hosts]
     while _hosts:
         ray.kill(_hosts.popitem()[1])
     _wait_gone(names, None, timeout)
+    if names:
+        driver_template.stop()  # the one this driver started before its local Ray, which an actor adopted
 
 
 def stop_kept_templates(timeout: float = 30.0) -> int:
     """Ends every kept template of the connected cluster, whatever its key, and their trial processes;
     returns how many there were."""
     import ray
+
+    from tl_ray.train import driver_template
 
     names = _kept_names()
     for name in names:
@@ -311,6 +328,7 @@ def stop_kept_templates(timeout: float = 30.0) -> int:
         except ValueError:  # expired meanwhile
             pass
     _wait_gone(names, KEPT_NAMESPACE, timeout)
+    driver_template.stop()  # the one this driver started before its local Ray, which an actor adopted
     return len(names)
 
 
