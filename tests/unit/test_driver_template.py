@@ -39,7 +39,10 @@ def _start_then_stop(queue) -> None:
     driver_template.start()
     pid = driver_template.info()["pid"]
     driver_template.stop()
-    queue.put({"pid": pid, "exists": os.path.exists(f"/proc/{pid}"), "info": driver_template.info()})
+    out = {"pid": pid, "exists": os.path.exists(f"/proc/{pid}"), "info": driver_template.info()}
+    driver_template.start()  # a later local Ray of the same driver
+    out["again"] = driver_template.info()["pid"]
+    queue.put(out)
 
 
 def _dead_at_start(queue) -> None:
@@ -84,3 +87,4 @@ def test_a_node_template_whose_adopted_template_is_gone_at_its_start_starts_its_
 def test_stopping_the_drivers_template_ends_it_and_reaps_it():
     out, _ = _run(_start_then_stop)
     assert out["exists"] is False and out["info"] is None  # gone, not a zombie left to the driver's exit
+    assert out["again"] not in (None, out["pid"])

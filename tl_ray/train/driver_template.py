@@ -69,27 +69,21 @@ def info(gcs_address: str | None = None) -> dict | None:
     return _info
 
 
-def stop(timeout: float = 10.0) -> None:
-    """Ends this driver's template, if it has one, and waits for its exit (its trial processes go with it)."""
+def stop() -> None:
+    """Ends this driver's template, if it has one, and waits for its exit; its trial processes end with their
+    actors. Python's own stop: the template exits once its "alive" pipe closes (after its imports, if it is
+    still importing), and the next ``start`` starts a new one."""
     global _info
-    import signal
-    import time
+    from multiprocessing import forkserver
 
     if _info is None:
         return
-    pid, _info = _info["pid"], None
+    _info = None
+    server = forkserver._forkserver
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:  # reaped elsewhere
-            return
-        time.sleep(0.05)
+        server._stop()
+    except OSError:  # it was reaped already: forget it as _stop would
+        server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
 
 
 def running(pid: int) -> bool:
