@@ -348,3 +348,22 @@ def test_templates_started_ahead_serve_the_clusters_first_job_then_are_listed_an
     assert "stopped 1 kept trial template(s)" in _templates(env, "stop")
     wait_until(lambda: not _alive(pid), f"the stopped template (pid {pid}) to exit", timeout=60)
     assert _templates(env, "list").strip() == "no kept trial templates in the cluster"
+
+
+def test_a_template_of_a_new_key_ends_the_nodes_idle_template_of_the_old_one(ray_start_head, tmp_path):
+    """A node keeps one idle template: once the environment changes (here an extra installed distribution
+    on the path, as an upgrade would add), the next start replaces the idle template of the old key."""
+    env, _ = ray_start_head
+    _templates(env, "start", "--keep-alive", "600")
+    (old,) = _templates(env, "list").splitlines()
+    old_pid = int(old.split(" pid ")[1].split()[0])
+    site = tmp_path / "site"
+    (site / "extra_package-1.0.dist-info").mkdir(parents=True)
+    changed = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])))
+    _templates(changed, "start", "--keep-alive", "600")
+    wait_until(lambda: not _alive(old_pid), f"the old key's idle template (pid {old_pid}) to end", timeout=60)
+    wait_until(lambda: len(_templates(changed, "list").splitlines()) == 1, "one kept template left", timeout=60)
+    (new,) = _templates(changed, "list").splitlines()
+    assert int(new.split(" pid ")[1].split()[0]) != old_pid
+    assert new.split()[3] != old.split()[3]  # "node ID  key KEY  pid ...": the new key's
+    _templates(env, "stop")

@@ -248,7 +248,8 @@ def start_node_templates(where: dict | None = None) -> None:
 
     ``where`` is the sweep's ``locator`` (default: templates that end with the driver). A kept template that
     is already up is told that a sweep starts (its keep-alive counts from now), and its answer awaited: one
-    that is ending is replaced once it has gone.
+    that is ending is replaced once it has gone. Where a kept template starts, the node's kept templates of
+    other keys that have no trial process end (``_end_idle_kept``).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -265,6 +266,7 @@ def start_node_templates(where: dict | None = None) -> None:
     alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
     for gone in set(_hosts) - set(alive):  # a lost node's, or an earlier cluster's
         del _hosts[gone]
+    started = []
     for node_id in alive:
         if keep_alive <= 0 and node_id in _hosts:
             continue
@@ -278,6 +280,40 @@ def start_node_templates(where: dict | None = None) -> None:
         ).remote(keep_alive, adopt if node_id == here else None)
         if keep_alive <= 0:
             _hosts[node_id] = handle
+        else:
+            started.append(name)
+    if started:
+        _end_idle_kept(started)
+
+
+def _end_idle_kept(started: list[str], timeout: float = 5.0) -> list[str]:
+    """Ends the kept templates of other keys, on the nodes of the ``started`` ones, that have no trial process;
+    returns their names. A node keeps one idle template: the newest key's (tl-ray's code, the packages or the
+    job's runtime environment changed). Each holds about 0.6 GB; one with trial processes, another job's, stays.
+    """
+    import ray
+
+    nodes = {name.split(":")[1]: name for name in started}  # tl-ray-trial-template:{node_id}:{key}
+    others = [n for n in _kept_names() if n.split(":")[1] in nodes and n not in started]
+    asked = {}
+    for name in others:
+        try:
+            handle = ray.get_actor(name, namespace=KEPT_NAMESPACE)
+        except ValueError:  # expired meanwhile
+            continue
+        asked[handle.status.remote()] = (name, handle)
+    ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout) if asked else ([], [])
+    ended = []
+    for ref in ready:
+        name, handle = asked[ref]
+        try:
+            status = ray.get(ref)
+        except Exception:  # noqa: BLE001, S112 - ended meanwhile
+            continue
+        if not status["trial_processes"] and not status["ending"]:
+            ray.kill(handle)
+            ended.append(name)
+    return ended
 
 
 def _touch(name: str, namespace: str, keep_alive_s: float, timeout: float = 10.0) -> bool:
