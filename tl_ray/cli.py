@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from tl_ray.errors import ConfigError, TLRayError, TrialError
+from tl_ray.errors import ConfigError, TLRayError, TrialError, error_summary
 
 DEFAULT_STORAGE = os.environ.get("TLRAY_STORAGE", "./tlray-store")
 
@@ -122,7 +122,7 @@ def cmd_tune(args) -> int:
         return _interrupted(args, exc, promote=args.promote)
     failed = [r for r in result.rows if r.status == "ERROR"]
     if failed:  # the table, the report and any promotion above stand: the rest of the sweep was sound
-        first = "; ".join(f"{r.trial_id}: {_error_summary(r.error)}" for r in failed[:3])
+        first = "; ".join(f"{r.trial_id}: {error_summary(r.error)}" for r in failed[:3])
         # Resuming reruns the failed trials; a staged sweep's later stages depend on which trials the earlier
         # ones promoted, so it runs again whole.
         again = ("run the sweep again: tl-ray tune " + args.spec if spec.tune.stages else
@@ -135,14 +135,6 @@ def cmd_tune(args) -> int:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
-
-
-def _error_summary(error: str | None) -> str:
-    """What a trial's error says, without the traceback Ray wraps it in: its last exception line and the lines
-    of message after it."""
-    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
-    named = [i for i, line in enumerate(lines) if line.split(":")[0].endswith(("Error", "Exception"))]
-    return " ".join(lines[named[-1]:] if named else lines[-1:])[:300] or "no error message"
 
 
 def cmd_report(args) -> int:
@@ -353,9 +345,17 @@ def cmd_run(args) -> int:
 
     spec = _spec(args)
     try:
-        run_pipeline(spec, keep_serving=args.keep_serving, out=print)
+        figures = run_pipeline(spec, keep_serving=args.keep_serving, out=print)
     except SweepInterrupted as exc:  # nothing was promoted from the partial sweep
         return _interrupted(args, exc, promote=True)
+    if figures.get("failed_trials"):  # named in the [tune] lines above; what followed them stands
+        exc = TrialError(
+            f"{figures['failed_trials']} of {figures['trials']} trials ended in ERROR (see [tune] above); the "
+            "promotion, test and serving above stand, from the trials that finished. Fix the cause, then rerun "
+            f"the failed trials with: tl-ray tune {args.spec} --resume"
+        )
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

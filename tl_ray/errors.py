@@ -64,6 +64,14 @@ class TrialError(TLRayError):
     exit_code = 8
 
 
+def error_summary(error: str | None) -> str:
+    """What a trial's error says, without the traceback Ray wraps it in: its last exception line and the lines
+    of message after it."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    named = [i for i, line in enumerate(lines) if line.split(":")[0].endswith(("Error", "Exception"))]
+    return " ".join(lines[named[-1]:] if named else lines[-1:])[:300] or "no error message"
+
+
 def closest(name: str, choices, n: int = 3) -> list[str]:
     """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
     import difflib

@@ -255,9 +255,16 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
     ensure_data(spec, out)
     ensure_upstream(spec, out)
     out(f"[tune] sweeping {spec.tune.num_samples} trials over {sorted(spec.tune.space)}")
-    _, promotion = sweep_and_promote(spec, promote=True, out=out)
+    result, promotion = sweep_and_promote(spec, promote=True, out=out)
     ref = f"{spec.promote.name}:{spec.promote.alias}"
     figures = {"promoted": f"{promotion.name}:v{promotion.version}", "accepted": promotion.accepted}
+    failed = [r for r in result.rows if r.status == "ERROR"]
+    if failed:  # the job goes on with the trials that finished; it ends with exit 8 (tl-ray run)
+        from tl_ray.errors import error_summary
+
+        figures.update(failed_trials=len(failed), trials=len(result.rows))
+        for r in failed:
+            out(f"[tune] trial {r.trial_id} ended in ERROR: {error_summary(r.error)}")
     if spec.data.test:
         model = load_model(Registry(spec.storage).fetch(ref) / "model.keras")
         figures["test_accuracy"] = test_accuracy(spec, model)

@@ -129,3 +129,28 @@ def test_ingest_refuses_unknown_class_and_writes_nothing(capsys, tmp_path, fashi
     code, _, err = run(capsys, "data", "ingest", "fashion-mnist", "--to", str(target), "--classes", "3,12")
     assert code != 0 and "12" in err
     assert not target.exists() or not any(target.iterdir())
+
+
+def test_run_whose_sweep_had_errored_trials_names_them_goes_on_and_exits_8(capsys, monkeypatch, tmp_path):
+    """`tl-ray run` promotes the best of the trials that finished, then exits 8 naming the ones that errored
+    (the sweep stands in for the real one here: integration tests run it)."""
+    from tl_ray import pipeline
+    from tl_ray.registry.promote import Promotion
+    from tl_ray.tune.sweep import SweepResult, TrialRow
+
+    rows = [TrialRow("t1", {}, 0.9, 3, "DONE"),
+            TrialRow("t2", {}, None, 1, "ERROR", error="Traceback ...\n  File x\nDataError: shard s3://b/p-0 is corrupt")]
+    promoted = Promotion(name="m", version=1, alias="production", accepted=True, metric="val_accuracy",
+                         challenger=0.9, champion=None, champion_version=None)
+    monkeypatch.setattr(pipeline, "ensure_ray", lambda spec=None: None)
+    monkeypatch.setattr(pipeline, "ensure_data", lambda spec, out: None)
+    monkeypatch.setattr(pipeline, "ensure_upstream", lambda spec, out: None)
+    monkeypatch.setattr(pipeline, "sweep_and_promote",
+                        lambda spec, promote, out: (SweepResult("val_accuracy", "max", rows), promoted))
+    spec = SPECS / "good" / "minimal.yaml"
+    code, out, err = run(capsys, "run", str(spec), "--set", f"storage={tmp_path}", "--set", "promote={name: m}",
+                         "--set", "run.serve=false")
+    assert code == 8
+    assert "[tune] trial t2 ended in ERROR: DataError: shard s3://b/p-0 is corrupt" in out
+    assert "failed_trials=1" in out and "promoted=m:v1" in out  # the job went on to its summary
+    assert "1 of 2 trials ended in ERROR" in err and f"tl-ray tune {spec} --resume" in err
