@@ -107,7 +107,8 @@ def sweep(spec, name: str):
     import ray
 
     from tl_ray.train.node_template import stop_kept_templates, stop_node_templates
-    from tl_ray.tune.sweep import connect_ray, run_sweep
+    from tl_ray.tune.cluster import connect_ray
+    from tl_ray.tune.sweep import run_sweep
 
     # The cluster's start is not the sweep's: every sweep finds Ray up. A new local Ray starts with the node's
     # trial template (tl_ray.train.driver_template), as `tl-ray tune` starts it, unless --template-start sweep.

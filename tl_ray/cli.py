@@ -154,7 +154,7 @@ def cmd_report(args) -> int:
 def cmd_templates_start(args) -> int:
     from tl_ray.spec.tune import MIN_KEEP_ALIVE_S
     from tl_ray.train import node_template
-    from tl_ray.tune.sweep import join_running_cluster
+    from tl_ray.tune.cluster import join_running_cluster
 
     if not args.keep_alive >= MIN_KEEP_ALIVE_S:  # nan too
         raise ConfigError(f"--keep-alive must be at least {MIN_KEEP_ALIVE_S:g} s (a template that ends with this "
@@ -169,7 +169,7 @@ def cmd_templates_start(args) -> int:
 
 def cmd_templates_list(args) -> int:
     from tl_ray.train import node_template
-    from tl_ray.tune.sweep import join_running_cluster
+    from tl_ray.tune.cluster import join_running_cluster
 
     join_running_cluster()
     rows = node_template.kept_templates()
@@ -189,7 +189,7 @@ def cmd_templates_list(args) -> int:
 
 def cmd_templates_stop(args) -> int:
     from tl_ray.train import node_template
-    from tl_ray.tune.sweep import join_running_cluster
+    from tl_ray.tune.cluster import join_running_cluster
 
     join_running_cluster()
     print(f"stopped {node_template.stop_kept_templates()} kept trial template(s) and their trial processes")

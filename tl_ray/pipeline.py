@@ -22,9 +22,9 @@ Out = Callable[[str], None]
 
 
 def ensure_ray(spec: Spec | None = None) -> None:
-    """Connects to Ray (``tl_ray.tune.sweep.connect_ray``); with the spec of a sweep to come, a local Ray
+    """Connects to Ray (``tl_ray.tune.cluster.connect_ray``); with the spec of a sweep to come, a local Ray
     starts with the node's trial template."""
-    from tl_ray.tune.sweep import connect_ray
+    from tl_ray.tune.cluster import connect_ray
 
     connect_ray(spec)
 

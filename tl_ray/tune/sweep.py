@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import ClusterError, ConfigError, TLRayError, TrialError
+from tl_ray.errors import ConfigError, TLRayError, TrialError
 from tl_ray.spec import Spec
+from tl_ray.tune.cluster import connect_ray
 from tl_ray.tune.space import to_param_space
 
 
@@ -180,80 +181,6 @@ def _search_alg(spec: Spec):
         space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
         seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
     )
-
-
-def connect_ray(spec: Spec | None = None) -> None:
-    """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one.
-
-    Never attaches to whatever Ray instance happens to run on the machine. Starting a local Ray for a spec
-    whose trials fork from templates, it starts this node's template first
-    (``tl_ray.train.driver_template``): TensorFlow's import runs while Ray starts.
-    """
-    import os
-
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        check_reachable(address)
-        early = address == "local" and spec is not None and forks_from_templates(spec)
-        if early:
-            from tl_ray.train import driver_template
-
-            driver_template.start()
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-        if early:
-            driver_template.bind(ray.get_runtime_context().gcs_address)
-
-
-def join_running_cluster() -> None:
-    """Joins the running cluster in ``RAY_ADDRESS``, else the one this node belongs to (``ray start``); never
-    starts one.
-
-    Raises:
-        ClusterError: no cluster there.
-    """
-    import os
-
-    import ray
-
-    address = os.environ.get("RAY_ADDRESS", "")
-    address = address if address and address != "local" and not address.startswith("http") else "auto"
-    if address == "auto":  # the cluster the last `ray start` here recorded: Ray retries a dead one for minutes
-        from ray._private.services import find_bootstrap_address
-
-        found = find_bootstrap_address(None)
-        if found:
-            check_reachable(found, source="the address the last `ray start` on this node recorded")
-    else:
-        check_reachable(address)
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError) as exc:
-        raise ClusterError(f"no running Ray cluster at {address!r} ({exc}). Start one with `ray start --head`, "
-                           "or set RAY_ADDRESS to its address (host:6379).") from None
-
-
-def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRESS") -> None:
-    """Fails fast when ``address`` (``host:port`` of a cluster's GCS) does not answer; Ray itself would retry
-    for minutes.
-
-    Raises:
-        ClusterError: nothing listens there.
-    """
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():  # "local", "auto", ray:// clients: Ray's own rules
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()  # [::1]:6379 too
-    except OSError as exc:
-        if source == "RAY_ADDRESS":
-            raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
-                               "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
-        raise ClusterError(f"no Ray cluster answers at {address!r}, {source} ({exc}). Start a cluster (`ray start "
-                           "--head`), or set RAY_ADDRESS to a running cluster's address.") from None
 
 
 def forks_from_templates(spec: Spec) -> bool:
