@@ -99,6 +99,14 @@ def _resume_command(args, promote: bool) -> str:
     return shlex.join(words + (["--promote"] if promote else []))
 
 
+def _rerun_hint(args, spec) -> str:
+    """How to rerun a sweep's failed trials: resuming it, except a staged sweep, whose later stages depend on
+    which trials the earlier ones promoted, so it runs again whole."""
+    if spec.tune.stages:
+        return "run the sweep again: " + _resume_command(args, promote=False).removesuffix(" --resume")
+    return f"rerun the failed trials with: {_resume_command(args, promote=False)}"
+
+
 def _interrupted(args, exc, promote: bool) -> int:
     """Prints why the sweep stopped and how to resume it; 130 is the shell's code for Ctrl-C."""
     from tl_ray.tune.interrupt import SweepInterrupted
@@ -123,14 +131,11 @@ def cmd_tune(args) -> int:
     failed = [r for r in result.rows if r.status == "ERROR"]
     if failed:  # the table, the report and any promotion above stand: the rest of the sweep was sound
         first = "; ".join(f"{r.trial_id}: {error_summary(r.error)}" for r in failed[:3])
-        # Resuming reruns the failed trials; a staged sweep's later stages depend on which trials the earlier
-        # ones promoted, so it runs again whole.
-        again = ("run the sweep again: tl-ray tune " + args.spec if spec.tune.stages else
-                 f"rerun the failed trials with: {_resume_command(args, promote=False)}")
         exc = TrialError(
             f"{len(failed)} of {len(result.rows)} trials ended in ERROR once train.max_failures="
             f"{spec.train.max_failures} retries ran out ({first}{'; ...' if len(failed) > 3 else ''}). The table, "
-            f"the report{' and the promotion' if args.promote else ''} above stand. Fix the cause, then {again}"
+            f"the report{' and the promotion' if args.promote else ''} above stand. Fix the cause, then "
+            f"{_rerun_hint(args, spec)}"
         )
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -351,8 +356,8 @@ def cmd_run(args) -> int:
     if figures.get("failed_trials"):  # named in the [tune] lines above; what followed them stands
         exc = TrialError(
             f"{figures['failed_trials']} of {figures['trials']} trials ended in ERROR (see [tune] above); the "
-            "promotion, test and serving above stand, from the trials that finished. Fix the cause, then rerun "
-            f"the failed trials with: tl-ray tune {args.spec} --resume"
+            "promotion, test and serving above stand, from the trials that finished. Fix the cause, then "
+            f"{_rerun_hint(args, spec)}"
         )
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code

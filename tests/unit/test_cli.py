@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -153,4 +154,7 @@ def test_run_whose_sweep_had_errored_trials_names_them_goes_on_and_exits_8(capsy
     assert code == 8
     assert "[tune] trial t2 ended in ERROR: DataError: shard s3://b/p-0 is corrupt" in out
     assert "failed_trials=1" in out and "promoted=m:v1" in out  # the job went on to its summary
-    assert "1 of 2 trials ended in ERROR" in err and f"tl-ray tune {spec} --resume" in err
+    # The rerun keeps this run's overrides: the same spec.
+    rerun = shlex.join(["tl-ray", "tune", str(spec), "--set", f"storage={tmp_path}", "--set", "promote={name: m}",
+                        "--set", "run.serve=false", "--resume"])
+    assert "1 of 2 trials ended in ERROR" in err and rerun in err

@@ -293,26 +293,18 @@ def _end_idle_kept(started: list[str], timeout: float = 5.0) -> list[str]:
     """
     import ray
 
-    nodes = {name.split(":")[1]: name for name in started}  # tl-ray-trial-template:{node_id}:{key}
+    nodes = {name.split(":")[1] for name in started}  # tl-ray-trial-template:{node_id}:{key}
     others = [n for n in _kept_names() if n.split(":")[1] in nodes and n not in started]
-    asked = {}
-    for name in others:
+    ended = []
+    for row in kept_templates(timeout, others) if others else []:
+        status = row["status"]
+        if status is None or status["trial_processes"] or status["ending"]:
+            continue
         try:
-            handle = ray.get_actor(name, namespace=KEPT_NAMESPACE)
+            ray.kill(ray.get_actor(row["name"], namespace=KEPT_NAMESPACE))
         except ValueError:  # expired meanwhile
             continue
-        asked[handle.status.remote()] = (name, handle)
-    ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout) if asked else ([], [])
-    ended = []
-    for ref in ready:
-        name, handle = asked[ref]
-        try:
-            status = ray.get(ref)
-        except Exception:  # noqa: BLE001, S112 - ended meanwhile
-            continue
-        if not status["trial_processes"] and not status["ending"]:
-            ray.kill(handle)
-            ended.append(name)
+        ended.append(row["name"])
     return ended
 
 
@@ -375,13 +367,14 @@ def _kept_names() -> list[str]:
                   if a.get("namespace") == KEPT_NAMESPACE and a["name"].startswith(KEPT_NAME.split("{")[0]))
 
 
-def kept_templates(timeout: float = 10.0) -> list[dict]:
-    """Every kept template of the connected cluster: its node, key and ``NodeTemplate.status``; ``status`` None
-    for one that did not answer within ``timeout`` (starting, or ending)."""
+def kept_templates(timeout: float = 10.0, names: list[str] | None = None) -> list[dict]:
+    """Every kept template of the connected cluster (or those of ``names``): its name, node, key and
+    ``NodeTemplate.status``; ``status`` None for one that did not answer within ``timeout`` (starting, or
+    ending). All are asked at once."""
     import ray
 
     asked = {}
-    for name in _kept_names():
+    for name in _kept_names() if names is None else names:
         try:
             asked[name] = ray.get_actor(name, namespace=KEPT_NAMESPACE).status.remote()
         except ValueError:  # expired meanwhile
@@ -396,7 +389,7 @@ def kept_templates(timeout: float = 10.0) -> list[dict]:
                 status = ray.get(ref)
             except Exception:  # noqa: BLE001, S110 - died while answering: shown as not answering
                 pass
-        rows.append({"node_id": node_id, "key": key, "status": status})
+        rows.append({"name": name, "node_id": node_id, "key": key, "status": status})
     return rows
 
 

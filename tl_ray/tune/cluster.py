@@ -20,7 +20,9 @@ def connect_ray(spec: Spec | None = None) -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
-        early = address == "local" and spec is not None and _forks_from_templates(spec)
+        from tl_ray.tune.sweep import forks_from_templates
+
+        early = address == "local" and spec is not None and forks_from_templates(spec)
         if early:
             from tl_ray.train import driver_template
 
@@ -78,9 +80,3 @@ def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRE
                                "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
         raise ClusterError(f"no Ray cluster answers at {address!r}, {source} ({exc}). Start a cluster (`ray start "
                            "--head`), or set RAY_ADDRESS to a running cluster's address.") from None
-
-
-def _forks_from_templates(spec: Spec) -> bool:
-    from tl_ray.tune.sweep import forks_from_templates
-
-    return forks_from_templates(spec)
