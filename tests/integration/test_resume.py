@@ -27,6 +27,17 @@ def trial_results(experiment: Path) -> dict[str, list[dict]]:
     return out
 
 
+def saved_statuses(experiment: Path) -> dict[str, str]:
+    """Each trial's status in the experiment state the driver saved last; empty before its first save (or while
+    it is being written)."""
+    from tl_ray.tune.interrupt import saved_trial_statuses
+
+    try:
+        return saved_trial_statuses(str(experiment))
+    except Exception:  # noqa: BLE001 - not saved yet
+        return {}
+
+
 def write_spec(tmp_path: Path, fashion_dir: Path, epochs: int) -> tuple[Path, Path]:
     """A three-trial grid sweep run one trial at a time; returns (spec path, store)."""
     from tl_ray.data.ingest import ingest_fashion_mnist
@@ -59,11 +70,15 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
     experiments = store / "experiments"
     deadline = time.monotonic() + 600
     finished: dict[str, list[dict]] = {}
-    while not finished:  # until one trial has reported its last epoch
+    # Until the driver has saved a trial as finished (TERMINATED in Tune's experiment state): a trial whose last
+    # epoch is in its results but not yet in that state is resumed from its last checkpoint, as Tune does.
+    while not finished:
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         for exp in experiments.glob("resumable-*") if experiments.exists() else []:
-            finished = {k: v for k, v in trial_results(exp).items() if v and v[-1].get("epoch") == 2}
+            done = [tid for tid, status in saved_statuses(exp).items() if status == "TERMINATED"]
+            finished = {k: v for k, v in trial_results(exp).items()
+                        if any(k.startswith(f"tune_trial_{tid}_") for tid in done)}
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
