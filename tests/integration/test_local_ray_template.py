@@ -1,5 +1,6 @@
 """A sweep that starts its own local Ray forks its trials from the template the driver started before Ray
-(tl_ray.train.driver_template), whose start-up output does not reach the driver's terminal."""
+(tl_ray.train.driver_template), whose start-up output does not reach the driver's terminal, with no
+NodeTemplate actor on the node; once that template has ended, the next sweep starts the node's actor."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ pytestmark = pytest.mark.integration
 
 DRIVER = textwrap.dedent("""
     import json, os, sys
-    import psutil
+    import psutil, ray
+    from ray.util import list_named_actors
     from tl_ray.spec import validate
-    from tl_ray.train import driver_template
+    from tl_ray.train import driver_template, node_template
     from tl_ray.tune.sweep import run_sweep
 
-    result = run_sweep(validate(json.loads(sys.argv[1])), experiment="early")
+    spec = validate(json.loads(sys.argv[1]))
+    result = run_sweep(spec, experiment="early")
     info = driver_template.info()
+    node_actors = [a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith("tl-ray-trial")]
     template = psutil.Process(info["pid"])
     # Fork servers among this driver's descendants (Ray's workers' own templates), other than its template and
     # the trial processes forked from it (which carry its command line).
@@ -36,9 +40,16 @@ DRIVER = textwrap.dedent("""
         "driver": os.getpid(), "template": info["pid"], "template_parent": template.ppid(),
         "template_log": info["log"], "log_exists": os.path.exists(info["log"]),
         "statuses": [r.status for r in result.rows],
-        # The Ray worker of the node's NodeTemplate actor: it adopted the template, it did not start one.
-        "actor_templates": others,
+        "node_actors": node_actors, "actor_templates": others,
     }))
+    # The driver's template ended: the next sweep starts the node's actor, and forks from the actor's template.
+    driver_template.stop()
+    later = run_sweep(spec, experiment="later")
+    named = [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith("tl-ray-trial")]
+    status = ray.get(ray.get_actor(named[0]["name"], namespace=named[0]["namespace"]).status.remote())
+    print("LATER " + json.dumps({"statuses": [r.status for r in later.rows], "actors": len(named),
+                                 "actor_template": status["pid"]}))
+    node_template.stop_kept_templates()
 """)
 
 
@@ -69,6 +80,13 @@ def test_a_sweep_on_a_new_local_ray_forks_its_trials_from_the_template_its_drive
     epochs = [json.loads(l) for trial in experiment.glob("tune_trial_*")
               for l in (trial / "result.json").read_text().splitlines() if l.strip()]
     assert len(epochs) == 4 and {e["template_pid"] for e in epochs} == {out["template"]}
-    assert out["actor_templates"] == []  # the node's actor adopted it: no second template imported TensorFlow
+    assert out["node_actors"] == []  # the driver's template served the node: no NodeTemplate actor
+    assert out["actor_templates"] == []  # no second template imported TensorFlow
     # Its output went to its log while the driver ran; the log went with the driver.
     assert out["log_exists"] and not os.path.exists(out["template_log"])
+    later = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("LATER "))[len("LATER "):])
+    assert later["statuses"] == ["DONE", "DONE"] and later["actors"] == 1
+    epochs = [json.loads(l) for trial in (store / "experiments" / "later").glob("tune_trial_*")
+              for l in (trial / "result.json").read_text().splitlines() if l.strip()]
+    assert len(epochs) == 4 and {e["template_pid"] for e in epochs} == {later["actor_template"]}
+    assert later["actor_template"] != out["template"]

@@ -1,5 +1,4 @@
-"""The template a driver starts before its local Ray, and the node's NodeTemplate adopting it (without Ray:
-the actor's class is used as a plain object, in a process of its own)."""
+"""The template a driver starts before its local Ray (without Ray; each case in a process of its own)."""
 
 from __future__ import annotations
 
@@ -10,9 +9,7 @@ import signal
 from tl_ray.train import driver_template
 
 
-def _adopt_then_lose(queue) -> None:
-    from tl_ray.train.node_template import NodeTemplate
-
+def _start_then_lose(queue) -> None:
     out = {"stderr_fd_target": os.readlink("/proc/self/fd/2")}
     driver_template.start()
     info = driver_template.info()
@@ -23,15 +20,36 @@ def _adopt_then_lose(queue) -> None:
     driver_template.bind("127.0.0.1:1")
     out["info_other_ray"] = driver_template.info("127.0.0.1:2")
     out["info_its_ray"] = driver_template.info("127.0.0.1:1")["pid"]
-    host = NodeTemplate(0.0, adopt=info)
-    out["adopted"] = host.connection()["pid"]
-    out["status_pid"] = host.status()["pid"]
     os.kill(info["pid"], signal.SIGKILL)
     os.waitid(os.P_PID, info["pid"], os.WEXITED | os.WNOWAIT)  # dead; a zombie until reaped
     out["running_after_kill"] = driver_template.running(info["pid"])
     out["info_after_kill"] = driver_template.info()
-    out["replacement"] = host.connection()["pid"]  # the actor's own, started now
-    out["replacement_parent"] = _ppid(out["replacement"])
+    queue.put(out)
+
+
+def _idle_then_busy(queue) -> None:
+    """A keep-alive ends the template only once it has had no trial process for that long."""
+    import time
+
+    driver_template.start()
+    pid = driver_template.info()["pid"]
+    # A trial process of the template keeps it: the template's child, alive past several keep-alives.
+    from multiprocessing import forkserver
+
+    from tl_ray.train import forking
+
+    info = driver_template.info()
+    child = forking.NodeProcess(target=time.sleep, args=(3.0,), daemon=True)
+    forking.connect({k: info[k] for k in ("address", "pid", "authkey")})
+    child.start()
+    driver_template.keep_alive(0.5)
+    out = {"child_of_template": _ppid(child.pid) == pid}
+    child.join()
+    out["alive_after_child"] = driver_template.running(pid) and driver_template.info() is not None
+    driver_template._watcher.join(timeout=30)  # it returns once it has stopped the template
+    out["ended"] = driver_template.info() is None and not driver_template._watcher.is_alive()
+    out["exists"] = os.path.exists(f"/proc/{pid}")
+    out["forkserver_reset"] = forkserver._forkserver._forkserver_pid is None
     queue.put(out)
 
 
@@ -43,14 +61,6 @@ def _start_then_stop(queue) -> None:
     driver_template.start()  # a later local Ray of the same driver
     out["again"] = driver_template.info()["pid"]
     queue.put(out)
-
-
-def _dead_at_start(queue) -> None:
-    from tl_ray.train.node_template import NodeTemplate
-
-    host = NodeTemplate(0.0, adopt={"pid": 2**22 + 1, "address": "/nonexistent", "authkey": None})
-    own = host.connection()["pid"]
-    queue.put({"own": own, "parent": _ppid(own)})
 
 
 def _ppid(pid: int) -> int:
@@ -68,20 +78,20 @@ def _run(target) -> tuple[dict, int]:
     return out, proc.pid
 
 
-def test_a_node_template_adopts_the_drivers_and_starts_its_own_once_it_died():
-    out, pid = _run(_adopt_then_lose)
+def test_the_drivers_template_is_its_child_bound_to_its_ray_and_known_gone_once_it_died():
+    out, pid = _run(_start_then_lose)
     assert out["parent"] == pid  # the driver's own child
     assert out["log_exists"] and not os.path.exists(out["info"]["log"])  # removed when the driver exited
     assert out["stderr_after"] == out["stderr_fd_target"]
     assert out["info_other_ray"] is None and out["info_its_ray"] == out["info"]["pid"]
-    assert out["adopted"] == out["status_pid"] == out["info"]["pid"]
     assert out["running_after_kill"] is False and out["info_after_kill"] is None
-    assert out["replacement"] != out["info"]["pid"] and out["replacement_parent"] == pid
 
 
-def test_a_node_template_whose_adopted_template_is_gone_at_its_start_starts_its_own():
-    out, pid = _run(_dead_at_start)
-    assert out["own"] != 2**22 + 1 and out["parent"] == pid
+def test_a_keep_alive_ends_the_template_once_it_has_had_no_trial_process_for_that_long():
+    out, _ = _run(_idle_then_busy)
+    assert out["child_of_template"]
+    assert out["alive_after_child"]  # 3 s of a trial process outlasted six keep-alives of 0.5 s
+    assert out["ended"] and out["exists"] is False and out["forkserver_reset"]
 
 
 def test_stopping_the_drivers_template_ends_it_and_reaps_it():

@@ -3,12 +3,19 @@
 ``tl-ray tune`` without ``RAY_ADDRESS`` starts a local Ray, which takes seconds (3.6 s on two cores),
 and then the node's template (``tl_ray.train.node_template``) imports TensorFlow for as long again
 before the first trial can fork. Here the driver starts the template first, as its own child, so that
-the import runs while Ray starts; the node's ``NodeTemplate`` actor then adopts it instead of starting
-one. It is Python's ``forkserver``, as the actor's own would be, and ends with the driver, as the
-local Ray does. Its output (TensorFlow's start-up notices) goes to a log file of its own, not to the
-driver's terminal; the file is removed when the driver exits. The template ends earlier with the sweep's
-templates (``node_template.stop_node_templates``, ``stop_kept_templates``), and when its adopting actor
-expires (``tune.template_keep_alive_s``).
+the import runs while Ray starts. It is Python's ``forkserver``, as a ``NodeTemplate`` actor's own
+would be, and ends with the driver, as the local Ray does. Its output (TensorFlow's start-up notices)
+goes to a log file of its own, not to the driver's terminal; the file is removed when the driver exits.
+
+The sweep starts no ``NodeTemplate`` actor on the driver's node while this template runs: it publishes
+the template's address in the cluster's key-value store (``publish``), where the node's trial actors
+find it (``lookup``). An actor of its own would take one of the worker processes Ray starts ahead of
+the first job, as many as the node has CPUs, so that one of Tune's trial actors would wait for a new
+worker (Python and Ray's import) while the sweep starts. With ``tune.template_keep_alive_s`` above 0
+the driver ends the template once it has had no trial process for that long (``keep_alive``), as a
+kept actor would. It ends earlier with the sweep's templates (``node_template.stop_node_templates``,
+``stop_kept_templates``). An actor that finds it gone falls back to the node's ``NodeTemplate``, which
+the sweep then starts, or to a template of its own.
 
 Only for a Ray the driver starts on its own node: on a cluster, templates run on every node, under Ray.
 """
@@ -16,11 +23,16 @@ Only for a Ray the driver starts on its own node: on a cluster, templates run on
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 import tempfile
+import threading
+import time
 
-_info: dict | None = None  # the connection to this driver's template (node_template.NodeTemplate's adopt)
+_info: dict | None = None  # the connection to this driver's template, and where it is published
+_KV_KEY = "tl-ray-trial-template:{node_id}"
+_KV_NAMESPACE = "tl-ray"
 
 
 def start() -> None:
@@ -54,9 +66,66 @@ def start() -> None:
 
 
 def bind(gcs_address: str) -> None:
-    """Ties the template to the local Ray just started (its GCS address): only that cluster's actor adopts it."""
+    """Ties the template to the local Ray just started (its GCS address): only that cluster's sweeps use it."""
     if _info is not None:
         _info["gcs"] = gcs_address
+
+
+def publish(node_id: str, keep_alive_s: float = 0.0) -> None:
+    """Makes the template the one the trial actors of node ``node_id`` (this driver's) fork from, in the
+    connected Ray's key-value store; with ``keep_alive_s`` > 0 it ends once it has had no trial process for
+    that long (a sweep's call counts as use)."""
+    from ray.experimental import internal_kv
+
+    if _info is None:
+        return
+    authkey = _info["authkey"]
+    value = {"address": _info["address"], "pid": _info["pid"], "authkey": authkey.hex() if authkey else None}
+    internal_kv._internal_kv_put(_KV_KEY.format(node_id=node_id), json.dumps(value), namespace=_KV_NAMESPACE)
+    _info["node_id"] = node_id
+    keep_alive(keep_alive_s)
+
+
+def lookup(node_id: str) -> dict | None:
+    """In a trial actor: the connection to the driver's template published for node ``node_id``; None when
+    there is none or it has ended."""
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(_KV_KEY.format(node_id=node_id), namespace=_KV_NAMESPACE)
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not running(value["pid"]):
+        return None
+    return dict(value, authkey=bytes.fromhex(value["authkey"]) if value["authkey"] else None)
+
+
+def keep_alive(seconds: float) -> None:
+    """Ends the template once it has had no trial process for ``seconds`` (counted from now at the latest);
+    0 leaves it to the driver's exit."""
+    global _watcher
+    if _info is None or seconds <= 0:
+        return
+    _info["keep_alive_s"], _info["used"] = seconds, time.monotonic()
+    if _watcher is None or not _watcher.is_alive():
+        _watcher = threading.Thread(target=_watch, args=(_info,), name="tl-ray-template-keep-alive", daemon=True)
+        _watcher.start()
+
+
+_watcher: threading.Thread | None = None
+
+
+def _watch(info: dict) -> None:
+    from tl_ray.train.node_template import _children, _idle_for
+
+    while _info is info:
+        time.sleep(min(10.0, max(0.2, info["keep_alive_s"] / 4)))
+        children = _children(info["pid"])
+        if children:
+            info["used"] = time.monotonic()  # the keep-alive counts from the last trial process's end
+        elif _idle_for(info["keep_alive_s"], info["used"], children) and _info is info:
+            stop()
+            return
 
 
 def info(gcs_address: str | None = None) -> dict | None:
@@ -78,12 +147,25 @@ def stop() -> None:
 
     if _info is None:
         return
-    _info = None
+    info, _info = _info, None
+    if "node_id" in info:
+        _unpublish(info["node_id"])
     server = forkserver._forkserver
     try:
         server._stop()
     except OSError:  # it was reaped already: forget it as _stop would
         server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+
+
+def _unpublish(node_id: str) -> None:
+    try:
+        import ray
+        from ray.experimental import internal_kv
+
+        if ray.is_initialized():
+            internal_kv._internal_kv_del(_KV_KEY.format(node_id=node_id), namespace=_KV_NAMESPACE)
+    except Exception:  # noqa: BLE001, S110 - Ray is going away: lookup checks that the template runs
+        pass
 
 
 def running(pid: int) -> bool:

@@ -30,8 +30,9 @@ A trial process forked from a node template is a child of that template, not of 
 - it exits when its actor does (it watches the actor's end of a pipe) and when the template does.
 
 A driver that starts a local Ray starts its node's template before Ray (``tl_ray.train.driver_template``),
-so that TensorFlow's import runs while Ray starts; that node's ``NodeTemplate`` adopts it, and starts one
-of its own only if it has died.
+so that TensorFlow's import runs while Ray starts. The sweep then starts no ``NodeTemplate`` on that node:
+its trial actors find the driver's template in the cluster's key-value store. Once that template has
+ended, the sweep starts a ``NodeTemplate`` there as on any node.
 
 The driver also starts a template on each node that joins while the sweep runs
 (``tl_ray.tune.templates.NodeTemplates``). An actor whose node has no template yet, or whose
@@ -60,13 +61,11 @@ class NodeTemplate:
     template has had no trial process for ``keep_alive_s`` seconds (the last sweep's value).
     """
 
-    def __init__(self, keep_alive_s: float = 0.0, adopt: dict | None = None):
-        from tl_ray.train import driver_template
+    def __init__(self, keep_alive_s: float = 0.0):
+        from tl_ray.train import trial_process
 
-        # A template the driver started before the local Ray (tl_ray.train.driver_template), else its own.
-        self._adopted = adopt if adopt and driver_template.running(adopt["pid"]) else None
-        if self._adopted is None:
-            self._start_own()
+        trial_process.preload_template()
+        forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
         self._keep_alive = keep_alive_s
         self._used = time.monotonic()
         self._lock = threading.Lock()
@@ -76,31 +75,16 @@ class NodeTemplate:
 
     def connection(self) -> dict:
         """What an actor needs to fork from the template; restarts a template that died."""
-        from tl_ray.train import driver_template
-
         if not self._use():  # ending: the caller's actor starts a template of its own
             raise RuntimeError("this trial template is ending (idle for its keep-alive)")
-        adopted = self._adopted
-        if adopted is not None:
-            if driver_template.running(adopted["pid"]):
-                return {k: adopted[k] for k in ("address", "pid", "authkey")}
-            self._adopted = None  # it died (out of memory): this actor's own from now on
-            self._start_own()
         forkserver.ensure_running()
         server = forkserver._forkserver
         return {"address": server._forkserver_address, "pid": server._forkserver_pid,
                 "authkey": getattr(server, "_forkserver_authkey", None)}
 
     @staticmethod
-    def _start_own() -> None:
-        from tl_ray.train import trial_process
-
-        trial_process.preload_template()
-        forkserver.ensure_running()  # returns once the template runs; it imports TensorFlow meanwhile
-
-    def _pid(self) -> int | None:
-        adopted = self._adopted
-        return adopted["pid"] if adopted is not None else forkserver._forkserver._forkserver_pid
+    def _pid() -> int | None:
+        return forkserver._forkserver._forkserver_pid
 
     def touch(self, keep_alive_s: float) -> bool:
         """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's.
@@ -144,23 +128,12 @@ class NodeTemplate:
                 if not _idle_for(self._keep_alive, self._used, children):
                     continue
                 self._expired = True
-            if self._adopted is not None:  # the driver's: Ray does not end it with this actor
-                _terminate(self._adopted["pid"])
             # Ray ends the worker and the processes it started: its own template goes with it.
             try:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
             except Exception:  # noqa: BLE001 - Ray unreachable: the process ends itself, its template with it
                 os._exit(0)
             return
-
-
-def _terminate(pid: int) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:  # gone
-        pass
 
 
 def _idle_for(keep_alive_s: float, used: float, children: int, now: float | None = None) -> bool:
@@ -258,9 +231,9 @@ def start_node_templates(where: dict | None = None) -> None:
 
     where = where or locator(0.0)
     keep_alive = where["keep_alive_s"]
-    # The template this driver started before the local Ray it started, on this node.
-    adopt = driver_template.info(ray.get_runtime_context().gcs_address)
-    here = ray.get_runtime_context().get_node_id() if adopt else None
+    # The template this driver started before the local Ray it started serves this node: no actor here.
+    context = ray.get_runtime_context()
+    here = context.get_node_id() if driver_template.info(context.gcs_address) else None
     actor = ray.remote(num_cpus=0, max_restarts=0)(NodeTemplate)
     # Nodes that can run trial processes: alive, with CPUs.
     alive = [node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
@@ -268,6 +241,9 @@ def start_node_templates(where: dict | None = None) -> None:
         del _hosts[gone]
     started = []
     for node_id in alive:
+        if node_id == here:
+            driver_template.publish(node_id, keep_alive)
+            continue
         if keep_alive <= 0 and node_id in _hosts:
             continue
         name = where["name"].format(node_id=node_id)
@@ -277,7 +253,7 @@ def start_node_templates(where: dict | None = None) -> None:
             name=name, namespace=where["namespace"], get_if_exists=True,
             lifetime="detached" if keep_alive > 0 else None,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(keep_alive, adopt if node_id == here else None)
+        ).remote(keep_alive)
         if keep_alive <= 0:
             _hosts[node_id] = handle
         else:
@@ -338,8 +314,7 @@ def stop_node_templates(timeout: float = 30.0) -> None:
     while _hosts:
         ray.kill(_hosts.popitem()[1])
     _wait_gone(names, None, timeout)
-    if names:
-        driver_template.stop()  # the one this driver started before its local Ray, which an actor adopted
+    driver_template.stop()  # the one this driver started before its local Ray
 
 
 def stop_kept_templates(timeout: float = 30.0) -> int:
@@ -356,7 +331,7 @@ def stop_kept_templates(timeout: float = 30.0) -> int:
         except ValueError:  # expired meanwhile
             pass
     _wait_gone(names, KEPT_NAMESPACE, timeout)
-    driver_template.stop()  # the one this driver started before its local Ray, which an actor adopted
+    driver_template.stop()  # the one this driver started before its local Ray
     return len(names)
 
 
@@ -444,8 +419,14 @@ def find(where: dict | None = None, timeout: float = 30.0) -> dict | None:
 
         if not ray.is_initialized():  # not in a Ray actor
             return None
+        from tl_ray.train import driver_template
+
         where = where or locator(0.0)
-        name = where["name"].format(node_id=ray.get_runtime_context().get_node_id())
+        node_id = ray.get_runtime_context().get_node_id()
+        mine = driver_template.lookup(node_id)  # the template of the driver that started this local Ray
+        if mine is not None:
+            return mine
+        name = where["name"].format(node_id=node_id)
         handle = ray.get_actor(name, namespace=where["namespace"])
         return ray.get(handle.connection.remote(), timeout=timeout)
     except Exception:  # no template on this node (or it died): the actor starts its own
