@@ -206,6 +206,56 @@ def test_a_stopped_trial_takes_its_process_with_it_once_it_has_run_its_share(sto
     assert not Path(reporter.checkpoint_dirs[0]).exists()
 
 
+def test_a_stop_after_an_epoch_without_checkpoint_ends_the_trial_the_child_trained_on_and_keeps_its_process(store):
+    """Epochs 1 and 2 have no checkpoint, so the child does not wait for their reports: Tune's stop at epoch 1
+    reaches it while it trains on (between two steps, or as the answer to its checkpointed last report), and
+    what it reported after the stopped epoch is not passed on."""
+    spec = spec_dict(store, epochs=3, checkpoint_every=3, steps_per_epoch=4)
+    reporter = Forwarded(on_report=stop)
+    with pytest.raises(SystemExit):
+        run(spec, reporter)
+    assert [m["epoch"] for m in reporter.history] == [1] and reporter.checkpoint_dirs == [None]
+    pid = reporter.history[0]["trial_pid"]
+    os.kill(pid, 0)  # it ended its trial in time: alive, waiting for the next one
+
+    after = Forwarded()
+    run(spec, after)
+    assert [m["epoch"] for m in after.history] == [1, 2, 3] and {m["trial_pid"] for m in after.history} == {pid}
+    assert after.checkpoint_dirs[:2] == [None, None] and after.checkpoint_dirs[2]
+
+
+def test_the_childs_reporter_waits_only_for_reports_with_a_checkpoint_unless_told_to_wait_for_all():
+    import multiprocessing
+    import threading
+
+    ours, theirs = multiprocessing.Pipe()
+    reporter = trial_process.PipeReporter(ours, "t", None)
+    reporter.report({"epoch": 1}, None)  # no answer is sent: it returns without one
+    kind, metrics, checkpoint_dir, waits = theirs.recv()
+    assert (kind, metrics["epoch"], checkpoint_dir, waits) == ("report", 1, None, False)
+    reporter.check_stop()  # nothing came: training goes on
+
+    blocked = threading.Thread(target=reporter.report, args=({"epoch": 2}, "/ckpt"))
+    blocked.start()
+    assert theirs.recv()[2:] == ("/ckpt", True)
+    assert blocked.is_alive()  # the report is in, and waits for the answer
+    theirs.send(("ack",))
+    blocked.join(timeout=30)
+    assert not blocked.is_alive()
+
+    theirs.send(("stop",))
+    with pytest.raises(trial_process.TrialStopped):
+        reporter.check_stop()  # between two steps
+    reporter.finish()
+    assert theirs.recv() == ("done",) and reporter.finished
+
+    waiting = trial_process.PipeReporter(ours, "t", None, wait_always=True)  # PBT's trials
+    theirs.send(("stop",))
+    with pytest.raises(trial_process.TrialStopped):
+        waiting.report({"epoch": 3}, None)
+    assert theirs.recv()[3] is True
+
+
 def test_a_trial_process_is_not_sent_the_main_script_and_its_template_loads_no_matplotlib(store, tmp_path):
     """A trial process is sent no main script to run again (a Ray actor's is Ray's worker): a script that
     starts a trial at import, without an ``if __name__ == "__main__":`` guard, runs once and trains. Its

@@ -37,7 +37,12 @@ from tl_ray.train.cached_inputs import CachedInputs, MemoryRows, open_dataset
 
 
 class Reporter(Protocol):
-    """Where a worker sends each epoch's metrics and checkpoint."""
+    """Where a worker sends each epoch's metrics and checkpoint.
+
+    It may also have ``check_stop()``, called between two steps, which raises to end a trial stopped
+    meanwhile, and ``finish()``, called once the last report is in, before the trial's model and datasets
+    are freed.
+    """
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
 
@@ -241,6 +246,7 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
 
     restore = reporter.restore_dir()
     start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+    check_stop = getattr(reporter, "check_stop", None)
     phases = plan_phases(spec)
     cached = CachedInputs(spec, strategy, weights, num_classes)
     # Every phase left trains the head on cached features: the backbone is never built.
@@ -332,6 +338,8 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
             start = time.perf_counter()
             sums = None
             for i in range(steps):
+                if check_stop is not None:
+                    check_stop()
                 hooks.on_step_begin(epoch * steps + i)
                 out = step.train_step(next(iterator))
                 sums = out if sums is None else sums + out
@@ -375,6 +383,9 @@ def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weig
         if loop.stop_training:
             break
     hooks.on_train_end(metrics)
+    finish = getattr(reporter, "finish", None)
+    if finish is not None:
+        finish()  # before this frame's model, optimizer and datasets are freed
     return metrics
 
 

@@ -13,9 +13,13 @@ runs), then exits. Its memory goes back to the system with it, however many tria
 and a trial costs at most a fork instead of a Ray worker start and a TensorFlow import.
 
 The actor forwards each report to Tune and answers once Tune has stored the checkpoint, so a
-child never deletes a checkpoint before it is kept. When Tune stops the trial, the actor's answer
-tells the child to end it, and the child waits for the next trial (the actor kills a child that
-does not end it). A trial that raises ends its child; a child killed (or out of memory) fails the
+child never deletes a checkpoint before it is kept. An epoch without a checkpoint is not waited for:
+the child trains on while the actor hands its report to Tune and Tune's driver handles it, unless the
+scheduler is PBT, whose exploit replaces a trial's weights at its reports. When Tune stops the trial,
+the actor tells the child to end it: as the answer to a report, or between two steps, which the child
+checks for it. The child then waits for the next trial (the actor kills a child that does not end it
+within a second). A child says its trial is done once its last report is answered, before it frees the
+trial's model and datasets, so that Tune's hand-over to the next trial runs meanwhile. A trial that raises ends its child; a child killed (or out of memory) fails the
 trial like a dead worker would, so ``train.max_failures`` restarts it from its last checkpoint. A
 child outlives neither the template nor the actor: it is killed with the template, and exits
 when the actor does (an actor's own template also exits with the actor).
@@ -199,7 +203,7 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
                     "its last checkpoint."
                 ) from None
             if kind == "report":
-                metrics, checkpoint_dir = payload
+                metrics, checkpoint_dir, waits = payload
                 # The actor's own memory, which outlives the trials: flat when nothing leaks into it.
                 metrics = dict(metrics, actor_rss_mb=_rss_mb())
                 try:
@@ -209,7 +213,8 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
                     # and waits for the next one unless it has run its share.
                     ended = child.trials < limit and _stop(child)
                     raise
-                _send(child, ("ack",))  # if the child died meanwhile, the next recv says how
+                if waits:
+                    _send(child, ("ack",))  # if the child died meanwhile, the next recv says how
             elif kind == "error":
                 exc, text = payload
                 raise exc from ChildTraceback(text)
@@ -249,11 +254,15 @@ def _stop(child: _Child) -> bool:
     Tune gives a stopped trial's thread ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) to end before it fails
     the actor's next trial; the child gets half of it, and is killed if it has not ended the trial by then.
     """
-    timeout = 0.5 * float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 2))
+    deadline = time.monotonic() + 0.5 * float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 2))
     if not _send(child, ("stop",)):
         return False
     try:
-        return child.conn.poll(timeout) and child.conn.recv() == ("stopped",)
+        while child.conn.poll(max(0.0, deadline - time.monotonic())):
+            message = child.conn.recv()
+            if message[0] != "report":  # epochs it trained on after the stopped one: Tune has ended the trial
+                return message in (("stopped",), ("done",))  # done: it ended its trial before it saw the stop
+        return False
     except Exception:  # the child died, or sent what it should not have: it is killed
         return False
 
@@ -283,21 +292,39 @@ class TrialStopped(BaseException):
 
 
 class PipeReporter:
-    """The child's reporter: sends each epoch to the actor and waits until Tune has kept it."""
+    """The child's reporter: sends each epoch to the actor; waits until Tune has kept it when it has a
+    checkpoint (or ``wait_always``), and ends the trial when the actor says Tune stopped it."""
 
-    def __init__(self, conn, trial_id: str | None, restore_dir: str | None):
+    def __init__(self, conn, trial_id: str | None, restore_dir: str | None, wait_always: bool = False):
         self._conn = conn
         self.trial_id = trial_id
         self._restore = Path(restore_dir) if restore_dir else None
+        self._wait_always = wait_always
+        self.finished = False
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self._conn.send(("report", dict(metrics, template_pid=os.getppid()), checkpoint_dir))
-        (reply,) = self._conn.recv()  # the ack; EOF (the actor went away) ends this process
-        if reply == "stop":
-            raise TrialStopped
+        wait = checkpoint_dir is not None or self._wait_always
+        self._conn.send(("report", dict(metrics, template_pid=os.getppid()), checkpoint_dir, wait))
+        if wait:
+            self._answer(self._conn.recv())  # EOF (the actor went away) ends this process
+
+    def check_stop(self) -> None:
+        """Between two steps: ends the trial (raises TrialStopped) if Tune stopped it meanwhile."""
+        if self._conn.poll():
+            self._answer(self._conn.recv())
+
+    def finish(self) -> None:
+        """The trial's last report is answered: the actor may hand this process its next trial."""
+        self._conn.send(("done",))
+        self.finished = True
 
     def restore_dir(self) -> Path | None:
         return self._restore
+
+    @staticmethod
+    def _answer(message: tuple) -> None:
+        if message[0] == "stop":
+            raise TrialStopped
 
 
 def _die_with_parent() -> None:
@@ -340,9 +367,12 @@ def _child_main(conn, spec: Spec, context: dict, env: dict, outputs=None) -> Non
 
         runtime.end_trial()  # while the actor reports the end and Tune picks the next trial
         try:
-            _, spec, context = conn.recv()  # the actor's next trial; EOF when this process has run its share
+            message = conn.recv()  # the actor's next trial; EOF when this process has run its share
+            while message[0] != "trial":  # a stop that came after the trial's end
+                message = conn.recv()
         except (EOFError, OSError):
             break
+        _, spec, context = message
     conn.close()
     # Skip interpreter teardown (TensorFlow's is slow and nothing is left to flush).
     sys.stdout.flush()
@@ -360,16 +390,21 @@ def _run_trial(conn, spec: Spec, context: dict) -> None:
     tempfile.tempdir = context["scratch"]
     runtime.TRIAL_CONTEXT.clear()
     runtime.TRIAL_CONTEXT.update(trial_id=context["trial_id"], node_id=context["node_id"])
+    reporter = None
     try:
         from tl_ray.train.loop import train
 
         runtime.begin_trial()
         runtime.configure_tensorflow(context["threads"], context["cpu_devices"])
-        train(spec, PipeReporter(conn, context["trial_id"], context["restore_dir"]))
+        reporter = PipeReporter(conn, context["trial_id"], context["restore_dir"],
+                                wait_always=spec.tune.scheduler == "pbt")
+        train(spec, reporter)
     except TrialStopped:
         conn.send(("stopped",))
         return
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the actor
+        if reporter is not None and reporter.finished:  # the actor has moved on: this process just ends
+            os._exit(1)
         text = traceback.format_exc()
         try:
             pickle.loads(pickle.dumps(exc))  # what the actor will do with it
@@ -378,4 +413,5 @@ def _run_trial(conn, spec: Spec, context: dict) -> None:
         conn.send(("error", exc, text))
         conn.close()
         os._exit(1)
-    conn.send(("done",))
+    if not reporter.finished:
+        reporter.finish()
