@@ -168,7 +168,7 @@ def cmd_templates_start(args) -> int:
     nodes = node_template.start_kept_templates(args.keep_alive)
     print(f"{len(nodes)} node(s) have a trial template for this tl-ray and environment "
           f"(key {node_template.template_key()}), kept {args.keep_alive:g} s after its last trial process; "
-          "each imports TensorFlow in the background")
+          "each has imported TensorFlow and is ready to fork trials")
     return 0
 
 

@@ -342,6 +342,8 @@ def test_templates_started_ahead_serve_the_clusters_first_job_then_are_listed_an
     (line,) = _templates(env, "list").splitlines()
     pid = int(line.split(" pid ")[1].split()[0])
     assert _alive(pid) and "idle" in line and "of 600 s" in line
+    # `start` returned once the template had imported TensorFlow: its libraries are mapped.
+    assert "_pywrap_tfe" in Path(f"/proc/{pid}/maps").read_text()
     data = spec_for(dataset, f"ahead-{uuid.uuid4().hex[:6]}", epochs=1)
     _, rows = tune_job(env, dataset, data, tmp_path)
     assert rows[-1]["template_pid"] == pid  # the job's trial forked from the template started ahead of it

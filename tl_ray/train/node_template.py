@@ -86,6 +86,17 @@ class NodeTemplate:
     def _pid() -> int | None:
         return forkserver._forkserver._forkserver_pid
 
+    def ready(self) -> float:
+        """Returns once the template has imported what a trial needs, and how long that took from now: it
+        forks a process that exits at once, which the template serves only after its imports."""
+        from tl_ray.train import forking
+
+        start = time.monotonic()
+        proc = forking.OwnProcess(target=_exit_at_once, name="tl-ray-template-probe")
+        proc.start()
+        proc.join()
+        return time.monotonic() - start
+
     def touch(self, keep_alive_s: float) -> bool:
         """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's.
         False when it is ending (the sweep's actors then start templates of their own)."""
@@ -134,6 +145,10 @@ class NodeTemplate:
             except Exception:  # noqa: BLE001 - Ray unreachable: the process ends itself, its template with it
                 os._exit(0)
             return
+
+
+def _exit_at_once() -> None:
+    """The target of ``NodeTemplate.ready``'s probe."""
 
 
 def _idle_for(keep_alive_s: float, used: float, children: int, now: float | None = None) -> bool:
@@ -370,9 +385,10 @@ def kept_templates(timeout: float = 10.0, names: list[str] | None = None) -> lis
 
 def start_kept_templates(keep_alive_s: float, timeout: float = 120.0) -> list[str]:
     """Starts a kept template (``keep_alive_s`` > 0) on every live node that has none for this process's
-    ``template_key``, as a sweep's start would, and returns once each has started; returns their node ids. A
-    cluster's first sweep then forks from them at once, if its key is the same: the same tl-ray, packages and
-    Python, and a job without a runtime environment of its own (``tl-ray tune`` run on a node of the cluster)."""
+    ``template_key``, as a sweep's start would, and returns once each has imported what a trial needs;
+    returns their node ids. A cluster's first sweep then forks from them at once, if its key is the same: the
+    same tl-ray, packages and Python, and a job without a runtime environment of its own (``tl-ray tune`` run
+    on a node of the cluster)."""
     import ray
 
     if keep_alive_s <= 0:
@@ -380,14 +396,17 @@ def start_kept_templates(keep_alive_s: float, timeout: float = 120.0) -> list[st
     where = locator(keep_alive_s)
     start_node_templates(where)
     started = []
-    for node in ray.nodes():  # a method call waits for the actor's start (its template process running)
+    handles = {}
+    for node in ray.nodes():
         node_id = node["NodeID"]
         try:
-            handle = ray.get_actor(where["name"].format(node_id=node_id), namespace=where["namespace"])
+            handles[node_id] = ray.get_actor(where["name"].format(node_id=node_id), namespace=where["namespace"])
         except ValueError:  # no CPUs, gone, or joined after the start: its first sweep starts one
             continue
+    waits = {node_id: handle.ready.remote() for node_id, handle in handles.items()}  # all nodes at once
+    for node_id, waiting in waits.items():
         try:
-            ray.get(handle.touch.remote(keep_alive_s), timeout=timeout)
+            ray.get(waiting, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - its start failed or hangs: say which node
             from tl_ray.errors import ClusterError
 
