@@ -26,6 +26,7 @@ DRIVER = textwrap.dedent("""
     result = run_sweep(spec, experiment="early")
     info = driver_template.info()
     node_actors = [a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith("tl-ray-trial")]
+    published = driver_template.lookup(ray.get_runtime_context().get_node_id())  # what this job's actors find
     template = psutil.Process(info["pid"])
     # Fork servers among this driver's descendants (Ray's workers' own templates), other than its template and
     # the trial processes forked from it (which carry its command line).
@@ -40,14 +41,16 @@ DRIVER = textwrap.dedent("""
         "driver": os.getpid(), "template": info["pid"], "template_parent": template.ppid(),
         "template_log": info["log"], "log_exists": os.path.exists(info["log"]),
         "statuses": [r.status for r in result.rows],
-        "node_actors": node_actors, "actor_templates": others,
+        "node_actors": node_actors, "actor_templates": others, "published": published and published["pid"],
     }))
     # The driver's template ended: the next sweep starts the node's actor, and forks from the actor's template.
     driver_template.stop()
+    unpublished = driver_template.lookup(ray.get_runtime_context().get_node_id()) is None
     later = run_sweep(spec, experiment="later")
     named = [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith("tl-ray-trial")]
     status = ray.get(ray.get_actor(named[0]["name"], namespace=named[0]["namespace"]).status.remote())
     print("LATER " + json.dumps({"statuses": [r.status for r in later.rows], "actors": len(named),
+                                 "unpublished": unpublished,
                                  "actor_template": status["pid"]}))
     node_template.stop_kept_templates()
 """)
@@ -81,10 +84,12 @@ def test_a_sweep_on_a_new_local_ray_forks_its_trials_from_the_template_its_drive
               for l in (trial / "result.json").read_text().splitlines() if l.strip()]
     assert len(epochs) == 4 and {e["template_pid"] for e in epochs} == {out["template"]}
     assert out["node_actors"] == []  # the driver's template served the node: no NodeTemplate actor
+    assert out["published"] == out["template"]  # found in Ray's key-value store by this job
     assert out["actor_templates"] == []  # no second template imported TensorFlow
     # Its output went to its log while the driver ran; the log went with the driver.
     assert out["log_exists"] and not os.path.exists(out["template_log"])
     later = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("LATER "))[len("LATER "):])
+    assert later["unpublished"]  # stopped: no actor finds it any more
     assert later["statuses"] == ["DONE", "DONE"] and later["actors"] == 1
     epochs = [json.loads(l) for trial in (store / "experiments" / "later").glob("tune_trial_*")
               for l in (trial / "result.json").read_text().splitlines() if l.strip()]

@@ -256,6 +256,31 @@ def test_the_childs_reporter_waits_only_for_reports_with_a_checkpoint_unless_tol
     assert theirs.recv()[3] is True
 
 
+def test_a_child_still_inside_a_step_when_tune_stops_its_trial_is_waited_for_by_the_next_trial(monkeypatch):
+    """The actor's stopped trial ends in Tune's time; the child, still inside a step, is marked stopping, and
+    the next trial takes it once it says it ended the trial (skipping what it reported meanwhile), or a new
+    process when it does not within STOP_GRACE_S."""
+    import multiprocessing
+
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0.2")
+    ours, theirs = multiprocessing.Pipe()
+    child = trial_process._Child(proc=None, conn=ours, key=(1, 0))
+    assert trial_process._stop(child) is True and child.stopping  # kept, not yet settled
+    assert theirs.recv() == ("stop",)
+    assert trial_process._settle(child, 0.1) is None and child.stopping  # nothing yet: still inside its step
+    theirs.send(("report", {"epoch": 2}, None, False))  # the epoch it trained on
+    theirs.send(("stopped",))
+    assert trial_process._settle(child, 5.0) is True and not child.stopping
+
+    failed = trial_process._Child(proc=None, conn=ours, key=(1, 0))
+    trial_process._stop(failed)
+    theirs.recv()
+    theirs.send(("error", RuntimeError("x"), "text"))
+    assert trial_process._settle(failed, 5.0) is False  # it failed: the next trial forks a new process
+    theirs.close()
+    assert trial_process._settle(trial_process._Child(proc=None, conn=ours, key=(1, 0)), 5.0) is False  # died
+
+
 def test_a_trial_process_is_not_sent_the_main_script_and_its_template_loads_no_matplotlib(store, tmp_path):
     """A trial process is sent no main script to run again (a Ray actor's is Ray's worker): a script that
     starts a trial at import, without an ``if __name__ == "__main__":`` guard, runs once and trains. Its

@@ -42,7 +42,7 @@ def start() -> None:
 
     from tl_ray.train import trial_process
 
-    if info() is not None:  # started for an earlier local Ray of this driver: this one's actor adopts it
+    if info() is not None:  # started for an earlier local Ray of this driver: this one's sweeps use it
         return
     trial_process.preload_template()
     fd, log = tempfile.mkstemp(prefix="tl-ray-template-", suffix=".log")
@@ -72,60 +72,76 @@ def bind(gcs_address: str) -> None:
 
 
 def publish(node_id: str, keep_alive_s: float = 0.0) -> None:
-    """Makes the template the one the trial actors of node ``node_id`` (this driver's) fork from, in the
+    """Makes the template the one this job's trial actors on node ``node_id`` (this driver's) fork from, in the
     connected Ray's key-value store; with ``keep_alive_s`` > 0 it ends once it has had no trial process for
     that long (a sweep's call counts as use)."""
+    import ray
     from ray.experimental import internal_kv
 
-    if _info is None:
-        return
-    authkey = _info["authkey"]
-    value = {"address": _info["address"], "pid": _info["pid"], "authkey": authkey.hex() if authkey else None}
-    internal_kv._internal_kv_put(_KV_KEY.format(node_id=node_id), json.dumps(value), namespace=_KV_NAMESPACE)
-    _info["node_id"] = node_id
-    keep_alive(keep_alive_s)
+    with _lock:
+        if _info is None:
+            return
+        authkey = _info["authkey"]
+        value = {"address": _info["address"], "pid": _info["pid"], "authkey": authkey.hex() if authkey else None,
+                 "created": _created(_info["pid"]), "job": ray.get_runtime_context().get_job_id()}
+        internal_kv._internal_kv_put(_KV_KEY.format(node_id=node_id), json.dumps(value), namespace=_KV_NAMESPACE)
+        _info["node_id"] = node_id
+        _keep_alive(keep_alive_s)
 
 
 def lookup(node_id: str) -> dict | None:
-    """In a trial actor: the connection to the driver's template published for node ``node_id``; None when
-    there is none or it has ended."""
+    """In a trial actor: the connection to the template its job's driver published for node ``node_id``; None
+    when there is none, it is another job's, or it has ended (its pid gone or taken by another process)."""
+    import ray
     from ray.experimental import internal_kv
 
     raw = internal_kv._internal_kv_get(_KV_KEY.format(node_id=node_id), namespace=_KV_NAMESPACE)
     if not raw:
         return None
     value = json.loads(raw)
-    if not running(value["pid"]):
+    if value["job"] != ray.get_runtime_context().get_job_id() or _created(value["pid"]) != value["created"]:
         return None
-    return dict(value, authkey=bytes.fromhex(value["authkey"]) if value["authkey"] else None)
+    return {"address": value["address"], "pid": value["pid"],
+            "authkey": bytes.fromhex(value["authkey"]) if value["authkey"] else None}
 
 
 def keep_alive(seconds: float) -> None:
     """Ends the template once it has had no trial process for ``seconds`` (counted from now at the latest);
     0 leaves it to the driver's exit."""
-    global _watcher
-    if _info is None or seconds <= 0:
+    with _lock:
+        _keep_alive(seconds)
+
+
+_lock = threading.RLock()  # the template's state (_info) against the keep-alive's watcher
+_watching: dict | None = None  # the _info the running watcher watches
+
+
+def _keep_alive(seconds: float) -> None:
+    global _watching
+    if _info is None:
         return
-    _info["keep_alive_s"], _info["used"] = seconds, time.monotonic()
-    if _watcher is None or not _watcher.is_alive():
-        _watcher = threading.Thread(target=_watch, args=(_info,), name="tl-ray-template-keep-alive", daemon=True)
-        _watcher.start()
-
-
-_watcher: threading.Thread | None = None
+    _info["keep_alive_s"], _info["used"] = max(0.0, seconds), time.monotonic()
+    if seconds > 0 and _watching is not _info:  # a watcher of an earlier template ends at its next look
+        _watching = _info
+        threading.Thread(target=_watch, args=(_info,), name="tl-ray-template-keep-alive", daemon=True).start()
 
 
 def _watch(info: dict) -> None:
+    global _watching
     from tl_ray.train.node_template import _children, _idle_for
 
-    while _info is info:
-        time.sleep(min(10.0, max(0.2, info["keep_alive_s"] / 4)))
+    while True:
+        time.sleep(min(10.0, max(0.2, info["keep_alive_s"] / 4 or 10.0)))
         children = _children(info["pid"])
-        if children:
-            info["used"] = time.monotonic()  # the keep-alive counts from the last trial process's end
-        elif _idle_for(info["keep_alive_s"], info["used"], children) and _info is info:
-            stop()
-            return
+        with _lock:
+            if _info is not info:  # stopped, or another template started since
+                return
+            if children:
+                info["used"] = time.monotonic()  # the keep-alive counts from the last trial process's end
+            elif _idle_for(info["keep_alive_s"], info["used"], children):
+                _stop()
+                _watching = None
+                return
 
 
 def info(gcs_address: str | None = None) -> dict | None:
@@ -142,6 +158,11 @@ def stop() -> None:
     """Ends this driver's template, if it has one, and waits for its exit; its trial processes end with their
     actors. Python's own stop: the template exits once its "alive" pipe closes (after its imports, if it is
     still importing), and the next ``start`` starts a new one."""
+    with _lock:
+        _stop()
+
+
+def _stop() -> None:
     global _info
     from multiprocessing import forkserver
 
@@ -166,6 +187,17 @@ def _unpublish(node_id: str) -> None:
             internal_kv._internal_kv_del(_KV_KEY.format(node_id=node_id), namespace=_KV_NAMESPACE)
     except Exception:  # noqa: BLE001, S110 - Ray is going away: lookup checks that the template runs
         pass
+
+
+def _created(pid: int) -> float | None:
+    """When process ``pid`` started (None when it does not run): a pid taken again later has another time."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except Exception:  # noqa: BLE001 - gone
+        return None
 
 
 def running(pid: int) -> bool:

@@ -17,9 +17,11 @@ child never deletes a checkpoint before it is kept. An epoch without a checkpoin
 the child trains on while the actor hands its report to Tune and Tune's driver handles it, unless the
 scheduler is PBT, whose exploit replaces a trial's weights at its reports. When Tune stops the trial,
 the actor tells the child to end it: as the answer to a report, or between two steps, which the child
-checks for it. The child then waits for the next trial (the actor kills a child that does not end it
-within a second). A child says its trial is done once its last report is answered, before it frees the
-trial's model and datasets, so that Tune's hand-over to the next trial runs meanwhile. A trial that raises ends its child; a child killed (or out of memory) fails the
+checks for it. The child then waits for the next trial. One still inside a step (an epoch's first, which
+fills the shuffle buffer, or a slow one) when Tune ends the actor's trial is waited for by the actor's
+next trial, for up to ``STOP_GRACE_S``, and killed after that. A child says its trial is done once its
+last report is answered, before it frees the trial's model and datasets, so that Tune's hand-over to the
+next trial runs meanwhile. A trial that raises ends its child; a child killed (or out of memory) fails the
 trial like a dead worker would, so ``train.max_failures`` restarts it from its last checkpoint. A
 child outlives neither the template nor the actor: it is killed with the template, and exits
 when the actor does (an actor's own template also exits with the actor).
@@ -54,6 +56,7 @@ PRELOAD = [
     "tl_ray.data.reader",
     "tl_ray.features",
 ]
+STOP_GRACE_S = 5.0  # how long an actor's next trial waits for a process still ending a stopped trial
 _started_here = False  # this actor forked a trial process before
 _preloaded = False  # this process's own template (if it starts one) imports PRELOAD
 
@@ -124,6 +127,7 @@ class _Child:
     def __init__(self, proc, conn, key: tuple):
         self.proc, self.conn, self.key = proc, conn, key
         self.trials = 0  # trials sent to it
+        self.stopping = False  # told that Tune stopped its trial, and has not yet said it ended it
 
     def release(self) -> None:
         """Closes the pipe: the child exits at its next receive. Not waited for (unmapping its memory takes a
@@ -184,6 +188,9 @@ def run(spec: Spec, reporter, *, threads: int, cpu_devices: int = 0, marks: dict
     scratch = tempfile.mkdtemp(prefix="tlray-trial-")
     context["scratch"] = scratch
     try:
+        if child is not None and child.stopping and not _settle(child, STOP_GRACE_S):
+            child.kill()  # still inside the stopped trial's step (or it failed there): a new process is sooner
+            child = None
         if child is not None and (child.key != key or child.trials >= limit or not child.proc.is_alive()
                                   or not _send(child, ("trial", spec, context))):
             child.release()
@@ -249,21 +256,34 @@ def _send(child: _Child, message: tuple) -> bool:
 
 
 def _stop(child: _Child) -> bool:
-    """Asks the child, blocked in a report, to end its trial; whether it did in time.
+    """Tells the child that Tune stopped its trial; whether it may run the actor's next trial.
 
-    Tune gives a stopped trial's thread ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) to end before it fails
-    the actor's next trial; the child gets half of it, and is killed if it has not ended the trial by then.
+    The child ends the trial as the answer to a report it waits on, or at its next step. Tune gives a stopped
+    trial's thread ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) to end before it fails the actor's next trial: the
+    child gets half of it here, and one still inside a step then is marked ``stopping``, for the next trial
+    to wait for (``_settle``).
     """
-    deadline = time.monotonic() + 0.5 * float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 2))
     if not _send(child, ("stop",)):
         return False
+    settled = _settle(child, 0.5 * float(os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", 2)))
+    if settled is None:
+        child.stopping = True
+        return True
+    return settled
+
+
+def _settle(child: _Child, timeout: float) -> bool | None:
+    """Reads what a child told to stop sends until it says it ended its trial: True once it did, False when
+    it died or failed, None when it has not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     try:
         while child.conn.poll(max(0.0, deadline - time.monotonic())):
             message = child.conn.recv()
             if message[0] != "report":  # epochs it trained on after the stopped one: Tune has ended the trial
+                child.stopping = False
                 return message in (("stopped",), ("done",))  # done: it ended its trial before it saw the stop
-        return False
-    except Exception:  # the child died, or sent what it should not have: it is killed
+        return None
+    except Exception:  # noqa: BLE001 - the child died, or sent what it should not have: it is killed
         return False
 
 
@@ -311,7 +331,11 @@ class PipeReporter:
     def check_stop(self) -> None:
         """Between two steps: ends the trial (raises TrialStopped) if Tune stopped it meanwhile."""
         if self._conn.poll():
-            self._answer(self._conn.recv())
+            try:
+                message = self._conn.recv()
+            except EOFError:  # the actor went away (the sweep ended): nothing is left to train for
+                os._exit(0)
+            self._answer(message)
 
     def finish(self) -> None:
         """The trial's last report is answered: the actor may hand this process its next trial."""
@@ -400,10 +424,14 @@ def _run_trial(conn, spec: Spec, context: dict) -> None:
                                 wait_always=spec.tune.scheduler == "pbt")
         train(spec, reporter)
     except TrialStopped:
-        conn.send(("stopped",))
+        try:
+            conn.send(("stopped",))
+        except OSError:  # the actor went away meanwhile
+            os._exit(0)
         return
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the actor
         if reporter is not None and reporter.finished:  # the actor has moved on: this process just ends
+            traceback.print_exc()
             os._exit(1)
         text = traceback.format_exc()
         try:
