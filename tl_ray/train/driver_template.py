@@ -81,6 +81,9 @@ def publish(node_id: str, keep_alive_s: float = 0.0) -> None:
     with _lock:
         if _info is None:
             return
+        if _info.get("node_id") == node_id:  # the sweep's later calls (every 10 s): only the keep-alive's use
+            _keep_alive(keep_alive_s)
+            return
         authkey = _info["authkey"]
         value = {"address": _info["address"], "pid": _info["pid"], "authkey": authkey.hex() if authkey else None,
                  "created": _created(_info["pid"]), "job": ray.get_runtime_context().get_job_id()}
@@ -202,12 +205,7 @@ def _created(pid: int) -> float | None:
 
 def running(pid: int) -> bool:
     """Whether process ``pid`` runs (an ended child of this driver that is not yet reaped does not)."""
-    try:
-        import psutil
-
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except Exception:  # noqa: BLE001 - gone
-        return False
+    return _created(pid) is not None
 
 
 def _remove(path: str) -> None:

@@ -86,16 +86,14 @@ class NodeTemplate:
     def _pid() -> int | None:
         return forkserver._forkserver._forkserver_pid
 
-    def ready(self) -> float:
-        """Returns once the template has imported what a trial needs, and how long that took from now: it
-        forks a process that exits at once, which the template serves only after its imports."""
+    def ready(self) -> None:
+        """Returns once the template has imported what a trial needs: it forks a process that exits at once,
+        which the template serves only after its imports."""
         from tl_ray.train import forking
 
-        start = time.monotonic()
         proc = forking.OwnProcess(target=_exit_at_once, name="tl-ray-template-probe")
         proc.start()
         proc.join()
-        return time.monotonic() - start
 
     def touch(self, keep_alive_s: float) -> bool:
         """A sweep starts that will use this template: its keep-alive counts from now, and is the sweep's.
