@@ -146,8 +146,10 @@ def key_id(key: dict) -> str:
     return storage.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:24]
 
 
-def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, log=print) -> CacheEntry:
+def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, log=print, events=None) -> CacheEntry:
     """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
+
+    ``events``: told ``on_cache_build_begin`` / ``on_cache_wait_begin`` (``tl_ray.train.callbacks``).
 
     Raises:
         DataError: the dataset is missing or corrupt (from the reader).
@@ -155,7 +157,6 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
         TLRayError: another builder holds the lock for longer than ``WAIT_S``.
     """
     from tl_ray.conditional import create_exclusive, delete_if, read_tagged
-    from tl_ray.train import _test_hooks
 
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
@@ -169,7 +170,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
         owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "rows": 0})
         if create_exclusive(lock, owner.encode()):
             try:
-                _test_hooks.cache_builder_started()
+                events and events.on_cache_build_begin()
                 log(f"feature cache: building {uri} for {dataset_uri}")
                 _build(spec, dataset_uri, weights_file, key, uri, lock)
             finally:
@@ -186,7 +187,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
             continue
         if not waited:
             log(f"feature cache: waiting for another trial to build {uri}")
-            _test_hooks.cache_waiter_started()
+            events and events.on_cache_wait_begin()
         waited = True
         time.sleep(1.0)  # polling the store for the builder's manifest
     raise TLRayError(

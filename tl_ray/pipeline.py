@@ -21,12 +21,11 @@ from tl_ray.spec import Spec, load_spec
 Out = Callable[[str], None]
 
 
-def ensure_ray(spec: Spec | None = None) -> None:
-    """Connects to Ray (``tl_ray.tune.cluster.connect_ray``); with the spec of a sweep to come, a local Ray
-    starts with the node's trial template."""
+def ensure_ray() -> None:
+    """Connects to Ray (``tl_ray.tune.cluster.connect_ray``)."""
     from tl_ray.tune.cluster import connect_ray
 
-    connect_ray(spec)
+    connect_ray()
 
 
 def _manifest_exists(uri: str) -> bool:
@@ -82,7 +81,7 @@ def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
     """One trial of the spec as written (no search space, no early stopping)."""
     from tl_ray.tune.sweep import run_sweep
 
-    ensure_ray(spec)
+    ensure_ray()
     single = spec.model_copy(deep=True)
     single.tune.space = {}
     single.tune.num_samples = 1
@@ -96,7 +95,7 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     """Runs the sweep, prints its table and (optionally) promotes the best trial."""
     from tl_ray.tune.sweep import run_sweep
 
-    ensure_ray(spec)
+    ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out(f"[tune] {'resuming' if resume else 'experiment'} {storage.join(spec.storage, 'experiments', experiment)}")
     result = run_sweep(spec, resume=resume, experiment=experiment)
@@ -251,7 +250,7 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
     t0 = time.perf_counter()
     out(f"[run] {spec.name}: store {spec.storage}")
     storage.ensure_bucket(spec.storage)
-    ensure_ray(spec)
+    ensure_ray()
     ensure_data(spec, out)
     ensure_upstream(spec, out)
     out(f"[tune] sweeping {spec.tune.num_samples} trials over {sorted(spec.tune.space)}")

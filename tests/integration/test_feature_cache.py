@@ -26,7 +26,7 @@ def hook_dir(tmp_path_factory):
     """The fault-injection folder, set before Ray starts so its workers inherit it (inert while empty)."""
     import os
 
-    from tl_ray.train._test_hooks import ENV
+    from tl_ray.testing import ENV
 
     path = tmp_path_factory.mktemp("hooks")
     os.environ[ENV] = str(path)

@@ -1,7 +1,6 @@
 """Several nodes on one machine: a trial whose node is removed mid-run resumes from its
 checkpoint on another node (Ray's multi-node test cluster), and a 2-worker SPREAD trial
-spans the two raylets of a real `ray start --head` / `ray start --address` pair. Also a
-`ray start` cluster's kept trial template: a later job forks from it, and it expires."""
+spans the two raylets of a real `ray start --head` / `ray start --address` pair."""
 
 from __future__ import annotations
 
@@ -73,7 +72,7 @@ def wait_until(condition, what: str, alive=lambda: None, timeout: float = 300.0)
 @pytest.fixture
 def hook_dir(tmp_path):
     """Arms the fault-injection hook; set before the cluster starts so its workers inherit it."""
-    from tl_ray.train._test_hooks import ENV
+    from tl_ray.testing import ENV
 
     old = os.environ.get(ENV)
     os.environ[ENV] = str(tmp_path / "hooks")
@@ -203,13 +202,6 @@ def ray_start_pair(tmp_path):
         yield cluster
 
 
-@pytest.fixture
-def ray_start_head(tmp_path):
-    """`ray start --head` alone: a cluster that outlives the jobs run on it. Yields as ``ray_start_pair``."""
-    with _ray_start(tmp_path, ["head"]) as cluster:
-        yield cluster
-
-
 @contextlib.contextmanager
 def _ray_start(tmp_path, labels: list[str]):
     """`ray start --head`, then (for "second") `ray start --address`, each blocking in its own process group.
@@ -300,72 +292,3 @@ def test_spread_trial_spans_two_ray_start_raylets(ray_start_pair, dataset, tmp_p
     assert [r["epoch"] for r in rows] == [1]
     assert rows[-1]["group_nodes"] == 2  # the worker group's bundles sit on both raylets
     assert rows[-1]["node_id"] in labels  # rank 0 ran on this cluster, not on a local one
-
-
-# -- a trial template kept for the cluster's next jobs (tune.template_keep_alive_s) ---------
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_a_later_job_forks_from_the_template_an_earlier_job_kept_until_it_expires(ray_start_head, dataset, tmp_path):
-    """Two `tl-ray tune` jobs, one after the other, on one `ray start` cluster: the second job's trial forks
-    from the template the first started and kept (TensorFlow imported once for both). The template then
-    expires by itself once idle for the last job's keep-alive (the shortest allowed, 30 s)."""
-    env, _ = ray_start_head
-    pids = []
-    for job, keep_alive in (("first", 600.0), ("second", 30.0)):
-        data = spec_for(dataset, f"kept-{job}-{uuid.uuid4().hex[:6]}", epochs=1)
-        data["tune"]["template_keep_alive_s"] = keep_alive
-        _, rows = tune_job(env, dataset, data, tmp_path)
-        pids.append(rows[-1]["template_pid"])
-    assert pids[0] == pids[1]  # the first job's driver has exited: its template had not
-    wait_until(lambda: not _alive(pids[0]), f"the kept template (pid {pids[0]}) to expire", timeout=120)
-
-
-def _templates(env: dict, *argv: str) -> str:
-    run = subprocess.run([sys.executable, "-m", "tl_ray.cli", "templates", *argv], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
-
-
-def test_templates_started_ahead_serve_the_clusters_first_job_then_are_listed_and_stopped(
-        ray_start_head, dataset, tmp_path):
-    """`tl-ray templates start` on a new `ray start` cluster: its first `tl-ray tune` job forks from that
-    template (no TensorFlow import of its own); `list` shows it, `stop` ends it and its process."""
-    env, _ = ray_start_head
-    assert "1 node(s) have a trial template" in _templates(env, "start", "--keep-alive", "600")
-    (line,) = _templates(env, "list").splitlines()
-    pid = int(line.split(" pid ")[1].split()[0])
-    assert _alive(pid) and "idle" in line and "of 600 s" in line
-    # `start` returned once the template had imported TensorFlow: its libraries are mapped.
-    assert "_pywrap_tfe" in Path(f"/proc/{pid}/maps").read_text()
-    data = spec_for(dataset, f"ahead-{uuid.uuid4().hex[:6]}", epochs=1)
-    _, rows = tune_job(env, dataset, data, tmp_path)
-    assert rows[-1]["template_pid"] == pid  # the job's trial forked from the template started ahead of it
-    assert "stopped 1 kept trial template(s)" in _templates(env, "stop")
-    wait_until(lambda: not _alive(pid), f"the stopped template (pid {pid}) to exit", timeout=60)
-    assert _templates(env, "list").strip() == "no kept trial templates in the cluster"
-
-
-def test_a_template_of_a_new_key_ends_the_nodes_idle_template_of_the_old_one(ray_start_head, tmp_path):
-    """A node keeps one idle template: once the environment changes (here an extra installed distribution
-    on the path, as an upgrade would add), the next start replaces the idle template of the old key."""
-    env, _ = ray_start_head
-    _templates(env, "start", "--keep-alive", "600")
-    (old,) = _templates(env, "list").splitlines()
-    old_pid = int(old.split(" pid ")[1].split()[0])
-    site = tmp_path / "site"
-    (site / "extra_package-1.0.dist-info").mkdir(parents=True)
-    changed = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])))
-    _templates(changed, "start", "--keep-alive", "600")
-    wait_until(lambda: not _alive(old_pid), f"the old key's idle template (pid {old_pid}) to end", timeout=60)
-    wait_until(lambda: len(_templates(changed, "list").splitlines()) == 1, "one kept template left", timeout=60)
-    (new,) = _templates(changed, "list").splitlines()
-    assert int(new.split(" pid ")[1].split()[0]) != old_pid
-    assert new.split()[3] != old.split()[3]  # "node ID  key KEY  pid ...": the new key's
-    _templates(env, "stop")

@@ -1,6 +1,7 @@
 """Placement across nodes on Ray's multi-node test cluster (one machine, several raylets):
 4 simulated nodes of 8 "GPUs" run four 2-worker × 4-GPU trials at a time, each trial's
-workers on one node with PACK and on different nodes with SPREAD."""
+workers on one node with PACK and on different nodes with SPREAD; single-worker trials in reused
+actors each see exactly the GPUs Ray assigned them."""
 
 from __future__ import annotations
 
@@ -89,3 +90,19 @@ def test_spread_puts_a_trials_workers_on_different_nodes(sim_cluster, dataset):
     assert result.rows[0].status == "DONE", result.rows[0].error
     (rows,) = _reports(dataset, spec.name).values()
     assert rows[-1]["group_nodes"] == 2
+
+
+def test_single_worker_trials_see_exactly_the_gpus_ray_assigned_them_in_reused_actors(sim_cluster, dataset):
+    from tl_ray.tune.sweep import run_sweep
+
+    data = spec_for(dataset, f"gpus-{uuid.uuid4().hex[:6]}", "PACK", workers=1, gpus_per_worker=2)
+    data["tune"]["num_samples"] = 12  # 8 at a time (2 CPUs on each of 4 nodes): Tune reuses actors for the rest
+    spec = validate(data)
+    result = run_sweep(spec, experiment=spec.name)
+    assert [r.status for r in result.rows] == ["DONE"] * 12, [r.error for r in result.rows]
+    rows = [r[-1] for r in _reports(dataset, spec.name).values()]
+    for row in rows:
+        assert len(row["gpu_ids"].split(",")) == 2
+        assert row["cuda_visible_devices"] == row["gpu_ids"]  # what TensorFlow in the training process sees
+        assert row["trial_pid"] == row["pid"]  # trained in the actor Ray gave the GPUs to
+    assert len({r["pid"] for r in rows}) < 12  # later trials ran in earlier trials' actors

@@ -96,7 +96,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
 
 
 def test_ctrl_c_stops_the_sweep_says_how_to_resume_and_resume_completes_it(tmp_path, fashion_dir):
-    from tl_ray.train._test_hooks import ENV
+    from tl_ray.testing import ENV
 
     epochs = 3
     spec_path, store = write_spec(tmp_path, fashion_dir, epochs=epochs)

@@ -68,7 +68,7 @@ class Sweep:
     """`tl-ray tune SPEC` in its own process group, output in files (a full pipe would stall it)."""
 
     def __init__(self, tmp_path: Path, spec_path: Path, hooks: Path):
-        from tl_ray.train._test_hooks import ENV
+        from tl_ray.testing import ENV
 
         self.spec_path = spec_path
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **{ENV: str(hooks)})

@@ -1,7 +1,7 @@
 """Trials on a real local Ray cluster, data on the S3 API server over loopback:
 MirroredStrategy over 2 logical CPU devices, MultiWorkerMirroredStrategy over 2
 Ray Train workers, a tiny ASHA sweep, registry promotions (accepted, refused), and where
-trials train (``tune.trial_process``)."""
+trials train (``tune.reuse_actors``)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _loss_curve(spec, experiment: str) -> list[float]:
     import json
 
     from tl_ray import storage
-    from tl_ray.train.distributed import ray_storage
+    from tl_ray.tune.trainable import ray_storage
 
     root = storage.join(spec.storage, "experiments", experiment)
     trial_dirs = [d for d in storage.list_dir(root) if d.startswith("tune_trial")]
@@ -153,17 +153,17 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
         assert set(meta["files"]) >= {"model.keras"}
 
 
-@pytest.mark.parametrize("mode", ["fork", "reuse"])
-def test_trials_run_in_forked_processes_by_default_and_in_the_actors_with_reuse(ray_cluster, dataset, mode):
+@pytest.mark.parametrize("reuse", [True, False])
+def test_trials_train_in_their_actors_which_tune_reuses_unless_told_not_to(ray_cluster, dataset, reuse):
     import json
 
     from tl_ray import storage
     from tl_ray.tune.sweep import run_sweep
 
-    name = f"process-{mode}"
+    name = f"actors-{'reused' if reuse else 'new'}"
     data = small_spec(dataset, name)
     data["train"].update(epochs=1, steps_per_epoch=2)
-    data["tune"] = {"num_samples": 4, "scheduler": "fifo", "max_concurrent_trials": 2, "trial_process": mode,
+    data["tune"] = {"num_samples": 4, "scheduler": "fifo", "max_concurrent_trials": 2, "reuse_actors": reuse,
                     "space": {"model.head.dropout": "uniform(0.0, 0.3)"}}
     spec = validate(data)
     result = run_sweep(spec, experiment=name)
@@ -176,23 +176,6 @@ def test_trials_run_in_forked_processes_by_default_and_in_the_actors_with_reuse(
             rows += [json.loads(line) for line in text.splitlines() if line.strip()]
     assert len(rows) == 4
     actors = {r["pid"] for r in rows}  # Tune's: the actor's process
-    trained_in = {r["trial_pid"] for r in rows}  # the loop's: where the trial trained
-    assert len(actors) <= 2  # two at a time: Tune gave the later trials the earlier trials' actors
-    if mode == "fork":
-        assert not trained_in & actors  # forked processes, none an actor
-        # An actor's trials (fewer than tune.trials_per_process) ran one after another in one forked process.
-        by_actor = {a: {r["trial_pid"] for r in rows if r["pid"] == a} for a in actors}
-        assert all(len(pids) == 1 for pids in by_actor.values()) and len(trained_in) == len(actors)
-        # Every actor forked them from the node's template (started by this sweep, or kept from an earlier
-        # sweep on this cluster): no actor's own.
-        import ray
-
-        from tl_ray.train import node_template
-
-        where = node_template.locator(spec.tune.template_keep_alive_s)  # kept for the next sweeps: detached
-        assert where["namespace"] == "tl-ray"
-        handle = ray.get_actor(where["name"].format(node_id=ray.get_runtime_context().get_node_id()),
-                               namespace=where["namespace"])
-        assert {r["template_pid"] for r in rows} == {ray.get(handle.connection.remote(), timeout=60)["pid"]}
-    else:
-        assert trained_in == actors  # the trials trained in the actors themselves
+    assert {r["trial_pid"] for r in rows} == actors  # the loop's: every trial trained in its actor
+    # Two at a time: reused, the later trials ran in the earlier trials' actors; else each had its own.
+    assert len(actors) <= 2 if reuse else len(actors) == 4

@@ -26,7 +26,7 @@ LOSS_RTOL = 1e-4
 @pytest.fixture(scope="module", autouse=True)
 def hook_dir(tmp_path_factory):
     """Arms the fault-injection hook in every Ray worker (autouse: set before the module's ray.init)."""
-    from tl_ray.train._test_hooks import ENV
+    from tl_ray.testing import ENV
 
     path = tmp_path_factory.mktemp("hooks")
     old = os.environ.get(ENV)

@@ -137,7 +137,7 @@ def test_run_whose_sweep_had_errored_trials_names_them_goes_on_and_exits_8(capsy
     (the sweep stands in for the real one here: integration tests run it)."""
     from tl_ray import pipeline
     from tl_ray.registry.promote import Promotion
-    from tl_ray.tune.sweep import SweepResult, TrialRow
+    from tl_ray.tune.tuner import SweepResult, TrialRow
 
     rows = [TrialRow("t1", {}, 0.9, 3, "DONE"),
             TrialRow("t2", {}, None, 1, "ERROR", error="Traceback ...\n  File x\nDataError: shard s3://b/p-0 is corrupt")]

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from ray import tune
 
-from tl_ray.train.distributed import TuneReporter, private_copy
+from tl_ray.tune.trainable import TuneReporter, private_copy
 
 
 @pytest.fixture

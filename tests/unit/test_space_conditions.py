@@ -86,7 +86,7 @@ def test_optuna_define_by_run_samples_conditionals_exactly_when_their_condition_
 
 
 def test_optuna_search_suggests_through_the_define_by_run_space():
-    from tl_ray.tune.sweep import _search_alg
+    from tl_ray.tune.tuner import _search_alg
 
     spec = load_spec(MINIMAL, overrides=[f"tune.space={SPACE}", "tune.search=optuna"])
     searcher = _search_alg(spec)
@@ -125,7 +125,7 @@ def test_failed_condition_leaves_the_spec_default():
 
 
 def test_absent_conditional_shows_as_dash_in_the_table():
-    from tl_ray.tune.sweep import SweepResult, TrialRow
+    from tl_ray.tune.tuner import SweepResult, TrialRow
 
     result = SweepResult("val_accuracy", "max", rows=[
         TrialRow("a", {MODE: "fine_tune", TOP: 33}, 0.5, 1, "DONE"),
@@ -139,7 +139,7 @@ def test_absent_conditional_shows_as_dash_in_the_table():
 
 
 def test_pbt_leaves_conditional_and_gating_dimensions_alone():
-    from tl_ray.tune.sweep import _scheduler
+    from tl_ray.tune.tuner import _scheduler
 
     mutable, excluded = pbt_dimensions(SPACE)
     assert mutable == ["train.learning_rate"]

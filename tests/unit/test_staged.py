@@ -7,7 +7,7 @@ import pytest
 from tl_ray.errors import ConfigError
 from tl_ray.spec import StageSpec, validate
 from tl_ray.tune.staged import promoted, stage_overrides, stage_spec
-from tl_ray.tune.sweep import TrialRow
+from tl_ray.tune.tuner import TrialRow
 
 STAGES = [
     {"name": "heads", "freeze": {"mode": "feature_extraction"}, "epochs": 3},
@@ -60,7 +60,7 @@ def test_bad_staged_specs_are_config_errors(tune, message):
 
 
 def test_head_only_trials_ask_for_their_own_resources_next_to_fine_tuning_trials():
-    from tl_ray.tune.sweep import trial_resources
+    from tl_ray.tune.tuner import trial_resources
 
     s = validate({
         "name": "r", "storage": "/tmp/r", "data": {"train": "d/train"},

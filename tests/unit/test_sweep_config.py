@@ -22,14 +22,14 @@ SPACE = ["tune.space={train.learning_rate: 'loguniform(1.0e-4, 1.0e-2)'}"]
     ],
 )
 def test_scheduler_kinds(scheduler, cls):
-    from tl_ray.tune.sweep import _scheduler
+    from tl_ray.tune.tuner import _scheduler
 
     spec = load_spec(MINIMAL, overrides=SPACE + [f"tune.scheduler={scheduler}"])
     assert type(_scheduler(spec)).__name__ == cls
 
 
 def test_pbt_mutates_the_searched_dimensions():
-    from tl_ray.tune.sweep import _scheduler
+    from tl_ray.tune.tuner import _scheduler
 
     spec = load_spec(MINIMAL, overrides=SPACE + ["tune.scheduler=pbt"])
     assert set(_scheduler(spec)._hyperparam_mutations) == {"train.learning_rate"}
@@ -43,7 +43,7 @@ def test_pbt_perturbations_stay_within_what_each_dimension_can_give():
     from ray.tune.schedulers.pbt import _explore
 
     from tl_ray.tune.space import parse_space
-    from tl_ray.tune.sweep import _scheduler
+    from tl_ray.tune.tuner import _scheduler
 
     space = {"train.learning_rate": "loguniform(1.0e-4, 1.0e-2)", "model.head.dropout": "uniform(0.0, 0.9)",
              "train.batch_size": "randint(16, 20)", "train.label_smoothing": "quniform(0.0, 0.3, 0.1)"}
@@ -72,7 +72,7 @@ def test_pbt_perturbations_stay_within_what_each_dimension_can_give():
 
 
 def test_pbt_refuses_multi_worker_trials():
-    from tl_ray.tune.sweep import _scheduler
+    from tl_ray.tune.tuner import _scheduler
 
     spec = load_spec(MINIMAL, overrides=SPACE + ["tune.scheduler=pbt", "train.workers=2"])
     with pytest.raises(ConfigError, match="single-worker trials"):
@@ -85,7 +85,7 @@ def test_pbt_without_a_space_is_a_config_error():
 
 
 def test_optuna_search():
-    from tl_ray.tune.sweep import _search_alg
+    from tl_ray.tune.tuner import _search_alg
 
     spec = load_spec(MINIMAL, overrides=SPACE + ["tune.search=optuna"])
     assert type(_search_alg(spec)).__name__ == "OptunaSearch"

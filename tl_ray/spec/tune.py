@@ -1,4 +1,4 @@
-"""The spec's ``tune`` section: the Ray Tune sweep (space, search, scheduler, stages, trial processes)."""
+"""The spec's ``tune`` section: the Ray Tune sweep (space, search, scheduler, stages, actor reuse)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from pydantic import Field, field_validator, model_validator
 
 from tl_ray.spec._base import PositiveInt, _Section
 from tl_ray.spec.model import FreezeSpec
-
-MIN_KEEP_ALIVE_S = 30.0  # tune.template_keep_alive_s, when not 0
 
 
 class StageSpec(_Section):
@@ -60,34 +58,12 @@ class TuneSpec(_Section):
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
-    trial_process: Literal["fork", "actor", "reuse"] = Field(
-        default="fork",
+    reuse_actors: bool = Field(
+        default=True,
         description=(
-            "Where a single-worker trial trains. fork: in its own process, forked from a template that has "
-            "TensorFlow imported (one per Tune actor; actors are reused), which runs tune.trials_per_process "
-            "trials and exits, returning its memory; actor: in a new Ray actor per trial (a Ray worker start and "
-            "a TensorFlow import per trial); reuse: in the previous trial's actor process (memory grows a few MiB "
-            "per trial, for as long as the actor lives)."
-        ),
-    )
-    trials_per_process: PositiveInt = Field(
-        default=8,
-        description=(
-            "fork: trials a forked process runs one after another before it exits and the next trial forks a "
-            "fresh one. Later trials skip TensorFlow's runtime start and first kernel runs (a third of a second "
-            "each); the process's memory grows a few MiB per trial, and it keeps the feature-cache entries it "
-            "read (up to 512 MiB) for its next trials, until it exits. 1: a fresh process per trial."
-        ),
-    )
-    template_keep_alive_s: float = Field(
-        default=600.0,
-        ge=0.0,
-        description=(
-            "fork: seconds a node's trial template (TensorFlow imported, about 0.6 GB) stays up after its last "
-            "trial process ends, for the cluster's next sweeps: a sweep that finds one skips TensorFlow's "
-            "import. Only a sweep of the same tl-ray code, packages and Ray runtime environment uses it. 0: the "
-            "template ends with the sweep's driver. Otherwise at least 30 s, which covers a sweep's own start "
-            "(Tune's import and actors) before its first trial forks."
+            "Single-worker trials: Tune hands a finished trial's actor (TensorFlow imported and started) to the "
+            "next trial with the same resources, which frees the previous trial's Keras state first. false: a new "
+            "Ray actor per trial (a worker start and a TensorFlow import each; all its memory returns to the system)."
         ),
     )
     space: dict[str, Any] = Field(
@@ -107,16 +83,6 @@ class TuneSpec(_Section):
             "each warm-starting from its parent's best checkpoint. Empty: one ordinary sweep."
         ),
     )
-
-    @field_validator("template_keep_alive_s")
-    @classmethod
-    def _keep_alive(cls, value: float) -> float:
-        if 0 < value < MIN_KEEP_ALIVE_S:
-            raise ValueError(
-                f"{value:g} s is too short to outlast a sweep's start; use 0 (the template ends with the driver) "
-                f"or at least {MIN_KEEP_ALIVE_S:g} s"
-            )
-        return value
 
     @field_validator("space")
     @classmethod

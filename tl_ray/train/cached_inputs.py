@@ -25,7 +25,7 @@ class MemoryRows:
     """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
 
     A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
-    trial process (``tune.trial_process: reuse``) reads an entry once for all its trials. Entries never
+    trial process (a reused Tune actor) reads an entry once for all its trials. Entries never
     change once their manifest exists, and the manifest's digest is part of the key. The datasets that
     stream an entry unshuffled (validation) are kept with it too: the process's next trials reuse them.
     """
@@ -68,8 +68,9 @@ class CachedInputs:
     layers); without it, ``head`` builds the head alone on the entries' feature shape.
     """
 
-    def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int):
+    def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int, events=None):
         self.spec, self.strategy, self.weights_file, self.num_classes = spec, strategy, weights_file, num_classes
+        self.events = events  # the loop's callbacks, told when this worker builds or waits for an entry
         self.model = None
         # How each entry was found: "built" here, "waited" for another builder, or "read".
         self.statuses: dict[str, str] = {}
@@ -129,7 +130,7 @@ class CachedInputs:
 
         for role, uri in (("train", train_uri), ("validation", val_uri)):
             if uri is not None and uri not in self._uris:
-                entry = features.ensure_features(self.spec, uri, self.weights_file)
+                entry = features.ensure_features(self.spec, uri, self.weights_file, events=self.events)
                 manifest = read_manifest(entry.uri)
                 self.feature_shape = feature_shape(manifest)
                 # Small entries are read once; every epoch then streams them from memory.

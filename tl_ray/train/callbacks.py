@@ -39,6 +39,12 @@ class Callback:
 
     def on_train_end(self, logs: dict) -> None: ...
 
+    def on_cache_build_begin(self) -> None:
+        """This worker holds a feature-cache entry's lock and starts building it."""
+
+    def on_cache_wait_begin(self) -> None:
+        """This worker starts waiting for another builder's feature-cache entry."""
+
 
 class CallbackList(Callback):
     """Calls every hook on each callback in order."""
@@ -73,6 +79,14 @@ class CallbackList(Callback):
     def on_train_end(self, logs: dict) -> None:
         for c in self.callbacks:
             c.on_train_end(logs)
+
+    def on_cache_build_begin(self) -> None:
+        for c in self.callbacks:
+            c.on_cache_build_begin()
+
+    def on_cache_wait_begin(self) -> None:
+        for c in self.callbacks:
+            c.on_cache_wait_begin()
 
 
 class EarlyStopping(Callback):

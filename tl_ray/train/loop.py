@@ -34,15 +34,11 @@ from typing import Protocol
 from tl_ray.errors import ConfigError
 from tl_ray.spec import FreezeSpec, Spec
 from tl_ray.train.cached_inputs import CachedInputs, MemoryRows, open_dataset
+from tl_ray.train.runtime import intra_op_threads
 
 
 class Reporter(Protocol):
-    """Where a worker sends each epoch's metrics and checkpoint.
-
-    It may also have ``check_stop()``, called between two steps, which raises to end a trial stopped
-    meanwhile, and ``finish()``, called once the last report is in, before the trial's model and datasets
-    are freed.
-    """
+    """Where a worker sends each epoch's metrics and checkpoint."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
 
@@ -207,186 +203,192 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
             f"Received: {cfg.batch_size}. Use {max(replicas, cfg.batch_size // replicas * replicas)}."
         )
     manifest = read_manifest(spec.resolve(spec.data.train))
-    num_classes = len(manifest.class_names)
-    weights = resolve_weights(spec.model.weights, spec.storage)
-    class_weights = class_weight_vector(spec, manifest, num_classes)
-    steps = cfg.steps_per_epoch or max(1, manifest.num_rows // cfg.batch_size)
-    loop = LoopState(steps)
     hooks = CallbackList([*callbacks_from_spec(cfg), *(callbacks or [])])
-    hooks.set_loop(loop)
-
+    run = _Run(spec, reporter, strategy, hooks, manifest, resolve_weights(spec.model.weights, spec.storage))
+    hooks.set_loop(run.loop)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(cfg.precision)
     try:
         keras.utils.set_random_seed(cfg.seed)
-        return _run(spec, reporter, strategy, manifest, weights, class_weights, loop, hooks)
+        return run.fit()
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _run(spec: Spec, reporter: Reporter, strategy, manifest, weights, class_weights, loop: LoopState, hooks) -> dict:
-    import tensorflow as tf
+class _Run:
+    """One call of ``train``: the model, then each phase's optimizer and step, then its epochs."""
 
-    from tl_ray.models.build import build_model
-    from tl_ray.models.freeze import apply_freeze
-    from tl_ray.train import _test_hooks
-    from tl_ray.train.checkpoint import read_state, restore_checkpoint, save_checkpoint
-    from tl_ray.train.runtime import intra_op_threads
-    from tl_ray.train.step import DistributedStep
+    def __init__(self, spec: Spec, reporter: Reporter, strategy, hooks, manifest, weights: str | None):
+        import tensorflow as tf
 
-    cfg = spec.train
-    worker_index, num_workers = worker_position(strategy)
-    replicas = strategy.num_replicas_in_sync
-    image_size = tuple(spec.data.image_size)
-    train_uri = spec.resolve(spec.data.train)
-    val_uri = spec.resolve(spec.data.validation) if spec.data.validation else None
-    per_replica = cfg.batch_size // replicas
-    steps = loop.steps_per_epoch
-    num_classes = len(manifest.class_names)
+        self.spec, self.reporter, self.strategy, self.hooks, self.weights = spec, reporter, strategy, hooks, weights
+        cfg = spec.train
+        self.num_classes = len(manifest.class_names)
+        self.class_weights = class_weight_vector(spec, manifest, self.num_classes)
+        self.loop = LoopState(cfg.steps_per_epoch or max(1, manifest.num_rows // cfg.batch_size))
+        self.worker_index, self.num_workers = worker_position(strategy)
+        self.per_replica = cfg.batch_size // strategy.num_replicas_in_sync
+        self.image_size = tuple(spec.data.image_size)
+        self.train_uri = spec.resolve(spec.data.train)
+        self.val_uri = spec.resolve(spec.data.validation) if spec.data.validation else None
+        self.cached = CachedInputs(spec, strategy, weights, self.num_classes, events=hooks)
+        # Single device: batches go to the step as they are (distributing a dataset costs a tenth of a second per epoch).
+        self.local_input = self.num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
+        self.extra: dict = {}  # reported with the next epoch
 
-    restore = reporter.restore_dir()
-    start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
-    check_stop = getattr(reporter, "check_stop", None)
-    phases = plan_phases(spec)
-    cached = CachedInputs(spec, strategy, weights, num_classes)
-    # Every phase left trains the head on cached features: the backbone is never built.
-    head_only = not cfg.init_from and cached.covers([p.freeze for p in phases if p.end > start_epoch])
-    if head_only:
-        model = cached.head(train_uri, val_uri)
-    else:
-        with strategy.scope():
-            model = build_model(spec.model, num_classes, image_size, weights_file=weights, seed=cfg.seed)
-        cached.model = model
-    loop.model = model
+    def fit(self) -> dict:
+        from tl_ray.train.checkpoint import read_state
 
-    extra: dict = {"head_only": head_only}
-    if restore is None and cfg.init_from:
-        from tl_ray.features import weights_digest
+        restore = self.reporter.restore_dir()
+        start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+        phases = [(i, p) for i, p in enumerate(plan_phases(self.spec)) if p.end > start_epoch]
+        self.build([p for _, p in phases], warm_start_from=None if restore is not None else self.spec.train.init_from)
+        metrics: dict = {}
+        self.hooks.on_train_begin()
+        for index, phase in phases:
+            step, datasets = self.start_phase(phase, restore, start_epoch)
+            restore = None
+            self.hooks.on_phase_begin(index, phase.first_epoch, phase.epochs)
+            for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
+                metrics = self.epoch(step, datasets, epoch, index)
+                if self.loop.stop_training:
+                    break
+            if self.loop.stop_training:
+                break
+        self.hooks.on_train_end(metrics)
+        return metrics
 
-        extra["warm_started_from"] = warm_start(model, cfg.init_from, weights_digest(spec, weights))
+    def build(self, phases: list[Phase], warm_start_from: str | None) -> None:
+        """The full model, or the head alone when every phase left trains on cached features."""
+        from tl_ray.models.build import build_model
 
-    metrics: dict = {}
-    restored: dict = {}
-    first_epoch = True
-    # Single device: batches go to the step as they are (distributing a dataset costs a tenth of a second per epoch).
-    local_input = num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
-    hooks.on_train_begin()
-    for phase_index, phase in enumerate(phases):
-        if phase.end <= start_epoch:
-            continue
-        if head_only:
-            backbone_vars = []
+        cfg = self.spec.train
+        self.head_only = not cfg.init_from and self.cached.covers([p.freeze for p in phases])
+        if self.head_only:
+            self.loop.model = self.cached.head(self.train_uri, self.val_uri)
         else:
+            with self.strategy.scope():
+                self.loop.model = build_model(self.spec.model, self.num_classes, self.image_size,
+                                              weights_file=self.weights, seed=cfg.seed)
+            self.cached.model = self.loop.model
+        self.extra["head_only"] = self.head_only
+        if warm_start_from:
+            from tl_ray.features import weights_digest
+
+            self.extra["warm_started_from"] = warm_start(self.loop.model, warm_start_from,
+                                                         weights_digest(self.spec, self.weights))
+
+    def start_phase(self, phase: Phase, restore: Path | None, start_epoch: int):
+        """The phase's optimizer (restored from ``restore``) and traced step; its train and validation data."""
+        from tl_ray.models.freeze import apply_freeze
+        from tl_ray.train.checkpoint import restore_checkpoint, weights_digest
+        from tl_ray.train.step import DistributedStep
+
+        cfg, model = self.spec.train, self.loop.model
+        backbone_vars = []
+        if not self.head_only:
             apply_freeze(model, phase.freeze)
             backbone_vars = model.get_layer("backbone").trainable_variables
-        with strategy.scope():
+        with self.strategy.scope():
             optimizer = make_optimizer(
                 cfg, phase.learning_rate * lr_scale(cfg), trainable_variables=model.trainable_variables,
                 backbone_variables=backbone_vars, backbone_lr_multiplier=cfg.backbone_lr_multiplier,
                 precision=cfg.precision,
             )
         if restore is not None:
-            from tl_ray.train.checkpoint import weights_digest
-
             # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
             state = restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
-            restore = None
-            # Reported with the next epoch: which trial wrote the checkpoint (the donor after a PBT exploit).
-            restored = {"restored_from_trial": state.get("trial_id"), "restored_weights_digest": weights_digest(model)}
-        loop.optimizer, loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
+            # Which trial wrote the checkpoint (the donor after a PBT exploit).
+            self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=weights_digest(model))
+        self.loop.optimizer, self.loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
-        net, phase_train, phase_val, on_cache = cached.for_phase(phase.freeze, train_uri, val_uri)
-        extra["feature_cache"] = cached.statuses["train"] if on_cache else "off"
-        if on_cache and "validation" in cached.statuses:
-            extra["feature_cache_validation"] = cached.statuses["validation"]
-        step = DistributedStep(strategy, net, optimizer, cfg.batch_size, cfg.label_smoothing,
-                               class_weights=class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
-        # Cached features are small: large evaluation batches, few steps; in memory, one dataset for every epoch.
-        eval_batch = 1024 if isinstance(phase_val, MemoryRows) else max(per_replica, 64)
-
-        def validation(phase_val=phase_val, eval_batch=eval_batch):
-            return open_dataset(phase_val, image_size=image_size, batch_size=eval_batch, worker_index=worker_index,
-                                num_workers=num_workers)
-
-        phase_val_ds = validation() if isinstance(phase_val, MemoryRows) else None
-        if "warm_started_from" in extra and val_uri is not None and "warm_start_val_loss" not in extra:
+        net, phase_train, phase_val, on_cache = self.cached.for_phase(phase.freeze, self.train_uri, self.val_uri)
+        self.extra["feature_cache"] = self.cached.statuses["train"] if on_cache else "off"
+        if on_cache and "validation" in self.cached.statuses:
+            self.extra["feature_cache_validation"] = self.cached.statuses["validation"]
+        step = DistributedStep(self.strategy, net, optimizer, cfg.batch_size, cfg.label_smoothing,
+                               class_weights=self.class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
+        validation = self.validation_data(phase_val)
+        if "warm_started_from" in self.extra and validation is not None and "warm_start_val_loss" not in self.extra:
             # What the warm start begins from: the validation score of the loaded weights.
-            val = step.evaluate(phase_val_ds or validation(), num_workers)
-            extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
-        hooks.on_phase_begin(phase_index, phase.first_epoch, phase.epochs)
-        for epoch in range(max(start_epoch, phase.first_epoch), phase.end):
+            val = step.evaluate(validation(), self.num_workers)
+            self.extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
+        return step, (phase_train, validation)
 
-            def dataset_fn(ctx, epoch=epoch, phase_train=phase_train):
-                return open_dataset(
-                    phase_train, image_size=image_size, batch_size=per_replica, shuffle=True,
-                    seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
-                    worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
-                    drop_remainder=True, repeat=True, augment=spec.data.augment,
-                )
+    def validation_data(self, phase_val):
+        """A function giving the validation dataset (None without one); in memory, one dataset for every epoch."""
+        if phase_val is None:
+            return None
+        # Cached features are small: large evaluation batches, few steps.
+        batch = 1024 if isinstance(phase_val, MemoryRows) else max(self.per_replica, 64)
 
-            hooks.on_epoch_begin(epoch)
-            if first_epoch:
-                from tl_ray.train.runtime import mark, startup_times
+        def validation():
+            return open_dataset(phase_val, image_size=self.image_size, batch_size=batch,
+                                worker_index=self.worker_index, num_workers=self.num_workers)
 
-                mark("first_epoch")
-                extra.update(startup_times())
-            epoch_start = time.perf_counter()
-            if local_input:
-                iterator = iter(dataset_fn(_single_input_context()))
-            else:
-                iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-            start = time.perf_counter()
-            sums = None
-            for i in range(steps):
-                if check_stop is not None:
-                    check_stop()
-                hooks.on_step_begin(epoch * steps + i)
-                out = step.train_step(next(iterator))
-                sums = out if sums is None else sums + out
-            sums = sums.numpy()
-            elapsed = time.perf_counter() - start
-            metrics = {
-                "epoch": epoch + 1,
-                "phase": phase_index,
-                "loss": float(sums[0] / sums[2]),
-                "accuracy": float(sums[1] / sums[2]),
-                "images_per_s": float(sums[2] / elapsed),
-                "steps": (epoch + 1) * steps,
-                "learning_rate": loop.learning_rate,
-                "intra_op_threads": intra_op_threads(),
-                "peak_rss_mb": peak_rss_mb(),
-                "trial_pid": os.getpid(),
-                **restored,
-                **extra,
-            }
-            restored = {}
-            if val_uri is not None:
-                val = step.evaluate(phase_val_ds or validation(), num_workers)
-                metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            for key in ("warm_started_from", "warm_start_val_loss", "warm_start_val_accuracy", "startup_worker_s",
-                        "startup_import_s", "startup_setup_s"):
-                extra.pop(key, None)
-            first_epoch = False
-            metrics["epoch_s"] = time.perf_counter() - epoch_start
-            hooks.on_epoch_end(epoch, metrics)
-            last = epoch + 1 == cfg.epochs or loop.stop_training
-            with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
-                ckpt = None
-                if worker_index == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-                    ckpt = str(save_checkpoint(tmp, model, optimizer, {
-                        "epoch": epoch + 1, "metrics": metrics, "trial_id": getattr(reporter, "trial_id", None)},
-                        head_of=cached.recipe() if head_only else None))
-                reporter.report(metrics, ckpt)
-            _test_hooks.after_report(spec.name, epoch + 1, worker_index)
-            if loop.stop_training:
-                break
-        if loop.stop_training:
-            break
-    hooks.on_train_end(metrics)
-    finish = getattr(reporter, "finish", None)
-    if finish is not None:
-        finish()  # before this frame's model, optimizer and datasets are freed
-    return metrics
+        if isinstance(phase_val, MemoryRows):
+            once = validation()
+            return lambda: once
+        return validation
+
+    def epoch(self, step, datasets, epoch: int, phase_index: int) -> dict:
+        """Trains one epoch, evaluates, then reports the metrics (with a checkpoint when one is due)."""
+        phase_train, validation = datasets
+        self.hooks.on_epoch_begin(epoch)
+        epoch_start = time.perf_counter()
+        iterator = self.train_iterator(phase_train, epoch)
+        start = time.perf_counter()
+        sums = None
+        for i in range(self.loop.steps_per_epoch):
+            self.hooks.on_step_begin(epoch * self.loop.steps_per_epoch + i)
+            out = step.train_step(next(iterator))
+            sums = out if sums is None else sums + out
+        sums = sums.numpy()
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "epoch": epoch + 1, "phase": phase_index,
+            "loss": float(sums[0] / sums[2]), "accuracy": float(sums[1] / sums[2]),
+            "images_per_s": float(sums[2] / elapsed), "steps": (epoch + 1) * self.loop.steps_per_epoch,
+            "learning_rate": self.loop.learning_rate, "intra_op_threads": intra_op_threads(),
+            "peak_rss_mb": peak_rss_mb(), "trial_pid": os.getpid(), **self.extra,
+        }
+        self.extra = {k: v for k, v in self.extra.items() if k in ("head_only", "feature_cache",
+                                                                    "feature_cache_validation")}
+        if validation is not None:
+            val = step.evaluate(validation(), self.num_workers)
+            metrics.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        metrics["epoch_s"] = time.perf_counter() - epoch_start
+        self.hooks.on_epoch_end(epoch, metrics)
+        self.report(metrics, last=epoch + 1 == self.spec.train.epochs or self.loop.stop_training)
+        return metrics
+
+    def train_iterator(self, phase_train, epoch: int):
+        spec = self.spec
+
+        def dataset_fn(ctx):
+            return open_dataset(
+                phase_train, image_size=self.image_size, batch_size=self.per_replica, shuffle=True,
+                seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
+                worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
+                drop_remainder=True, repeat=True, augment=spec.data.augment,
+            )
+
+        if self.local_input:
+            return iter(dataset_fn(_single_input_context()))
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def report(self, metrics: dict, last: bool) -> None:
+        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last."""
+        from tl_ray.train.checkpoint import save_checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
+            ckpt = None
+            if self.worker_index == 0 and (metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last):
+                state = {"epoch": metrics["epoch"], "metrics": metrics,
+                         "trial_id": getattr(self.reporter, "trial_id", None)}
+                ckpt = str(save_checkpoint(tmp, self.loop.model, self.loop.optimizer, state,
+                                           head_of=self.cached.recipe() if self.head_only else None))
+            self.reporter.report(metrics, ckpt)
 
 
 def _single_input_context():

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from tl_ray.errors import ClusterError
-from tl_ray.spec import Spec
 
 
-def connect_ray(spec: Spec | None = None) -> None:
+def connect_ray() -> None:
     """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one.
 
-    Never attaches to whatever Ray instance happens to run on the machine. Starting a local Ray for a spec
-    whose trials fork from templates, it starts this node's template first
-    (``tl_ray.train.driver_template``): TensorFlow's import runs while Ray starts.
+    Never attaches to whatever Ray instance happens to run on the machine.
     """
     import os
 
@@ -20,16 +17,7 @@ def connect_ray(spec: Spec | None = None) -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
-        from tl_ray.tune.sweep import forks_from_templates
-
-        early = address == "local" and spec is not None and forks_from_templates(spec)
-        if early:
-            from tl_ray.train import driver_template
-
-            driver_template.start()
         ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
-        if early:
-            driver_template.bind(ray.get_runtime_context().gcs_address)
 
 
 def join_running_cluster() -> None:

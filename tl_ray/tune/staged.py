@@ -26,8 +26,9 @@ import math
 
 from tl_ray.errors import TLRayError
 from tl_ray.spec import Spec, StageSpec, apply_overrides, validate
-from tl_ray.tune.sweep import SweepResult, TrialRow, run_tuner, trial_templates
 from tl_ray.tune.space import to_param_space
+from tl_ray.tune.trainable import tune_trial
+from tl_ray.tune.tuner import SweepResult, TrialRow, run_tuner
 
 PARENT_KEY = "stage.parent"
 
@@ -60,11 +61,9 @@ def stage_overrides(spec: Spec, stage: StageSpec, parent: TrialRow) -> dict:
     return {**parent.params, "train.learning_rate": lr, "train.init_from": parent.checkpoint}
 
 
-def stage_trial(config: dict, base_spec: dict, parents: dict[str, dict], template: dict | None = None) -> None:
+def stage_trial(config: dict, base_spec: dict, parents: dict[str, dict]) -> None:
     """Trial function of a later stage: the parent's parameters, warm-started from its checkpoint."""
-    from tl_ray.train.distributed import tune_trial
-
-    tune_trial(parents[config[PARENT_KEY]], base_spec, template)
+    tune_trial(parents[config[PARENT_KEY]], base_spec)
 
 
 def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
@@ -75,15 +74,13 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
     """
     from ray import tune
 
-    from tl_ray.train.distributed import tune_trial
-
     name = experiment or spec.name
     out = SweepResult(spec.tune.metric, spec.tune.mode)
     previous: list[TrialRow] = []
     for index, stage in enumerate(spec.tune.stages):
         base = stage_spec(spec, stage)
         if index == 0:
-            trainable = tune.with_parameters(tune_trial, base_spec=base.to_dict(), template=trial_templates(base))
+            trainable = tune.with_parameters(tune_trial, base_spec=base.to_dict())
             result = run_tuner(base, stage.name, trainable, to_param_space(spec.tune.space), resume=resume,
                                folder=(name,), stage=stage.name)
         else:
@@ -95,8 +92,7 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
             overrides = {p.trial_id: stage_overrides(spec, stage, p) for p in parents}
             for key, values in overrides.items():
                 validate(apply_overrides(base.to_dict(), values), source=f"stage {stage.name} trial from {key}")
-            trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=overrides,
-                                             template=trial_templates(base))
+            trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=overrides)
             space = {PARENT_KEY: tune.grid_search(sorted(overrides))}
             result = run_tuner(base, stage.name, trainable, space, resume=resume, folder=(name,), num_samples=1,
                                search=False, stage=stage.name)

@@ -1,24 +1,24 @@
-"""Ray entry points of the training stage: reporters and the multi-worker trainer.
+"""The Ray Tune trainable: a trial of the spec, reported to Tune or through Ray Train.
 
-``train.workers == 1`` trains under MirroredStrategy/OneDeviceStrategy in a process
-of the trial's own, forked for it (``tune.trial_process: fork``, see
-``tl_ray.train.trial_process``), or in the Tune trial actor itself (``actor``,
-``reuse``). ``train.workers > 1`` launches Ray Train V2's ``TensorflowTrainer``
+``train.workers == 1`` trains in the Tune trial's actor under MirroredStrategy or
+OneDeviceStrategy; with ``tune.reuse_actors`` Tune hands a finished trial's actor to
+the next trial, which frees the previous trial's Keras state first.
+``train.workers > 1`` launches Ray Train V2's ``TensorflowTrainer``
 (MultiWorkerMirroredStrategy through TF_CONFIG) from inside the trial and reports
 back to Tune through ``TuneReportCallback``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from tl_ray import storage
 from tl_ray.spec import Spec, validate
 from tl_ray.train.loop import train
-from tl_ray.train.runtime import assigned_cpus, configure_tensorflow
+from tl_ray.train.runtime import begin_trial, configure_tensorflow
 
 
 class _RestoreCopy:
@@ -87,8 +87,12 @@ class TuneReporter(_RestoreCopy):
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
 
-        # The node of each epoch: a trial restarted elsewhere (node lost) shows where it moved.
-        metrics = dict(metrics, node_id=self.node_id)
+        import ray
+
+        # The node of each epoch (a trial restarted elsewhere shows where it moved), and the GPUs Ray gave the
+        # trial beside those its process sees.
+        metrics = dict(metrics, node_id=self.node_id, gpu_ids=",".join(map(str, ray.get_gpu_ids())),
+                       cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
@@ -144,10 +148,12 @@ def checkpoint_uri(spec: Spec, path: str) -> str:
 
 def train_worker(spec_dict: dict) -> None:
     """``train_loop_per_worker`` of the TensorflowTrainer."""
+    import ray.train
+
     spec = validate(spec_dict)
     configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker))
     with TrainReporter() as reporter:
-        train(spec, reporter)
+        train(spec, reporter, callbacks=fault_callbacks(spec, ray.train.get_context().get_world_rank()))
 
 
 def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
@@ -185,33 +191,48 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
     return trainer.fit()
 
 
-def tune_trial(config: dict, base_spec: dict, template: dict | None = None) -> None:
-    """The Ray Tune trial function: the base spec with the trial's sampled fields set.
+def assigned_cpus(default: int | None = None) -> int:
+    """CPUs Ray reserved for this process (``default``, else the whole machine, outside Ray)."""
+    import ray
 
-    ``template``: where the trial's process forks from (``tl_ray.train.node_template.locator``).
-    """
+    if ray.is_initialized():
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if cpus:
+            return max(1, int(round(cpus)))
+    return default or os.cpu_count() or 1
+
+
+def fault_callbacks(spec: Spec, rank: int = 0) -> list:
+    """``tl_ray.testing``'s fault injection, when a test set its variable; else none."""
+    import ray
+
+    from tl_ray import testing
+
+    if not os.environ.get(testing.ENV):
+        return []
+    try:
+        from ray import tune
+
+        trial_id = tune.get_context().get_trial_id() or ""
+    except Exception:  # noqa: BLE001 - a Ray Train worker has no Tune context
+        trial_id = ""
+    return [testing.PauseAfterEpoch(spec.name, rank, trial_id, ray.get_runtime_context().get_node_id())]
+
+
+def tune_trial(config: dict, base_spec: dict) -> None:
+    """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
-    from tl_ray.train.runtime import begin_trial, process_created
     from tl_ray.tune.space import trial_overrides
 
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
     spec = validate(apply_overrides(base_spec, overrides), source="trial spec")
-    if spec.train.workers == 1:
-        threads = assigned_cpus(spec.train.cpus_per_worker)
-        if spec.tune.trial_process == "fork":
-            from tl_ray.train import trial_process
+    if spec.train.workers > 1:
+        from ray import tune
 
-            marks = {"actor_trial_entry": time.time(), "actor_created": process_created() or time.time()}
-            with TuneReporter() as reporter:
-                trial_process.run(spec, reporter, threads=threads, cpu_devices=spec.train.cpu_devices,
-                                  marks=marks, template=template)
-            return
-        begin_trial()
-        configure_tensorflow(threads, spec.train.cpu_devices)
-        with TuneReporter() as reporter:
-            train(spec, reporter)
+        run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}", in_tune=True)
         return
-    from ray import tune
-
-    run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}", in_tune=True)
+    begin_trial()  # a reused actor frees its previous trial's Keras state
+    configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
+    with TuneReporter() as reporter:
+        train(spec, reporter, callbacks=fault_callbacks(spec))

@@ -1,0 +1,78 @@
+"""Fault-injection callbacks for tl-ray's own resume, node-loss and feature-cache tests.
+
+Inert unless ``TLRAY_TEST_HOOK_DIR`` is set; the trainable (``tl_ray.tune.trainable``) then adds
+:class:`PauseAfterEpoch` to the loop's callbacks. With ``D/<experiment>/pause_after_epoch`` holding N,
+each worker of that experiment, once it has reported epoch N, writes its Ray node's id to
+``D/<experiment>/node.<rank>`` and then its pid to ``D/<experiment>/pid.<rank>``, and waits there to be
+killed (a real ``os.kill`` of the pid, or the removal of the node, from the test). A worker restarted from
+the checkpoint finds its pid file already written and carries on. ``N SUFFIX`` holds only the trial whose
+Tune trial id ends with SUFFIX (e.g. ``2 _00002``).
+
+With ``D/hold_cache_build`` present, a feature-cache builder holding its lock waits until another process
+has started waiting for the same entry (``D/cache_waiter``), so a test sees two trials want one entry at
+the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tl_ray.train.callbacks import Callback
+
+ENV = "TLRAY_TEST_HOOK_DIR"
+WAIT_S = 300.0
+
+
+class PauseAfterEpoch(Callback):
+    """Pauses a worker for the test to kill it, once it has reported the epoch the test names.
+
+    Args:
+        experiment: the spec's name (the folder under ``TLRAY_TEST_HOOK_DIR``).
+        rank: the worker's rank.
+        trial_id: the Tune trial's id. Defaults to "".
+        node_id: the Ray node's id, written for the test. Defaults to "".
+    """
+
+    def __init__(self, experiment: str, rank: int, trial_id: str = "", node_id: str = ""):
+        self.folder = Path(os.environ.get(ENV, "")) / experiment
+        self.rank, self.trial_id, self.node_id = rank, trial_id, node_id
+
+    def on_epoch_begin(self, epoch: int) -> None:  # epoch N (0-based) begins once epoch N was reported
+        trigger = self.folder / "pause_after_epoch"
+        if not os.environ.get(ENV) or not trigger.is_file():
+            return
+        wanted, *suffix = trigger.read_text().split()
+        if int(wanted) != epoch or (suffix and not self.trial_id.endswith(suffix[0])):
+            return
+        pid_file = self.folder / f"pid.{self.rank}"
+        if pid_file.exists():
+            return
+        _write(self.folder / f"node.{self.rank}", self.node_id)
+        _write(pid_file, str(os.getpid()))  # last: a test that sees the pid also sees the node
+        _wait_for(lambda: False, f"worker {self.rank} of {self.folder.name!r} was paused for a kill that never came")
+
+    def on_cache_build_begin(self) -> None:
+        if (Path(os.environ.get(ENV, "")) / "hold_cache_build").is_file():
+            _wait_for((Path(os.environ[ENV]) / "cache_waiter").exists,
+                      f"no second trial waited for the feature cache within {WAIT_S:.0f} s")
+
+    def on_cache_wait_begin(self) -> None:
+        root = Path(os.environ.get(ENV, ""))
+        if os.environ.get(ENV) and (root / "hold_cache_build").is_file():
+            (root / "cache_waiter").write_text(str(os.getpid()))
+
+
+def _wait_for(condition, failure: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():  # the test kills this process, or meets the condition, meanwhile
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ENV}: {failure}")
+        time.sleep(0.05)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # per rank: workers pause at the same time
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,278 @@
+"""One Ray Tune experiment of the spec's trials: scheduler, search, resources, and its result rows."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_ray.errors import ConfigError, TLRayError, TrialError
+from tl_ray.spec import Spec
+from tl_ray.tune.cluster import connect_ray
+from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
+from tl_ray.tune.trainable import checkpoint_uri, ray_storage
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict
+    metric: float | None
+    epochs: int
+    status: str
+    checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
+    error: str | None = None
+    checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) per checkpointed epoch
+    stage: str = ""  # staged sweeps: the stage's name
+    parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
+
+
+@dataclass
+class SweepResult:
+    metric: str
+    mode: str
+    rows: list[TrialRow] = field(default_factory=list)
+    experiment_path: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def best(self) -> TrialRow:
+        scored = [r for r in self.rows if r.metric is not None and r.checkpoint]
+        if not scored:
+            errors = "; ".join(f"{r.trial_id}: {r.error}" for r in self.rows if r.error)[:2000]
+            error = TrialError if any(r.status == "ERROR" for r in self.rows) else TLRayError
+            raise error(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda r: r.metric)
+
+    def table(self) -> str:
+        keys = sorted({k for r in self.rows for k in r.params})
+        staged = any(r.stage for r in self.rows)
+        head = ["trial", *(["stage", "from"] if staged else []), *keys, self.metric, "epochs", "status"]
+        body = []
+        for r in self.rows:
+            vals = [_fmt(r.params.get(k)) for k in keys]
+            where = [r.stage, r.parent or "-"] if staged else []
+            body.append([r.trial_id, *where, *vals, _fmt(r.metric), str(r.epochs), r.status])
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trial_resources(spec: Spec, config: dict | None = None) -> dict:
+    """What one trial asks Ray for; ``config`` is the trial's sampled fields.
+
+    A single-worker trial that only trains a head on cached features (base frozen in every
+    phase, augmentation off) asks for ``train.head_trial_gpus`` GPUs instead of
+    ``train.gpus_per_worker``: with 0 it runs on CPUs, next to GPU fine-tuning trials.
+    """
+    if config:
+        from tl_ray.spec import apply_overrides, validate
+
+        spec = validate(apply_overrides(spec.to_dict(), config), source="trial spec")
+    if spec.train.workers == 1:
+        res = {"CPU": spec.train.cpus_per_worker}
+        gpus = spec.train.head_trial_gpus if _head_only(spec) else spec.train.gpus_per_worker
+        if gpus:
+            res["GPU"] = gpus
+        return res
+    # The trial only drives its Ray Train worker group. It asks for a little memory,
+    # not CPU: a fraction of a CPU held on a worker node would keep a whole worker
+    # group (whole CPUs, whole GPUs) from fitting there.
+    return {"memory": 64 * 2**20}
+
+
+def _head_only(spec: Spec) -> bool:
+    """Every phase of the trial trains on cached features (``tl_ray.features.usable``)."""
+    from tl_ray.features import usable
+    from tl_ray.train.loop import plan_phases
+
+    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze)[0] for p in plan_phases(spec))
+
+
+def _max_concurrent(spec: Spec) -> int | None:
+    if spec.tune.max_concurrent_trials:
+        return spec.tune.max_concurrent_trials
+    if spec.train.workers == 1:
+        return None
+    import ray
+
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1) // (spec.train.workers * spec.train.cpus_per_worker)
+    if spec.train.gpus_per_worker:
+        fits = min(fits, resources.get("GPU", 0) // (spec.train.workers * spec.train.gpus_per_worker))
+    return max(1, int(fits))
+
+
+def _scheduler(spec: Spec):
+    from ray.tune import schedulers
+
+    t = spec.tune
+    epochs = spec.train.epochs
+    if t.scheduler == "fifo":
+        return schedulers.FIFOScheduler()
+    if t.scheduler == "asha":
+        return schedulers.ASHAScheduler(
+            time_attr="training_iteration", max_t=epochs,
+            grace_period=min(t.grace_period, epochs), reduction_factor=t.reduction_factor,
+        )
+    if t.scheduler == "hyperband":
+        return schedulers.HyperBandScheduler(
+            time_attr="training_iteration", max_t=epochs, reduction_factor=t.reduction_factor
+        )
+    if t.scheduler == "median":
+        return schedulers.MedianStoppingRule(
+            time_attr="training_iteration", grace_period=min(t.grace_period, epochs), min_samples_required=2
+        )
+    if spec.train.workers > 1:
+        raise ConfigError(
+            "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
+            "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
+        )
+    from tl_ray.tune.space import KeepInRange, parse_space, pbt_dimensions
+
+    # Conditional dimensions, and the fields their conditions test, are not mutated (see pbt_dimensions).
+    dists = parse_space(t.space)
+    mutations = {k: dists[k].to_tune() for k in pbt_dimensions(t.space)[0]}
+    return schedulers.PopulationBasedTraining(
+        time_attr="training_iteration", perturbation_interval=t.perturbation_interval,
+        hyperparam_mutations=mutations, quantile_fraction=0.25, custom_explore_fn=KeepInRange(t.space),
+    )
+
+
+def _search_alg(spec: Spec):
+    if spec.tune.search == "random":
+        if spec.tune.seed is None:
+            return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=spec.tune.seed)
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "tune.search optuna needs Optuna: pip install 'tl-ray[optuna]' (or pip install optuna)."
+        ) from None
+    from tl_ray.tune.space import optuna_space
+
+    # A define-by-run space (conditional dimensions are drawn only where their
+    # condition holds); Tune's param_space is then empty, so metric and mode go here.
+    return OptunaSearch(
+        space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
+        seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
+    )
+
+
+def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
+              num_samples: int | None = None, search: bool = True, stage: str = "") -> SweepResult:
+    """Runs one Ray Tune experiment ``<store>/experiments/<folder...>/<name>`` of ``trainable``.
+
+    ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
+    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling.
+    """
+    from ray import tune
+
+    connect_ray()
+    storage_path, fs = ray_storage(spec, *folder)
+    if search and spec.tune.search == "optuna":
+        param_space = {}  # Optuna samples through its define-by-run space (tl_ray.tune.space)
+    if spec.train.head_trial_gpus is None or spec.train.workers > 1:
+        trainable = tune.with_resources(trainable, trial_resources(spec))
+    else:  # per trial: head-only trials may ask for other resources than fine-tuning ones
+        trainable = tune.with_resources(
+            trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
+        )
+    exp_path = f"{storage_path.rstrip('/')}/{name}"
+    start = time.perf_counter()
+    if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(
+            exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=spec.tune.metric,
+                mode=spec.tune.mode,
+                num_samples=num_samples or spec.tune.num_samples,
+                scheduler=_scheduler(spec),
+                search_alg=_search_alg(spec) if search else None,
+                max_concurrent_trials=_max_concurrent(spec),
+                reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=spec.tune.keep_checkpoints or None,
+                    checkpoint_score_attribute=spec.tune.metric,
+                    checkpoint_score_order=spec.tune.mode,
+                ),
+                verbose=1,
+            ),
+        )
+    with quiet_ray_resume_hint():
+        grid = tuner.fit()
+    planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
+    unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), planned)
+    if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
+        raise SweepInterrupted(folder[0] if folder else name, exp_path, unfinished, stage=stage)
+    result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
+    result.wall_time_s = time.perf_counter() - start
+    for res in grid:
+        row = _row(spec, res)
+        row.stage = stage
+        result.rows.append(row)
+    return result
+
+
+def _grid_points(param_space: dict) -> int:
+    """Trials per sample of a param space: the product of its grid_search lengths."""
+    return math.prod(len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v)
+
+
+def _row(spec: Spec, res) -> TrialRow:
+    metric, mode = spec.tune.metric, spec.tune.mode
+    config = res.config or {}
+    params = dict(config)
+    trial_id = (res.metrics or {}).get("trial_id") or (Path(res.path).name if res.path else "?")
+    df = res.metrics_dataframe
+    epochs = 0
+    if df is not None and len(df):
+        epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
+    # The last result counts too: after PBT exploits, a trial's result file can miss rows.
+    epochs = max(epochs, int((res.metrics or {}).get("epoch", 0) or 0))
+    # Every checkpointed epoch with its metric: Tune-managed checkpoints for
+    # single-worker trials, paths reported through TuneReportCallback otherwise.
+    scored: list[tuple[str, float]] = []
+    for ckpt, m in res.best_checkpoints or []:
+        if m.get(metric) is not None:
+            scored.append((checkpoint_uri(spec, ckpt.path), float(m[metric])))
+    if not scored and df is not None and "checkpoint_path" in df and metric in df:
+        for path, value in zip(df["checkpoint_path"], df[metric]):
+            if isinstance(path, str) and value == value:
+                scored.append((checkpoint_uri(spec, path), float(value)))
+    best_value = checkpoint = None
+    if scored:
+        pick = max if mode == "max" else min
+        checkpoint, best_value = pick(scored, key=lambda item: item[1])
+    status = "ERROR" if res.error else ("STOPPED" if epochs < spec.train.epochs else "DONE")
+    return TrialRow(
+        trial_id, params, best_value, epochs, status, checkpoint, str(res.error) if res.error else None, scored
+    )
+
+
