@@ -232,7 +232,7 @@ class _Run:
         self.train_uri = spec.resolve(spec.data.train)
         self.val_uri = spec.resolve(spec.data.validation) if spec.data.validation else None
         self.cached = CachedInputs(spec, strategy, weights, self.num_classes, events=hooks)
-        # Single device: batches go to the step as they are (distributing a dataset costs a tenth of a second per epoch).
+        # Single device: batches go to the step as they are (distributing a dataset adds a pass per epoch).
         self.local_input = self.num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
         self.extra: dict = {}  # reported with the next epoch
 

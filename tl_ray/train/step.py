@@ -85,7 +85,7 @@ class DistributedStep:
                 raise ValueError(f"class_weights must have {self.num_classes} entries. Received shape {weights.shape}.")
             self.class_weights = tf.constant(weights)
         # No AutoGraph: the steps branch only on Python values (flags, shapes), never on a tensor, and
-        # Keras 3 layers need no conversion. Converting them took ~1.8 s in every new process.
+        # Keras 3 layers need no conversion, which is slow in every new process.
         self._grads = (tf.function(self._loss_and_grads, jit_compile=True, autograph=False) if jit_compile
                        else self._loss_and_grads)
         self._train = tf.function(self._train_distributed, autograph=False)

@@ -34,6 +34,8 @@ def join_running_cluster() -> None:
     address = os.environ.get("RAY_ADDRESS", "")
     address = address if address and address != "local" and not address.startswith("http") else "auto"
     if address == "auto":  # the cluster the last `ray start` here recorded: Ray retries a dead one for minutes
+        # Ray's only private call in tl-ray, checked against Ray 2.60: no public API reads the address
+        # `ray start` recorded, and ray.init("auto") on a stale one retries for minutes before failing.
         from ray._private.services import find_bootstrap_address
 
         found = find_bootstrap_address(None)
