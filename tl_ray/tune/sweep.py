@@ -359,9 +359,9 @@ def _row(spec: Spec, res) -> TrialRow:
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
     """Copies a checkpoint folder from the store to a local folder."""
-    from tl_ray import storage
+    from tl_ray import store
 
-    if not storage.is_s3(uri) and Path(uri).is_dir():
+    if not store.is_s3(uri) and Path(uri).is_dir():
         return Path(uri)
-    return storage.download_dir(uri, dest)
+    return store.download_dir(uri, dest)
 
