@@ -133,7 +133,7 @@ print(json.dumps({"rows": n, "rss_before_mib": before, "peak_rss_mib": hwm_mib()
 
 def scaled_copy(uri: str, times: int, shards: int, to: str) -> str:
     """A dataset at ``to`` listing copies of the first ``shards`` shards of ``uri``, each ``times`` times."""
-    from tl_ray import storage
+    from tl_ray import store
     from tl_ray.data.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(uri)
@@ -141,8 +141,8 @@ def scaled_copy(uri: str, times: int, shards: int, to: str) -> str:
     manifest.num_rows = sum(s.rows for s in manifest.shards)
     write_manifest(to, manifest)
     for name in {s.path for s in manifest.shards}:
-        if not storage.exists(storage.join(to, name)):
-            storage.write_bytes(storage.join(to, name), storage.read_bytes(storage.join(uri, name)))
+        if not store.exists(store.join(to, name)):
+            store.write_bytes(store.join(to, name), store.read_bytes(store.join(uri, name)))
     return to
 
 
@@ -167,7 +167,7 @@ def run(args, work: Path, endpoint: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from tl_ray import storage
+    from tl_ray import store
     from tl_ray.data.images import prepare_array
     from tl_ray.data.ingest import ingest_fashion_mnist
     from tl_ray.data.reader import make_dataset
@@ -175,7 +175,7 @@ def run(args, work: Path, endpoint: str) -> None:
 
     figures: dict = {"rows": args.rows}
     bucket = "s3://tlray-bench/datasets"
-    storage.ensure_bucket(bucket)
+    store.ensure_bucket(bucket)
     uris = {}
     for fmt in ("parquet", "tfrecord"):
         t = time.perf_counter()
@@ -183,7 +183,7 @@ def run(args, work: Path, endpoint: str) -> None:
         figures[f"ingest_{fmt}_s"] = time.perf_counter() - t
         figures[f"{fmt}_shards"] = report["train"]["shards"]
         figures[f"{fmt}_mib"] = sum(p.stat().st_size for p in (work / fmt).iterdir()) / 2**20
-        storage.upload_dir(work / fmt, f"{bucket}/fm-{fmt}", marker="_manifest.json")
+        store.upload_dir(work / fmt, f"{bucket}/fm-{fmt}", marker="_manifest.json")
         uris[f"local {fmt}"], uris[f"S3 {fmt}"] = str(work / fmt), f"{bucket}/fm-{fmt}"
     rows = figures["rows"] = report["train"]["rows"]
     print(f"ingested {rows} rows: parquet {figures['ingest_parquet_s']:.1f}s, tfrecord "

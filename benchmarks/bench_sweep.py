@@ -129,12 +129,12 @@ def sweep(spec, name: str):
 
 
 def trial_rows(result) -> list[list[dict]]:
-    from tl_ray import storage
+    from tl_ray import store
 
     out = []
-    for trial in storage.list_dir(result.experiment_path):
+    for trial in store.list_dir(result.experiment_path):
         if "_trial_" in trial:
-            text = storage.read_text(storage.join(result.experiment_path, trial, "result.json"))
+            text = store.read_text(store.join(result.experiment_path, trial, "result.json"))
             out.append([json.loads(line) for line in text.splitlines() if line.strip()])
     return out
 

@@ -140,7 +140,7 @@ def run_trial(spec_data: dict, default_threads: bool = False) -> dict:
 
 
 def _results(spec, experiment_path: str) -> list[dict]:
-    from tl_ray import storage
+    from tl_ray import store as storage
 
     trials = [d for d in storage.list_dir(experiment_path)
               if storage.exists(storage.join(experiment_path, d, "result.json"))]
@@ -163,7 +163,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tmp = tempfile.TemporaryDirectory(prefix="tlray-bench-")
     store = args.store or tmp.name
-    from tl_ray import storage
+    from tl_ray import store as storage
     from tl_ray.data.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
 
     if not storage.exists(storage.join(store, "datasets/bench/train/_manifest.json")):

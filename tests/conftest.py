@@ -95,10 +95,10 @@ def s3_server():
 @pytest.fixture
 def s3_store(s3_server):
     """A fresh ``s3://bucket/prefix`` on the loopback server."""
-    from tl_ray import storage
+    from tl_ray import store
 
     uri = f"s3://tlray-test-{uuid.uuid4().hex[:10]}/store"
-    storage.ensure_bucket(uri)
+    store.ensure_bucket(uri)
     return uri
 
 

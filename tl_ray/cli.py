@@ -143,10 +143,10 @@ def cmd_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from tl_ray import storage
+    from tl_ray import store
     from tl_ray.tune.report import build_report
 
-    uri = args.experiment if storage.is_absolute(args.experiment) or "/" in args.experiment else storage.join(
+    uri = args.experiment if store.is_absolute(args.experiment) or "/" in args.experiment else store.join(
         args.storage, "experiments", args.experiment)
     report = build_report(uri, args.metric, args.mode)
     print(report.table)

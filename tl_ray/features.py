@@ -39,7 +39,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from tl_ray import storage
+from tl_ray import store as storage  # `store` names a store root in this module
 from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
 from tl_ray.errors import DataError, TLRayError
 from tl_ray.spec import FreezeSpec, Spec
@@ -156,38 +156,31 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
         StorageError: the store is unreachable.
         TLRayError: another builder holds the lock for longer than ``WAIT_S``.
     """
-    from tl_ray.conditional import create_exclusive, delete_if, read_tagged
 
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
-    lock = storage.join(uri, LOCK_NAME)
+    lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S)
     start = time.monotonic()
     waited = False
-    seen, seen_at = None, start
     while time.monotonic() - start < WAIT_S:
         if has_manifest(uri):
             return CacheEntry(uri, key, "waited" if waited else "read", time.monotonic() - start)
-        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "rows": 0})
-        if create_exclusive(lock, owner.encode()):
+        if lease.acquire({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "rows": 0}):
             try:
-                events and events.on_cache_build_begin()
+                if events:
+                    events.on_cache_build_begin()
                 log(f"feature cache: building {uri} for {dataset_uri}")
-                _build(spec, dataset_uri, weights_file, key, uri, lock)
+                _build(spec, dataset_uri, weights_file, key, uri, lease)
             finally:
-                data, tag = read_tagged(lock)
-                if tag is not None:
-                    delete_if(lock, tag)
+                lease.release()
             return CacheEntry(uri, key, "built", time.monotonic() - start)
-        data, tag = read_tagged(lock)
-        if tag is not None and tag != seen:
-            seen, seen_at = tag, time.monotonic()
-        elif tag is not None and time.monotonic() - seen_at > STALE_S:
+        if lease.break_if_stale():
             log(f"feature cache: the builder of {uri} stopped refreshing its lock; taking over")
-            delete_if(lock, tag)
             continue
         if not waited:
             log(f"feature cache: waiting for another trial to build {uri}")
-            events and events.on_cache_wait_begin()
+            if events:
+                events.on_cache_wait_begin()
         waited = True
         time.sleep(1.0)  # polling the store for the builder's manifest
     raise TLRayError(
@@ -207,14 +200,13 @@ def _extractor(spec: Spec, num_classes: int, weights_file: str | None):
     return keras.Model(model.inputs, model.get_layer("pool").output, name="feature_extractor")
 
 
-def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lock: str) -> None:
+def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lease: storage.Lease) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import tensorflow as tf
 
     from tl_ray.data.reader import batches, make_dataset
-    from tl_ray.conditional import read_tagged, write_if
 
     source = read_manifest(dataset_uri)
     started = time.perf_counter()
@@ -243,10 +235,7 @@ def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, ur
         name = f"part-{len(shards):05d}.parquet"
         storage.write_bytes(storage.join(uri, name), data)
         shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
-        _, tag = read_tagged(lock)  # the heartbeat waiters watch
-        status = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
-        if tag is not None:
-            write_if(lock, status.encode(), tag)
+        lease.renew({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
 
     for images, labels in batches(ds):
         pending_x.append(infer(images).numpy().astype(np.float32, copy=False))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import ConfigError, RegistryError
 from tl_ray.spec import Spec, load_spec
 
@@ -29,7 +29,7 @@ def ensure_ray() -> None:
 
 
 def _manifest_exists(uri: str) -> bool:
-    return storage.exists(storage.join(uri, "_manifest.json"))
+    return store.exists(store.join(uri, "_manifest.json"))
 
 
 def ensure_data(spec: Spec, out: Out = print) -> None:
@@ -47,7 +47,7 @@ def ensure_data(spec: Spec, out: Out = print) -> None:
             f"data.{missing[0]} has no dataset at {spec.resolve(wanted[missing[0]])!r} and data.source is not set. "
             "Ingest it first (tl-ray data ingest ... --to URI) or add a data.source recipe."
         )
-    storage.ensure_bucket(spec.storage)
+    store.ensure_bucket(spec.storage)
     if src.kind != "fashion-mnist":
         if "train" in missing or "validation" in missing:
             report = ingest.ingest_folder(
@@ -97,14 +97,14 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
 
     ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out(f"[tune] {'resuming' if resume else 'experiment'} {storage.join(spec.storage, 'experiments', experiment)}")
+    out(f"[tune] {'resuming' if resume else 'experiment'} {store.join(spec.storage, 'experiments', experiment)}")
     result = run_sweep(spec, resume=resume, experiment=experiment)
     out(result.table())
     best = result.best
     out(f"[tune] best trial {best.trial_id}: {spec.tune.metric}={best.metric:.4f} ({result.wall_time_s:.0f}s)")
     from tl_ray.tune.report import build_report
 
-    exp_uri = storage.join(spec.storage, "experiments", experiment)
+    exp_uri = store.join(spec.storage, "experiments", experiment)
     planned = {st.name: st.epochs for st in spec.tune.stages} if spec.tune.stages else spec.train.epochs
     report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=planned)
     out(f"[tune] report: {', '.join(report.files)}  (tl-ray report {experiment} --storage {spec.storage})")
@@ -120,10 +120,10 @@ def latest_experiment(spec: Spec) -> str:
     import re
 
     pattern = re.compile(rf"^{re.escape(spec.name)}-\d{{8}}-\d{{6}}$")
-    found = sorted(n for n in storage.list_dir(storage.join(spec.storage, "experiments")) if pattern.match(n))
+    found = sorted(n for n in store.list_dir(store.join(spec.storage, "experiments")) if pattern.match(n))
     if not found:
         raise ConfigError(
-            f"no sweep of {spec.name!r} to resume under {storage.join(spec.storage, 'experiments')}. "
+            f"no sweep of {spec.name!r} to resume under {store.join(spec.storage, 'experiments')}. "
             f"Start one with: tl-ray tune SPEC"
         )
     return found[-1]
@@ -249,7 +249,7 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
 
     t0 = time.perf_counter()
     out(f"[run] {spec.name}: store {spec.storage}")
-    storage.ensure_bucket(spec.storage)
+    store.ensure_bucket(spec.storage)
     ensure_ray()
     ensure_data(spec, out)
     ensure_upstream(spec, out)

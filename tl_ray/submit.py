@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import tl_ray
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import ClusterError, ConfigError
 from tl_ray.spec import load_spec
 
@@ -125,7 +125,7 @@ def submit(
         raise ConfigError(f"submit command must be one of {list(COMMANDS)}. Received: {command!r}.")
     spec_path = Path(spec_path)
     spec = load_spec(spec_path, overrides=overrides or None)
-    if not storage.is_s3(spec.storage) and not _is_local(address):
+    if not store.is_s3(spec.storage) and not _is_local(address):
         out(f"warning: storage {spec.storage!r} is a local path: nodes of a remote cluster do not share it; "
             "pass --set storage=s3://bucket/prefix")
     names = list(env_names) if env_names is not None else [n for n in DEFAULT_ENV if n in os.environ]

@@ -7,11 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data import ingest_fashion_mnist, read_manifest, verify
 from tl_ray.data.reader import batches, make_dataset
 from tl_ray.data.sources import load_fashion_mnist
 from tl_ray.errors import DataError, StorageError
+from tl_ray.store import s3
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def read_rows(uri: str, **kwargs) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
 def test_fashion_mnist_round_trip_through_s3(s3_store, fashion_dir, fmt):
-    train, val = storage.join(s3_store, "datasets/fm-train"), storage.join(s3_store, "datasets/fm-val")
+    train, val = store.join(s3_store, "datasets/fm-train"), store.join(s3_store, "datasets/fm-val")
     report = ingest_fashion_mnist(
         train, path=str(fashion_dir), classes=CLASSES, per_class=40,
         validation_to=val, validation_per_class=10, rows_per_shard=50, format=fmt, workers=4,
@@ -63,7 +64,7 @@ def test_fashion_mnist_round_trip_through_s3(s3_store, fashion_dir, fmt):
 
 
 def test_existing_s3_dataset_is_refused(s3_store, fashion_dir):
-    to = storage.join(s3_store, "datasets/small")
+    to = store.join(s3_store, "datasets/small")
     ingest_fashion_mnist(to, path=str(fashion_dir), classes=[2], per_class=5)
     with pytest.raises(DataError, match="already holds a dataset"):
         ingest_fashion_mnist(to, path=str(fashion_dir), classes=[2], per_class=5)
@@ -77,7 +78,7 @@ def closed_port() -> int:
 
 def test_unreachable_bucket_raises_storage_error(monkeypatch, s3_server):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
-    storage._s3_filesystem.cache_clear()
+    s3.arrow_filesystem.cache_clear()
     try:
         uri = "s3://tlray-unreachable/store/datasets/x"
         with pytest.raises(StorageError, match="tlray-unreachable"):
@@ -85,4 +86,4 @@ def test_unreachable_bucket_raises_storage_error(monkeypatch, s3_server):
         with pytest.raises(StorageError, match="tlray-unreachable"):
             make_dataset(uri, image_size=(28, 28), batch_size=4)
     finally:
-        storage._s3_filesystem.cache_clear()
+        s3.arrow_filesystem.cache_clear()

@@ -19,11 +19,12 @@ import boto3
 import numpy as np
 import pytest
 
-from tl_ray import storage
+from tl_ray import store as storage
 from tl_ray.data import shards as shard_io
 from tl_ray.data.ingest import ingest_fashion_mnist
 from tl_ray.data.reader import batches, make_dataset
 from tl_ray.errors import StorageError
+from tl_ray.store import files
 
 pytestmark = pytest.mark.integration
 
@@ -136,9 +137,9 @@ class RetrySeen(logging.Handler):
 @pytest.fixture
 def retry_seen():
     handler = RetrySeen()
-    logging.getLogger("tl_ray.storage").addHandler(handler)
+    logging.getLogger("tl_ray.store").addHandler(handler)
     yield handler.event
-    logging.getLogger("tl_ray.storage").removeHandler(handler)
+    logging.getLogger("tl_ray.store").removeHandler(handler)
 
 
 @pytest.mark.timeout(300)
@@ -175,7 +176,7 @@ def test_server_restarted_mid_epoch_still_gives_an_exact_epoch(store, datasets, 
 @pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
 def test_server_gone_for_good_is_a_storage_error_naming_the_shard(store, datasets, monkeypatch, fmt):
     monkeypatch.setattr(shard_io, "READ_CHUNK_BYTES", 8 << 10)
-    monkeypatch.setattr(storage, "READ_RETRY_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(files, "READ_RETRY_TIMEOUT_S", 2.0)
     it = batches(dataset(datasets[fmt]))
     next(it)
     store.snapshot()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_ray import storage
+from tl_ray import store as storage
 from tl_ray.spec import validate
 
 pytestmark = [pytest.mark.integration]

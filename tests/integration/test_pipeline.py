@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 
-from tl_ray import storage
+from tl_ray import store as storage
 from tl_ray.spec import load_spec
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
-"""The registry on the S3 API (moto's server on loopback): conditional writes, concurrent promotions
-from separate processes, and tamper checks. No Ray."""
+"""The registry on the S3 API (moto's server on loopback): concurrent promotions from separate processes,
+and tamper checks. No Ray."""
 
 from __future__ import annotations
 
@@ -13,23 +13,6 @@ import pytest
 from tl_ray.errors import RegistryError
 
 pytestmark = pytest.mark.integration
-
-
-def test_conditional_writes_are_honoured(s3_store):
-    from tl_ray import storage
-    from tl_ray import conditional as _conditional
-
-    uri = storage.join(s3_store, "cas/object.json")
-    assert _conditional.create_exclusive(uri, b"one")
-    assert not _conditional.create_exclusive(uri, b"two")  # If-None-Match: *
-    data, tag = _conditional.read_tagged(uri)
-    assert data == b"one"
-    assert _conditional.write_if(uri, b"three", tag)  # If-Match: the ETag just read
-    assert not _conditional.write_if(uri, b"four", tag)  # stale ETag
-    assert _conditional.read_tagged(uri)[0] == b"three"
-    assert not _conditional.delete_if(uri, tag)
-    assert _conditional.delete_if(uri, _conditional.read_tagged(uri)[1])
-    assert _conditional.read_tagged(uri) == (None, None)
 
 
 def _promote_in_process(store: str, src: str, queue) -> None:
@@ -81,7 +64,7 @@ def test_concurrent_alias_moves_on_s3_lose_no_update(s3_store, tmp_path):
 
 
 def test_tampered_object_on_s3_is_refused(s3_store, tmp_path, monkeypatch):
-    from tl_ray import storage
+    from tl_ray import store
     from tl_ray.registry.store import Registry
 
     monkeypatch.setenv("TLRAY_CACHE", str(tmp_path / "cache"))
@@ -89,7 +72,7 @@ def test_tampered_object_on_s3_is_refused(s3_store, tmp_path, monkeypatch):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "model.keras").write_text("weights")
     registry.publish("m", tmp_path / "src", {})
-    storage.write_bytes(storage.join(registry.version_uri("m", 1), "model.keras"), b"swapped")
+    store.write_bytes(store.join(registry.version_uri("m", 1), "model.keras"), b"swapped")
     with pytest.raises(RegistryError, match="file 'model.keras' does not match its sha256"):
         registry.fetch("m:v1")
     assert not any(Path(tmp_path / "cache").rglob("model.keras"))  # nothing left to load by mistake

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def dataset(s3_server, fashion_dir):
     import uuid
 
-    from tl_ray import storage
+    from tl_ray import store as storage
 
     store = f"s3://tlray-train-{uuid.uuid4().hex[:8]}/store"
     storage.ensure_bucket(store)
@@ -73,7 +73,7 @@ def _loss_curve(spec, experiment: str) -> list[float]:
     """Per-epoch training loss as Ray Tune recorded it in the store."""
     import json
 
-    from tl_ray import storage
+    from tl_ray import store as storage
     from tl_ray.tune.trainable import ray_storage
 
     root = storage.join(spec.storage, "experiments", experiment)
@@ -123,7 +123,7 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
     table = result.table()
     assert "val_loss" in table and result.best.trial_id in table
 
-    from tl_ray import storage
+    from tl_ray import store as storage
     from tl_ray.tune.report import build_report
 
     report = build_report(storage.join(spec.storage, "experiments", "sweep"), "val_loss", "min", planned_epochs=2)
@@ -157,7 +157,7 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
 def test_trials_train_in_their_actors_which_tune_reuses_unless_told_not_to(ray_cluster, dataset, reuse):
     import json
 
-    from tl_ray import storage
+    from tl_ray import store as storage
     from tl_ray.tune.sweep import run_sweep
 
     name = f"actors-{'reused' if reuse else 'new'}"

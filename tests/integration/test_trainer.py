@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tl_ray import storage
+from tl_ray import store as storage
 from tl_ray.data.ingest import ingest_fashion_mnist
 from tl_ray.spec import validate
 
@@ -40,7 +40,7 @@ def hook_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(hook_dir, s3_server, fashion_dir):
-    from tl_ray import storage
+    from tl_ray import store as storage
 
     root = f"s3://tlray-trainer-{uuid.uuid4().hex[:8]}/store"
     storage.ensure_bucket(root)
@@ -64,7 +64,7 @@ def spec_dict(store: str, name: str, **train) -> dict:
 
 def results(spec, experiment: str) -> list[dict]:
     """Every result row Ray Tune recorded for the experiment's one trial."""
-    from tl_ray import storage
+    from tl_ray import store as storage
 
     root = storage.join(spec.storage, "experiments", experiment)
     trials = [d for d in storage.list_dir(root) if d.startswith("tune_trial")]
@@ -168,7 +168,7 @@ def test_killed_tune_trial_resumes_from_its_checkpoint(ray_cluster, store, hook_
 def test_staged_weights_train_from_s3_with_ray_assigned_threads(ray_cluster, store):
     import numpy as np
 
-    from tl_ray import storage
+    from tl_ray import store as storage
     from tl_ray.cli import main
 
     uri = storage.join(store, "weights/mobilenet_v2-a035.weights.h5")

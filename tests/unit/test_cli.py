@@ -59,7 +59,7 @@ def test_missing_dataset_exits_3(capsys, tmp_path):
 def test_unreachable_bucket_exits_4_naming_the_uri(capsys, monkeypatch):
     import socket
 
-    from tl_ray import storage
+    from tl_ray.store import s3
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -67,11 +67,11 @@ def test_unreachable_bucket_exits_4_naming_the_uri(capsys, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
-    storage._s3_filesystem.cache_clear()
+    s3.arrow_filesystem.cache_clear()
     try:
         code, _, err = run(capsys, "data", "inspect", "s3://no-such-bucket/datasets/x")
     finally:
-        storage._s3_filesystem.cache_clear()
+        s3.arrow_filesystem.cache_clear()
     assert code == 4
     assert "StorageError" in err and "s3://no-such-bucket/datasets/x" in err
 

@@ -3,11 +3,12 @@
 import pyarrow.parquet as pq
 import pytest
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data import shards as shard_io
 from tl_ray.data.ingest import ingest_folder
 from tl_ray.data.reader import batches, make_dataset
 from tl_ray.errors import StorageError
+from tl_ray.store import files
 
 from synthetic_data import make_image_folder, row_ids
 
@@ -21,8 +22,8 @@ class Outage(OSError):
 @pytest.fixture
 def flaky_store(monkeypatch):
     """Treats ``Outage`` as transient (as an S3 network error is) and retries without pausing."""
-    monkeypatch.setattr(storage, "is_transient", lambda uri, exc: isinstance(exc, Outage))
-    monkeypatch.setattr(storage, "READ_RETRY_BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setattr(files, "is_transient", lambda uri, exc: isinstance(exc, Outage))
+    monkeypatch.setattr(files, "READ_RETRY_BACKOFF_S", (0.0, 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_tfrecord_resumes_at_the_byte_offset(datasets, flaky_store, monkeypatch)
                 raise Outage("connection reset")
             return self.handle().read_at(length, offset)
 
-        return storage.retry_read(self.uri, attempt, what=f"bytes {offset}", on_retry=self.reset)
+        return store.retry_read(self.uri, attempt, what=f"bytes {offset}", on_retry=self.reset)
 
     monkeypatch.setattr(shard_io.ShardFile, "read_at", read_at)
     ids = epoch(datasets["tfrecord"], shuffle=True, shuffle_buffer=8)
@@ -86,7 +87,7 @@ def test_parquet_resumes_at_the_row_group(datasets, flaky_store, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ["parquet", "tfrecord"])
 def test_an_outage_that_lasts_is_a_storage_error_naming_the_shard(datasets, flaky_store, monkeypatch, fmt):
-    monkeypatch.setattr(storage, "READ_RETRY_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(files, "READ_RETRY_TIMEOUT_S", 0.0)
 
     def down(self, *args, **kwargs):
         raise Outage("AWS Error NETWORK_CONNECTION: could not connect")
@@ -94,15 +95,8 @@ def test_an_outage_that_lasts_is_a_storage_error_naming_the_shard(datasets, flak
     if fmt == "parquet":
         monkeypatch.setattr(pq.ParquetFile, "read_row_group", down)
     else:
-        monkeypatch.setattr(shard_io.ShardFile, "read_at", lambda self, offset, length: storage.retry_read(
+        monkeypatch.setattr(shard_io.ShardFile, "read_at", lambda self, offset, length: store.retry_read(
             self.uri, lambda: down(self), what=f"bytes {offset}..{offset + length}"))
     with pytest.raises(StorageError, match=rf"cannot read '.*part-0000\d\.{fmt}' .*stayed unreachable"):
         epoch(datasets[fmt])
 
-
-def test_local_errors_are_never_retried():
-    assert not storage.is_transient("/data/x", OSError("AWS Error NETWORK_CONNECTION"))
-    assert storage.is_transient("s3://b/x", OSError("AWS Error NETWORK_CONNECTION during GetObject"))
-    assert storage.is_transient("s3://b/x", OSError("AWS Error SLOW_DOWN during GetObject operation"))
-    assert not storage.is_transient("s3://b/x", OSError("AWS Error ACCESS_DENIED during GetObject operation"))
-    assert not storage.is_transient("s3://b/x", FileNotFoundError("gone"))

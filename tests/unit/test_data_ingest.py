@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.ingest import ingest_folder
 from tl_ray.data.manifest import has_manifest, read_manifest
 from tl_ray.errors import ConfigError, DataError
@@ -31,7 +31,7 @@ def test_parallel_ingest_is_deterministic(src, tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_shards_close_at_the_target_size(src, tmp_path, fmt):
-    image_bytes = sum(len(storage.read_bytes(storage.join(src, f))) for f in storage.list_files(src))
+    image_bytes = sum(len(store.read_bytes(store.join(src, f))) for f in store.list_files(src))
     target_mb = image_bytes / 6 / 2**20  # about six shards' worth
     report = ingest_folder(src, str(tmp_path / "ds"), target_shard_mb=target_mb, format=fmt)
     shards = read_manifest(str(tmp_path / "ds")).shards
@@ -48,7 +48,7 @@ def test_progress_bar_goes_to_stderr(src, tmp_path, capsys):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_resume_keeps_verified_shards_and_rewrites_bad_ones(src, tmp_path, monkeypatch, fmt):
     to = str(tmp_path / "ds")
-    real_write = storage.write_bytes
+    real_write = store.write_bytes
     written = []
 
     def crash_after_three_shards(uri, data):
@@ -57,7 +57,7 @@ def test_resume_keeps_verified_shards_and_rewrites_bad_ones(src, tmp_path, monke
         written.append(uri)
         real_write(uri, data)
 
-    monkeypatch.setattr(storage, "write_bytes", crash_after_three_shards)
+    monkeypatch.setattr(store, "write_bytes", crash_after_three_shards)
     with pytest.raises(KeyboardInterrupt):
         ingest_folder(src, to, rows_per_shard=10, format=fmt)
     assert not has_manifest(to)
@@ -67,32 +67,32 @@ def test_resume_keeps_verified_shards_and_rewrites_bad_ones(src, tmp_path, monke
     shard = tmp_path / "ds" / f"part-00002.{fmt}"  # damaged while nobody looked: must be rewritten
     shard.write_bytes(shard.read_bytes()[:-1])
     written.clear()
-    monkeypatch.setattr(storage, "write_bytes", lambda uri, data: (written.append(uri), real_write(uri, data)))
+    monkeypatch.setattr(store, "write_bytes", lambda uri, data: (written.append(uri), real_write(uri, data)))
     report = ingest_folder(src, to, rows_per_shard=10, format=fmt)
     assert report["train"]["resumed_shards"] == 2 and report["train"]["shards"] == 6
     shards_written = sorted(u.rsplit("/", 1)[1] for u in written if u.endswith(fmt))
     assert shards_written == [f"part-0000{k}.{fmt}" for k in range(2, 6)]
     fresh = ingest_folder(src, str(tmp_path / "fresh"), rows_per_shard=10, format=fmt)
     assert report["train"]["digest"] == fresh["train"]["digest"]
-    assert storage.list_files(to) == ["_manifest.json"] + [f"part-0000{k}.{fmt}" for k in range(6)]
+    assert store.list_files(to) == ["_manifest.json"] + [f"part-0000{k}.{fmt}" for k in range(6)]
 
 
 def test_changed_arguments_discard_an_unfinished_run(src, tmp_path, monkeypatch):
     to = str(tmp_path / "ds")
-    real_write = storage.write_bytes
+    real_write = store.write_bytes
 
     def crash(uri, data):
         if uri.endswith("part-00004.parquet"):
             raise KeyboardInterrupt
         real_write(uri, data)
 
-    monkeypatch.setattr(storage, "write_bytes", crash)
+    monkeypatch.setattr(store, "write_bytes", crash)
     with pytest.raises(KeyboardInterrupt):
         ingest_folder(src, to, rows_per_shard=10)
-    monkeypatch.setattr(storage, "write_bytes", real_write)
+    monkeypatch.setattr(store, "write_bytes", real_write)
     report = ingest_folder(src, to, rows_per_shard=30)  # another plan: nothing is kept
     assert report["train"]["resumed_shards"] == 0
-    assert storage.list_files(to) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
+    assert store.list_files(to) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
 
 
 def test_skip_bad_lists_files_across_shards(tmp_path):

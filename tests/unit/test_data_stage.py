@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data import ingest as ingest_module
 from tl_ray.data.ingest import ingest_fashion_mnist, ingest_folder
 from tl_ray.data.manifest import has_manifest, read_manifest, write_manifest
@@ -119,8 +119,8 @@ def test_bad_image_fails_naming_it_and_a_rerun_resumes(tmp_path, monkeypatch, fm
     make_image_folder(src, per_class=4)
     (src / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     written = []
-    real_write = storage.write_bytes
-    monkeypatch.setattr(storage, "write_bytes", lambda uri, data: (written.append(uri), real_write(uri, data)))
+    real_write = store.write_bytes
+    monkeypatch.setattr(store, "write_bytes", lambda uri, data: (written.append(uri), real_write(uri, data)))
     to = tmp_path / "ds"
     with pytest.raises(DataError, match=r"broken\.png.*cannot be decoded.*skip_bad"):
         ingest_folder(str(src), str(to), rows_per_shard=1, seed=1, format=fmt)
@@ -133,7 +133,7 @@ def test_bad_image_fails_naming_it_and_a_rerun_resumes(tmp_path, monkeypatch, fm
     assert report["skipped"] == [str(src / "dog" / "broken.png")] and report["train"]["rows"] == 12
     assert report["train"]["resumed_shards"] == len(first_shards)
     assert not set(first_shards) & set(written)  # finished shards were verified, not rewritten
-    assert "_ingest_progress.json" not in storage.list_files(str(to))
+    assert "_ingest_progress.json" not in store.list_files(str(to))
     assert len(read_all(str(to))[0]) == 12
 
 
@@ -144,7 +144,7 @@ def test_existing_dataset_is_refused_unless_overwrite(folder, tmp_path):
         ingest_folder(folder[0], to)
     report = ingest_folder(folder[0], to, per_class=2, overwrite=True)
     assert report["train"]["rows"] == 6
-    assert storage.list_files(to) == ["_manifest.json", "part-00000.parquet"]
+    assert store.list_files(to) == ["_manifest.json", "part-00000.parquet"]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_missing_source_folder(tmp_path):
 
 def copy_of(dataset_of, tmp_path, fmt):
     uri = str(tmp_path / "ds")
-    storage.upload_dir(dataset_of(7, fmt), uri)
+    store.upload_dir(dataset_of(7, fmt), uri)
     return uri, tmp_path / "ds" / f"part-00002.{fmt}"
 
 
@@ -310,7 +310,7 @@ def test_fashion_mnist_errors(tiny_fashion, tmp_path):
     write_idx(root / "train-labels-idx1-ubyte.gz", labels, 0x803)
     with pytest.raises(DataError, match=r"labels-idx1-ubyte\.gz' has IDX magic number 0x00000803; expected 0x00000801"):
         ingest_fashion_mnist(to, path=str(root))
-    assert storage.list_files(to) == []
+    assert store.list_files(to) == []
 
 
 def test_failed_second_dataset_publishes_neither_and_resumes(tiny_fashion, tmp_path, monkeypatch):

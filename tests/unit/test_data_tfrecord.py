@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.ingest import ingest_folder
 from tl_ray.data.manifest import read_manifest, verify
 from tl_ray.data.tfrecord import RecordParser, encode_example, frame, masked_crc32c
@@ -79,7 +79,7 @@ def test_tensorflow_reads_our_shards_and_verify_checks_crcs(tmp_path):
     ingest_folder(str(tmp_path / "src"), to, rows_per_shard=5, format="tfrecord")
     manifest = read_manifest(to)
     assert manifest.format == "tfrecord" and [s.rows for s in manifest.shards] == [5, 5, 2]
-    files = [storage.join(to, s.path) for s in manifest.shards]
+    files = [store.join(to, s.path) for s in manifest.shards]
     examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
     assert len(examples) == 12
     feature = examples[0].features.feature

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.manifest import Manifest, Shard, write_manifest
 from tl_ray.data.reader import batches, in_memory_dataset, load_rows, make_dataset
 
@@ -30,8 +30,8 @@ def entry(tmp_path):
         pq.write_table(pa.table({"features": values, "label": pa.array(y, type=pa.int32())}), buf, row_group_size=4)
         data = buf.getvalue()
         name = f"part-{i:05d}.parquet"
-        storage.write_bytes(storage.join(uri, name), data)
-        shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
+        store.write_bytes(store.join(uri, name), data)
+        shards.append(Shard(name, rows, store.sha256_bytes(data), len(data)))
     write_manifest(uri, Manifest("parquet", 21, ["a", "b", "c", "d"], None, shards,
                                  {"kind": "features", "feature_shape": SHAPE}))
     return uri

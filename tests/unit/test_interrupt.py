@@ -44,7 +44,7 @@ def interrupted_sweep(monkeypatch):
     monkeypatch.setattr(pipeline, "promote_row", promote_row)
     for name in ("ensure_ray", "ensure_data", "ensure_upstream"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
-    monkeypatch.setattr(pipeline.storage, "ensure_bucket", lambda uri: None)
+    monkeypatch.setattr(pipeline.store, "ensure_bucket", lambda uri: None)
 
 
 def test_tune_exits_130_with_the_resume_command(interrupted_sweep, capsys):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.ingest import ingest_folder
 from tl_ray.data.manifest import Manifest, Shard, read_manifest, verify, write_manifest
 from tl_ray.errors import DataError
@@ -56,7 +56,7 @@ def test_missing_manifest_says_how_to_ingest(tmp_path):
     ],
 )
 def test_malformed_manifest(tmp_path, text, message):
-    storage.write_text(str(tmp_path / "_manifest.json"), text)
+    store.write_text(str(tmp_path / "_manifest.json"), text)
     with pytest.raises(DataError, match=message):
         read_manifest(str(tmp_path))
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.manifest import FORMATS, has_manifest, manifest_uri, read_manifest, write_manifest
 from tl_ray.data.sources import (
     FASHION_MNIST_CLASSES,
@@ -68,12 +68,12 @@ def _remove_old(targets: list[str]) -> None:
         if not has_manifest(to):
             continue
         try:
-            old = [storage.join(to, s.path) for s in read_manifest(to).shards]
+            old = [store.join(to, s.path) for s in read_manifest(to).shards]
         except DataError:
             old = []  # a malformed manifest: its shards are overwritten by name
-        storage.delete(manifest_uri(to))
+        store.delete(manifest_uri(to))
         for uri in old:
-            storage.delete(uri)
+            store.delete(uri)
 
 
 def _check_options(fmt: str, target_shard_mb, workers) -> int:
@@ -333,7 +333,7 @@ def ingest_folder(
         rest = order[n_val:]
         if not rest or (per_class is not None and per_class > len(rest)):
             raise DataError(
-                f"class folder {storage.join(src, names[label])!r} has {len(order)} images; "
+                f"class folder {store.join(src, names[label])!r} has {len(order)} images; "
                 f"{n_val} go to validation, leaving {len(rest)} for training, fewer than "
                 f"per_class={per_class or 1}. Lower per_class or validation_fraction."
             )
@@ -352,7 +352,7 @@ def ingest_folder(
     # Rows in a seeded random order, so classes mix across shards.
     ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
     report = _write_datasets(
-        targets, ordered, lambda uri: normalise_image(storage.read_bytes(uri), uri), names, sources,
+        targets, ordered, lambda uri: normalise_image(store.read_bytes(uri), uri), names, sources,
         fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers,
         skip_bad=skip_bad, progress=progress,
     )

@@ -22,7 +22,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import DataError, StorageError
 
 MANIFEST_NAME = "_manifest.json"
@@ -122,12 +122,12 @@ class Manifest:
 
 
 def manifest_uri(uri: str) -> str:
-    return storage.join(uri, MANIFEST_NAME)
+    return store.join(uri, MANIFEST_NAME)
 
 
 def has_manifest(uri: str) -> bool:
     """True when ``uri`` holds a dataset (its manifest exists)."""
-    return storage.exists(manifest_uri(uri))
+    return store.exists(manifest_uri(uri))
 
 
 def read_manifest(uri: str) -> Manifest:
@@ -141,12 +141,12 @@ def read_manifest(uri: str) -> Manifest:
         StorageError: the store cannot be reached.
     """
     where = manifest_uri(uri)
-    if not storage.exists(where):
+    if not store.exists(where):
         raise DataError(
             f"no dataset at {uri!r}: {MANIFEST_NAME} is missing (a folder without it is not a dataset, "
             f"or its ingest did not finish). Create it with `tl-ray data ingest ... --to {uri}`."
         )
-    return Manifest.from_json(storage.read_text(where), where=where)
+    return Manifest.from_json(store.read_text(where), where=where)
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:
@@ -155,7 +155,7 @@ def write_manifest(uri: str, manifest: Manifest) -> None:
     Raises:
         StorageError: the store cannot be written.
     """
-    storage.write_text(manifest_uri(uri), manifest.to_json())
+    store.write_text(manifest_uri(uri), manifest.to_json())
 
 
 def count_rows(data: bytes, fmt: str, name: str) -> int:
@@ -203,12 +203,12 @@ def verify(uri: str) -> list[str]:
     manifest = read_manifest(uri)
     problems = []
     for shard in manifest.shards:
-        shard_uri = storage.join(uri, shard.path)
-        if not storage.exists(shard_uri):
+        shard_uri = store.join(uri, shard.path)
+        if not store.exists(shard_uri):
             problems.append(f"{shard_uri}: missing (manifest lists {shard.rows} rows).")
             continue
         try:
-            data = storage.read_bytes(shard_uri)
+            data = store.read_bytes(shard_uri)
         except StorageError as exc:
             problems.append(f"{shard_uri}: unreadable ({exc}).")
             continue

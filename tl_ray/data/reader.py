@@ -1,7 +1,7 @@
 """The one dataset reader: Parquet or TFRecord shards in a store, streamed into ``tf.data``.
 
 The manifest names the format. A Python generator only moves bytes (``shards``
-reads one row group or one chunk of records at a time over ``tl_ray.storage``,
+reads one row group or one chunk of records at a time over ``tl_ray.store``,
 resuming where it stopped after a transient store error); parsing, decoding,
 augmentation, batching and prefetching run in TensorFlow's parallel pipeline.
 Nothing loads the whole dataset, and memory stays flat as the dataset grows.
@@ -287,7 +287,7 @@ def make_dataset(
             whose row count differs from the manifest (while iterating, wrapped by TensorFlow; see
             ``batches``), naming the shard and the offset.
         StorageError: the store is unreachable (at once), or stays unreachable for
-            ``storage.READ_RETRY_TIMEOUT_S`` while streaming (transient errors are retried and the
+            ``store.files.READ_RETRY_TIMEOUT_S`` while streaming (transient errors are retried and the
             read resumes where it stopped, so every example is still seen exactly once).
     """
     _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer)

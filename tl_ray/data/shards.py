@@ -4,12 +4,12 @@ Each reader yields record batches of one shard and checks it as it goes: the
 file size against the manifest (a truncated file is named with the byte offset
 where it ends), Parquet page CRCs, TFRecord record CRCs, and the row count.
 
-Reads from an object store go through ``storage.retry_read``: a transient error
+Reads from an object store go through ``store.retry_read``: a transient error
 (connection refused or reset, 5xx, throttling) re-opens the file and re-reads
 from the same byte offset (TFRecord) or row group (Parquet), so the rows a
 reader yields are exactly the shard's rows, once each, however often the store
 went away. A store that stays away raises ``StorageError`` after
-``storage.READ_RETRY_TIMEOUT_S``.
+``store.files.READ_RETRY_TIMEOUT_S``.
 
 No TensorFlow here: these generators only move bytes.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.manifest import Shard
 from tl_ray.data.tfrecord import RecordParser
 from tl_ray.errors import DataError, StorageError
@@ -54,7 +54,7 @@ class ShardFile:
     def __init__(self, dataset_uri: str, shard: Shard):
         self.dataset_uri = dataset_uri
         self.shard = shard
-        self.uri = storage.join(dataset_uri, shard.path)
+        self.uri = store.join(dataset_uri, shard.path)
         self._file = None
         self.size = self._retry(lambda: self.handle().size(), "size")
         if self.size != shard.bytes:
@@ -71,7 +71,7 @@ class ShardFile:
     def handle(self):
         """The open pyarrow file, opened on first use and after a reset."""
         if self._file is None:
-            fs, path = storage.filesystem(self.uri)
+            fs, path = store.filesystem(self.uri)
             try:
                 self._file = fs.open_input_file(path)
             except FileNotFoundError:
@@ -90,10 +90,8 @@ class ShardFile:
         self._file = None
 
     def _retry(self, attempt, what: str):
-        try:
-            return storage.retry_read(self.uri, attempt, what=what, on_retry=self.reset)
-        except (OSError, pa.ArrowException) as exc:
-            raise storage._wrap(self.uri, exc, "read") from None
+        with store.reported(self.uri, "read"):
+            return store.retry_read(self.uri, attempt, what=what, on_retry=self.reset)
 
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer only at the end of the file)."""
@@ -135,7 +133,7 @@ def parquet_batches(
         file.reset(exc)
 
     try:
-        meta = storage.retry_read(file.uri, lambda: parquet().metadata, what="footer", on_retry=reset)
+        meta = store.retry_read(file.uri, lambda: parquet().metadata, what="footer", on_retry=reset)
         if meta.num_rows != shard.rows:
             raise DataError(
                 f"shard {file.uri!r} holds {meta.num_rows} rows but the manifest says {shard.rows}. "
@@ -146,7 +144,7 @@ def parquet_batches(
             offset = column.dictionary_page_offset or column.data_page_offset
             # A whole row group per attempt: after an outage it is re-read from its start, and
             # nothing of it was yielded yet, so no row repeats or goes missing.
-            table = storage.retry_read(
+            table = store.retry_read(
                 file.uri,
                 lambda: parquet().read_row_group(group, columns=[value_column, "label"]),
                 what=f"row group {group}",

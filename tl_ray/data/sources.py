@@ -1,4 +1,4 @@
-"""Ingest sources: Fashion-MNIST IDX files and folders of images, read through tl_ray.storage.
+"""Ingest sources: Fashion-MNIST IDX files and folders of images, read through tl_ray.store.
 
 No TensorFlow here: images are checked and encoded with Pillow, so ingest
 starts fast.
@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -36,9 +36,9 @@ _INSTALL_HINT = "Install it with `apt-get install dataset-fashion-mnist`, or pas
 
 
 def _read_idx(uri: str, magic: int, ndim: int) -> np.ndarray:
-    if not storage.exists(uri):
+    if not store.exists(uri):
         raise DataError(f"Fashion-MNIST file {uri!r} does not exist. {_INSTALL_HINT}")
-    raw = storage.read_bytes(uri)
+    raw = store.read_bytes(uri)
     try:
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError) as exc:
@@ -79,11 +79,11 @@ def load_fashion_mnist(path: str = FASHION_MNIST_DIR, split: str = "train") -> t
     prefixes = {"train": "train", "test": "t10k"}
     if split not in prefixes:
         raise ConfigError(f"split must be one of {list(prefixes)}. Received: {split!r}.")
-    if not storage.exists(path):
+    if not store.exists(path):
         raise DataError(f"Fashion-MNIST folder {path!r} does not exist. {_INSTALL_HINT}")
     prefix = prefixes[split]
-    images = _read_idx(storage.join(path, f"{prefix}-images-idx3-ubyte.gz"), _IDX_IMAGES_MAGIC, 3)
-    labels = _read_idx(storage.join(path, f"{prefix}-labels-idx1-ubyte.gz"), _IDX_LABELS_MAGIC, 1)
+    images = _read_idx(store.join(path, f"{prefix}-images-idx3-ubyte.gz"), _IDX_IMAGES_MAGIC, 3)
+    labels = _read_idx(store.join(path, f"{prefix}-labels-idx1-ubyte.gz"), _IDX_LABELS_MAGIC, 1)
     if len(images) != len(labels):
         raise DataError(
             f"Fashion-MNIST {split} split under {path!r} has {len(images)} images but {len(labels)} labels."
@@ -107,13 +107,13 @@ def list_image_folder(src: str) -> tuple[list[str], list[list[str]]]:
         DataError: ``src`` holds no class sub-folders with images, or a class folder holds no images.
     """
     by_class: dict[str, list[str]] = {}
-    for rel in storage.list_files(src):
+    for rel in store.list_files(src):
         parts = rel.split("/")
         if len(parts) < 2 or any(p.startswith(".") for p in parts):
             continue  # files at the top level and hidden files are not examples
         by_class.setdefault(parts[0], [])
         if rel.lower().endswith(IMAGE_EXTENSIONS):
-            by_class[parts[0]].append(storage.join(src, rel))
+            by_class[parts[0]].append(store.join(src, rel))
     if not by_class:
         raise DataError(
             f"image folder {src!r} holds no class sub-folders (or does not exist). Expected "

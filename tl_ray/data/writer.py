@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.manifest import SHARD_SUFFIX, Manifest, Shard
 from tl_ray.data.tfrecord import encode_example, frame
 from tl_ray.errors import DataError, StorageError
@@ -38,7 +38,7 @@ ROW_GROUP_ROWS = 1024
 
 
 def progress_uri(to: str) -> str:
-    return storage.join(to, PROGRESS_NAME)
+    return store.join(to, PROGRESS_NAME)
 
 
 def plan_id(plan: dict) -> str:
@@ -142,10 +142,10 @@ class ShardWriter:
     def _load_progress(self) -> int:
         """Keeps the recorded shards that still match their sha256, in order, up to the first that does not."""
         where = progress_uri(self.to)
-        if not storage.exists(where):
+        if not store.exists(where):
             return 0
         try:
-            old = json.loads(storage.read_text(where))
+            old = json.loads(store.read_text(where))
             matches = old["plan"] == self.plan and old["format"] == self.fmt
             entries = list(old["shards"])
         except (ValueError, KeyError, TypeError):
@@ -153,12 +153,12 @@ class ShardWriter:
         if not matches:  # another ingest's leftovers: remove them and start afresh
             for entry in entries:
                 if isinstance(entry, dict) and entry.get("path"):
-                    storage.delete(storage.join(self.to, str(entry["path"])))
-            storage.delete(where)
+                    store.delete(store.join(self.to, str(entry["path"])))
+            store.delete(where)
             return 0
         for entry in entries:
-            uri = storage.join(self.to, entry["path"])
-            if not storage.exists(uri) or storage.sha256_bytes(storage.read_bytes(uri)) != entry["sha256"]:
+            uri = store.join(self.to, entry["path"])
+            if not store.exists(uri) or store.sha256_bytes(store.read_bytes(uri)) != entry["sha256"]:
                 break
             self.entries.append(entry)
         return len(self.entries)
@@ -186,13 +186,13 @@ class ShardWriter:
             return
         name = f"part-{len(self.entries):05d}{SHARD_SUFFIX[self.fmt]}"
         data = self._encode()
-        uri = storage.join(self.to, name)
+        uri = store.join(self.to, name)
         self.written.append(uri)
-        storage.write_bytes(uri, data)
+        store.write_bytes(uri, data)
         self.entries.append({
             "path": name,
             "rows": len(self._labels),
-            "sha256": storage.sha256_bytes(data),
+            "sha256": store.sha256_bytes(data),
             "bytes": len(data),
             "end": end,
             "class_counts": {str(k): v for k, v in sorted(self._counts.items())},
@@ -201,7 +201,7 @@ class ShardWriter:
         })
         self._reset_open()
         progress = {"plan": self.plan, "format": self.fmt, "shards": self.entries}
-        storage.write_text(progress_uri(self.to), json.dumps(progress, indent=1) + "\n")
+        store.write_text(progress_uri(self.to), json.dumps(progress, indent=1) + "\n")
 
     def _encode(self) -> bytes:
         if self.fmt == "tfrecord":
@@ -241,6 +241,6 @@ class ShardWriter:
 
     def remove_progress(self) -> None:
         try:
-            storage.delete(progress_uri(self.to))
+            store.delete(progress_uri(self.to))
         except StorageError:
             pass  # a stale progress file is harmless: a dataset with a manifest is never resumed

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 import tl_ray.models.preprocess  # noqa: F401  (registers BackbonePreprocess for loading)
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.data.images import decode_image
 from tl_ray.errors import StorageError
 
@@ -83,7 +83,7 @@ def export_model(model: keras.Model, out_dir: Path) -> dict[str, str]:
     except OSError as exc:
         raise StorageError(f"cannot export the model to {str(out_dir)!r}: {exc}. Check the folder is writable.") from None
     files = [out_dir / MODEL_FILE, *sorted(p for p in saved.rglob("*") if p.is_file())]
-    return {p.relative_to(out_dir).as_posix(): storage.sha256_file(p) for p in files}
+    return {p.relative_to(out_dir).as_posix(): store.sha256_file(p) for p in files}
 
 
 def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:

@@ -20,12 +20,11 @@ True
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Literal
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import ConfigError, StorageError
 
 WeightsKind = Literal["imagenet", "none", "file", "registry"]
@@ -86,7 +85,7 @@ def resolve_weights(weights: str, storage_root: str) -> str | None:
         from tl_ray.registry.store import Registry
 
         return str(Registry(storage_root).fetch(weights[len(REGISTRY_SCHEME):]) / "model.keras")
-    uri = weights if storage.is_absolute(weights) else storage.join(storage_root, weights)
+    uri = weights if store.is_absolute(weights) else store.join(storage_root, weights)
     return str(fetch_weights_file(uri))
 
 
@@ -108,8 +107,8 @@ def fetch_weights_file(uri: str) -> Path:
     Raises:
         StorageError: the file does not exist or cannot be read.
     """
-    cache = storage.local_cache_dir("weights")
-    fs, path = storage.filesystem(uri)
+    cache = store.local_cache_dir("weights")
+    fs, path = store.filesystem(uri)
     try:
         info = fs.get_file_info(path)
     except OSError as exc:
@@ -125,19 +124,14 @@ def fetch_weights_file(uri: str) -> Path:
         if cached.is_file():
             return cached
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out, storage.open_input_stream(uri) as src:
+    with store.staging(cache) as tmp:
+        with open(tmp, "wb") as out, store.open_input_stream(uri) as src:
             for block in iter(lambda: src.read(8 * 2**20), b""):
                 digest.update(block)
                 out.write(block)
         name = digest.hexdigest() + _suffix(uri)
-        os.replace(tmp, cache / name)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    storage.write_text(str(pointer), name)
+        store.publish_local(tmp, cache / name)
+    store.write_text(str(pointer), name)
     return cache / name
 
 
@@ -163,8 +157,8 @@ def save_backbone_weights(model, uri: str) -> str:
         local = Path(tmp) / "backbone.weights.h5"
         backbone.save_weights(str(local))
         data = local.read_bytes()
-    storage.write_bytes(uri, data)
-    return storage.sha256_bytes(data)
+    store.write_bytes(uri, data)
+    return store.sha256_bytes(data)
 
 
 def load_backbone_weights(backbone, path: str, *, what: str) -> None:

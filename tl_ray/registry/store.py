@@ -12,7 +12,7 @@ records the sha256 of every other file, and every fetch checks them.
 Version numbers are claimed with a create-if-absent write (``.claims/vN``)
 and aliases move by compare-and-swap on the alias file (S3 ``If-Match`` on its
 ETag, a file lock locally), so concurrent promotions never share a version
-and never lose an alias update. See ``tl_ray.conditional``.
+and never lose an alias update. See ``tl_ray.store.conditional``.
 
 Example:
 
@@ -32,9 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import RegistryError, StorageError
-from tl_ray import conditional as _conditional
 
 _ANY = object()  # set_alias(expect=...) default: move the alias whatever it points at now
 
@@ -56,32 +55,32 @@ class Registry:
 
     def __init__(self, storage_root: str):
         self.storage_root = storage_root
-        self.root = storage.join(storage_root, "registry")
+        self.root = store.join(storage_root, "registry")
 
     # -- naming -------------------------------------------------------------
     def model_uri(self, name: str) -> str:
-        return storage.join(self.root, name)
+        return store.join(self.root, name)
 
     def version_uri(self, name: str, version: int) -> str:
-        return storage.join(self.root, name, f"v{version}")
+        return store.join(self.root, name, f"v{version}")
 
     def names(self) -> list[str]:
-        return [n for n in storage.list_dir(self.root) if _NAME.match(n)]
+        return [n for n in store.list_dir(self.root) if _NAME.match(n)]
 
     def versions(self, name: str) -> list[int]:
         """Published versions of ``name``, ascending."""
         out = []
-        for entry in storage.list_dir(self.model_uri(name)):
-            if re.fullmatch(r"v\d+", entry) and storage.exists(
-                storage.join(self.model_uri(name), entry, METADATA)
+        for entry in store.list_dir(self.model_uri(name)):
+            if re.fullmatch(r"v\d+", entry) and store.exists(
+                store.join(self.model_uri(name), entry, METADATA)
             ):
                 out.append(int(entry[1:]))
         return sorted(out)
 
     def metadata(self, name: str, version: int) -> dict:
-        uri = storage.join(self.version_uri(name, version), METADATA)
+        uri = store.join(self.version_uri(name, version), METADATA)
         try:
-            return json.loads(storage.read_text(uri))
+            return json.loads(store.read_text(uri))
         except StorageError:
             raise RegistryError(
                 f"model {name!r} has no version v{version}. Known versions: {self.versions(name)}."
@@ -89,7 +88,7 @@ class Registry:
 
     def aliases(self, name: str) -> dict[str, int]:
         out = {}
-        for entry in storage.list_dir(storage.join(self.model_uri(name), "aliases")):
+        for entry in store.list_dir(store.join(self.model_uri(name), "aliases")):
             if entry.endswith(".json") and not entry.startswith("."):
                 data, _ = self._read_alias(name, entry[: -len(".json")])
                 if data is not None:
@@ -105,10 +104,10 @@ class Registry:
         return self._read_alias(name, alias)[0]
 
     def _alias_uri(self, name: str, alias: str) -> str:
-        return storage.join(self.model_uri(name), "aliases", f"{alias}.json")
+        return store.join(self.model_uri(name), "aliases", f"{alias}.json")
 
     def _read_alias(self, name: str, alias: str) -> tuple[dict | None, str | None]:
-        raw, tag = _conditional.read_tagged(self._alias_uri(name, alias))
+        raw, tag = store.read_tagged(self._alias_uri(name, alias))
         return (None, None) if raw is None else (json.loads(raw), tag)
 
     def resolve(self, ref: str) -> tuple[str, int]:
@@ -156,7 +155,7 @@ class Registry:
             )
         local_dir = Path(local_dir)
         files = {
-            p.relative_to(local_dir).as_posix(): storage.sha256_file(p)
+            p.relative_to(local_dir).as_posix(): store.sha256_file(p)
             for p in sorted(local_dir.rglob("*"))
             if p.is_file() and p.name != METADATA
         }
@@ -166,16 +165,16 @@ class Registry:
             staged = Path(tmp) / "v"
             shutil.copytree(local_dir, staged)
             (staged / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            storage.upload_dir(staged, self.version_uri(name, version), marker=METADATA)
+            store.upload_dir(staged, self.version_uri(name, version), marker=METADATA)
         return version
 
     def _claim_version(self, name: str) -> int:
         """Atomically creates ``.claims/v<N>`` for the next free N (exclusive create)."""
-        claims = storage.join(self.model_uri(name), ".claims")
-        taken = set(storage.list_dir(claims)) | set(storage.list_dir(self.model_uri(name)))
+        claims = store.join(self.model_uri(name), ".claims")
+        taken = set(store.list_dir(claims)) | set(store.list_dir(self.model_uri(name)))
         n = 1 + max((int(e[1:]) for e in taken if re.fullmatch(r"v\d+", e)), default=0)
         for candidate in range(n, n + 1000):
-            if _conditional.create_exclusive(storage.join(claims, f"v{candidate}"), uuid.uuid4().hex.encode()):
+            if store.create_exclusive(store.join(claims, f"v{candidate}"), uuid.uuid4().hex.encode()):
                 return candidate
         raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent publications.")
 
@@ -232,7 +231,7 @@ class Registry:
                 return False
             if expect is not _ANY and int(data["version"]) != expect:
                 raise AliasConflict(f"alias {name}:{alias} points at v{data['version']}, not v{expect}; left as is.")
-            if _conditional.delete_if(self._alias_uri(name, alias), tag):
+            if store.delete_if(self._alias_uri(name, alias), tag):
                 return True
         raise RegistryError(f"alias {name}:{alias} kept changing; could not delete it.")
 
@@ -249,7 +248,7 @@ class Registry:
             new = dict(change(old), updated=time.time())
             if note:
                 new["note"] = note
-            if _conditional.write_if(uri, json.dumps(new, indent=2).encode(), tag):
+            if store.write_if(uri, json.dumps(new, indent=2).encode(), tag):
                 return old
             time.sleep(0.01)
         raise RegistryError(f"alias {name}:{alias} kept changing under 50 attempts to move it; try again.")
@@ -258,23 +257,23 @@ class Registry:
         """Merges ``changes`` into a version's metadata.json (never into its checked files)."""
         meta = self.metadata(name, version)
         meta.update(changes)
-        storage.write_text(
-            storage.join(self.version_uri(name, version), METADATA), json.dumps(meta, indent=2, sort_keys=True)
+        store.write_text(
+            store.join(self.version_uri(name, version), METADATA), json.dumps(meta, indent=2, sort_keys=True)
         )
         return meta
 
     def record_event(self, name: str, event: dict) -> str:
         """Appends an event (a rollback, a refused swap) under ``<name>/events/``; returns its URI."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        uri = storage.join(self.model_uri(name), "events", f"{stamp}-{uuid.uuid4().hex[:6]}.json")
-        storage.write_text(uri, json.dumps({**event, "time": time.time()}, indent=2, sort_keys=True))
+        uri = store.join(self.model_uri(name), "events", f"{stamp}-{uuid.uuid4().hex[:6]}.json")
+        store.write_text(uri, json.dumps({**event, "time": time.time()}, indent=2, sort_keys=True))
         return uri
 
     def events(self, name: str) -> list[dict]:
-        folder = storage.join(self.model_uri(name), "events")
+        folder = store.join(self.model_uri(name), "events")
         return [
-            json.loads(storage.read_text(storage.join(folder, e)))
-            for e in sorted(storage.list_dir(folder))
+            json.loads(store.read_text(store.join(folder, e)))
+            for e in sorted(store.list_dir(folder))
             if e.endswith(".json")
         ]
 
@@ -325,27 +324,26 @@ class Registry:
         """A local, sha256-verified copy of the version ``ref`` names (cached per node)."""
         name, version = self.resolve(ref)
         meta = self.metadata(name, version)
-        cache = storage.local_cache_dir("registry", _cache_key(self.root), name)
+        cache = store.local_cache_dir("registry", _cache_key(self.root), name)
         final = cache / f"v{version}"
         if final.exists() and _verify(final, meta) is None:
             return final
-        tmp = cache / f".tmp-{uuid.uuid4().hex[:8]}"
-        storage.download_dir(self.version_uri(name, version), tmp)
-        problem = _verify(tmp, meta)
-        if problem is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RegistryError(
-                f"refusing to load {name}:v{version}: {problem}. The stored files were changed after "
-                "publication; promote a fresh version or restore the file."
-            )
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with store.staging(cache) as tmp:
+            store.download_dir(self.version_uri(name, version), tmp)
+            problem = _verify(tmp, meta)
+            if problem is not None:
+                raise RegistryError(
+                    f"refusing to load {name}:v{version}: {problem}. The stored files were changed after "
+                    "publication; promote a fresh version or restore the file."
+                )
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)
+            store.publish_local(tmp, final)
         return final
 
 
 def _cache_key(root: str) -> str:
-    return storage.sha256_bytes(root.encode())[:16]
+    return store.sha256_bytes(root.encode())[:16]
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -362,6 +360,6 @@ def _verify(folder: Path, meta: dict) -> str | None:
         path = folder / rel
         if not path.is_file():
             return f"file {rel!r} is missing"
-        if storage.sha256_file(path) != digest:
+        if store.sha256_file(path) != digest:
             return f"file {rel!r} does not match its sha256 in metadata.json"
     return None

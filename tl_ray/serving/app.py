@@ -97,7 +97,7 @@ def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
     Raises:
         RegistryError: ``ref`` names no model, alias or version in ``storage``.
     """
-    from tl_ray import storage as store
+    from tl_ray import store
 
     if not store.is_absolute(storage):  # replicas may run in another folder, or on another node
         storage = os.path.abspath(storage)
@@ -224,7 +224,7 @@ def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, n
     >>> requests.get(url + "/healthz").json()["model"]
     'fashion-transfer:v3'
     """
-    from tl_ray import storage as store
+    from tl_ray import store
 
     if not store.is_absolute(storage):
         storage = os.path.abspath(storage)
@@ -261,7 +261,7 @@ def update(
             replica); the application keeps serving the old one, and the
             refusal is recorded as a registry event.
     """
-    from tl_ray import storage as store
+    from tl_ray import store
     from tl_ray.registry.store import Registry
     from tl_ray.serving.predictor import Predictor
 

@@ -98,9 +98,9 @@ class Spec(_Section):
 
     def resolve(self, uri: str) -> str:
         """A dataset or artifact path resolved against `storage` (full URIs pass through)."""
-        from tl_ray import storage
+        from tl_ray import store
 
-        return storage.join(self.storage, uri) if not storage.is_absolute(uri) else uri
+        return store.join(self.storage, uri) if not store.is_absolute(uri) else uri
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

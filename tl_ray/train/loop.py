@@ -412,12 +412,12 @@ def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) 
         ConfigError: its model does not match the spec's (another backbone or head, or a head
             trained over other backbone weights).
     """
-    from tl_ray import storage
+    from tl_ray import store
     from tl_ray.train.checkpoint import is_head_only, load_model_weights, read_state
 
     local = Path(checkpoint_uri)
-    if storage.is_s3(checkpoint_uri) or not local.is_dir():
-        local = storage.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
+    if store.is_s3(checkpoint_uri) or not local.is_dir():
+        local = store.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
     if backbone_weights and is_head_only(local):
         trained_over = read_state(local)["head_of"]["backbone_weights"]
         if trained_over != backbone_weights:

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.errors import ConfigError
 
 
@@ -65,13 +65,13 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
 
     A staged sweep's folder holds one experiment per stage; their trials come stage by stage.
     """
-    names = [n for n in storage.list_dir(experiment_uri) if is_trial_dir(n)]
+    names = [n for n in store.list_dir(experiment_uri) if is_trial_dir(n)]
     if not names:
-        stages = [n for n in storage.list_dir(experiment_uri)
-                  if any(is_trial_dir(t) for t in storage.list_dir(storage.join(experiment_uri, n)))]
+        stages = [n for n in store.list_dir(experiment_uri)
+                  if any(is_trial_dir(t) for t in store.list_dir(store.join(experiment_uri, n)))]
         if stages:
             # Stage folders sort by their first trial's start, which is the order they ran in.
-            found = [(stage, _load(storage.join(experiment_uri, stage), stage)) for stage in stages]
+            found = [(stage, _load(store.join(experiment_uri, stage), stage)) for stage in stages]
             found.sort(key=lambda item: min((t.started for t in item[1]), default=0.0))
             return [t for _, trials in found for t in trials]
     if not names:
@@ -92,23 +92,23 @@ def _saved_statuses(experiment_uri: str) -> dict[str, str]:
     from tl_ray.tune.interrupt import saved_trial_statuses
 
     try:
-        fs, path = storage.filesystem(experiment_uri)
-        return saved_trial_statuses(path, fs if storage.is_s3(experiment_uri) else None)
+        fs, path = store.filesystem(experiment_uri)
+        return saved_trial_statuses(path, fs if store.is_s3(experiment_uri) else None)
     except Exception:  # noqa: BLE001 - no state saved (or unreadable): the trial folders alone
         return {}
 
 
 def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
-    names = [n for n in storage.list_dir(experiment_uri) if is_trial_dir(n)]
+    names = [n for n in store.list_dir(experiment_uri) if is_trial_dir(n)]
     statuses = _saved_statuses(experiment_uri)
     out = []
     for name in names:
-        base = storage.join(experiment_uri, name)
-        params = json.loads(storage.read_text(storage.join(base, "params.json"))) if storage.exists(
-            storage.join(base, "params.json")) else {}
+        base = store.join(experiment_uri, name)
+        params = json.loads(store.read_text(store.join(base, "params.json"))) if store.exists(
+            store.join(base, "params.json")) else {}
         rows = []
-        if storage.exists(storage.join(base, "result.json")):
-            rows = [json.loads(line) for line in storage.read_text(storage.join(base, "result.json")).splitlines() if line.strip()]
+        if store.exists(store.join(base, "result.json")):
+            rows = [json.loads(line) for line in store.read_text(store.join(base, "result.json")).splitlines() if line.strip()]
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
         trial_id = m.group(1) if m else name
         # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
@@ -116,7 +116,7 @@ def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
         if trial_id in statuses:
             failed: bool | None = statuses[trial_id] == "ERROR"
         else:
-            failed = None if storage.exists(storage.join(base, "error.txt")) else False
+            failed = None if store.exists(store.join(base, "error.txt")) else False
         out.append(TrialSummary(trial_id, params, rows, stage, failed=failed))
     return out
 
@@ -212,7 +212,7 @@ def build_report(
         out = Path(tmp)
         (out / "trials.txt").write_text(report.table + "\n")
         for path in [out / "trials.txt", *_plots(trials, metric, out)]:
-            uri = storage.join(experiment_uri, "report", path.name)
-            storage.write_bytes(uri, path.read_bytes())
+            uri = store.join(experiment_uri, "report", path.name)
+            store.write_bytes(uri, path.read_bytes())
             report.files.append(uri)
     return report

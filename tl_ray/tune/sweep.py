@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.spec import Spec
 from tl_ray.tune.space import to_param_space
 from tl_ray.tune.staged import run_staged
@@ -52,7 +52,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
     """Copies a checkpoint folder from the store to a local folder."""
-    if not storage.is_s3(uri) and Path(uri).is_dir():
+    if not store.is_s3(uri) and Path(uri).is_dir():
         return Path(uri)
-    return storage.download_dir(uri, dest)
+    return store.download_dir(uri, dest)
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tl_ray import storage
+from tl_ray import store
 from tl_ray.spec import Spec, validate
 from tl_ray.train.loop import train
 from tl_ray.train.runtime import begin_trial, configure_tensorflow
@@ -133,9 +133,9 @@ def _group_nodes() -> int:
 
 def ray_storage(spec: Spec, *parts: str) -> tuple[str, object | None]:
     """(storage_path, storage_filesystem) for Ray's RunConfig under the spec's store."""
-    uri = storage.join(spec.storage, "experiments", *parts)
-    fs, path = storage.filesystem(uri)
-    if storage.is_s3(uri):
+    uri = store.join(spec.storage, "experiments", *parts)
+    fs, path = store.filesystem(uri)
+    if store.is_s3(uri):
         return path, fs
     Path(path).mkdir(parents=True, exist_ok=True)
     return path, None
@@ -143,7 +143,7 @@ def ray_storage(spec: Spec, *parts: str) -> tuple[str, object | None]:
 
 def checkpoint_uri(spec: Spec, path: str) -> str:
     """A checkpoint path reported by Ray, as a URI of the spec's store."""
-    return f"s3://{path}" if storage.is_s3(spec.storage) and "://" not in path else path
+    return f"s3://{path}" if store.is_s3(spec.storage) and "://" not in path else path
 
 
 def train_worker(spec_dict: dict) -> None:

@@ -1,0 +1,82 @@
+"""The store on a local folder: atomic publication, conditional writes, leases, errors, retry policy."""
+
+import json
+import os
+
+import pytest
+
+from tl_ray import store
+from tl_ray.errors import StorageError
+from tl_ray.store import lease as lease_module
+
+
+def test_local_errors_are_never_retried():
+    assert not store.is_transient("/data/x", OSError("AWS Error NETWORK_CONNECTION"))
+    assert store.is_transient("s3://b/x", OSError("AWS Error NETWORK_CONNECTION during GetObject"))
+    assert store.is_transient("s3://b/x", OSError("AWS Error SLOW_DOWN during GetObject operation"))
+    assert not store.is_transient("s3://b/x", OSError("AWS Error ACCESS_DENIED during GetObject operation"))
+    assert not store.is_transient("s3://b/x", FileNotFoundError("gone"))
+
+
+def test_a_failed_publication_leaves_neither_the_object_nor_its_scratch(tmp_path):
+    dest = tmp_path / "a" / "object.bin"
+    with pytest.raises(RuntimeError), store.staging(dest.parent) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert os.listdir(dest.parent) == []
+    store.write_bytes(str(dest), b"whole")
+    assert dest.read_bytes() == b"whole" and os.listdir(dest.parent) == ["object.bin"]
+
+
+def test_upload_dir_publishes_a_folder_whole_and_refuses_to_replace_one(tmp_path):
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "sub" / "x.txt").write_text("x")
+    (tmp_path / "src" / "_marker").write_text("m")
+    store.upload_dir(tmp_path / "src", str(tmp_path / "out" / "v1"), marker="_marker")
+    assert store.list_files(str(tmp_path / "out" / "v1")) == ["_marker", "sub/x.txt"]
+    with pytest.raises(StorageError, match="cannot write"):
+        store.upload_dir(tmp_path / "src", str(tmp_path / "out" / "v1"))
+    assert store.list_dir(str(tmp_path / "out")) == ["v1"]
+
+
+def test_missing_objects_and_bad_schemes_are_storage_errors_naming_the_uri(tmp_path):
+    with pytest.raises(StorageError, match=r"'.*nothing\.bin' does not exist"):
+        store.read_bytes(str(tmp_path / "nothing.bin"))
+    with pytest.raises(StorageError, match="unsupported scheme"):
+        store.exists("gs://bucket/x")
+    assert store.list_dir(str(tmp_path / "nothing")) == [] and not store.exists(str(tmp_path / "nothing"))
+
+
+def test_conditional_writes_on_a_local_folder(tmp_path):
+    uri = store.join(str(tmp_path), "cas/object.json")
+    assert store.create_exclusive(uri, b"one")
+    assert not store.create_exclusive(uri, b"two")
+    data, tag = store.read_tagged(uri)
+    assert data == b"one"
+    assert store.write_if(uri, b"three", tag)
+    assert not store.write_if(uri, b"four", tag)
+    assert store.read_tagged(uri)[0] == b"three"
+    assert not store.delete_if(uri, tag)
+    assert store.delete_if(uri, store.read_tagged(uri)[1])
+    assert store.read_tagged(uri) == (None, None)
+    assert sorted(os.listdir(tmp_path / "cas")) == [".object.json.lock"]
+
+
+def test_a_lease_has_one_holder_and_is_broken_only_after_it_goes_stale(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock[0])
+    uri = store.join(str(tmp_path), "entry/_building.json")
+    holder, waiter = store.Lease(uri, stale_s=10.0), store.Lease(uri, stale_s=10.0)
+    assert holder.acquire({"host": "a", "rows": 0}) and not waiter.acquire({"host": "b", "rows": 0})
+    assert not waiter.break_if_stale()  # first sight of the holder's lease starts its clock
+    clock[0] += 8
+    holder.renew({"host": "a", "rows": 5})
+    assert json.loads(store.read_text(uri)) == {"host": "a", "rows": 5}
+    clock[0] += 8
+    assert not waiter.break_if_stale()  # renewed: 8 s since it changed, not 16
+    clock[0] += 11
+    assert waiter.break_if_stale() and not store.exists(uri)
+    assert waiter.acquire({"host": "b", "rows": 0})
+    waiter.release()
+    assert not store.exists(uri)
+    holder.release()  # nothing left to release

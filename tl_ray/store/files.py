@@ -1,0 +1,318 @@
+"""Store URIs (local paths, ``file://``, ``s3://bucket/prefix``) and what they hold: read (riding out
+outages), listed, deleted, copied down, and written atomically. A local file or folder is built aside
+(``staging``) and renamed into place (``publish_local``); on S3 an object is one PUT, never visible
+half-written, and a folder's marker file goes last: readers treat a folder without it as absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import random
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from tl_ray.errors import StorageError
+from tl_ray.store import s3
+
+# A streaming read (a shard being read through an epoch) keeps retrying a store that went away
+# for this long, on top of the client's own retries, then fails with StorageError.
+READ_RETRY_TIMEOUT_S = 60.0
+READ_RETRY_BACKOFF_S = (0.1, 4.0)  # first and largest pause between attempts (full jitter)
+# S3 error codes that retrying cannot fix.
+_PERMANENT_S3_ERRORS = ("ACCESS_DENIED", "NO_SUCH_KEY", "NO_SUCH_BUCKET", "INVALID_ACCESS_KEY", "SIGNATURE")
+
+log = logging.getLogger(__name__)
+
+
+def is_absolute(uri: str) -> bool:
+    """True for a URI or an absolute local path; False for a store-relative path."""
+    return "://" in uri or os.path.isabs(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Joins URI parts with '/', keeping the scheme."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns ``(pyarrow filesystem, path within it)`` for ``uri``."""
+    if s3.is_s3(uri):
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return s3.arrow_filesystem(s3.endpoint_url(), region), uri[len("s3://") :].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise StorageError(f"storage URI {uri!r} has an unsupported scheme. Use a local path, file:// or "
+                           "s3://bucket/prefix.")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def storage_error(uri: str, exc: Exception, action: str) -> StorageError:
+    """The StorageError for ``exc`` raised while trying to ``action`` ``uri``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (f" Check that the bucket exists and is reachable (endpoint: {s3.endpoint_url() or 'AWS default'})"
+            " and that credentials are set.") if s3.is_s3(uri) else ""
+    return StorageError(f"cannot {action} {uri!r}: {text}.{hint}")
+
+
+@contextmanager
+def reported(uri: str, action: str, *, missing: bool = False):
+    """Raises the OS and pyarrow errors of the block as ``storage_error``s; with ``missing``, a
+    missing file as "``uri`` does not exist"."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if missing:
+            raise StorageError(f"{uri!r} does not exist.") from None
+        raise storage_error(uri, exc, action) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise storage_error(uri, exc, action) from None
+
+
+def exists(uri: str) -> bool:
+    """True when a file or folder is at ``uri``."""
+    fs, path = filesystem(uri)
+    with reported(uri, "reach"):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes of the file at ``uri``."""
+    fs, path = filesystem(uri)
+    with reported(uri, "read", missing=True), fs.open_input_stream(path, compression=None) as f:
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    """The text (UTF-8) of the file at ``uri``."""
+    return read_bytes(uri).decode("utf-8")
+
+
+def open_input_stream(uri: str):
+    """A sequential stream (for TFRecord and large reads)."""
+    fs, path = filesystem(uri)
+    with reported(uri, "open", missing=True):
+        return fs.open_input_stream(path, compression=None)
+
+
+def is_transient(uri: str, exc: BaseException) -> bool:
+    """True when ``exc`` from reading ``uri`` may go away on retry (network, 5xx, throttling).
+
+    Only object-store errors are transient: a local file that fails to read is broken, and
+    a missing object or a refused credential stays so.
+    """
+    if not s3.is_s3(uri) or not isinstance(exc, (OSError, pa.ArrowException)):
+        return False
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    text = str(exc)
+    return "AWS Error" in text and not any(code in text for code in _PERMANENT_S3_ERRORS)
+
+
+def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, on_retry=None):
+    """Runs ``attempt()`` until it succeeds, retrying transient store errors with capped backoff.
+
+    The client's own retry strategy (``S3_MAX_ATTEMPTS``) runs inside each attempt; this outer
+    loop rides out longer outages (a restarting server) and gives up after ``timeout_s``.
+    ``attempt`` must be idempotent: callers pass the offset to resume from, so a retried read
+    neither skips nor repeats data.
+
+    Args:
+        uri: the object being read, named in logs and errors.
+        attempt: a callable doing one read.
+        what: what is being read, e.g. ``"bytes 0..8388608"``, for logs and errors.
+        timeout_s: give up after this many seconds. Defaults to ``READ_RETRY_TIMEOUT_S``.
+        on_retry: called with the exception before each retry (e.g. to reopen a handle). Defaults to None.
+
+    Returns:
+        What ``attempt()`` returns.
+
+    Raises:
+        StorageError: the store stayed unreachable for ``timeout_s``; names ``uri`` and ``what``.
+        Exception: whatever non-transient error ``attempt`` raised, unchanged.
+    """
+    timeout_s = READ_RETRY_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    first, cap = READ_RETRY_BACKOFF_S
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except (OSError, pa.ArrowException) as exc:
+            if not is_transient(uri, exc):
+                raise
+            failures += 1
+            pause = random.uniform(0, min(cap, first * 2 ** (failures - 1)))
+            if time.monotonic() + pause > deadline:
+                text = str(exc).strip().splitlines()[0]
+                raise StorageError(
+                    f"cannot read {uri!r} ({what}): the store stayed unreachable for {timeout_s:g}s over "
+                    f"{failures} attempts (last error: {text}). Check that the endpoint "
+                    f"({s3.endpoint_url() or 'AWS default'}) is up and the bucket exists."
+                ) from None
+            log.warning("retrying read of %s (%s) after transient error #%d: %s", uri, what, failures, exc)
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(pause)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist."""
+    fs, path = filesystem(uri)
+    with reported(uri, "list"):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+
+def list_files(uri: str) -> list[str]:
+    """Paths (relative to ``uri``, '/'-separated) of every file under ``uri``, sorted; empty when missing."""
+    fs, path = filesystem(uri)
+    with reported(uri, "list"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    base = path.rstrip("/") + "/"
+    return sorted(i.path[len(base) :] for i in infos if i.type == pafs.FileType.File and i.path.startswith(base))
+
+
+def delete(uri: str) -> None:
+    """Deletes a file or a folder tree; missing is fine."""
+    fs, path = filesystem(uri)
+    with reported(uri, "delete"):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copies the tree at ``uri`` into ``local_dir`` and returns it."""
+    local_dir = Path(local_dir)
+    fs, path = filesystem(uri)
+    with reported(uri, "read", missing=True):
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=False)):
+            if info.type == pafs.FileType.File:
+                dest = local_dir / info.path[len(path) :].lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open_input_stream(info.path, compression=None) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, length=8 * 2**20)
+    return local_dir
+
+
+@contextmanager
+def staging(folder: str | Path) -> Iterator[Path]:
+    """A scratch path in ``folder`` (beside the destination, so the move is a rename) to build a file or
+    folder under; whatever is still there when the block exits is deleted."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = Path(folder) / f".tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a folder
+        tmp.unlink(missing_ok=True)  # a file
+
+
+def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) -> bool:
+    """Moves the finished file or folder ``staged`` onto ``dest`` in one step, replacing what is there.
+
+    With ``exclusive``, hard-links it there instead, which fails (False) if ``dest`` exists.
+    """
+    if not exclusive:
+        os.replace(staged, dest)
+        return True
+    try:
+        os.link(staged, dest)
+    except FileExistsError:
+        return False
+    return True
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes ``data`` to ``uri`` atomically: readers see the old object or the whole new one."""
+    fs, path = filesystem(uri)
+    with reported(uri, "write"):
+        if not isinstance(fs, pafs.LocalFileSystem):
+            return _put(fs, path, io.BytesIO(data))
+        with staging(os.path.dirname(path)) as tmp:
+            tmp.write_bytes(data)
+            publish_local(tmp, path)
+
+
+def write_text(uri: str, text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``uri`` atomically."""
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> None:
+    """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last."""
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    fs, path = filesystem(uri)
+    with reported(uri, "write"):
+        if isinstance(fs, pafs.LocalFileSystem):
+            with staging(os.path.dirname(path)) as tmp:
+                shutil.copytree(local_dir, tmp)
+                publish_local(tmp, path)
+            return
+        for f in sorted(files, key=lambda p: p.relative_to(local_dir).as_posix() == marker):
+            with open(f, "rb") as src:
+                _put(fs, f"{path}/{f.relative_to(local_dir).as_posix()}", src)
+
+
+def _put(fs: pafs.FileSystem, path: str, src) -> None:
+    # One PUT (or a multipart upload): S3 never shows the object half-written.
+    with fs.open_output_stream(path, compression=None) as out:
+        shutil.copyfileobj(src, out, length=8 * 2**20)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_bucket(uri: str) -> None:
+    """Creates the bucket of an ``s3://`` URI if it does not exist (tests and first runs)."""
+    if not s3.is_s3(uri):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, client = s3.bucket_key(uri)[0], s3.client()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise storage_error(uri, exc, "reach") from None
+        client.create_bucket(Bucket=bucket)
+    except BotoCoreError as exc:
+        raise storage_error(uri, exc, "reach") from None
+
+
+def local_cache_dir(*parts: str) -> Path:
+    """A per-node cache folder (``TLRAY_CACHE`` or ~/.cache/tl-ray)."""
+    out = Path(os.environ.get("TLRAY_CACHE", Path.home() / ".cache" / "tl-ray")).joinpath(*parts)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

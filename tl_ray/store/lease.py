@@ -1,0 +1,50 @@
+"""Leases: one holder at a time for a piece of work, kept while the holder renews it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tl_ray.store.conditional import create_exclusive, delete_if, read_tagged, write_if
+
+
+class Lease:
+    """An exclusive claim on ``uri``, kept by renewing it and broken by a waiter once it goes stale.
+
+    Nothing expires on the store: a waiter breaks the lease once it has seen it unchanged for
+    ``stale_s`` by its own clock, so the clocks of holder and waiter need not agree.
+
+    Args:
+        uri: the lease object, e.g. ``.../_building.json``.
+        stale_s: seconds without a renewal after which a waiter breaks the lease.
+    """
+
+    def __init__(self, uri: str, *, stale_s: float):
+        self.uri, self.stale_s = uri, stale_s
+        self._seen, self._seen_at = None, time.monotonic()  # the holder's tag, and when it last changed
+
+    def acquire(self, info: dict) -> bool:
+        """Takes the lease, recording ``info`` in it; False when someone holds it."""
+        return create_exclusive(self.uri, json.dumps(info).encode())
+
+    def renew(self, info: dict) -> None:
+        """Rewrites the lease with ``info``: the heartbeat waiters watch."""
+        _, tag = read_tagged(self.uri)
+        if tag is not None:
+            write_if(self.uri, json.dumps(info).encode(), tag)
+
+    def release(self) -> None:
+        """Gives the lease up, if it is still there."""
+        _, tag = read_tagged(self.uri)
+        if tag is not None:
+            delete_if(self.uri, tag)
+
+    def break_if_stale(self) -> bool:
+        """On each poll of a waiter: deletes the lease once it has gone ``stale_s`` unchanged; True if it did."""
+        _, tag = read_tagged(self.uri)
+        if tag is not None and tag != self._seen:
+            self._seen, self._seen_at = tag, time.monotonic()
+        elif tag is not None and time.monotonic() - self._seen_at > self.stale_s:
+            delete_if(self.uri, tag)
+            return True
+        return False
