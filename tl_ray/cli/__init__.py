@@ -1,0 +1,49 @@
+"""The ``tl-ray`` command line: parse, call the package, print.
+
+    tl-ray data ingest fashion-mnist --to ./tlray-store/datasets/src --classes 0,1,2,3,4
+    tl-ray data inspect ./tlray-store/datasets/src
+    tl-ray train jobs/quickstart/source.yaml --set train.epochs=1
+    tl-ray tune jobs/quickstart/target.yaml --promote
+    tl-ray models list
+    tl-ray serve jobs/quickstart/target.yaml
+    tl-ray predict http://127.0.0.1:8000 shoe.png
+    tl-ray run jobs/quickstart/target.yaml
+
+Each command group is a module here that adds its subcommands to the parser. TensorFlow and Ray are
+imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tl_ray.cli import cluster, data, models, serve, sweep
+from tl_ray.cli._common import fail
+from tl_ray.errors import TLRayError
+
+GROUPS = (data, sweep, models, serve, cluster)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tl-ray`` argument parser: each module of ``GROUPS`` adds its subcommands."""
+    parser = argparse.ArgumentParser(prog="tl-ray", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``tl-ray`` command in ``argv`` (default ``sys.argv[1:]``); returns its exit code."""
+    args = build_parser().parse_args(argv)
+    # TensorFlow's C++ start-up chatter, in this process and the Ray workers it starts.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.func(args)
+    except TLRayError as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,33 @@
+"""What the command groups share: the store default, the spec arguments and the error line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tl_ray.errors import TLRayError
+
+DEFAULT_STORAGE = os.environ.get("TLRAY_STORAGE", "./tlray-store")
+
+
+def add_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment spec (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. train.epochs=3")
+
+
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
+
+
+def load(args):
+    """The spec named by ``add_spec``'s arguments, with its ``--set`` overrides."""
+    from tl_ray.spec import load_spec
+
+    return load_spec(args.spec, overrides=args.set or None)
+
+
+def fail(exc: TLRayError) -> int:
+    """Prints ``exc`` as one line on stderr; returns its exit code."""
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    return exc.exit_code

@@ -1,0 +1,134 @@
+"""``tl-ray models`` (the model registry) and ``tl-ray weights`` (backbone weights for offline clusters)."""
+
+from __future__ import annotations
+
+import json
+
+from tl_ray.cli._common import add_storage
+
+
+def _registry(args):
+    from tl_ray.registry.store import Registry
+
+    return Registry(args.storage)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def cmd_models_list(args) -> int:
+    reg = _registry(args)
+    names = [args.name] if args.name else reg.names()
+    if not names:
+        print(f"no models in {reg.root}")
+    for name in names:
+        aliases = reg.aliases(name)
+        print(f"{name}  aliases: " + (", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"))
+        for v in reg.versions(name):
+            meta = reg.metadata(name, v)
+            tags = ",".join(sorted(a for a, ver in aliases.items() if ver == v))
+            gate = meta.get("gate", {})
+            verdict = "" if "accepted" not in gate else ("gate: accepted" if gate["accepted"] else "gate: refused")
+            print(f"  v{v:<4} {gate.get('metric', '')}={_num(gate.get('challenger'))}  {verdict:<15} {tags}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    reg = _registry(args)
+    name, version = reg.resolve(args.ref)
+    meta = reg.metadata(name, version)
+    meta["aliases"] = [a for a, v in reg.aliases(name).items() if v == version]
+    meta["lineage"] = reg.lineage(name, version)
+    print(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_models_promote(args) -> int:
+    reg = _registry(args)
+    name, version = reg.resolve(f"{args.name}:{args.version}")
+    before = reg.set_alias(name, args.alias, version, note="tl-ray models promote (by hand)")
+    print(f"{name}:{args.alias} -> v{version}" + (f" (was v{before})" if before else ""))
+    return 0
+
+
+def cmd_models_rollback(args) -> int:
+    version = _registry(args).rollback(args.name, args.alias, note="tl-ray models rollback")
+    print(f"{args.name}:{args.alias} -> v{version}")
+    return 0
+
+
+def cmd_models_diff(args) -> int:
+    d = _registry(args).diff(args.a, args.b)
+    if args.json:
+        print(json.dumps(d, indent=2, sort_keys=True, default=str))
+        return 0
+    width = max([len(k) for sec in ("metrics", "gate", "spec") for k in d[sec]] + [10])
+    print(f"{'':<{width}}  {d['a']:<24} {d['b']}")
+    for section in ("metrics", "gate", "spec"):
+        print(f"[{section}]" + ("  (fields that differ)" if section == "spec" else ""))
+        for key, (a, b) in d[section].items():
+            mark = " " if a == b else "*"
+            print(f"{mark}{key:<{width}}  {_cell(a):<24} {_cell(b)}")
+    print(f"[files] {len(d['files_changed'])} differ")
+    print(f"[lineage]  {' <- '.join(d['lineage']['a'])}\n           {' <- '.join(d['lineage']['b'])}")
+    return 0
+
+
+def cmd_weights_stage(args) -> int:
+    import yaml
+
+    from tl_ray.errors import ConfigError
+    from tl_ray.models.weights import stage_backbone_weights
+
+    backbone_args = {}
+    for item in args.arg or []:
+        key, sep, raw = item.partition("=")
+        if not key.strip() or not sep:
+            raise ConfigError(f"--arg expects KEY=VALUE, e.g. alpha=0.35. Received: {item!r}.")
+        backbone_args[key.strip()] = yaml.safe_load(raw)
+    report = stage_backbone_weights(args.backbone, args.to, weights=args.weights, backbone_args=backbone_args)
+    print(json.dumps(report, indent=2))
+    print(f"use it with   model: {{backbone: {args.backbone}, weights: {args.to}}}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Adds ``models list|show|promote|rollback|diff`` and ``weights stage`` to the ``tl-ray`` subparsers."""
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
+    p = models.add_parser("list", help="list models, versions, gate verdicts and aliases")
+    p.add_argument("name", nargs="?", help="only this model")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("show", help="print a version's metadata and lineage")
+    p.add_argument("ref", help="NAME, NAME:ALIAS or NAME:vN")
+    p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("promote", help="point an alias (production, staging, canary, ...) at a version")
+    p.add_argument("name")
+    p.add_argument("version", help="vN")
+    p.set_defaults(func=cmd_models_promote)
+    p = models.add_parser("rollback", help="move an alias back to its previous version")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_models_rollback)
+    p = models.add_parser("diff", help="metrics, gate, spec and lineage of two versions side by side")
+    p.add_argument("a", help="NAME:vN or NAME:ALIAS")
+    p.add_argument("b", help="NAME:vN or NAME:ALIAS")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_models_diff)
+    for name, p in models.choices.items():
+        add_storage(p)
+        if name in ("promote", "rollback"):
+            p.add_argument("--alias", default="production", help="production (default), staging, canary, ...")
+
+    weights = sub.add_parser("weights", help="stage backbone weights for offline clusters").add_subparsers(
+        dest="weights_cmd", required=True)
+    p = weights.add_parser("stage", help="build a backbone (downloading ImageNet weights) and upload its .weights.h5")
+    p.add_argument("backbone", help="backbone name, e.g. mobilenet_v2")
+    p.add_argument("--to", required=True, help="destination .weights.h5 (path or s3:// URI)")
+    p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"], help="what to stage")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE",
+                   help="backbone constructor argument, e.g. alpha=0.35 (must match model.backbone_args)")
+    p.set_defaults(func=cmd_weights_stage)

@@ -1,0 +1,38 @@
+"""``tl-ray serve`` (a registry version behind Ray Serve) and ``tl-ray predict`` (a client of it)."""
+
+from __future__ import annotations
+
+import os
+
+from tl_ray.cli._common import add_spec, load
+
+
+def cmd_serve(args) -> int:
+    from tl_ray.pipeline import serve_forever
+
+    serve_forever(load(args), args.model, out=print, follow=args.follow)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tl_ray.serving.client import predict_files
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    for path, pred in zip(args.files, predict_files(args.url, args.files, token=token)):
+        print(f"{path}\t{pred['class']}\t{max(pred['probabilities']):.3f}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Adds ``serve`` and ``predict`` to the ``tl-ray`` subparsers ``sub``."""
+    p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C")
+    add_spec(p)
+    p.add_argument("--model", help="NAME:ALIAS or NAME:vN (default: promote.name:production)")
+    p.add_argument("--follow", action="store_true",
+                   help="swap to the new version without downtime whenever the alias moves (serve.follow_interval_s)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("predict", help="send images to a running endpoint and print classes")
+    p.add_argument("url", help="endpoint base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("files", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--token-env", metavar="VAR", help="send the bearer token held by this environment variable")
+    p.set_defaults(func=cmd_predict)
