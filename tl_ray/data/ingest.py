@@ -10,6 +10,21 @@ progress file, so an interrupted ingest re-run with the same arguments keeps the
 shards that verify and continues after them. The manifest goes last: a folder
 without one is not a dataset.
 
+Every ingest takes these options:
+
+- ``seed``: seed of the choice and of the row order. Defaults to 0.
+- ``rows_per_shard``: a shard closes at this many rows. Defaults to 4096.
+- ``overwrite``: replace a dataset already at a target (the old one is removed before writing).
+  Defaults to False.
+- ``format``: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
+- ``target_shard_mb``: a shard also closes when its images reach this many MiB. Defaults to 64.
+- ``workers``: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
+- ``progress``: show a progress bar on stderr (tqdm when installed). Defaults to False.
+
+and returns its report, ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards,
+class_counts, digest}, "validation": {...}, "skipped": [...]}``: re-run after a failure with the same
+arguments, an ingest keeps the shards it finished (``resumed_shards``) and continues after them.
+
 Example:
 
 >>> ingest_fashion_mnist("s3://bucket/store/datasets/fm-train", classes=[0, 1, 7], per_class=500,
@@ -29,7 +44,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tl_ray import store
-from tl_ray.data.manifest import FORMATS, has_manifest, manifest_uri, read_manifest, write_manifest
+from tl_ray.data.manifest import FORMATS, Manifest, has_manifest, manifest_uri, read_manifest, write_manifest
 from tl_ray.data.sources import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -50,16 +65,19 @@ def _check_positive(**values) -> None:
             raise ConfigError(f"{name} must be a positive integer. Received: {value!r}.")
 
 
-def _check_targets(targets: list[str], overwrite: bool) -> None:
-    """Refuses targets that hold a dataset, unless ``overwrite``; cheap, so it runs before any reading."""
-    if len(set(targets)) != len(targets):
-        raise ConfigError(f"the training and validation targets must differ. Received: {targets}.")
-    for to in targets:
-        if has_manifest(to) and not overwrite:
+def _targets(to: str, validation_to: str | None, overwrite: bool) -> dict[str, str]:
+    """Each role's target; refuses targets that hold a dataset, unless ``overwrite``. Cheap, so it runs before
+    any reading."""
+    targets = {"train": to} if validation_to is None else {"train": to, "validation": validation_to}
+    if validation_to == to:
+        raise ConfigError(f"the training and validation targets must differ. Received: {[to, validation_to]}.")
+    for uri in targets.values():
+        if has_manifest(uri) and not overwrite:
             raise DataError(
-                f"{to!r} already holds a dataset ({manifest_uri(to)} exists). Pass overwrite=True "
+                f"{uri!r} already holds a dataset ({manifest_uri(uri)} exists). Pass overwrite=True "
                 "(--overwrite) to replace it, or choose another --to."
             )
+    return targets
 
 
 def _remove_old(targets: list[str]) -> None:
@@ -94,51 +112,60 @@ def _safe(load: Callable, key):
         return exc
 
 
-def _write_datasets(
-    targets: dict[str, str],
-    picks: dict[str, list[tuple]],
-    load: Callable,
-    names: list[str],
-    sources: dict[str, dict],
-    *,
-    fmt: str,
-    rows_per_shard: int,
-    target_shard_mb: float,
-    workers: int,
-    skip_bad: bool,
-    progress: bool,
-) -> dict:
-    """Writes every target's shards (resuming a matching unfinished run), then every manifest."""
+def _write_shards(role: str, to: str, items: list[tuple], load: Callable, names: list[str], source: dict,
+                  written: list[str], *, fmt: str, rows_per_shard: int, target_shard_mb: float, workers: int,
+                  skip_bad: bool, progress: bool) -> tuple[ShardWriter, Manifest]:
+    """Writes one target's shards, resuming a matching unfinished run; returns its writer and its manifest,
+    still to be written."""
+    plan = {
+        "format": fmt,
+        "rows_per_shard": rows_per_shard,
+        "target_shard_mb": target_shard_mb,
+        "source": source,
+        "items": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
+    }
+    writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan, written)
+    bar = Progress(len(items), f"ingest {role} -> {to}", initial=writer.resume_from, enabled=progress)
+    todo = range(writer.resume_from, len(items))
+    try:
+        with contextlib.closing(ordered_map(lambda k: _safe(load, items[k][0]), todo, workers)) as results:
+            for k, result in zip(todo, results):
+                if isinstance(result, DataError):
+                    if not skip_bad:
+                        raise result
+                    writer.skip(str(items[k][0]))
+                else:
+                    writer.add(result[0], items[k][1], result[1], k)
+                bar.update()
+    finally:
+        bar.close()
+    return writer, writer.finish(len(items), names, {**source, "skipped": len(writer.skipped)})
+
+
+def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng: np.random.Generator,
+                    load: Callable, names: list[str], source: dict, *, overwrite: bool, **options) -> dict:
+    """Writes every target's picks, then every manifest; returns the ingest's report.
+
+    Args:
+        targets: the dataset URI of each role (``train``, ``validation``).
+        picks: each role's ``(key, label)`` pairs; ``load(key)`` gives ``(encoded image, shape)``.
+        rng: the generator that chose the picks; it also orders each role's rows.
+        names: the class names, by label.
+        source: what the manifests record of the source (each adds its role).
+        overwrite: remove the datasets at the targets first.
+        **options: ``fmt``, ``rows_per_shard``, ``target_shard_mb``, ``workers``, ``skip_bad``, ``progress``.
+    """
+    if overwrite:
+        _remove_old(list(targets.values()))
+    # Rows in a seeded random order, so classes mix across shards.
+    ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
     written: list[str] = []
-    datasets = []
-    for role, to in targets.items():
-        items = picks[role]
-        plan = {
-            "format": fmt,
-            "rows_per_shard": rows_per_shard,
-            "target_shard_mb": target_shard_mb,
-            "source": sources[role],
-            "items": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
-        }
-        writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan, written)
-        bar = Progress(len(items), f"ingest {role} -> {to}", initial=writer.resume_from, enabled=progress)
-        todo = range(writer.resume_from, len(items))
-        try:
-            with contextlib.closing(ordered_map(lambda k: _safe(load, items[k][0]), todo, workers)) as results:
-                for k, result in zip(todo, results):
-                    if isinstance(result, DataError):
-                        if not skip_bad:
-                            raise result
-                        writer.skip(str(items[k][0]))
-                    else:
-                        writer.add(result[0], items[k][1], result[1], k)
-                    bar.update()
-        finally:
-            bar.close()
-        manifest = writer.finish(len(items), names, {**sources[role], "skipped": len(writer.skipped)})
-        datasets.append((role, writer, manifest))
-    report: dict = {"format": fmt}
-    for role, writer, manifest in datasets:  # manifests last: each folder becomes a dataset whole
+    datasets = [
+        _write_shards(role, to, ordered[role], load, names, {**source, "role": role}, written, **options)
+        for role, to in targets.items()
+    ]
+    report: dict = {"class_names": names, "format": options["fmt"]}
+    for role, (writer, manifest) in zip(targets, datasets):  # manifests last: each folder becomes a dataset whole
         write_manifest(writer.to, manifest)
         writer.remove_progress()
         report[role] = {
@@ -149,26 +176,50 @@ def _write_datasets(
             "class_counts": {manifest.class_names[k]: v for k, v in sorted(writer.class_counts.items())},
             "digest": manifest.digest,
         }
-    report["skipped"] = sorted(uri for _, writer, _ in datasets for uri in writer.skipped)
+    report["skipped"] = sorted(uri for writer, _ in datasets for uri in writer.skipped)
     return report
 
 
+def _fashion_classes(classes: list[int] | None) -> list[int]:
+    """The class ids to keep, checked: distinct Fashion-MNIST ids; all 10 when None."""
+    classes = list(range(len(FASHION_MNIST_CLASSES))) if classes is None else list(classes)
+    bad = [
+        c for c in classes
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(FASHION_MNIST_CLASSES)
+    ]
+    if bad or not classes or len(set(classes)) != len(classes):
+        raise ConfigError(
+            f"classes must be distinct Fashion-MNIST class ids 0..9 "
+            f"({', '.join(f'{i}={n}' for i, n in enumerate(FASHION_MNIST_CLASSES))}). Received: {classes!r}."
+        )
+    return [int(c) for c in classes]
+
+
+def _pick_fashion(labels: np.ndarray, classes: list[int], split: str, per_class: int | None,
+                  validation_per_class: int | None, validation: bool, rng: np.random.Generator) -> dict[str, list]:
+    """Each role's ``(image index, new label)`` pairs, chosen per class with ``rng``."""
+    picks: dict[str, list[tuple[int, int]]] = {"train": [], "validation": []}
+    for new_label, cid in enumerate(classes):
+        order = rng.permutation(np.flatnonzero(labels == cid))
+        n_val = 0 if not validation else validation_per_class or len(order) - per_class
+        n_train = per_class if per_class is not None else len(order) - n_val
+        if n_train + n_val > len(order) or n_train <= 0 or (validation and n_val <= 0):
+            raise DataError(
+                f"Fashion-MNIST {split} class {cid} ({FASHION_MNIST_CLASSES[cid]}) has {len(order)} images; "
+                f"asked for per_class={per_class} and validation_per_class={validation_per_class}. "
+                "Lower them so that both fit."
+            )
+        picks["train"] += [(int(i), new_label) for i in order[:n_train]]
+        picks["validation"] += [(int(i), new_label) for i in order[n_train : n_train + n_val]]
+    return picks
+
+
 def ingest_fashion_mnist(
-    to: str,
-    *,
-    path: str = FASHION_MNIST_DIR,
-    split: str = "train",
-    classes: list[int] | None = None,
-    per_class: int | None = None,
-    validation_to: str | None = None,
-    validation_per_class: int | None = None,
-    seed: int = 0,
-    rows_per_shard: int = 4096,
-    overwrite: bool = False,
+    to: str, *, path: str = FASHION_MNIST_DIR, split: str = "train", classes: list[int] | None = None,
+    per_class: int | None = None, validation_to: str | None = None, validation_per_class: int | None = None,
+    seed: int = 0, rows_per_shard: int = 4096, overwrite: bool = False,
     format: str = "parquet",  # noqa: A002 - the CLI's --format
-    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB,
-    workers: int | None = None,
-    progress: bool = False,
+    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, workers: int | None = None, progress: bool = False,
 ) -> dict:
     """Ingests Fashion-MNIST from its gzipped IDX files.
 
@@ -181,19 +232,11 @@ def ingest_fashion_mnist(
         validation_to: also write a validation dataset here, from images of the same split that
             training did not take. Defaults to None.
         validation_per_class: validation images per class. Defaults to all images training left.
-        seed: seed of the choice and of the row order. Defaults to 0.
-        rows_per_shard: a shard closes at this many rows. Defaults to 4096.
-        overwrite: replace a dataset already at a target (the old one is removed before writing).
-            Defaults to False.
-        format: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
-        target_shard_mb: a shard also closes when its images reach this many MiB. Defaults to 64.
-        workers: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
-        progress: show a progress bar on stderr (tqdm when installed). Defaults to False.
+        seed, rows_per_shard, overwrite, format, target_shard_mb, workers, progress: as for every
+            ingest (module docstring).
 
     Returns:
-        ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards, class_counts, digest},
-        "validation": {...}, "skipped": []}``. Re-run after a failure with the same arguments, an ingest
-        keeps the shards it finished (``resumed_shards``) and continues after them.
+        The ingest's report (module docstring); ``skipped`` is empty.
 
     Raises:
         ConfigError: an unknown class id or an invalid count.
@@ -203,17 +246,7 @@ def ingest_fashion_mnist(
     """
     _check_positive(per_class=per_class, validation_per_class=validation_per_class, rows_per_shard=rows_per_shard)
     workers = _check_options(format, target_shard_mb, workers)
-    classes = list(range(len(FASHION_MNIST_CLASSES))) if classes is None else list(classes)
-    bad = [
-        c for c in classes
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(FASHION_MNIST_CLASSES)
-    ]
-    if bad or not classes or len(set(classes)) != len(classes):
-        raise ConfigError(
-            f"classes must be distinct Fashion-MNIST class ids 0..9 "
-            f"({', '.join(f'{i}={n}' for i, n in enumerate(FASHION_MNIST_CLASSES))}). Received: {classes!r}."
-        )
-    classes = [int(c) for c in classes]
+    classes = _fashion_classes(classes)
     if validation_per_class is not None and validation_to is None:
         raise ConfigError("validation_per_class needs validation_to (where to write the validation dataset).")
     if validation_to is not None and per_class is None and validation_per_class is None:
@@ -221,60 +254,44 @@ def ingest_fashion_mnist(
             "validation_to needs validation_per_class or per_class: the validation images are the ones "
             "training does not take. Received neither."
         )
-    targets = {"train": to} if validation_to is None else {"train": to, "validation": validation_to}
-    _check_targets(list(targets.values()), overwrite)
+    targets = _targets(to, validation_to, overwrite)
     images, labels = load_fashion_mnist(path, split)
-
     rng = np.random.default_rng(seed)
-    picks: dict[str, list[tuple[int, int]]] = {"train": [], "validation": []}
-    for new_label, cid in enumerate(classes):
-        order = rng.permutation(np.flatnonzero(labels == cid))
-        n_val = 0 if validation_to is None else validation_per_class or len(order) - per_class
-        n_train = per_class if per_class is not None else len(order) - n_val
-        if n_train + n_val > len(order) or n_train <= 0 or (validation_to is not None and n_val <= 0):
-            raise DataError(
-                f"Fashion-MNIST {split} class {cid} ({FASHION_MNIST_CLASSES[cid]}) has {len(order)} images; "
-                f"asked for per_class={per_class} and validation_per_class={validation_per_class}. "
-                "Lower them so that both fit."
-            )
-        picks["train"] += [(int(i), new_label) for i in order[:n_train]]
-        picks["validation"] += [(int(i), new_label) for i in order[n_train : n_train + n_val]]
-
-    names = [FASHION_MNIST_CLASSES[c] for c in classes]
-    if overwrite:
-        _remove_old(list(targets.values()))
-    sources = {
-        role: {
-            "kind": "fashion-mnist", "path": path, "split": split, "classes": classes, "per_class": per_class,
-            "validation_per_class": validation_per_class, "role": role, "seed": seed,
-        }
-        for role in targets
-    }
-    # Rows in a seeded random order, so classes mix across shards.
-    ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
-    report = _write_datasets(
-        targets, ordered, lambda i: (encode_png(images[i]), [*images.shape[1:], 1]), names, sources,
-        fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers,
-        skip_bad=False, progress=progress,
+    picks = _pick_fashion(labels, classes, split, per_class, validation_per_class, validation_to is not None, rng)
+    source = {"kind": "fashion-mnist", "path": path, "split": split, "classes": classes, "per_class": per_class,
+              "validation_per_class": validation_per_class, "seed": seed}
+    return _write_datasets(
+        targets, picks, rng, lambda i: (encode_png(images[i]), [*images.shape[1:], 1]),
+        [FASHION_MNIST_CLASSES[c] for c in classes], source, overwrite=overwrite, fmt=format,
+        rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers, skip_bad=False,
+        progress=progress,
     )
-    return {"class_names": names, **report}
+
+
+def _pick_folder(src: str, names: list[str], files: list[list[str]], per_class: int | None,
+                 validation_fraction: float | None, rng: np.random.Generator) -> dict[str, list]:
+    """Each role's ``(image URI, label)`` pairs, chosen per class folder with ``rng``."""
+    picks: dict[str, list[tuple[str, int]]] = {"train": [], "validation": []}
+    for label, class_files in enumerate(files):
+        order = [class_files[i] for i in rng.permutation(len(class_files))]
+        n_val = 0 if validation_fraction is None else max(1, round(validation_fraction * len(order)))
+        rest = order[n_val:]
+        if not rest or (per_class is not None and per_class > len(rest)):
+            raise DataError(
+                f"class folder {store.join(src, names[label])!r} has {len(order)} images; "
+                f"{n_val} go to validation, leaving {len(rest)} for training, fewer than "
+                f"per_class={per_class or 1}. Lower per_class or validation_fraction."
+            )
+        picks["train"] += [(f, label) for f in rest[:per_class]]
+        picks["validation"] += [(f, label) for f in order[:n_val]]
+    return picks
 
 
 def ingest_folder(
-    src: str,
-    to: str,
-    *,
-    validation_to: str | None = None,
-    validation_fraction: float | None = None,
-    per_class: int | None = None,
-    seed: int = 0,
-    rows_per_shard: int = 4096,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    format: str = "parquet",  # noqa: A002 - the CLI's --format
-    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB,
-    workers: int | None = None,
-    progress: bool = False,
+    src: str, to: str, *, validation_to: str | None = None, validation_fraction: float | None = None,
+    per_class: int | None = None, seed: int = 0, rows_per_shard: int = 4096, skip_bad: bool = False,
+    overwrite: bool = False, format: str = "parquet",  # noqa: A002 - the CLI's --format
+    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, workers: int | None = None, progress: bool = False,
 ) -> dict:
     """Ingests a folder with one sub-folder of images (PNG, JPEG, BMP, GIF) per class.
 
@@ -288,21 +305,13 @@ def ingest_folder(
         validation_fraction: share of each class (0 < f < 1) that goes to validation; needs
             ``validation_to``. Defaults to None.
         per_class: training images per class, chosen with a seeded RNG. Defaults to all.
-        seed: seed of the choice and of the row order. Defaults to 0.
-        rows_per_shard: a shard closes at this many rows. Defaults to 4096.
         skip_bad: leave undecodable images out (listed under "skipped") instead of failing.
             Defaults to False.
-        overwrite: replace a dataset already at a target (the old one is removed before writing).
-            Defaults to False.
-        format: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
-        target_shard_mb: a shard also closes when its images reach this many MiB. Defaults to 64.
-        workers: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
-        progress: show a progress bar on stderr (tqdm when installed). Defaults to False.
+        seed, rows_per_shard, overwrite, format, target_shard_mb, workers, progress: as for every
+            ingest (module docstring).
 
     Returns:
-        ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards, class_counts, digest},
-        "validation": {...}, "skipped": [...]}``. Re-run after a failure with the same arguments, an ingest
-        keeps the shards it finished (``resumed_shards``) and continues after them.
+        The ingest's report (module docstring).
 
     Raises:
         ConfigError: invalid counts, or only one of validation_to / validation_fraction.
@@ -321,39 +330,14 @@ def ingest_folder(
         raise ConfigError(
             f"validation_fraction must be between 0 and 1 (exclusive). Received: {validation_fraction!r}."
         )
-    targets = {"train": to} if validation_to is None else {"train": to, "validation": validation_to}
-    _check_targets(list(targets.values()), overwrite)
+    targets = _targets(to, validation_to, overwrite)
     names, files = list_image_folder(src)
-
     rng = np.random.default_rng(seed)
-    picks: dict[str, list[tuple[str, int]]] = {"train": [], "validation": []}
-    for label, class_files in enumerate(files):
-        order = [class_files[i] for i in rng.permutation(len(class_files))]
-        n_val = 0 if validation_fraction is None else max(1, round(validation_fraction * len(order)))
-        rest = order[n_val:]
-        if not rest or (per_class is not None and per_class > len(rest)):
-            raise DataError(
-                f"class folder {store.join(src, names[label])!r} has {len(order)} images; "
-                f"{n_val} go to validation, leaving {len(rest)} for training, fewer than "
-                f"per_class={per_class or 1}. Lower per_class or validation_fraction."
-            )
-        picks["train"] += [(f, label) for f in rest[:per_class]]
-        picks["validation"] += [(f, label) for f in order[:n_val]]
-
-    if overwrite:
-        _remove_old(list(targets.values()))
-    sources = {
-        role: {
-            "kind": "folder", "path": src, "per_class": per_class, "validation_fraction": validation_fraction,
-            "role": role, "seed": seed,
-        }
-        for role in targets
-    }
-    # Rows in a seeded random order, so classes mix across shards.
-    ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
-    report = _write_datasets(
-        targets, ordered, lambda uri: normalise_image(store.read_bytes(uri), uri), names, sources,
-        fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers,
-        skip_bad=skip_bad, progress=progress,
+    picks = _pick_folder(src, names, files, per_class, validation_fraction, rng)
+    source = {"kind": "folder", "path": src, "per_class": per_class, "validation_fraction": validation_fraction,
+              "seed": seed}
+    return _write_datasets(
+        targets, picks, rng, lambda uri: normalise_image(store.read_bytes(uri), uri), names, source,
+        overwrite=overwrite, fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb,
+        workers=workers, skip_bad=skip_bad, progress=progress,
     )
-    return {"class_names": names, **report}

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,54 +150,40 @@ def p50_latency_ms(models: list, uri: str, image_size, batch_size: int, repeats:
     return [float(np.median(t)) for t in times]
 
 
-def promote_checkpoint(
-    spec: Spec,
-    checkpoint_dir: str | Path,
-    trial_metrics: dict | None = None,
-    parent: str | None = None,
-) -> Promotion:
-    """Registers the model in ``checkpoint_dir`` under ``promote.name``; moves the alias if it wins.
+@dataclass
+class _Gate:
+    """How one challenger is judged against the version the spec's alias points at."""
 
-    Raises:
-        ConfigError: the spec has no ``promote`` section or no dataset to gate on.
-        RegistryError: the registry cannot be read or written.
-    """
-    from tl_ray.data.manifest import read_manifest
-    from tl_ray.models.export import export_model, load_model
-    from tl_ray.train.checkpoint import checkpoint_model
+    registry: Registry
+    spec: Spec
+    challenger: Any  # the Keras model
+    metric: str  # a key of evaluate()'s result
+    mode: str
+    dataset: str
+    score: float  # the challenger's metric on the dataset
 
-    if spec.promote is None:
-        raise ConfigError("promote is missing from the spec: add `promote: {name: MODEL_NAME}` to register models.")
-    registry = Registry(spec.storage)
-    name, alias, cfg = spec.promote.name, spec.promote.alias, spec.promote
-    key, mode = gate_metric(spec)
-    uri, warnings = holdout_uri(spec)
-    for w in warnings:
-        logger.warning(w)
-    image_size = tuple(spec.data.image_size)
+    def judge(self, current: int | None) -> dict:
+        """The gate's verdict against version ``current`` of the model (None: there is none yet)."""
+        from tl_ray.models.export import load_model
 
-    challenger = checkpoint_model(checkpoint_dir, spec.storage)  # a head-only checkpoint is rebuilt in full
-    score = evaluate(challenger, uri, image_size)[key]
-
-    def judge(current: int | None) -> dict:
-        """The gate against the version ``alias`` points at now."""
+        cfg, key, image_size = self.spec.promote, self.metric, tuple(self.spec.data.image_size)
         gate = {
-            "metric": key, "mode": mode, "dataset": uri, "challenger": score, "champion": None,
+            "metric": key, "mode": self.mode, "dataset": self.dataset, "challenger": self.score, "champion": None,
             "champion_version": current, "min_delta": cfg.min_delta, "max_latency_ratio": cfg.max_latency_ratio,
             "latency_ms": None, "champion_latency_ms": None, "accepted": True, "reason": "first version",
         }
         if current is None:
             return gate
-        champion = load_model(registry.fetch(f"{name}:v{current}") / "model.keras")  # sha256-checked
-        gate["champion"] = evaluate(champion, uri, image_size)[key]
-        if not better(score, gate["champion"], mode, cfg.min_delta):
-            word = "higher" if mode == "max" else "lower"
+        champion = load_model(self.registry.fetch(f"{cfg.name}:v{current}") / "model.keras")  # sha256-checked
+        gate["champion"] = evaluate(champion, self.dataset, image_size)[key]
+        if not better(self.score, gate["champion"], self.mode, cfg.min_delta):
+            word = "higher" if self.mode == "max" else "lower"
             gate.update(accepted=False, reason=f"{key} is not {word} than the champion's by at least min_delta={cfg.min_delta}")
             return gate
         gate["reason"] = f"{key} beats the champion's by more than min_delta={cfg.min_delta}"
         if cfg.max_latency_ratio is not None:
             ours, theirs = p50_latency_ms(
-                [challenger, champion], uri, image_size, cfg.latency_batch_size, cfg.latency_repeats
+                [self.challenger, champion], self.dataset, image_size, cfg.latency_batch_size, cfg.latency_repeats
             )
             gate.update(latency_ms=ours, champion_latency_ms=theirs)
             if ours > theirs * cfg.max_latency_ratio:
@@ -207,37 +194,65 @@ def promote_checkpoint(
                 )
         return gate
 
+    def move_alias(self, version: int, current: int | None, gate: dict) -> dict:
+        """Points the alias at ``version`` if ``gate`` accepts it; returns the final verdict.
+
+        The move is a compare-and-swap against ``current``, the version the gate measured: if another
+        promotion moved the alias first, the gate judges again against the new holder.
+        """
+        name, alias = self.spec.promote.name, self.spec.promote.alias
+        for attempt in range(5):
+            if not gate["accepted"]:
+                return gate
+            try:
+                self.registry.set_alias(name, alias, version, expect=current,
+                                        note=f"promoted by the gate: {gate['reason']}")
+                return gate
+            except AliasConflict:
+                current = self.registry.aliases(name).get(alias)
+                gate = self.judge(current)
+                gate["attempts"] = attempt + 2
+                self.registry.update_metadata(name, version, {"gate": gate})
+        raise AliasConflict(f"{name}:{alias} kept moving while v{version} was gated; promote it by hand if wanted.")
+
+
+def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: dict | None = None,
+                       parent: str | None = None) -> Promotion:
+    """Registers the model in ``checkpoint_dir`` under ``promote.name``; moves the alias if it wins.
+
+    Raises:
+        ConfigError: the spec has no ``promote`` section or no dataset to gate on.
+        RegistryError: the registry cannot be read or written.
+    """
+    from tl_ray.data.manifest import read_manifest
+    from tl_ray.models.export import export_model
+    from tl_ray.train.checkpoint import checkpoint_model
+
+    if spec.promote is None:
+        raise ConfigError("promote is missing from the spec: add `promote: {name: MODEL_NAME}` to register models.")
+    registry = Registry(spec.storage)
+    name, alias = spec.promote.name, spec.promote.alias
+    key, mode = gate_metric(spec)
+    uri, warnings = holdout_uri(spec)
+    for w in warnings:
+        logger.warning(w)
+    challenger = checkpoint_model(checkpoint_dir, spec.storage)  # a head-only checkpoint is rebuilt in full
+    score = evaluate(challenger, uri, tuple(spec.data.image_size))[key]
+    gatekeeper = _Gate(registry, spec, challenger, key, mode, uri, score)
+
     current = registry.aliases(name).get(alias) if registry.versions(name) else None
-    gate = judge(current)
+    gate = gatekeeper.judge(current)
     manifest = read_manifest(spec.resolve(spec.data.train))
     metadata = {
-        "metrics": dict(trial_metrics or {}),
-        "gate": gate,
-        "spec": spec.to_dict(),
-        "image_size": list(image_size),
-        "class_names": manifest.class_names,
-        "backbone": spec.model.backbone,
-        "backbone_args": spec.model.backbone_args,
-        "data_manifest": manifest.digest,
-        "parent": parent,
+        "metrics": dict(trial_metrics or {}), "gate": gate, "spec": spec.to_dict(),
+        "image_size": list(spec.data.image_size), "class_names": manifest.class_names,
+        "backbone": spec.model.backbone, "backbone_args": spec.model.backbone_args,
+        "data_manifest": manifest.digest, "parent": parent,
     }
     with tempfile.TemporaryDirectory(prefix="tlray-export-") as tmp:
         export_model(challenger, Path(tmp))
         version = registry.publish(name, tmp, metadata)
-    for attempt in range(5):
-        if not gate["accepted"]:
-            break
-        try:
-            registry.set_alias(name, alias, version, expect=current, note=f"promoted by the gate: {gate['reason']}")
-            break
-        except AliasConflict:
-            # Another promotion moved the alias after our gate read it: judge again against the new holder.
-            current = registry.aliases(name).get(alias)
-            gate = judge(current)
-            gate["attempts"] = attempt + 2
-            registry.update_metadata(name, version, {"gate": gate})
-    else:
-        raise AliasConflict(f"{name}:{alias} kept moving while v{version} was gated; promote it by hand if wanted.")
+    gate = gatekeeper.move_alias(version, current, gate)
     return Promotion(
         name, version, alias, gate["accepted"], key, score, gate["champion"], gate["champion_version"],
         reason=gate["reason"], latency_ms=gate["latency_ms"], champion_latency_ms=gate["champion_latency_ms"],
