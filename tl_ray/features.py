@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from tl_ray import store as storage  # `store` names a store root in this module
 from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
-from tl_ray.errors import DataError, TLRayError
+from tl_ray.errors import ConfigError, DataError, StorageError
 from tl_ray.spec import FreezeSpec, Spec
 
 CACHE_DIR = "cache/features"
@@ -154,7 +154,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
     Raises:
         DataError: the dataset is missing or corrupt (from the reader).
         StorageError: the store is unreachable.
-        TLRayError: another builder holds the lock for longer than ``WAIT_S``.
+        StorageError: another builder holds the lock for longer than ``WAIT_S``.
     """
 
     key = feature_key(spec, dataset_uri, weights_file)
@@ -183,7 +183,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                 events.on_cache_wait_begin()
         waited = True
         time.sleep(1.0)  # polling the store for the builder's manifest
-    raise TLRayError(
+    raise StorageError(
         f"feature cache {uri}: another builder held {LOCK_NAME} for over {WAIT_S:.0f} s. If no trial is building "
         f"it, remove the entry with `tl-ray cache purge {key_id(key)}` and retry."
     )
@@ -305,7 +305,7 @@ def purge(store: str, keys: list[str] | None = None) -> list[str]:
     The manifest goes first, so a trial never reads a half-deleted entry.
 
     Raises:
-        TLRayError: a key names no entry.
+        ConfigError: a key names no entry.
     """
     entries = {e.key_id: e for e in list_entries(store)}
     wanted = list(entries) if keys is None else keys
@@ -313,8 +313,8 @@ def purge(store: str, keys: list[str] | None = None) -> list[str]:
     if unknown:
         from tl_ray.errors import did_you_mean
 
-        raise TLRayError(f"no feature-cache entry {unknown[0]!r} in {cache_root(store)}."
-                         f"{did_you_mean(unknown[0], list(entries))} See `tl-ray cache list`.")
+        raise ConfigError(f"no feature-cache entry {unknown[0]!r} in {cache_root(store)}."
+                          f"{did_you_mean(unknown[0], list(entries))} See `tl-ray cache list`.")
     for k in wanted:
         storage.delete(storage.join(entries[k].uri, MANIFEST_NAME))
         storage.delete(entries[k].uri)

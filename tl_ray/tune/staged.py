@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from tl_ray.errors import TLRayError
+from tl_ray.errors import TrialError
 from tl_ray.spec import Spec, StageSpec, apply_overrides, validate
 from tl_ray.tune.space import to_param_space
 from tl_ray.tune.trainable import tune_trial
@@ -70,7 +70,7 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
     """Runs every stage of ``tune.stages`` in order; returns the rows of all stages.
 
     Raises:
-        TLRayError: a stage produced no trial with a checkpoint to promote.
+        TrialError: a stage produced no trial with a checkpoint to promote.
     """
     from ray import tune
 
@@ -87,7 +87,7 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
             parents = promoted(previous, stage.keep, spec.tune.mode)
             if not parents:
                 errors = "; ".join(f"{r.trial_id}: {r.error}" for r in previous if r.error)[:2000]
-                raise TLRayError(f"stage {spec.tune.stages[index - 1].name!r} of sweep {name!r} left no trial with a "
+                raise TrialError(f"stage {spec.tune.stages[index - 1].name!r} of sweep {name!r} left no trial with a "
                                  f"checkpoint and '{spec.tune.metric}' to promote to stage {stage.name!r}. {errors}")
             overrides = {p.trial_id: stage_overrides(spec, stage, p) for p in parents}
             for key, values in overrides.items():
