@@ -251,7 +251,7 @@ def autoscale(storage: str, ref: str, port: int, png: str, step_s: float, idle_s
     def sample():
         t0 = time.monotonic()
         while not stop.is_set():
-            deps = serve.status().applications["bench-scale"].deployments["ModelServer"]
+            deps = serve.status().applications["bench-scale"].deployments["ModelReplica"]
             samples.append((time.monotonic() - t0, deps.replica_states.get("RUNNING", 0), clients[0]))
             time.sleep(0.5)
 

@@ -210,7 +210,7 @@ def test_concurrent_burst_is_batched(url, published):
     assert serving["batches"] - before < BURST
 
 
-def replica_ids(deployment: str = "ModelServer", app: str = APP) -> set[str]:
+def replica_ids(deployment: str = "ModelReplica", app: str = APP) -> set[str]:
     from ray import serve
 
     handle = serve.get_deployment_handle(deployment, app_name=app)
@@ -269,7 +269,7 @@ def test_metrics_reach_prometheus(url):
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not exported after 45s: {missing}"
     line = next(l for l in text.splitlines() if l.startswith("ray_tlray_requests_total") and 'status="200"' in l)
-    assert 'deployment="ModelServer"' in line and 'model="tiny:v1"' in line and float(line.rsplit(" ", 1)[1]) > 0
+    assert 'deployment="ModelReplica"' in line and 'model="tiny:v1"' in line and float(line.rsplit(" ", 1)[1]) > 0
 
 
 # -- hot swaps (these move tiny:production, so they run after the tests above) -------------
@@ -314,12 +314,12 @@ def test_swap_under_steady_load_drops_nothing(url, published, port, tmp_path):
     Registry(store).set_alias("tiny", "production", v2)
     with SteadyLoad(url) as load:
         time.sleep(0.5)
-        assert update(store, "tiny:production", serve_spec(port), name=APP) == {"ModelServer": f"tiny:v{v2}"}
+        assert update(store, "tiny:production", serve_spec(port), name=APP) == {"ModelReplica": f"tiny:v{v2}"}
     assert load.failures() == [], load.failures()[:5]
     models = [m for _, m in load.answers]
     assert models[0] == "tiny:v1" and models[-1] == f"tiny:v{v2}", (len(models), models[:3], models[-3:])
     assert models.index(f"tiny:v{v2}") > 0 and "tiny:v1" not in models[models.index(f"tiny:v{v2}"):]
-    assert served_refs(APP) == {"ModelServer": f"tiny:v{v2}"}
+    assert served_refs(APP) == {"ModelReplica": f"tiny:v{v2}"}
     assert requests.get(f"{url}/healthz", timeout=30).json()["model"] == f"tiny:v{v2}"
 
 
@@ -343,7 +343,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(url, published,
     assert load.failures() == [] and {m for _, m in load.answers} == {serving}
     health = requests.get(f"{url}/healthz", timeout=30).json()
     assert health["model"] == serving and health["swap_error"]["model"] == f"tiny:v{v3}"
-    assert served_refs(APP) == {"ModelServer": serving}  # user_config reverted: new replicas start on the old one
+    assert served_refs(APP) == {"ModelReplica": serving}  # user_config reverted: new replicas start on the old one
     assert [e["kind"] for e in registry.events("tiny")][-2:] == ["swap_refused", "swap_refused"]
 
 

@@ -264,7 +264,7 @@ def test_build_app_with_a_canary_puts_a_router_in_front(exported, tmp_path):
     assert router.name == "CanaryRouter"
     production, canary = router.init_args[:2]
     assert production._bound_deployment.user_config == {"model": "tiny:v1"}
-    assert canary._bound_deployment.name == "ModelServerCanary"
+    assert canary._bound_deployment.name == "ModelReplicaCanary"
     assert canary._bound_deployment.user_config == {"model": "tiny:v2"}
     assert router.init_args[4]["canary"]["weight"] == 0.25
 

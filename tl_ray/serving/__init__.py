@@ -1,7 +1,8 @@
 """Serving: a Ray-free ``Predictor`` and the Ray Serve application around it.
 
 ``tl_ray.serving.app`` (imported on demand) builds, runs and hot-swaps the
-application; ``server`` holds the ModelServer deployment, ``router`` the
+application; ``server`` holds ModelReplica (one replica of the model
+deployment) and ModelIngress (the same with HTTP routes), ``router`` the
 canary router, ``schema`` the HTTP contract; ``tl_ray.serving.client``
 talks to it over HTTP.
 """

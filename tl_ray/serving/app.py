@@ -12,7 +12,7 @@ Routes (under the application's route prefix):
 
 The application is deployed declaratively, exactly like ``serve deploy
 serve/config.yaml``: ``import_path: tl_ray.serving.app:build_app`` plus args,
-and the version each ModelServer serves in its ``user_config``. Because the
+and the version each ModelReplica deployment serves in its ``user_config``. Because the
 args do not change when the alias moves, ``update`` is a lightweight redeploy:
 Serve calls ``reconfigure`` on the running replicas (see ``server.py``).
 
@@ -34,20 +34,23 @@ from ray import serve
 
 from tl_ray.errors import ConfigError, RegistryError, ServingError
 from tl_ray.serving.router import CanaryRouter
-from tl_ray.serving.server import ModelBackend, ModelServer
+from tl_ray.serving.server import ModelIngress, ModelReplica
 from tl_ray.spec import ServeSpec
 
 logger = logging.getLogger(__name__)
 IMPORT_PATH = "tl_ray.serving.app:build_app"
-PRODUCTION, CANARY = "ModelServer", "ModelServerCanary"
+PRODUCTION, CANARY = "ModelReplica", "ModelReplicaCanary"
 
-__all__ = ["ModelServer", "ModelBackend", "CanaryRouter", "bind", "build_app", "run", "update", "follow"]
+__all__ = ["ModelReplica", "ModelIngress", "CanaryRouter", "bind", "build_app", "run", "update", "follow"]
 
 
-def _model_server(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
+def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
+    """The ModelReplica deployment ``name`` serving ``ref``; with ``ingress``, a ModelIngress (Serve allows one
+    FastAPI ingress per application, so behind the canary router the replicas have no HTTP routes)."""
     auto = serve_spec.autoscaling
-    return (ModelServer if ingress else ModelBackend).options(
+    return (ModelIngress if ingress else serve.deployment(ModelReplica)).options(
         name=name,
+        max_constructor_retry_count=3,
         autoscaling_config={
             "min_replicas": auto.min_replicas,
             "initial_replicas": max(1, auto.min_replicas),
@@ -89,7 +92,8 @@ def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str
 
 
 def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
-    """The application for ``ref``: a ModelServer, or a CanaryRouter over two with ``serve.canary``.
+    """The application for ``ref``: a ModelIngress, or a CanaryRouter over two ModelReplica deployments with
+    ``serve.canary``.
 
     The alias is resolved here into each deployment's default ``user_config``;
     ``run``/``update`` override it with the version resolved when they deploy.
@@ -105,10 +109,10 @@ def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
     name = refs[PRODUCTION].split(":")[0]
     settings = serve_spec.model_dump(mode="json")
     canary = serve_spec.canary is not None
-    production = _model_server(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=not canary).bind(storage, name, settings)
+    production = _replicas(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=not canary).bind(storage, name, settings)
     if not canary:
         return production
-    canary = _model_server(serve_spec, CANARY, refs[CANARY], ingress=False).bind(storage, name, settings)
+    canary = _replicas(serve_spec, CANARY, refs[CANARY], ingress=False).bind(storage, name, settings)
     return CanaryRouter.bind(production, canary, storage, name, settings)
 
 

@@ -1,4 +1,4 @@
-"""CanaryRouter: the ingress that splits traffic between production and canary ModelServers.
+"""CanaryRouter: the ingress that splits traffic between the production and canary ModelReplica deployments.
 
 A fraction ``serve.canary.weight`` of requests goes to the canary deployment,
 the rest to production. The router keeps each side's answers over a sliding
@@ -64,8 +64,8 @@ class CanaryRouter:
     """Routes ``/predict`` to production or canary by weight; rolls the canary back on bad figures.
 
     Args:
-        production: handle of the production ModelServer.
-        canary: handle of the canary ModelServer.
+        production: handle of the production ModelReplica deployment.
+        canary: handle of the canary ModelReplica deployment.
         storage: the store root (the rollback moves the canary alias there).
         model: the model name.
         serve_settings: a ``ServeSpec`` as a dict, with ``canary`` set.

@@ -1,4 +1,5 @@
-"""ModelServer: the Ray Serve deployment that answers ``/predict`` with a registry version.
+"""ModelReplica: one replica of the Ray Serve deployment that serves a registry version; ModelIngress: the
+same with the HTTP routes (``/predict``, ...).
 
 The version a replica serves comes from the deployment's ``user_config``
 (``{"model": "name:vN"}``), not its constructor, so moving ``production``
@@ -104,10 +105,11 @@ class _Metrics:
         self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": model})
 
 
-class Backend:
+class ModelReplica:
     """One replica: a Predictor for the registry version its ``user_config`` names.
 
-    Called through handles (``infer``, ``status``); ``ModelServer`` adds the HTTP routes.
+    Called through handles (``infer``, ``status``), deployed as is behind the canary router;
+    ``ModelIngress`` adds the HTTP routes.
 
     Args:
         storage: the store root holding the registry.
@@ -202,10 +204,11 @@ class Backend:
         return out
 
 
-@serve.deployment(name="ModelServer", max_constructor_retry_count=3)
+@serve.deployment  # app.py sets its name, replicas and user_config
 @serve.ingress(api)
-class ModelServer(Backend):
-    """The HTTP ingress: ``/predict``, ``/healthz``, ``/metadata`` and ``/openapi.json`` over a Backend."""
+class ModelIngress(ModelReplica):
+    """A ModelReplica with the HTTP routes ``/predict``, ``/healthz``, ``/metadata`` and ``/openapi.json``:
+    the application's ingress when no canary router stands in front."""
 
     @api.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(self, request: Request):
@@ -231,7 +234,3 @@ class ModelServer(Backend):
         if denied is not None:
             return denied
         return {**self.predictor.metadata, "model": self.predictor.ref, "serving": self.serving()}
-
-
-# Behind the canary router: the same replica without HTTP routes (Serve allows one FastAPI ingress per app).
-ModelBackend = serve.deployment(Backend, name="ModelBackend", max_constructor_retry_count=3)
