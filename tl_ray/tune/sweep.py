@@ -37,7 +37,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     Raises:
         ConfigError: the space is invalid.
         SweepInterrupted: the sweep stopped (Ctrl-C) before every trial finished; resume it.
-        TLRayError: no trial finished with the metric.
+        TrialError: no trial finished with the metric.
     """
     from ray import tune
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_ray.errors import ConfigError, TLRayError, TrialError
+from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
 from tl_ray.tune.cluster import connect_ray
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
@@ -41,8 +41,7 @@ class SweepResult:
         scored = [r for r in self.rows if r.metric is not None and r.checkpoint]
         if not scored:
             errors = "; ".join(f"{r.trial_id}: {r.error}" for r in self.rows if r.error)[:2000]
-            error = TrialError if any(r.status == "ERROR" for r in self.rows) else TLRayError
-            raise error(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
+            raise TrialError(f"no trial of the sweep produced a checkpoint with '{self.metric}'. {errors}")
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda r: r.metric)
 
