@@ -274,7 +274,7 @@ def own_templates(on: bool):
 
 def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps: int = 100) -> dict:
     from tl_ray.features import ensure_features
-    from tl_ray.models.weights import resolve_weights
+    from tl_ray.registry.weights import resolve_weights
     from tl_ray.spec import validate
 
     prepare(store)

@@ -130,7 +130,7 @@ def latest_experiment(spec: Spec) -> str:
 
 
 def promote_row(spec: Spec, row):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
     from tl_ray.tune.sweep import fetch_checkpoint
 
     parent = None
@@ -166,7 +166,7 @@ def ensure_upstream(spec: Spec, out: Out = print) -> None:
 
 
 def test_accuracy(spec: Spec, model) -> float:
-    from tl_ray.registry.promote import evaluate
+    from tl_ray.promote import evaluate
 
     return evaluate(model, spec.resolve(spec.data.test), spec.data.image_size)["accuracy"]
 

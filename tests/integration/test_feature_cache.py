@@ -87,7 +87,7 @@ def test_head_on_cached_features_matches_head_over_frozen_base(store, tmp_path):
     The cached run builds the head alone and checkpoints only the head; its last checkpoint
     rebuilds into the full model, which scores what the trial reported.
     """
-    from tl_ray.registry.promote import evaluate
+    from tl_ray.promote import evaluate
     from tl_ray.train.checkpoint import checkpoint_model, is_head_only
     from tl_ray.train.loop import ListReporter, train
 

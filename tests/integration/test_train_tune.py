@@ -100,7 +100,7 @@ def test_multi_worker_mirrored_over_two_ray_workers_lowers_loss(ray_cluster, dat
 
 
 def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, dataset):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
     from tl_ray.registry.store import Registry
     from tl_ray.tune.sweep import fetch_checkpoint, run_sweep
 

@@ -22,6 +22,12 @@ def test_table_imports_without_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_spec_lists_the_same_backbones():
+    from tl_ray.spec.model import BACKBONE_NAMES
+
+    assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
+
+
 def test_unknown_name_suggests_closest():
     with pytest.raises(ConfigError, match=r"Received: 'mobilenetv2'\. Did you mean 'mobilenet_v2'\?"):
         get_backbone("mobilenetv2")

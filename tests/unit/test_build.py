@@ -10,7 +10,8 @@ tf = pytest.importorskip("tensorflow")
 
 from tl_ray.errors import ConfigError, StorageError  # noqa: E402
 from tl_ray.models import apply_freeze, build_model, export_model, load_model  # noqa: E402
-from tl_ray.models.weights import resolve_weights, save_backbone_weights  # noqa: E402
+from tl_ray.models.weights import save_backbone_weights  # noqa: E402
+from tl_ray.registry.weights import resolve_weights  # noqa: E402
 from tl_ray.spec import FreezeSpec, ModelSpec  # noqa: E402
 
 SIZE = (32, 32)

@@ -111,7 +111,7 @@ def test_run_whose_sweep_had_errored_trials_names_them_goes_on_and_exits_8(capsy
     """`tl-ray run` promotes the best of the trials that finished, then exits 8 naming the ones that errored
     (the sweep stands in for the real one here: integration tests run it)."""
     from tl_ray import pipeline
-    from tl_ray.registry.promote import Promotion
+    from tl_ray.promote import Promotion
     from tl_ray.tune.tuner import SweepResult, TrialRow
 
     rows = [TrialRow("t1", {}, 0.9, 3, "DONE"),

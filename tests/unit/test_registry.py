@@ -145,7 +145,7 @@ def test_tampered_file_is_refused_and_named(tmp_path):
 
 # -- the gate -------------------------------------------------------------------------
 def test_gate_accepts_a_better_model_and_refuses_a_worse_one(store, checkpoints):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
 
     spec = spec_for(store, "gated", holdout="datasets/holdout", min_delta=0.05)
     first = promote_checkpoint(spec, checkpoints["bad"])
@@ -163,7 +163,7 @@ def test_gate_accepts_a_better_model_and_refuses_a_worse_one(store, checkpoints)
 
 
 def test_gate_refuses_a_slower_model(store, checkpoints):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
 
     # A ratio no real model can meet: the challenger must be 1.0x the champion's p50 or faster, and equal
     # models measured interleaved land on both sides of 1.0; the check itself is what is under test.
@@ -177,14 +177,14 @@ def test_gate_refuses_a_slower_model(store, checkpoints):
 
 
 def test_gate_falls_back_to_validation_with_a_warning(store, checkpoints):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
 
     result = promote_checkpoint(spec_for(store, "fallback"), checkpoints["good"])
     assert result.accepted and "data.validation" in result.message() and "warning:" in result.message()
 
 
 def test_two_concurrent_promotions_give_two_versions_and_one_production(store, checkpoints):
-    from tl_ray.registry.promote import promote_checkpoint
+    from tl_ray.promote import promote_checkpoint
 
     spec = spec_for(store, "race", holdout="datasets/holdout")
     start = threading.Barrier(2)

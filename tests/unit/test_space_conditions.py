@@ -9,7 +9,8 @@ import pytest
 
 from tl_ray.errors import ConfigError
 from tl_ray.spec import apply_overrides, load_spec, validate
-from tl_ray.tune.space import optuna_space, parse_space, pbt_dimensions, to_param_space, trial_overrides
+from tl_ray.spec.space import parse_space, pbt_dimensions, trial_overrides
+from tl_ray.tune.space import optuna_space, to_param_space
 
 MINIMAL = Path(__file__).resolve().parents[1] / "data" / "specs" / "good" / "minimal.yaml"
 

@@ -6,7 +6,7 @@ import pytest
 
 from tl_ray.errors import ConfigError
 from tl_ray.spec import apply_overrides, load_spec, parse_override
-from tl_ray.tune.space import grid_size, parse_distribution
+from tl_ray.spec.space import grid_size, parse_distribution
 
 SPECS = Path(__file__).resolve().parents[1] / "data" / "specs"
 GOOD = sorted((SPECS / "good").glob("*.yaml"))

@@ -42,7 +42,7 @@ def test_pbt_perturbations_stay_within_what_each_dimension_can_give():
 
     from ray.tune.schedulers.pbt import _explore
 
-    from tl_ray.tune.space import parse_space
+    from tl_ray.spec.space import parse_space
     from tl_ray.tune.tuner import _scheduler
 
     space = {"train.learning_rate": "loguniform(1.0e-4, 1.0e-2)", "model.head.dropout": "uniform(0.0, 0.9)",

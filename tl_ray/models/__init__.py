@@ -16,7 +16,6 @@ _EXPORTS = {
     "build_model": "build",
     "add_head": "build",
     "apply_freeze": "freeze",
-    "resolve_weights": "weights",
     "save_backbone_weights": "weights",
     "stage_backbone_weights": "weights",
     "weights_kind": "weights",

@@ -1,8 +1,8 @@
 """The table of keras.applications backbones tl-ray can build.
 
-This module must stay importable without TensorFlow or Keras: the CLI and the
-spec validator read ``BACKBONES`` to check ``model.backbone`` in milliseconds.
-Keras is imported only inside ``Backbone.build`` and ``Backbone.preprocess_fn``.
+This module stays importable without TensorFlow or Keras: Keras is imported
+only inside ``Backbone.build`` and ``Backbone.preprocess_fn``. The spec checks
+``model.backbone`` against the same names (``tl_ray.spec.model.BACKBONE_NAMES``).
 
 Sizes come from the installed Keras source (``keras/src/applications``): the
 ``min_size`` each constructor passes to ``obtain_input_shape`` (or checks by

@@ -49,8 +49,9 @@ def build_model(
         num_classes: number of labels; 2 gives a single sigmoid unit.
         image_size: ``(height, width)`` of the input images.
         weights_file: local file for ``model.weights`` values that name a file
-            or the registry, as returned by ``resolve_weights``. Required for
-            ``registry://`` and for store-relative paths. Defaults to None.
+            or the registry, as ``tl_ray.registry.weights.resolve_weights`` returns
+            it. Required for ``registry://`` and for store-relative paths.
+            Defaults to None.
         seed: seeds Keras' global random generators before any variable is
             created, so initial weights and dropout masks are reproducible.
             Defaults to None (unseeded).

@@ -11,10 +11,13 @@
   named by their sha256, so every worker loads the same bytes.
 - ``registry://NAME:ALIAS``: the backbone of a registered tl-ray model.
 
+Models take the weights as a local file: ``tl_ray.registry.weights.resolve_weights``
+fetches a file or a registered model into the node's cache.
+
 Example:
 
->>> resolve_weights("none", "./tlray-store") is None
-True
+>>> weights_kind("registry://fashion-base:production")
+'registry'
 """
 
 from __future__ import annotations
@@ -58,35 +61,6 @@ def weights_kind(weights: str) -> WeightsKind:
         "model.weights must be 'imagenet', 'none', a weights file ending in "
         f"{list(WEIGHTS_SUFFIXES)} (path or s3:// URI) or registry://NAME:ALIAS. Received: {weights!r}."
     )
-
-
-def resolve_weights(weights: str, storage_root: str) -> str | None:
-    """Turns ``model.weights`` into what ``build_model`` needs.
-
-    Args:
-        weights: the spec value.
-        storage_root: the store root that relative paths resolve against.
-
-    Returns:
-        ``"imagenet"``, ``None``, or the local path of a weights file or of a
-        registered ``model.keras``.
-
-    Raises:
-        ConfigError: ``weights`` has an unsupported form.
-        StorageError: the file cannot be fetched.
-        RegistryError: the registry reference does not exist.
-    """
-    kind = weights_kind(weights)
-    if kind == "imagenet":
-        return "imagenet"
-    if kind == "none":
-        return None
-    if kind == "registry":
-        from tl_ray.registry.store import Registry
-
-        return str(Registry(storage_root).fetch(weights[len(REGISTRY_SCHEME):]) / "model.keras")
-    uri = weights if store.is_absolute(weights) else store.join(storage_root, weights)
-    return str(fetch_weights_file(uri))
 
 
 def _suffix(uri: str) -> str:

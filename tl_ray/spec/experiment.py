@@ -11,7 +11,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tl_ray.spec._base import DEFAULT_STORE, _Section
 from tl_ray.spec.data import DataSpec
 from tl_ray.spec.model import ModelSpec
+from tl_ray.spec.paths import check_path, set_path
 from tl_ray.spec.serve import PromoteSpec, ServeSpec
+from tl_ray.spec.space import describe, parse_space
 from tl_ray.spec.train import TrainSpec
 from tl_ray.spec.tune import TuneSpec
 
@@ -57,14 +59,25 @@ class Spec(_Section):
             return value
         return os.path.abspath(os.path.expanduser(value))
 
+    @field_validator("tune", mode="before")
+    @classmethod
+    def _space_keys_name_fields(cls, value: Any) -> Any:
+        """Every ``tune.space`` key names a spec field: checked here, before the section, which sees no other."""
+        space = value.get("space") if isinstance(value, dict) else getattr(value, "space", None)
+        for key in space if isinstance(space, dict) else ():
+            try:
+                check_path(cls, key)
+            except ValueError as exc:  # reported as tune.space's error, like the section's own
+                raise ValidationError.from_exception_data(
+                    "TuneSpec", [{"type": "value_error", "loc": ("space",), "input": space, "ctx": {"error": exc}}]
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _space_values_fit_their_fields(self) -> "Spec":
         """Every value a ``tune.space`` dimension can give (its listed values, a range's ends) is one its field
         takes: a sweep with one that is not would find out trial by trial. (PBT's perturbations, which scale a
         value by 0.8 or 1.2, can still leave a range: the trial's spec refuses such a value.)"""
-        from tl_ray.spec.load import set_path
-        from tl_ray.tune.space import _describe, parse_space
-
         dims = parse_space(self.tune.space)
         base = self.model_dump(mode="json")
         base["tune"]["space"] = {}
@@ -90,7 +103,7 @@ class Spec(_Section):
                         shown = dist.args[1] if dist.kind in ("uniform", "loguniform") and value != dist.args[0] \
                             else value
                         raise ValueError(
-                            f"tune.space.{key}: {_describe(dist)} {'gives' if listed else 'reaches'} {shown!r}, "
+                            f"tune.space.{key}: {describe(dist)} {'gives' if listed else 'reaches'} {shown!r}, "
                             f"which {key} does not take ({own[0]['msg'].removeprefix('Value error, ')}). Narrow "
                             f"it to values the field accepts"
                         ) from None

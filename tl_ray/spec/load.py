@@ -8,56 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from tl_ray.errors import ConfigError, did_you_mean
+from tl_ray.errors import ConfigError
 from tl_ray.spec.experiment import Spec
-
-def _check_path(dotted: str) -> None:
-    """Raises ValueError when ``dotted`` does not name a field of the spec."""
-    model: Any = Spec
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is None:
-            if model is dict or getattr(model, "__origin__", None) is dict:
-                return  # free-form mapping such as backbone_args
-            raise ValueError(f"'{'.'.join(parts[:i])}' has no sub-fields, so '{dotted}' is not a field")
-        if part not in fields:
-            raise ValueError(
-                f"'{dotted}' is not a spec field: '{part}' must be one of {sorted(fields)}."
-                f"{did_you_mean(part, fields)}"
-            )
-        model = _inner_model(fields[part].annotation)
-
-
-def _inner_model(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if getattr(annotation, "__origin__", None) is dict:
-        return dict
-    if args:
-        for arg in args:
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
-        if any(getattr(a, "__origin__", None) is dict for a in args):
-            return dict
-    return None
-
-
-def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Sets ``data[a][b][c] = value`` for ``dotted == 'a.b.c'``, creating sections as needed."""
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section. Received: {child!r}.")
-        node = child
-    node[parts[-1]] = value
+from tl_ray.spec.paths import check_path, set_path
+from tl_ray.spec.space import number
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -67,15 +23,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        _check_path(key)
+        check_path(Spec, key)
     except ValueError as exc:
         raise ConfigError(f"--set {key}: {exc}") from None
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
         if isinstance(value, str):
-            from tl_ray.tune.space import _number
-
-            value = _number(value)
+            value = number(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc}).") from None
     return key, value

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tl_ray.spec._base import PositiveInt, _Section
 from tl_ray.spec.model import FreezeSpec
+from tl_ray.spec.space import parse_space, pbt_dimensions
 
 
 class StageSpec(_Section):
@@ -87,19 +88,11 @@ class TuneSpec(_Section):
     @field_validator("space")
     @classmethod
     def _space_entries(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from tl_ray.tune.space import parse_space
-
-        from tl_ray.spec.load import _check_path
-
-        for key in value:
-            _check_path(key)
-        parse_space(value)  # entries, and conditions across entries
+        parse_space(value)  # entries, and conditions across entries (Spec checks that keys name its fields)
         return value
 
     @model_validator(mode="after")
     def _search_fits_space(self) -> "TuneSpec":
-        from tl_ray.tune.space import parse_space, pbt_dimensions
-
         kinds = {d.kind for d in parse_space(self.space).values()}
         if self.search == "optuna" and "grid" in kinds:
             raise ValueError("search optuna cannot sample grid() dimensions; use choice() instead")

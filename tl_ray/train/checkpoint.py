@@ -111,7 +111,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
     from tl_ray import features
     from tl_ray.errors import ConfigError
     from tl_ray.models.build import build_model
-    from tl_ray.models.weights import resolve_weights
+    from tl_ray.registry.weights import resolve_weights
     from tl_ray.spec import FreezeSpec, ModelSpec
 
     recipe = read_state(folder)["head_of"]

@@ -190,7 +190,7 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
     import keras
 
     from tl_ray.data.manifest import read_manifest
-    from tl_ray.models.weights import resolve_weights
+    from tl_ray.registry.weights import resolve_weights
     from tl_ray.train.callbacks import CallbackList, callbacks_from_spec
     from tl_ray.train.runtime import make_strategy
 

@@ -57,7 +57,7 @@ def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> i
     ``planned`` is how many trials the experiment runs (default: the spec's sweep; a later
     stage of a staged sweep runs one trial per promoted parent).
     """
-    from tl_ray.tune.space import grid_size
+    from tl_ray.spec.space import grid_size
 
     if planned is None:
         planned = spec.tune.num_samples * (1 if spec.tune.search == "optuna" else grid_size(spec.tune.space))

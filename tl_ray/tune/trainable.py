@@ -222,7 +222,7 @@ def fault_callbacks(spec: Spec, rank: int = 0) -> list:
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
     from tl_ray.spec import apply_overrides
-    from tl_ray.tune.space import trial_overrides
+    from tl_ray.spec.space import trial_overrides
 
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)

@@ -138,11 +138,12 @@ def _scheduler(spec: Spec):
             "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
             "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
         )
-    from tl_ray.tune.space import KeepInRange, parse_space, pbt_dimensions
+    from tl_ray.spec.space import parse_space, pbt_dimensions
+    from tl_ray.tune.space import KeepInRange, to_tune
 
     # Conditional dimensions, and the fields their conditions test, are not mutated (see pbt_dimensions).
     dists = parse_space(t.space)
-    mutations = {k: dists[k].to_tune() for k in pbt_dimensions(t.space)[0]}
+    mutations = {k: to_tune(dists[k]) for k in pbt_dimensions(t.space)[0]}
     return schedulers.PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=t.perturbation_interval,
         hyperparam_mutations=mutations, quantile_fraction=0.25, custom_explore_fn=KeepInRange(t.space),
