@@ -119,7 +119,6 @@ def test_no_subpackage_cycles():
     assert not found, "subpackages import one another:\n  " + "\n  ".join(found)
 
 
-@pytest.mark.xfail(strict=False, reason="train/ still imports ray")
 def test_train_imports_no_ray():
     offenders = sorted(
         f"{name} imports {dep}"
