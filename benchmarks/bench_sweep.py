@@ -140,7 +140,7 @@ def trial_rows(result) -> list[list[dict]]:
 
 
 def bench_cache(store: str, stamp: str, trials: int) -> dict:
-    from tl_ray.features import purge
+    from tl_ray.feature_cache import purge
 
     prepare(store)
     purge(store)  # the cached runs pay for building the cache inside their timed sweep
@@ -273,7 +273,7 @@ def own_templates(on: bool):
 
 
 def bench_overhead(store: str, stamp: str, trials: int, modes: list[str], steps: int = 100) -> dict:
-    from tl_ray.features import ensure_features
+    from tl_ray.feature_cache import ensure_features
     from tl_ray.registry.weights import resolve_weights
     from tl_ray.spec import validate
 

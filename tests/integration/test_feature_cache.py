@@ -124,7 +124,7 @@ def _first_reports(root: str, experiment: str) -> list[dict]:
 
 def test_two_concurrent_trials_build_an_entry_once_and_new_weights_rebuild_it(store, hook_dir, ray_cluster):
     from tl_ray.cli import main
-    from tl_ray.features import cache_root, list_entries, purge
+    from tl_ray.feature_cache import cache_root, list_entries, purge
     from tl_ray.tune.sweep import run_sweep
 
     use_weights(store, "init-b")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tl_ray.spec import TrainSpec
-from tl_ray.train.checkpoint import read_state, restore_checkpoint, save_checkpoint, weights_digest
+from tl_ray.train.checkpoint import read_state, restore_checkpoint, save_checkpoint, model_weights_digest
 from tl_ray.train.optimizers import inner_optimizer, make_optimizer
 
 
@@ -40,15 +40,15 @@ def test_restore_loads_weights_and_state_but_keeps_the_restoring_learning_rate(t
         one_step(donor, donor_opt)
     save_checkpoint(tmp_path, donor, donor_opt, {"epoch": 3, "trial_id": "donor_00001"})
     state = read_state(tmp_path)
-    assert state["trial_id"] == "donor_00001" and state["weights_digest"] == weights_digest(donor)
+    assert state["trial_id"] == "donor_00001" and state["weights_digest"] == model_weights_digest(donor)
 
     model = tiny_model(1)  # different initial weights
-    assert weights_digest(model) != state["weights_digest"]
+    assert model_weights_digest(model) != state["weights_digest"]
     opt = make_optimizer(cfg, 0.05, trainable_variables=model.trainable_variables, precision=precision)
     restored = restore_checkpoint(tmp_path, model, opt)
 
     assert restored["trial_id"] == "donor_00001"
-    assert weights_digest(model) == state["weights_digest"]
+    assert model_weights_digest(model) == state["weights_digest"]
     assert float(inner_optimizer(opt).learning_rate.numpy()) == pytest.approx(0.05)  # not the donor's 0.01
     assert int(inner_optimizer(opt).iterations.numpy()) == 3
     lr_ids = {id(inner_optimizer(o)._learning_rate) for o in (opt, donor_opt)} | {id(opt._learning_rate)}
@@ -59,10 +59,10 @@ def test_restore_loads_weights_and_state_but_keeps_the_restoring_learning_rate(t
 
 def test_digest_changes_with_any_weight(tmp_path):
     model = tiny_model(0)
-    before = weights_digest(model)
+    before = model_weights_digest(model)
     bn = model.layers[2]
     bn.moving_mean.assign(bn.moving_mean.numpy() + 1.0)  # a non-trainable weight counts too
-    assert weights_digest(model) != before
+    assert model_weights_digest(model) != before
 
 
 # -- head-only checkpoints (trials on cached features) ---------------------------------------
@@ -90,14 +90,14 @@ def test_a_head_built_alone_starts_from_the_weights_it_has_in_the_full_model():
         for a, b in zip(full.get_layer(name).weights, head.get_layer(name).weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     other = build_head(spec.head, 4, [full.get_layer("pool").output.shape[-1]], seed=8)
-    assert weights_digest(other) != weights_digest(head)
+    assert model_weights_digest(other) != model_weights_digest(head)
 
 
 def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_kind(tmp_path):
     import keras
     import tensorflow as tf
 
-    from tl_ray import features
+    from tl_ray import feature_cache
     from tl_ray.errors import ConfigError
     from tl_ray.models.build import build_head, build_model
     from tl_ray.train.checkpoint import HEAD_FILE, MODEL_FILE, checkpoint_model, head_recipe
@@ -112,7 +112,7 @@ def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_ki
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(head(x, training=True)))
         opt.apply(tape.gradient(loss, head.trainable_variables), head.trainable_variables)
-    recipe = head_recipe(spec, 4, [width], features.weights_digest(spec, None))
+    recipe = head_recipe(spec, 4, [width], feature_cache.backbone_digest(spec, None))
     save_checkpoint(tmp_path / "ck", head, opt, {"epoch": 2}, head_of=recipe)
     assert (tmp_path / "ck" / HEAD_FILE).exists() and not (tmp_path / "ck" / MODEL_FILE).exists()
 
@@ -134,7 +134,7 @@ def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_ki
     save_checkpoint(tmp_path / "full", target, target_opt, {"epoch": 2})
     fresh = build_head(spec.model.head, 4, [width], seed=9)
     restore_checkpoint(tmp_path / "full", fresh, None)
-    assert weights_digest(fresh) == weights_digest(head)
+    assert model_weights_digest(fresh) == model_weights_digest(head)
 
     # A warm start over other backbone weights is refused; over the same ones it loads the head.
     from tl_ray.train.loop import warm_start

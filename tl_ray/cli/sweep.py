@@ -100,7 +100,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_cache_list(args) -> int:
-    from tl_ray.features import cache_root, list_entries
+    from tl_ray.feature_cache import cache_root, list_entries
 
     entries = list_entries(args.storage)
     if not entries:
@@ -117,7 +117,7 @@ def cmd_cache_list(args) -> int:
 
 
 def cmd_cache_purge(args) -> int:
-    from tl_ray.features import cache_root, purge
+    from tl_ray.feature_cache import cache_root, purge
 
     if not args.keys and not args.all:
         raise ConfigError("name the entries to delete (ids from `tl-ray cache list`) or pass --all.")

@@ -194,7 +194,7 @@ def _encoded_rows(uri: str, manifest: Manifest, shard_ids: list[int], keep) -> t
 
 
 def feature_shape(manifest: Manifest) -> list[int] | None:
-    """The per-example feature shape of a feature-cache dataset (``tl_ray.features``); None for images."""
+    """The per-example feature shape of a feature-cache dataset (``tl_ray.feature_cache``); None for images."""
     shape = (manifest.source or {}).get("feature_shape")
     return [int(v) for v in shape] if shape and manifest.source.get("kind") == "features" else None
 
@@ -256,7 +256,7 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Streams a Parquet or TFRecord dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
 
-    A feature-cache dataset (``tl_ray.features``) streams ``(features float32 [B, *feature_shape], labels)``
+    A feature-cache dataset (``tl_ray.feature_cache``) streams ``(features float32 [B, *feature_shape], labels)``
     instead, in the same order as the image dataset it was computed from (same shards, same shuffle).
 
     Sharding across workers: with at least as many shards as workers, worker ``i``

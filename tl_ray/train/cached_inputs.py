@@ -1,7 +1,7 @@
 """The inputs of a trial's phases that train the head on cached features.
 
 A phase with the base frozen and augmentation off trains the head on the backbone's
-outputs, computed once and kept in the store (``tl_ray.features``). ``CachedInputs``
+outputs, computed once and kept in the store (``tl_ray.feature_cache``). ``CachedInputs``
 finds or builds the entries for the trial's datasets, builds the head on their
 feature shape, and holds small entries in memory (``MemoryRows``), so every epoch
 streams them without reading the store again.
@@ -81,9 +81,9 @@ class CachedInputs:
 
     def covers(self, freezes: list[FreezeSpec]) -> bool:
         """Whether every one of these phases trains on cached features."""
-        from tl_ray import features
+        from tl_ray import feature_cache
 
-        return bool(freezes) and all(features.usable(self.spec, f)[0] for f in freezes)
+        return bool(freezes) and all(feature_cache.usable(self.spec, f)[0] for f in freezes)
 
     def head(self, train_uri: str, val_uri: str | None):
         """The head model (entries for both datasets are found or built first: they give its input shape)."""
@@ -91,7 +91,7 @@ class CachedInputs:
             self._datasets(train_uri, val_uri)
             with self.strategy.scope():
                 if self.model is not None:
-                    from tl_ray.features import head_model
+                    from tl_ray.feature_cache import head_model
 
                     self._head = head_model(self.model)
                 else:
@@ -103,19 +103,19 @@ class CachedInputs:
 
     def recipe(self) -> dict:
         """``head_of`` of this trial's head-only checkpoints."""
-        from tl_ray import features
+        from tl_ray import feature_cache
         from tl_ray.train.checkpoint import head_recipe
 
         if self._recipe is None:
             self._recipe = head_recipe(self.spec, self.num_classes, self.feature_shape,
-                                       features.weights_digest(self.spec, self.weights_file))
+                                       feature_cache.backbone_digest(self.spec, self.weights_file))
         return self._recipe
 
     def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
         """``(model to step, train dataset, validation dataset, on the cache)`` for a phase under ``freeze``."""
-        from tl_ray import features
+        from tl_ray import feature_cache
 
-        use, why = features.usable(self.spec, freeze)
+        use, why = feature_cache.usable(self.spec, freeze)
         if not use:
             if freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
                 print(f"feature cache not used: {why}")
@@ -124,13 +124,13 @@ class CachedInputs:
         return head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None, True
 
     def _datasets(self, train_uri: str, val_uri: str | None) -> None:
-        from tl_ray import features
+        from tl_ray import feature_cache
         from tl_ray.data.manifest import read_manifest
         from tl_ray.data.reader import feature_shape
 
         for role, uri in (("train", train_uri), ("validation", val_uri)):
             if uri is not None and uri not in self._uris:
-                entry = features.ensure_features(self.spec, uri, self.weights_file, events=self.events)
+                entry = feature_cache.ensure_features(self.spec, uri, self.weights_file, events=self.events)
                 manifest = read_manifest(entry.uri)
                 self.feature_shape = feature_shape(manifest)
                 # Small entries are read once; every epoch then streams them from memory.

@@ -7,7 +7,7 @@ the model weights). Ray Train/Tune upload the folder to the spec's storage;
 resuming rebuilds the model from the spec and loads both.
 
 A trial that only trains a head on cached features (its base frozen throughout,
-see ``tl_ray.features``) never builds the backbone: its checkpoints hold
+see ``tl_ray.feature_cache``) never builds the backbone: its checkpoints hold
 ``head.weights.h5`` instead of ``model.keras``, and ``state.json`` records under
 ``head_of`` how to rebuild the full model (the model spec, classes, image size,
 seed and the digest of the backbone's weights, which did not change while the
@@ -45,7 +45,7 @@ def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_o
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {**state, "weights_digest": weights_digest(model)}
+    state = {**state, "weights_digest": model_weights_digest(model)}
     if head_of is None:
         model.save(folder / MODEL_FILE)
     else:
@@ -60,7 +60,7 @@ def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_o
 def head_recipe(spec, num_classes: int, feature_shape, backbone_weights: str) -> dict:
     """What ``checkpoint_model`` needs to rebuild the full model around a saved head.
 
-    ``backbone_weights`` is ``tl_ray.features.backbone_weights_digest`` of the weights the features came from.
+    ``backbone_weights`` is ``tl_ray.feature_cache.backbone_weights_digest`` of the weights the features came from.
     """
     return {"model": spec.model.model_dump(mode="json"), "num_classes": int(num_classes),
             "feature_shape": [int(v) for v in feature_shape], "image_size": [int(v) for v in spec.data.image_size],
@@ -108,7 +108,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
     folder = Path(folder)
     if not is_head_only(folder):
         return _load_full(folder)
-    from tl_ray import features
+    from tl_ray import feature_cache
     from tl_ray.errors import ConfigError
     from tl_ray.models.build import build_model
     from tl_ray.registry.weights import resolve_weights
@@ -118,7 +118,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
     model_spec = ModelSpec.model_validate(recipe["model"])
     store = storage_root or recipe["storage"]
     weights_file = resolve_weights(model_spec.weights, store)
-    found = features.backbone_weights_digest(model_spec.weights, weights_file, recipe["seed"])
+    found = feature_cache.backbone_weights_digest(model_spec.weights, weights_file, recipe["seed"])
     if found != recipe["backbone_weights"]:
         raise ConfigError(
             f"checkpoint {folder} holds a head trained over backbone weights {recipe['backbone_weights']}, but "
@@ -159,7 +159,7 @@ def _is_head_layer(name: str) -> bool:
 
 
 def _is_head(model) -> bool:
-    """A tl-ray head without its backbone (``build_head``, or ``tl_ray.features.head_model``)."""
+    """A tl-ray head without its backbone (``build_head``, or ``tl_ray.feature_cache.head_model``)."""
     names = {layer.name for layer in model.layers}
     return "predictions" in names and "backbone" not in names
 
@@ -225,7 +225,7 @@ def _learning_rate_variables(optimizer) -> list:
     return found
 
 
-def weights_digest(model) -> str:
+def model_weights_digest(model) -> str:
     """SHA-256 of every model weight (trainable or not), in order, with shapes and dtypes."""
     h = hashlib.sha256()
     for w in model.weights:

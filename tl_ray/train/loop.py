@@ -15,7 +15,7 @@ learning rate is the phase's rate scaled to the global batch
 (``tl_ray.train.callbacks``) set it and decide early stopping.
 
 Phases with the base frozen and augmentation off train the head on the
-backbone's cached outputs (``tl_ray.features``). When every phase left does, the
+backbone's cached outputs (``tl_ray.feature_cache``). When every phase left does, the
 trial never builds the backbone: it trains ``build_head``'s head alone and
 checkpoints only the head (``tl_ray.train.checkpoint``).
 """
@@ -273,15 +273,15 @@ class _Run:
             self.cached.model = self.loop.model
         self.extra["head_only"] = self.head_only
         if warm_start_from:
-            from tl_ray.features import weights_digest
+            from tl_ray.feature_cache import backbone_digest
 
             self.extra["warm_started_from"] = warm_start(self.loop.model, warm_start_from,
-                                                         weights_digest(self.spec, self.weights))
+                                                         backbone_digest(self.spec, self.weights))
 
     def start_phase(self, phase: Phase, restore: Path | None, start_epoch: int):
         """The phase's optimizer (restored from ``restore``) and traced step; its train and validation data."""
         from tl_ray.models.freeze import apply_freeze
-        from tl_ray.train.checkpoint import restore_checkpoint, weights_digest
+        from tl_ray.train.checkpoint import model_weights_digest, restore_checkpoint
         from tl_ray.train.step import DistributedStep
 
         cfg, model = self.spec.train, self.loop.model
@@ -299,7 +299,7 @@ class _Run:
             # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
             state = restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
             # Which trial wrote the checkpoint (the donor after a PBT exploit).
-            self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=weights_digest(model))
+            self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=model_weights_digest(model))
         self.loop.optimizer, self.loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
         net, phase_train, phase_val, on_cache = self.cached.for_phase(phase.freeze, self.train_uri, self.val_uri)
@@ -403,7 +403,7 @@ def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) 
     Args:
         model: the full model, or the head alone.
         checkpoint_uri: a checkpoint folder, local or in the store.
-        backbone_weights: ``tl_ray.features.weights_digest`` of the weights ``model``'s backbone
+        backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of the weights ``model``'s backbone
             was built with; a head-only checkpoint trained over other weights is refused. Defaults
             to None (not checked).
 

@@ -11,7 +11,7 @@
 
 The first stage samples ``num_samples`` trials from ``tune.space`` and trains
 heads only, on cached backbone features when augmentation is off
-(``tl_ray.features``), under the spec's scheduler. Each later stage takes the
+(``tl_ray.feature_cache``), under the spec's scheduler. Each later stage takes the
 best ``keep`` fraction of the previous stage's trials (by their best
 ``tune.metric``), and runs each once more with the stage's freeze policy,
 warm-starting from that trial's best checkpoint (``train.init_from``) at the

@@ -92,8 +92,8 @@ def trial_resources(spec: Spec, config: dict | None = None) -> dict:
 
 
 def _head_only(spec: Spec) -> bool:
-    """Every phase of the trial trains on cached features (``tl_ray.features.usable``)."""
-    from tl_ray.features import usable
+    """Every phase of the trial trains on cached features (``tl_ray.feature_cache.usable``)."""
+    from tl_ray.feature_cache import usable
     from tl_ray.train.loop import plan_phases
 
     return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze)[0] for p in plan_phases(spec))

@@ -92,7 +92,7 @@ def usable(spec: Spec, freeze: FreezeSpec) -> tuple[bool, str]:
     return True, ""
 
 
-def weights_digest(spec: Spec, weights_file: str | None) -> str:
+def backbone_digest(spec: Spec, weights_file: str | None) -> str:
     """What identifies the backbone's starting weights."""
     return backbone_weights_digest(spec.model.weights, weights_file, spec.train.seed)
 
@@ -132,7 +132,7 @@ def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:
         "format": FORMAT_VERSION,
         "backbone": backbone.name,
         "backbone_args": spec.model.backbone_args,
-        "weights": weights_digest(spec, weights_file),
+        "weights": backbone_digest(spec, weights_file),
         "preprocess": backbone.preprocess,
         "pooling": spec.model.head.pooling,
         "image_size": list(spec.data.image_size),
