@@ -43,8 +43,9 @@ median and range of wall / ideal.
 
 ``--smoke``: tiny sizes, to check that a benchmark runs (its figures mean
 nothing): a store of its own (``benchmarks/.store/smoke``), 20 to 30 images per class,
-``fashion-base`` pretrained for one step, 2 trials of 2 epochs (cache) or of 3
-epochs of 5 steps (overhead).
+``fashion-base`` pretrained for one step, 2 trials of 2 epochs (cache) or 3
+trials of 3 epochs of 5 steps (overhead: on 2 cores, more than run at once, so
+an actor is reused).
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def main() -> int:
     parser.add_argument("which", choices=["cache", "overhead"])
     parser.add_argument("--store", help="store root, data and models reused (default: benchmarks/.store, "
                                         "with --smoke benchmarks/.store/smoke)")
-    parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32; --smoke 2)")
+    parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32; --smoke 2 and 3)")
     parser.add_argument("--steps", type=int, help="overhead: steps per epoch of each trial, 3 epochs "
                                                   "(default 100; --smoke 5)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -301,7 +302,8 @@ def main() -> int:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     args.store = args.store or str(ROOT / "benchmarks/.store" / ("smoke" if args.smoke else ""))
-    args.trials = args.trials or (2 if args.smoke else 16 if args.which == "cache" else 32)
+    args.trials = args.trials or {(False, "cache"): 16, (False, "overhead"): 32, (True, "cache"): 2,
+                                  (True, "overhead"): 3}[args.smoke, args.which]
     args.steps = args.steps or (5 if args.smoke else 100)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
