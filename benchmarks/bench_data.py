@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_data.py               # the full run (~6 min on 2 cores)
     .venv/bin/python benchmarks/bench_data.py --rows 12000  # a quick look
+    .venv/bin/python benchmarks/bench_data.py --smoke       # 500 rows, 2 train steps: does it run?
 
 One run, side by side, on the Fashion-MNIST train split read at 32x32 (stored as
 28x28 PNG, decoded and resized in tf.data):
@@ -148,10 +149,13 @@ def scaled_copy(uri: str, times: int, shards: int, to: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=60000, help="Fashion-MNIST train rows (default: all 60000)")
-    parser.add_argument("--train-steps", type=int, help="train steps per fed epoch (default: one epoch)")
+    parser.add_argument("--rows", type=int, help="Fashion-MNIST train rows (default: all 60000; --smoke 500)")
+    parser.add_argument("--train-steps", type=int, help="train steps per fed epoch (default: one epoch; --smoke 2)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     args = parser.parse_args()
+    args.rows = args.rows or (500 if args.smoke else 60000)
+    args.train_steps = args.train_steps or (2 if args.smoke else None)
 
     moto, endpoint = start_moto()
     work = Path(tempfile.mkdtemp(prefix="tlray-bench-"))

@@ -3,6 +3,7 @@ plus autoscaling under a step load. One run, side by side, same model, loopback 
 
     .venv/bin/python benchmarks/bench_serve.py                  # everything (~7 min on 2 cores)
     .venv/bin/python benchmarks/bench_serve.py --skip-autoscale
+    .venv/bin/python benchmarks/bench_serve.py --smoke          # 1 s per level, no (b') nor autoscaling
 
 Model: ``fashion-transfer:production`` from ./tlray-store when the quickstart has promoted it;
 otherwise a MobileNetV2 (alpha 0.35, 32x32, random weights) published in a temporary store. The
@@ -15,7 +16,8 @@ output says which. Every client request carries one 32x32 PNG (``image/png``).
     2 ms (latency-oriented) and 20 ms (b', throughput-oriented), each with the ceiling of Serve's
     HTTP path here (``GET /healthz``, no model). Then a step load against an autoscaling
     deployment (1 → 2 replicas of one core each); the replica curve goes to a PNG.
-Loops are bounded by both request count and time.
+Loops are bounded by both request count and time. ``--smoke`` checks that the benchmark runs: 1 s
+per measurement, (b) at one batch wait, no autoscaling, and no JSON unless ``--json`` is given.
 """
 
 
@@ -298,12 +300,17 @@ def autoscale(storage: str, ref: str, port: int, png: str, step_s: float, idle_s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=15, help="time per concurrency level (default 15)")
+    parser.add_argument("--seconds", type=float, help="time per concurrency level (default 15; --smoke 1)")
     parser.add_argument("--skip-autoscale", action="store_true")
     parser.add_argument("--png", default=str(ROOT / "benchmarks" / "serve_autoscaling.png"))
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "serve_results.json"))
+    parser.add_argument("--json", help="where the figures go (default: benchmarks/serve_results.json; "
+                                       "--smoke: nowhere)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     parser.add_argument("--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.seconds = args.seconds or (1 if args.smoke else 15)
+    if not args.smoke:
+        args.json = args.json or str(ROOT / "benchmarks" / "serve_results.json")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.naive_server:
         naive_server(args.naive_server[0], int(args.naive_server[1]))
@@ -320,7 +327,7 @@ def main() -> int:
         print(f"[model] {what}", flush=True)
         out["model"] = what
         max_batch = 32
-        out["a"] = in_process(storage, ref, max_batch)
+        out["a"] = in_process(storage, ref, max_batch, 1 if args.smoke else 10)
         print(f"[a] in-process: {out['a']['throughput']:.0f} img/s at batch {max_batch}; "
               f"one image p50 {out['a']['single_p50_ms']:.2f} ms", flush=True)
 
@@ -332,7 +339,8 @@ def main() -> int:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         port = free_port()
         out["b"] = serve_sweep(storage, ref, port, max_batch, 0.002, args.seconds, "b")
-        out["b_wait20"] = serve_sweep(storage, ref, port, max_batch, 0.02, args.seconds, "b'")
+        if not args.smoke:
+            out["b_wait20"] = serve_sweep(storage, ref, port, max_batch, 0.02, args.seconds, "b'")
 
         name, version = Registry(storage).resolve(ref)
         model_dir = Registry(storage).fetch(f"{name}:v{version}")
@@ -348,14 +356,14 @@ def main() -> int:
             print(f"[c] naive c={r['concurrency']}: {r['throughput']:.0f} req/s p50 {r['p50_ms']:.1f} ms "
                   f"p99 {r['p99_ms']:.1f} ms failed {r['failed']}", flush=True)
 
-        if not args.skip_autoscale:
+        if not (args.skip_autoscale or args.smoke):
             out["autoscale"] = autoscale(storage, ref, port, args.png, step_s=40, idle_s=60)
             print(f"[autoscale] {out['autoscale']}", flush=True)
         serve.shutdown()
         ray.shutdown()
 
     out["goals"] = {}
-    for key in ("b", "b_wait20"):
+    for key in [k for k in ("b", "b_wait20") if k in out]:
         b32, c32, b1 = out[key]["rows"][-1], out["c"][-1], out[key]["rows"][0]
         g = out["goals"][key] = {
             "b_vs_a_at_32": b32["throughput"] / out["a"]["throughput"],
@@ -366,7 +374,8 @@ def main() -> int:
               f"{g['b_vs_c_at_32']:.2f} (goal >= 3); (b) p50 c=1 - in-process one image: "
               f"{g['b_p50_c1_minus_single_ms']:.1f} ms (goal <= 5)")
     out["load_after"] = os.getloadavg()
-    Path(args.json).write_text(json.dumps(out, indent=2, default=float))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0
 
 

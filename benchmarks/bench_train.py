@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_train.py --steps 10 --epochs 2   # quicker
+    .venv/bin/python benchmarks/bench_train.py --smoke    # 2 steps x 2 epochs: does it run?
 
 Same model everywhere: mobilenet_v2 (alpha 0.35, random weights, every layer
 training), 32x32 Fashion-MNIST images, global batch 128, Adam. Rows:
@@ -32,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tl_ray import store as storage
 
 BATCH = 128
 GOAL = 0.9
@@ -104,44 +107,38 @@ def run_keras(store: str, steps: int, epochs: int, threads: int) -> dict:
 # -- tl-ray trials ---------------------------------------------------------------------------
 def default_threads_trial(config: dict, base_spec: dict) -> None:
     """tl-ray's trial function without configure_tensorflow: TensorFlow as Ray leaves it."""
-    from tl_ray.spec import apply_overrides, validate
-    from tl_ray.train.distributed import TuneReporter
+    from tl_ray.spec import validate
     from tl_ray.train.loop import train
+    from tl_ray.tune.trainable import TuneReporter
 
     with TuneReporter() as reporter:
-        train(validate(apply_overrides(base_spec, config)), reporter)
+        train(validate(base_spec), reporter)
 
 
 def run_trial(spec_data: dict, default_threads: bool = False) -> dict:
     from ray import tune
 
     from tl_ray.spec import validate
-    from tl_ray.tune import sweep
+    from tl_ray.tune.sweep import run_sweep
+    from tl_ray.tune.tuner import run_tuner
 
     spec = validate(spec_data)
-    if default_threads:
-        original = __import__("tl_ray.train.distributed", fromlist=["tune_trial"]).tune_trial
-        import tl_ray.train.distributed as dist
-
-        dist.tune_trial = default_threads_trial
-    try:
-        result = sweep.run_sweep(spec, experiment=f"{spec.name}-{int(time.time())}")
-    finally:
-        if default_threads:
-            dist.tune_trial = original
+    name = f"{spec.name}-{int(time.time())}"
+    if default_threads:  # the same Tune experiment as run_sweep's, with the trial function above
+        result = run_tuner(spec, name, tune.with_parameters(default_threads_trial, base_spec=spec.to_dict()), {})
+    else:
+        result = run_sweep(spec, experiment=name)
     row = result.rows[0]
     if row.status != "DONE":
         raise RuntimeError(f"{spec.name}: {row.error}")
-    rows = _results(spec, result.experiment_path)
+    rows = _results(result.experiment_path)
     rates = [r["images_per_s"] for r in rows[1:]]
     last = rows[-1]
     return {"images_per_s": statistics.median(rates), "threads": last.get("intra_op_threads"),
             "peak_rss_mb": last.get("peak_rss_mb")}
 
 
-def _results(spec, experiment_path: str) -> list[dict]:
-    from tl_ray import store as storage
-
+def _results(experiment_path: str) -> list[dict]:
     trials = [d for d in storage.list_dir(experiment_path)
               if storage.exists(storage.join(experiment_path, d, "result.json"))]
     text = storage.read_text(storage.join(experiment_path, trials[0], "result.json"))
@@ -151,11 +148,14 @@ def _results(spec, experiment_path: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keras-child", metavar="STORE", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=20, help="steps per epoch (default 20)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs; the first is excluded (default 3)")
+    parser.add_argument("--steps", type=int, help="steps per epoch (default 20; --smoke 2)")
+    parser.add_argument("--epochs", type=int, help="epochs; the first is excluded (default 3; --smoke 2)")
     parser.add_argument("--threads", type=int, default=2, help="CPUs for the 1-worker runs (default 2)")
     parser.add_argument("--store", help="store folder (default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     args = parser.parse_args()
+    args.steps = args.steps or (2 if args.smoke else 20)
+    args.epochs = args.epochs or (2 if args.smoke else 3)
     if args.keras_child:
         keras_child(args.keras_child, args.steps, args.epochs, args.threads)
         return
@@ -163,7 +163,6 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     tmp = tempfile.TemporaryDirectory(prefix="tlray-bench-")
     store = args.store or tmp.name
-    from tl_ray import store as storage
     from tl_ray.data.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
 
     if not storage.exists(storage.join(store, "datasets/bench/train/_manifest.json")):
