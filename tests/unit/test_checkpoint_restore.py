@@ -137,7 +137,7 @@ def test_a_head_only_checkpoint_rebuilds_the_full_model_and_loads_into_either_ki
     assert model_weights_digest(fresh) == model_weights_digest(head)
 
     # A warm start over other backbone weights is refused; over the same ones it loads the head.
-    from tl_ray.train.loop import warm_start
+    from tl_ray.train.checkpoint import warm_start
 
     with pytest.raises(ConfigError, match=r"trained over backbone weights none:seed-3, but model.weights gives sha256:ab"):
         warm_start(build_model(spec.model, 4, (32, 32), seed=3), str(tmp_path / "ck"), "sha256:ab")

@@ -237,3 +237,43 @@ def model_weights_digest(model) -> str:
 
 def read_state(folder: str | Path) -> dict:
     return json.loads((Path(folder) / STATE_FILE).read_text())
+
+
+def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) -> str:
+    """Loads the model weights of a checkpoint folder (local or in the store) into ``model``.
+
+    Args:
+        model: the full model, or the head alone.
+        checkpoint_uri: a checkpoint folder, local or in the store.
+        backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of the weights ``model``'s backbone
+            was built with; a head-only checkpoint trained over other weights is refused. Defaults
+            to None (not checked).
+
+    Raises:
+        StorageError: the checkpoint cannot be fetched.
+        ConfigError: its model does not match the spec's (another backbone or head, or a head
+            trained over other backbone weights).
+    """
+    import tempfile
+
+    from tl_ray import store
+    from tl_ray.errors import ConfigError
+
+    local = Path(checkpoint_uri)
+    if store.is_s3(checkpoint_uri) or not local.is_dir():
+        local = store.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
+    if backbone_weights and is_head_only(local):
+        trained_over = read_state(local)["head_of"]["backbone_weights"]
+        if trained_over != backbone_weights:
+            raise ConfigError(
+                f"train.init_from {checkpoint_uri!r} holds a head trained over backbone weights {trained_over}, but "
+                f"model.weights gives {backbone_weights}. Warm-start from a checkpoint over the same weights."
+            )
+    try:
+        load_model_weights(local, model)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"train.init_from {checkpoint_uri!r} holds a model that does not fit the spec's ({exc}). "
+            "Warm-start only from a checkpoint of the same backbone and head."
+        ) from None
+    return checkpoint_uri

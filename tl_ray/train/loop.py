@@ -274,6 +274,7 @@ class _Run:
         self.extra["head_only"] = self.head_only
         if warm_start_from:
             from tl_ray.feature_cache import backbone_digest
+            from tl_ray.train.checkpoint import warm_start
 
             self.extra["warm_started_from"] = warm_start(self.loop.model, warm_start_from,
                                                          backbone_digest(self.spec, self.weights))
@@ -395,41 +396,3 @@ def _single_input_context():
     import tensorflow as tf
 
     return tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=1)
-
-
-def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) -> str:
-    """Loads the model weights of a checkpoint folder (local or in the store) into ``model``.
-
-    Args:
-        model: the full model, or the head alone.
-        checkpoint_uri: a checkpoint folder, local or in the store.
-        backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of the weights ``model``'s backbone
-            was built with; a head-only checkpoint trained over other weights is refused. Defaults
-            to None (not checked).
-
-    Raises:
-        StorageError: the checkpoint cannot be fetched.
-        ConfigError: its model does not match the spec's (another backbone or head, or a head
-            trained over other backbone weights).
-    """
-    from tl_ray import store
-    from tl_ray.train.checkpoint import is_head_only, load_model_weights, read_state
-
-    local = Path(checkpoint_uri)
-    if store.is_s3(checkpoint_uri) or not local.is_dir():
-        local = store.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))
-    if backbone_weights and is_head_only(local):
-        trained_over = read_state(local)["head_of"]["backbone_weights"]
-        if trained_over != backbone_weights:
-            raise ConfigError(
-                f"train.init_from {checkpoint_uri!r} holds a head trained over backbone weights {trained_over}, but "
-                f"model.weights gives {backbone_weights}. Warm-start from a checkpoint over the same weights."
-            )
-    try:
-        load_model_weights(local, model)
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"train.init_from {checkpoint_uri!r} holds a model that does not fit the spec's ({exc}). "
-            "Warm-start only from a checkpoint of the same backbone and head."
-        ) from None
-    return checkpoint_uri
