@@ -1,14 +1,15 @@
 """Sweep benchmarks, side by side in one run.
 
     .venv/bin/python benchmarks/bench_sweep.py cache                 # ~6 min on 2 cores
-    .venv/bin/python benchmarks/bench_sweep.py overhead              # ~3 min on 2 cores, 32 trials
+    .venv/bin/python benchmarks/bench_sweep.py overhead              # ~5 min on 2 cores, 32 trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --trials 64  # memory over more trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --repeat 3   # 3 rounds: median and range
     .venv/bin/python benchmarks/bench_sweep.py cache --smoke         # tiny sizes: does it run?
     .venv/bin/python benchmarks/bench_sweep.py overhead --smoke
 
 Both reuse the quickstart's data and upstream model (``fashion-base``) in the store
-(``--store``, default ``benchmarks/.store``), building them first if missing.
+(``--store``, default ``benchmarks/.store``), building them first if missing (the
+first run pretrains ``fashion-base``: a few minutes more).
 
 ``cache``: the quickstart target (jobs/quickstart/target.yaml: mobilenet_v2 α 0.35
 transferred from the fashion-base model, 500 labelled images, 1,500 for
