@@ -1,6 +1,6 @@
 """Placement across nodes on Ray's multi-node test cluster (one machine, several raylets):
-4 simulated nodes of 8 "GPUs" run four 2-worker × 4-GPU trials at a time, each trial's
-workers on one node with PACK and on different nodes with SPREAD; single-worker trials in reused
+simulated nodes of 8 "GPUs" run 2-worker × 4-GPU trials, two at a time, each trial's workers
+on one node with PACK and on different nodes with SPREAD; single-worker trials in reused
 actors each see exactly the GPUs Ray assigned them."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ def dataset(tmp_path_factory, fashion_dir):
     return str(store)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sim_cluster():
-    """A head for the drivers and 4 worker nodes of 2 CPUs and 8 fake GPUs each."""
+    """A head for the drivers and 4 worker nodes of 2 CPUs and 8 fake GPUs each, shared by the module's tests."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -64,17 +64,19 @@ def _reports(store: str, experiment: str) -> dict[str, list[dict]]:
     return out
 
 
-def test_pack_runs_four_trials_at_once_each_on_one_node(sim_cluster, dataset):
+def test_pack_runs_two_trials_at_once_each_on_one_node(sim_cluster, dataset):
     from tl_ray.tune.sweep import run_sweep
 
-    spec = validate(spec_for(dataset, f"pack-{uuid.uuid4().hex[:6]}", "PACK"))
+    data = spec_for(dataset, f"pack-{uuid.uuid4().hex[:6]}", "PACK")
+    data["tune"]["num_samples"] = 2
+    spec = validate(data)
     result = run_sweep(spec, experiment=spec.name)
-    assert [r.status for r in result.rows] == ["DONE"] * 4, [r.error for r in result.rows]
+    assert [r.status for r in result.rows] == ["DONE"] * 2, [r.error for r in result.rows]
     reports = _reports(dataset, spec.name)
     last = [rows[-1] for rows in reports.values()]
     assert all(r["group_nodes"] == 1 for r in last)  # both workers of a trial share a node
-    assert len({r["node_id"] for r in last}) == 4  # and the four trials hold four nodes
-    # All four ran at the same time: every trial started before any trial ended.
+    assert len({r["node_id"] for r in last}) == 2  # and the two trials hold two nodes
+    # Both ran at the same time: every trial started before any trial ended.
     starts = [rows[0]["timestamp"] - rows[0]["time_this_iter_s"] for rows in reports.values()]
     ends = [rows[-1]["timestamp"] for rows in reports.values()]
     assert max(starts) < min(ends)

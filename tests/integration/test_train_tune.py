@@ -1,7 +1,6 @@
-"""Trials on a real local Ray cluster, data on the S3 API server over loopback:
-MirroredStrategy over 2 logical CPU devices, MultiWorkerMirroredStrategy over 2
-Ray Train workers, a tiny ASHA sweep, registry promotions (accepted, refused), and where
-trials train (``tune.reuse_actors``)."""
+"""Trials on a real local Ray cluster, data on the S3 API server over loopback: a tiny ASHA
+sweep, registry promotions (accepted, refused), and where trials train (``tune.reuse_actors``).
+Every strategy's loss curve on the same data: test_trainer.py."""
 
 from __future__ import annotations
 
@@ -54,49 +53,6 @@ def small_spec(store: str, name: str, **train) -> dict:
     }
 
 
-
-
-def run_single(store, name, **train):
-    import ray
-    from ray import tune
-
-    from tl_ray.tune.sweep import run_sweep
-
-    spec = validate(small_spec(store, name, **train))
-    result = run_sweep(spec, experiment=name)
-    row = result.rows[0]
-    assert row.status == "DONE", row.error
-    return spec, result
-
-
-def _loss_curve(spec, experiment: str) -> list[float]:
-    """Per-epoch training loss as Ray Tune recorded it in the store."""
-    import json
-
-    from tl_ray import store as storage
-    from tl_ray.tune.trainable import ray_storage
-
-    root = storage.join(spec.storage, "experiments", experiment)
-    trial_dirs = [d for d in storage.list_dir(root) if d.startswith("tune_trial")]
-    assert len(trial_dirs) == 1, trial_dirs
-    lines = storage.read_text(storage.join(root, trial_dirs[0], "result.json")).splitlines()
-    return [json.loads(line)["loss"] for line in lines if line.strip()]
-
-
-def test_mirrored_strategy_over_two_logical_devices_lowers_loss(ray_cluster, dataset):
-    spec, result = run_single(dataset, "mirrored", cpu_devices=2)
-    curve = _loss_curve(spec, "mirrored")
-    assert len(curve) == 3
-    assert curve[-1] < curve[0]
-    assert result.rows[0].checkpoint.startswith("s3://")
-
-
-def test_multi_worker_mirrored_over_two_ray_workers_lowers_loss(ray_cluster, dataset):
-    spec, result = run_single(dataset, "multiworker", workers=2)
-    curve = _loss_curve(spec, "multiworker")
-    assert len(curve) == 3
-    assert curve[-1] < curve[0]
-    assert result.rows[0].checkpoint.startswith("s3://")
 
 
 def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, dataset):

@@ -79,6 +79,7 @@ def sweep(spec_data: dict):
     spec = validate(spec_data)
     result = run_sweep(spec, experiment=spec.name)
     assert result.rows[0].status == "DONE", result.rows[0].error
+    assert result.rows[0].checkpoint.startswith("s3://")  # rank 0's checkpoint went to the store
     return spec, results(spec, spec.name)
 
 

@@ -20,6 +20,8 @@ from tl_ray.spec import Spec, validate
 from tl_ray.train.loop import train
 from tl_ray.train.runtime import begin_trial, configure_tensorflow
 
+THREAD_EXIT_TIMEOUT_S = 120  # how long a reused actor waits for its previous trial's thread to end
+
 
 class _RestoreCopy:
     """The checkpoint Ray hands a restarting trial, copied into a folder of this reporter's own.
@@ -221,6 +223,10 @@ def fault_callbacks(spec: Spec, rank: int = 0) -> list:
 
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
+    # Before Tune hands this actor to another trial it waits TUNE_FUNCTION_THREAD_TIMEOUT_S (Tune's default: 2 s)
+    # for this thread to end, and fails that trial if it has not: on a busy node the thread's exit alone has
+    # taken 8 s. Tune reads the variable in this process when it resets the actor.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_EXIT_TIMEOUT_S))
     from tl_ray.spec import apply_overrides
     from tl_ray.spec.space import trial_overrides
 
