@@ -86,7 +86,7 @@ def cli(capsys, *argv):
 
 def test_submit_train_job_succeeds_and_logs_are_readable(ray_head, tiny_spec, capsys):
     path, store = tiny_spec
-    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--wait",
+    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head,
                          "--env", "TF_CPP_MIN_LOG_LEVEL")
     assert code == 0, err
     job_id = out.split()[1].rstrip(":")
@@ -101,7 +101,7 @@ def test_submit_train_job_succeeds_and_logs_are_readable(ray_head, tiny_spec, ca
 
 def test_failed_job_exits_non_zero_naming_the_job(ray_head, tiny_spec, capsys):
     path, _ = tiny_spec
-    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--wait",
+    code, out, err = cli(capsys, "submit", str(path), "train", "--address", ray_head,
                          "--set", "data.train=datasets/missing")
     assert code == 7
     job_id = out.split()[1].rstrip(":")
@@ -112,7 +112,7 @@ def test_stop_a_running_job(ray_head, tiny_spec, capsys):
     from tl_ray.submit import client as job_client
 
     path, _ = tiny_spec
-    code, out, _ = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--set", "train.epochs=50",
+    code, out, _ = cli(capsys, "submit", str(path), "train", "--address", ray_head, "--no-wait", "--set", "train.epochs=50",
                        "--set", "train.steps_per_epoch=50")
     assert code == 0
     job_id = out.split()[1].rstrip(":")

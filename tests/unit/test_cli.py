@@ -133,3 +133,40 @@ def test_run_whose_sweep_had_errored_trials_names_them_goes_on_and_exits_8(capsy
     rerun = shlex.join(["tl-ray", "tune", str(spec), "--set", f"storage={tmp_path}", "--set", "promote={name: m}",
                         "--set", "run.serve=false", "--resume"])
     assert "1 of 2 trials ended in ERROR" in err and rerun in err
+
+
+def _options_without_help(parser, path):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options_without_help(sub, [*path, name])
+        elif action.option_strings and not action.help:
+            yield " ".join(path), action.option_strings[-1]
+
+
+def test_every_option_of_every_command_has_help_text():
+    from tl_ray.cli import build_parser
+
+    assert list(_options_without_help(build_parser(), ["tl-ray"])) == []
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    from tl_ray.cli import build_parser
+
+    parser = build_parser()
+    assert "examples:\n  tl-ray run jobs/quickstart/target.yaml" in parser.format_help()
+    try:
+        parser.parse_args(["data", "ingest", "--help"])
+    except SystemExit:
+        pass
+    assert "images per shard file (default: 4096)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_version_and_python_dash_m():
+    from tl_ray import __version__
+
+    done = subprocess.run([sys.executable, "-m", "tl_ray", "--version"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0 and done.stdout.strip() == f"tl-ray {__version__}"

@@ -25,11 +25,38 @@ from tl_ray.errors import TLRayError
 
 GROUPS = (data, sweep, models, serve, cluster)
 
+EXAMPLES = """examples:
+  tl-ray run jobs/quickstart/target.yaml            # sweep, test, promote and serve (local Ray, local store)
+  tl-ray submit jobs/quickstart/target.yaml --address http://HEAD:8265 --set storage=s3://bucket/tl-ray
+  tl-ray models list --storage s3://bucket/tl-ray -o json
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (unless its text already says it) and keeps the examples' lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser and subparser of ``tl-ray`` shows defaults in its help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tl-ray`` argument parser: each module of ``GROUPS`` adds its subcommands."""
-    parser = argparse.ArgumentParser(prog="tl-ray", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from tl_ray import __version__
+
+    parser = _Parser(prog="tl-ray", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"tl-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for group in GROUPS:
         group.add_commands(sub)
     return parser

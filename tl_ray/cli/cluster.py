@@ -13,10 +13,8 @@ def cmd_submit(args) -> int:
     env_names = args.env if args.env else None
     job_id = submit.submit(args.spec, args.address, command=args.job_command, overrides=args.set,
                            package=args.package, pip_requirement=args.pip, env_names=env_names)
-    if args.follow:
-        submit.follow(args.address, job_id)
-    elif args.wait:
-        print(f"{job_id} {submit.wait(args.address, job_id)}")
+    if not args.no_wait:  # as `ray job submit`: stream the logs, exit non-zero unless the job succeeded
+        print(f"{job_id} {submit.follow(args.address, job_id)}")
     return 0
 
 
@@ -65,8 +63,9 @@ def add_commands(sub) -> None:
     p.add_argument("--pip", help="pip requirement with --package pip (default tl-ray==<this version>)")
     p.add_argument("--env", action="append", metavar="NAME",
                    help="forward this environment variable by name (default: the AWS_* variables that are set)")
-    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
-    p.add_argument("--wait", action="store_true", help="wait for the job to end; non-zero exit if it fails")
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the job ID and return at once (by default the job's logs stream until it ends, "
+                        "and the exit code is non-zero unless it succeeded)")
     p.set_defaults(func=cmd_submit)
 
     jobs = sub.add_parser("jobs", help="list, follow and stop Ray Jobs").add_subparsers(dest="jobs_cmd", required=True)
@@ -80,5 +79,5 @@ def add_commands(sub) -> None:
         if name != "list":
             p.add_argument("job_id")
         if name == "logs":
-            p.add_argument("--follow", action="store_true")
+            p.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
         p.set_defaults(func=func)

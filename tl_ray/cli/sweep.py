@@ -145,8 +145,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("report", help="table and plots of a sweep, written next to it in the store")
     p.add_argument("experiment", help="experiment folder name under STORAGE/experiments, or its path/URI")
     add_storage(p)
-    p.add_argument("--metric", default="val_accuracy")
-    p.add_argument("--mode", default="max", choices=["max", "min"])
+    p.add_argument("--metric", default="val_accuracy", help="the result column the plots and the table rank by")
+    p.add_argument("--mode", default="max", choices=["max", "min"], help="whether the metric is better high or low")
     p.set_defaults(func=cmd_report)
 
     cache = sub.add_parser("cache", help="backbone features cached for frozen-base trials").add_subparsers(
