@@ -108,3 +108,17 @@ def test_single_worker_trials_see_exactly_the_gpus_ray_assigned_them_in_reused_a
         assert row["cuda_visible_devices"] == row["gpu_ids"]  # what TensorFlow in the training process sees
         assert row["trial_pid"] == row["pid"]  # trained in the actor Ray gave the GPUs to
     assert len({r["pid"] for r in rows}) < 12  # later trials ran in earlier trials' actors
+
+
+def test_gpus_per_worker_auto_takes_one_gpu_per_worker_where_the_cluster_has_gpus(sim_cluster, dataset):
+    from tl_ray.tune.cluster import with_cluster_gpus
+
+    data = spec_for(dataset, "auto", "PACK")
+    del data["train"]["gpus_per_worker"]
+    spec = validate(data)
+    assert spec.train.gpus_per_worker == "auto"
+    assert with_cluster_gpus(spec).train.gpus_per_worker == 1.0
+    data["train"]["gpus_per_worker"] = 0
+    said = []
+    assert with_cluster_gpus(validate(data), out=said.append).train.gpus_per_worker == 0
+    assert said and "the cluster has 32 GPUs, but train.gpus_per_worker is 0" in said[0]

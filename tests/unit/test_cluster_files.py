@@ -303,9 +303,28 @@ def test_rayservice_matches_serve_config(serve_application):
         pytest.skip("serve/config.yaml is not written yet")
     apps = {a["import_path"]: a for a in yaml.safe_load(SERVE_CONFIG.read_text())["applications"]}
     assert IMPORT_PATH in apps, f"serve/config.yaml has no application with import_path {IMPORT_PATH}"
-    assert serve_application["args"] == apps[IMPORT_PATH].get("args"), (
-        "cluster/kuberay/rayservice.yaml and serve/config.yaml must build the same application"
+    cluster_args = {k: v for k, v in serve_application["args"].items() if k != "storage"}
+    assert cluster_args == apps[IMPORT_PATH].get("args"), (
+        "cluster/kuberay/rayservice.yaml and serve/config.yaml must build the same application (the store aside)"
     )
+
+
+def test_rayservice_serves_from_the_store_the_rayjob_promotes_to(serve_application):
+    entrypoint = shlex.split(_kuberay("rayjob-sweep.yaml")["spec"]["entrypoint"])
+    job_store = next(a.split("=", 1)[1] for a in entrypoint if a.startswith("storage="))
+    assert serve_application["args"].get("storage") == job_store, (
+        "cluster/kuberay/rayservice.yaml must read the store rayjob-sweep.yaml promotes to: "
+        f"args.storage: {job_store}"
+    )
+
+
+def test_gpu_walkthroughs_keep_trials_off_the_head_and_ask_for_gpus():
+    for name in ("raycluster.yaml", "rayjob-sweep.yaml"):
+        head = _cluster_spec(_kuberay(name))["headGroupSpec"]["rayStartParams"]
+        assert head.get("num-cpus") == "0", f"{name}: the head must run no trials (rayStartParams num-cpus: '0')"
+    assert "train.gpus_per_worker=1" in _kuberay("rayjob-sweep.yaml")["spec"]["entrypoint"]
+    aws = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
+    assert aws["available_node_types"][aws["head_node_type"]]["resources"]["CPU"] == 0
 
 
 # --- what the files install and run -----------------------------------------------------------

@@ -67,7 +67,13 @@ class TrainSpec(_Section):
             "a node where it fits; SPREAD puts workers on different nodes."
         ),
     )
-    gpus_per_worker: float = Field(default=0.0, ge=0.0, description="GPUs reserved for each worker.")
+    gpus_per_worker: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "GPUs reserved for each worker. auto: 1 when the cluster has GPUs when the sweep starts, else 0 "
+            "(on an autoscaling cluster whose GPU nodes start on demand, set a number)."
+        ),
+    )
     head_trial_gpus: float | None = Field(
         default=None,
         ge=0.0,

@@ -70,3 +70,20 @@ def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRE
                                "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
         raise ClusterError(f"no Ray cluster answers at {address!r}, {source} ({exc}). Start a cluster (`ray start "
                            "--head`), or set RAY_ADDRESS to a running cluster's address.") from None
+
+
+def with_cluster_gpus(spec, out=print):
+    """The spec with ``train.gpus_per_worker: auto`` resolved on the connected cluster: 1 GPU per worker when
+    the cluster has GPUs, else none. A spec asking for no GPUs on a cluster that has some is told so."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    asked = spec.train.gpus_per_worker
+    if asked == "auto":
+        train = spec.train.model_copy(update={"gpus_per_worker": 1.0 if gpus else 0.0})
+        return spec.model_copy(update={"train": train})
+    if gpus and not asked:
+        out(f"note: the cluster has {gpus:g} GPUs, but train.gpus_per_worker is 0: trials train on CPUs. "
+            "Set train.gpus_per_worker to auto or a number to train on them.")
+    return spec
+

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tl_ray import store
 from tl_ray.spec import Spec
+from tl_ray.tune.cluster import connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
 from tl_ray.tune.staged import run_staged
 from tl_ray.tune.trainable import tune_trial
@@ -42,6 +43,8 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     from ray import tune
 
     name = experiment or spec.name
+    connect_ray()
+    spec = with_cluster_gpus(spec)
     if spec.tune.stages:
         return run_staged(spec, resume=resume, experiment=name)
     # The base spec travels through the object store, not the config, so Tune's
