@@ -202,22 +202,18 @@ def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
 
 
 def serve_forever(spec: Spec, ref: str | None = None, out: Out = print, follow: bool = False) -> None:
-    """Serves until Ctrl-C; with ``follow``, swaps to the new version whenever the alias moves."""
-    url, ref = serve_model(spec, ref)
-    out(f"[serve] {ref} at {url}/predict  (Ctrl-C to stop)")
-    out(f"        tl-ray predict {url} IMAGE.png")
-    try:
+    """Serves until SIGTERM or Ctrl-C, then answers the requests in flight and stops
+    (``tl_ray.serving.process``); with ``follow``, swaps to the new version whenever the alias moves."""
+    from tl_ray.serving.process import StopSignals, serve_until
+
+    ensure_ray()  # first: ray.init installs signal handlers of its own, which StopSignals replaces
+    with StopSignals() as stop:
+        url, ref = serve_model(spec, ref)
+        out(f"[serve] {ref} at {url}/predict  (Ctrl-C or SIGTERM to stop)")
+        out(f"        tl-ray predict {url} IMAGE.png")
         if follow:
-            from tl_ray.serving import app
-
             out(f"[serve] following {ref}: checking the registry every {spec.serve.follow_interval_s:g}s")
-            app.follow(spec.storage, ref, spec.serve, out=out)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
+        serve_until(stop, spec.storage, ref, spec.serve, out=out, follow=follow)
 
 
 def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:

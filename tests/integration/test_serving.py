@@ -20,14 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from tiny_models import CLASSES, SIZE, publish, request_body, small_model
 from tl_ray.errors import ServingError
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_REQUESTS = yaml.safe_load((ROOT / "tests/data/requests/bad_requests.yaml").read_text())
-SIZE = (32, 32)
-CLASSES = ["sandal", "shirt", "sneaker"]
 BURST = 24
 TOKEN_ENV, TOKEN = "TLRAY_TEST_SERVE_TOKEN", "integration-token"
 APP = "tl-ray-test"
@@ -46,29 +45,6 @@ def _env(tmp_path_factory):
         mp.setenv("TLRAY_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.setenv(TOKEN_ENV, TOKEN)
         yield
-
-
-def small_model(seed: int, nan: bool = False):
-    """A small conv classifier with the registry's input contract, much quicker to build than MobileNet."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((*SIZE, 3), dtype="float32")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x))
-    if nan:  # a diverged training run: loads fine, answers NaN, so the server answers 500
-        model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
-    return model
-
-
-def publish(store: str, model, folder: Path) -> int:
-    from tl_ray.models.export import export_model
-    from tl_ray.registry.store import Registry
-
-    export_model(model, folder)
-    return Registry(store).publish("tiny", folder, {"image_size": list(SIZE), "class_names": CLASSES})
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +137,7 @@ def test_png_files_match_the_model(url, published, tmp_path):
     "case", [c for c in BAD_REQUESTS if "max_body_bytes" not in c and not c.get("unit_only")], ids=lambda c: c["id"]
 )
 def test_bad_requests_get_4xx_json(url, case):
-    body = bytes.fromhex(case["body_hex"]) if "body_hex" in case else case["body"].encode()
+    body = request_body(case)
     if "max_instances" in case:  # the server allows 64
         body = json.dumps({"instances": [[[0]]] * 65}).encode()
     headers = {"Content-Type": case["content_type"]} if case["content_type"] else {}

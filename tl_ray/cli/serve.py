@@ -10,7 +10,8 @@ from tl_ray.cli._common import add_spec, load
 def cmd_serve(args) -> int:
     from tl_ray.pipeline import serve_forever
 
-    serve_forever(load(args), args.model, out=print, follow=args.follow)
+    # Flushed line by line: under Kubernetes or systemd stdout is a pipe, and the drain's lines come last.
+    serve_forever(load(args), args.model, out=lambda line: print(line, flush=True), follow=args.follow)
     return 0
 
 
@@ -25,7 +26,7 @@ def cmd_predict(args) -> int:
 
 def add_commands(sub) -> None:
     """Adds ``serve`` and ``predict`` to the ``tl-ray`` subparsers ``sub``."""
-    p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C")
+    p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C or SIGTERM")
     add_spec(p)
     p.add_argument("--model", help="NAME:ALIAS or NAME:vN (default: promote.name:production)")
     p.add_argument("--follow", action="store_true",

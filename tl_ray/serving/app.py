@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -51,6 +52,8 @@ def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
     return (ModelIngress if ingress else serve.deployment(ModelReplica)).options(
         name=name,
         max_constructor_retry_count=3,
+        # A stopping replica checks for requests still in flight this often (Serve's default: 2 s).
+        graceful_shutdown_wait_loop_s=0.5,
         autoscaling_config={
             "min_replicas": auto.min_replicas,
             "initial_replicas": max(1, auto.min_replicas),
@@ -343,15 +346,17 @@ def _running_replicas(name: str, dep: str) -> int:
 
 def follow(
     storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", out: Callable[[str], None] = print,
-    stop: Callable[[], bool] = lambda: False,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Watches the registry and swaps the application whenever ``ref``'s alias (or the canary's) moves.
+    """Watches the registry and swaps the application whenever ``ref``'s alias (or the canary's) moves, until
+    ``stop`` is set (never, without one).
 
     A refused swap is printed once and the watch goes on; the old version keeps
     serving until the alias moves again.
     """
+    stop = stop or threading.Event()
     refused: dict[str, str] | None = None
-    while not stop():
+    while not stop.is_set():
         try:
             wanted = resolve_refs(storage, ref, serve_spec)
             before = served_refs(name)
@@ -361,4 +366,4 @@ def follow(
         except (ServingError, RegistryError) as exc:
             refused = wanted if isinstance(exc, ServingError) else refused
             out(f"[serve] {exc}")
-        time.sleep(serve_spec.follow_interval_s)
+        stop.wait(serve_spec.follow_interval_s)

@@ -22,7 +22,8 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from tl_ray.serving.schema import PREDICT_OPENAPI, PREDICT_RESPONSES, check_auth, error, load_token
+from tl_ray.serving.parsing import RequestError
+from tl_ray.serving.schema import PREDICT_OPENAPI, PREDICT_RESPONSES, check_auth, error, load_token, read_body
 from tl_ray.spec import ServeSpec
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class Window:
         return {"requests": n, "error_rate": sum(not x[1] for x in self.items) / n, "p99_ms": p99}
 
 
-@serve.deployment(name="CanaryRouter", num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    name="CanaryRouter", num_replicas=1, ray_actor_options={"num_cpus": 0}, graceful_shutdown_wait_loop_s=0.5
+)
 @serve.ingress(router_api)
 class CanaryRouter:
     """Routes ``/predict`` to production or canary by weight; rolls the canary back on bad figures.
@@ -93,10 +96,10 @@ class CanaryRouter:
         denied = check_auth(self.token, request.headers.get("authorization"))
         if denied is not None:
             return denied
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.spec.max_body_bytes:
-            return error(413, f"request body is {declared} bytes; the limit is {self.spec.max_body_bytes}.")
-        body = await request.body()
+        try:
+            body = await read_body(request, self.spec.max_body_bytes)
+        except RequestError as exc:
+            return error(exc.status, exc.message)
         target = "canary" if random.random() < self.weight else "production"
         started = time.perf_counter()
         try:

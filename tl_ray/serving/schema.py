@@ -10,10 +10,12 @@ from __future__ import annotations
 import hmac
 import os
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tl_ray.errors import ServingError
+from tl_ray.serving.parsing import RequestError, body_too_large
 
 
 class PredictRequest(BaseModel):
@@ -78,6 +80,25 @@ PREDICT_RESPONSES = {
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused once it passes ``limit`` bytes: up front when Content-Length says so, else
+    as soon as a chunked upload (which has no Content-Length) has sent more, without reading the rest.
+
+    Raises:
+        RequestError: 413 over ``limit``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, body_too_large(declared, limit))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, body_too_large(f"over {limit}", limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def load_token(env_name: str | None) -> str | None:

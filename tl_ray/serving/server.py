@@ -26,7 +26,8 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve import metrics
 
-from tl_ray.serving.predictor import Predictor, RequestError, configure_threads
+from tl_ray.serving.parsing import RequestError
+from tl_ray.serving.predictor import Predictor, configure_threads
 from tl_ray.serving.schema import (
     PREDICT_OPENAPI,
     PREDICT_RESPONSES,
@@ -35,6 +36,7 @@ from tl_ray.serving.schema import (
     check_auth,
     error,
     load_token,
+    read_body,
 )
 from tl_ray.spec import ServeSpec
 
@@ -55,6 +57,15 @@ class BatchStats:
         self.batches = self.requests = self.instances = 0
         self.largest_batch_requests = self.largest_batch_instances = 0
         self.answered = self.client_errors = self.server_errors = 0
+        self.in_flight = 0  # requests being parsed or predicted now
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def record(self, requests: int, instances: int) -> None:
         with self._lock:
@@ -158,6 +169,7 @@ class ModelReplica:
         """Parses, predicts and formats one request body; ``(HTTP status, JSON answer)``. Never raises."""
         started = time.perf_counter()
         predictor = self.predictor
+        self.stats.begin()
         try:
             batch = predictor.parse(
                 body, content_type, max_instances=self.spec.max_instances, max_body_bytes=self.spec.max_body_bytes
@@ -169,6 +181,8 @@ class ModelReplica:
         except Exception as exc:  # noqa: BLE001 - answer, log, and keep the replica serving
             logger.exception("prediction failed for %s", predictor.ref)
             status, answer = 500, {"error": f"prediction failed in {predictor.ref}: {type(exc).__name__}: {exc}"}
+        finally:
+            self.stats.end()
         self.stats.answer(status)
         self.metrics.answered(predictor.ref, status, started)
         return status, answer
@@ -217,11 +231,12 @@ class ModelIngress(ModelReplica):
         if denied is not None:
             self.stats.answer(401)
             return denied
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.spec.max_body_bytes:
-            self.stats.answer(413)
-            return error(413, f"request body is {declared} bytes; the limit is {self.spec.max_body_bytes}.")
-        status, answer = await self.infer(await request.body(), request.headers.get("content-type"))
+        try:
+            body = await read_body(request, self.spec.max_body_bytes)
+        except RequestError as exc:
+            self.stats.answer(exc.status)
+            return error(exc.status, exc.message)
+        status, answer = await self.infer(body, request.headers.get("content-type"))
         return answer if status == 200 else error(status, answer["error"])
 
     @api.get("/healthz", response_model=Health)
