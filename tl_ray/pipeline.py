@@ -212,7 +212,7 @@ def serve_forever(spec: Spec, ref: str | None = None, out: Out = print, follow: 
         out(f"[serve] {ref} at {url}/predict  (Ctrl-C or SIGTERM to stop)")
         out(f"        tl-ray predict {url} IMAGE.png")
         if follow:
-            out(f"[serve] following {ref}: checking the registry every {spec.serve.follow_interval_s:g}s")
+            out(f"[serve] watching {ref}: checking the registry every {spec.serve.watch_interval_s:g}s")
         serve_until(stop, spec.storage, ref, spec.serve, out=out, follow=follow)
 
 

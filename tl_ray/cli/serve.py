@@ -11,7 +11,7 @@ def cmd_serve(args) -> int:
     from tl_ray.pipeline import serve_forever
 
     # Flushed line by line: under Kubernetes or systemd stdout is a pipe, and the drain's lines come last.
-    serve_forever(load(args), args.model, out=lambda line: print(line, flush=True), follow=args.follow)
+    serve_forever(load(args), args.model, out=lambda line: print(line, flush=True), follow=args.watch_alias)
     return 0
 
 
@@ -29,8 +29,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve NAME:production (or --model) with Ray Serve until Ctrl-C or SIGTERM")
     add_spec(p)
     p.add_argument("--model", help="NAME:ALIAS or NAME:vN (default: promote.name:production)")
-    p.add_argument("--follow", action="store_true",
-                   help="swap to the new version without downtime whenever the alias moves (serve.follow_interval_s)")
+    p.add_argument("--watch-alias", action="store_true",
+                   help="watch the alias in the registry and swap to each newly promoted version without downtime "
+                        "(every serve.watch_interval_s)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("predict", help="send images to a running endpoint and print classes")
     p.add_argument("url", help="endpoint base URL, e.g. http://127.0.0.1:8000")

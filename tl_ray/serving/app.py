@@ -366,4 +366,4 @@ def follow(
         except (ServingError, RegistryError) as exc:
             refused = wanted if isinstance(exc, ServingError) else refused
             out(f"[serve] {exc}")
-        stop.wait(serve_spec.follow_interval_s)
+        stop.wait(serve_spec.watch_interval_s)

@@ -89,6 +89,6 @@ class ServeSpec(_Section):
         description="Environment variable holding a bearer token every request must carry. None: no auth.",
     )
     canary: CanarySpec | None = Field(default=None, description="Canary traffic split. None: production only.")
-    follow_interval_s: float = Field(
-        default=5.0, gt=0.0, le=3600.0, description="`tl-ray serve --follow`: seconds between alias checks."
+    watch_interval_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0, description="`tl-ray serve --watch-alias`: seconds between alias checks."
     )
