@@ -22,6 +22,7 @@ import sys
 from tl_ray.cli import cluster, data, models, serve, sweep
 from tl_ray.cli._common import fail
 from tl_ray.errors import TLRayError
+from tl_ray.tune.cluster import VERBOSE_ENV
 
 GROUPS = (data, sweep, models, serve, cluster)
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="tl-ray", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     parser.add_argument("--version", action="version", version=f"tl-ray {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray Tune's status tables and every trial's own output (TensorFlow, Ray) live")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for group in GROUPS:
         group.add_commands(sub)
@@ -65,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the ``tl-ray`` command in ``argv`` (default ``sys.argv[1:]``); returns its exit code."""
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     # TensorFlow's C++ start-up chatter, in this process and the Ray workers it starts.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

@@ -54,6 +54,7 @@ def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
         max_constructor_retry_count=3,
         # A stopping replica checks for requests still in flight this often (Serve's default: 2 s).
         graceful_shutdown_wait_loop_s=0.5,
+        logging_config={"enable_access_log": serve_spec.access_log},
         autoscaling_config={
             "min_replicas": auto.min_replicas,
             "initial_replicas": max(1, auto.min_replicas),

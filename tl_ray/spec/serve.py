@@ -89,6 +89,7 @@ class ServeSpec(_Section):
         description="Environment variable holding a bearer token every request must carry. None: no auth.",
     )
     canary: CanarySpec | None = Field(default=None, description="Canary traffic split. None: production only.")
+    access_log: bool = Field(default=False, description="Ray Serve's log line per request (replicas' logs).")
     watch_interval_s: float = Field(
         default=5.0, gt=0.0, le=3600.0, description="`tl-ray serve --watch-alias`: seconds between alias checks."
     )

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from tl_ray.errors import ClusterError
+
+VERBOSE_ENV = "TLRAY_VERBOSE"
+
+
+def verbose() -> bool:
+    """``tl-ray -v``: Ray Tune's own progress tables and every worker's output on the console."""
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def connect_ray() -> None:
@@ -17,7 +26,8 @@ def connect_ray() -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, configure_logging=False)
+        # Workers' output (TensorFlow, Ray Train) stays in each trial's folder unless `tl-ray -v`.
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose(), configure_logging=False)
 
 
 def join_running_cluster() -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
-from tl_ray.tune.cluster import connect_ray
+from tl_ray.tune.cluster import connect_ray, verbose
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
+from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
 
 
@@ -194,6 +195,12 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
         )
     exp_path = f"{storage_path.rstrip('/')}/{name}"
+    total = (num_samples or spec.tune.num_samples) * (1 if search and spec.tune.search == "optuna"
+                                                      else _grid_points(param_space))
+    print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
+          f"each {_resources_text(spec)}; experiment {exp_path} (each trial's output: stdout, stderr in its "
+          "folder; tl-ray -v shows it here)", flush=True)
+    progress = SweepProgress(spec.tune.metric, spec.tune.mode, total)
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(
@@ -222,7 +229,9 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                     checkpoint_score_attribute=spec.tune.metric,
                     checkpoint_score_order=spec.tune.mode,
                 ),
-                verbose=1,
+                verbose=1 if verbose() else 0,
+                callbacks=[progress],
+                log_to_file=True,
             ),
         )
     with quiet_ray_resume_hint():
@@ -238,6 +247,12 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         row.stage = stage
         result.rows.append(row)
     return result
+
+
+def _resources_text(spec: Spec) -> str:
+    t = spec.train
+    gpus = f" + {t.gpus_per_worker} GPU" if t.gpus_per_worker else ""
+    return f"{t.workers} worker{'s' if t.workers > 1 else ''} x {t.cpus_per_worker} CPU{gpus}"
 
 
 def _grid_points(param_space: dict) -> int:

@@ -1,0 +1,76 @@
+"""tl-ray's own sweep console: a header, one line per trial that ends, and a progress bar on a terminal.
+
+Tune's status tables and result boxes are off unless ``tl-ray -v``; each trial's own output (TensorFlow,
+Ray Train) is written to ``stdout``/``stderr`` files in its trial folder of the experiment.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from ray import tune
+
+
+class SweepProgress(tune.Callback):
+    """Prints one line per trial that ends (its best objective so far, or why it failed) and the best trial
+    of the sweep so far; a progress bar of ended trials on a terminal.
+
+    The objective of a trial is its best reported value of the metric, the epoch whose checkpoint the
+    sweep's table and the promotion use.
+    """
+
+    def __init__(self, metric: str, mode: str, total: int | None, out: Callable[[str], None] = print):
+        self.metric, self.mode, self.total, self.out = metric, mode, total, out
+        self.best: dict[str, float] = {}  # trial id -> its best metric so far
+        self.ended = 0
+        self._bar = None
+
+    def _better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+    def setup(self, **info) -> None:
+        from tqdm import tqdm
+
+        # A bar only where a person watches: a pipe or a CI log gets the lines alone.
+        self._bar = tqdm(total=self.total, unit="trial", desc="trials ended", file=sys.stderr,
+                         disable=not sys.stderr.isatty(), leave=False)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            old = self.best.get(trial.trial_id)
+            if old is None or self._better(value, old):
+                self.best[trial.trial_id] = float(value)
+
+    def _leader(self) -> str:
+        if not self.best:
+            return ""
+        pick = max if self.mode == "max" else min
+        trial_id = pick(self.best, key=self.best.get)
+        return f"; best so far {self.metric} {self.best[trial_id]:.4f} ({trial_id})"
+
+    def _ended(self, trial, how: str) -> None:
+        self.ended += 1
+        of = f"/{self.total}" if self.total else ""
+        value = self.best.get(trial.trial_id)
+        score = f"{self.metric} {value:.4f}" if value is not None else f"no {self.metric}"
+        line = f"[tune] {self.ended}{of} trial {trial.trial_id} {how}: {score}{self._leader()}"
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.clear()
+        self.out(line)
+        if self._bar is not None:
+            self._bar.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        # A scheduler's early stop ends a trial as TERMINATED too, before its last epoch.
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        self._ended(trial, f"done after {epochs} epoch{'s' if epochs != 1 else ''}")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trial, "failed (its error is in the table below)")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._bar is not None:
+            self._bar.close()
