@@ -201,19 +201,20 @@ def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
     return url, ref
 
 
-def serve_forever(spec: Spec, ref: str | None = None, out: Out = print, follow: bool = False) -> None:
-    """Serves until SIGTERM or Ctrl-C, then answers the requests in flight and stops
-    (``tl_ray.serving.process``); with ``follow``, swaps to the new version whenever the alias moves."""
+def serve_forever(storage: str, ref: str, serve_spec, out: Out = print, follow: bool = False) -> None:
+    """Serves ``ref`` of the registry in ``storage`` until SIGTERM or Ctrl-C, then answers the requests in flight
+    and stops (``tl_ray.serving.process``); with ``follow``, swaps to the new version whenever the alias moves."""
+    from tl_ray.serving import app
     from tl_ray.serving.process import StopSignals, serve_until
 
     ensure_ray()  # first: ray.init installs signal handlers of its own, which StopSignals replaces
     with StopSignals() as stop:
-        url, ref = serve_model(spec, ref)
+        url = app.run(storage, ref, serve_spec, blocking=False)
         out(f"[serve] {ref} at {url}/predict  (Ctrl-C or SIGTERM to stop)")
         out(f"        tl-ray predict {url} IMAGE.png")
         if follow:
-            out(f"[serve] watching {ref}: checking the registry every {spec.serve.watch_interval_s:g}s")
-        serve_until(stop, spec.storage, ref, spec.serve, out=out, follow=follow)
+            out(f"[serve] watching {ref}: checking the registry every {serve_spec.watch_interval_s:g}s")
+        serve_until(stop, storage, ref, serve_spec, out=out, follow=follow)
 
 
 def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
@@ -278,7 +279,7 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
     if spec.run.serve:
         if keep_serving:
             out(f"        query it: tl-ray predict {figures['url']} IMAGE.png")
-            serve_forever(spec, ref, out)
+            serve_forever(spec.storage, ref, spec.serve, out)
         else:
-            out(f"        serve it again: tl-ray serve {spec._base_dir}/<spec>.yaml  then  tl-ray predict {figures['url']} IMAGE.png")
+            out(f"        serve it again: tl-ray serve --storage {spec.storage} --model {ref}")
     return figures

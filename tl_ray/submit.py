@@ -82,7 +82,7 @@ def _stage_specs(spec_path: Path, dest: Path) -> str:
 
 def runtime_env(work_dir: Path, package: str, pip_requirement: str | None, env_names: list[str]) -> dict:
     """The job's runtime environment (values of ``env_names`` come from this process's environment)."""
-    env: dict = {"working_dir": str(work_dir), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}
+    env: dict = {"working_dir": str(work_dir), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}}
     if package == "source":
         env["py_modules"] = [str(Path(tl_ray.__file__).parent)]
     elif package == "pip":

@@ -170,3 +170,8 @@ def test_version_and_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "tl_ray", "--version"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0 and done.stdout.strip() == f"tl-ray {__version__}"
+
+
+def test_serve_without_a_spec_or_model_exits_2_saying_what_to_pass(capsys):
+    code, _, err = run(capsys, "serve", "--storage", "./nowhere")
+    assert code == 2 and "tl-ray serve needs --model NAME:ALIAS" in err

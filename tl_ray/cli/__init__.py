@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
-    # TensorFlow's C++ start-up chatter, in this process and the Ray workers it starts.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ logs (oneDNN notes, a cuInit error on a machine without GPUs), in this process and the
+    # Ray workers it starts; -v keeps its errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if args.verbose else "3")
     try:
         return args.func(args)
     except TLRayError as exc:

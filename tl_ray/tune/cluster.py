@@ -7,6 +7,7 @@ import os
 from tl_ray.errors import ClusterError
 
 VERBOSE_ENV = "TLRAY_VERBOSE"
+_session: dict = {}  # the Ray session this process started: its log folder
 
 
 def verbose() -> bool:
@@ -26,8 +27,17 @@ def connect_ray() -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
-        # Workers' output (TensorFlow, Ray Train) stays in each trial's folder unless `tl-ray -v`.
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose(), configure_logging=False)
+        # Workers' output (TensorFlow, Ray Train) stays in Ray's logs unless `tl-ray -v`.
+        context = ray.init(address=address, include_dashboard=False, log_to_driver=verbose(), configure_logging=False)
+        _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
+
+
+def workers_output() -> str:
+    """Where the trials' own output is: on this console (``tl-ray -v``), else Ray's log folder."""
+    if verbose():
+        return "workers' output below"
+    where = _session.get("logs") or "/tmp/ray/session_latest/logs on each node"
+    return f"workers' output in {where} (tl-ray -v shows it here)"
 
 
 def join_running_cluster() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
-from tl_ray.tune.cluster import connect_ray, verbose
+from tl_ray.tune.cluster import connect_ray, verbose, workers_output
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
@@ -198,8 +198,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     total = (num_samples or spec.tune.num_samples) * (1 if search and spec.tune.search == "optuna"
                                                       else _grid_points(param_space))
     print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
-          f"each {_resources_text(spec)}; experiment {exp_path} (each trial's output: stdout, stderr in its "
-          "folder; tl-ray -v shows it here)", flush=True)
+          f"each {_resources_text(spec)}; experiment {exp_path}; {workers_output()}", flush=True)
     progress = SweepProgress(spec.tune.metric, spec.tune.mode, total)
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
@@ -231,7 +230,6 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 ),
                 verbose=1 if verbose() else 0,
                 callbacks=[progress],
-                log_to_file=True,
             ),
         )
     with quiet_ray_resume_hint():
