@@ -94,7 +94,7 @@ def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRE
 
 def with_cluster_gpus(spec, out=print):
     """The spec with ``train.gpus_per_worker: auto`` resolved on the connected cluster: 1 GPU per worker when
-    the cluster has GPUs, else none. A spec asking for no GPUs on a cluster that has some is told so."""
+    the cluster has GPUs, else none. A spec asking for no GPUs on a cluster that has some is told so, once."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -102,7 +102,8 @@ def with_cluster_gpus(spec, out=print):
     if asked == "auto":
         train = spec.train.model_copy(update={"gpus_per_worker": 1.0 if gpus else 0.0})
         return spec.model_copy(update={"train": train})
-    if gpus and not asked:
+    if gpus and not asked and not _session.get("told_no_gpus"):
+        _session["told_no_gpus"] = True
         out(f"note: the cluster has {gpus:g} GPUs, but train.gpus_per_worker is 0: trials train on CPUs. "
             "Set train.gpus_per_worker to auto or a number to train on them.")
     return spec

@@ -19,6 +19,7 @@ from tl_ray import store
 from tl_ray.spec import Spec, validate
 from tl_ray.train.loop import train
 from tl_ray.train.runtime import begin_trial, configure_tensorflow
+from tl_ray.tune.cluster import with_cluster_gpus
 
 THREAD_EXIT_TIMEOUT_S = 120  # how long a reused actor waits for its previous trial's thread to end
 
@@ -168,6 +169,7 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    spec = with_cluster_gpus(spec, out=lambda line: None)  # a sweep resolved it already; a lone trial not
     storage_path, fs = ray_storage(spec, "train")
     resources = {"CPU": spec.train.cpus_per_worker}
     if spec.train.gpus_per_worker:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
-from tl_ray.tune.cluster import connect_ray, verbose, workers_output
+from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers_output
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
@@ -185,6 +185,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     from ray import tune
 
     connect_ray()
+    spec = with_cluster_gpus(spec)
     storage_path, fs = ray_storage(spec, *folder)
     if search and spec.tune.search == "optuna":
         param_space = {}  # Optuna samples through its define-by-run space (tl_ray.tune.space)
