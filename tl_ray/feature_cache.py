@@ -159,7 +159,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
 
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
-    lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S)
+    lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S, scope=cache_root(spec.storage))
     start = time.monotonic()
     waited = False
     while time.monotonic() - start < WAIT_S:

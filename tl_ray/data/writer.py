@@ -188,7 +188,7 @@ class ShardWriter:
         data = self._encode()
         uri = store.join(self.to, name)
         self.written.append(uri)
-        store.write_bytes(uri, data)
+        store.write_bytes(uri, data, check_size=True)
         self.entries.append({
             "path": name,
             "rows": len(self._labels),
