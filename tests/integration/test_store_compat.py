@@ -115,3 +115,22 @@ def test_eight_concurrent_promotions(any_s3, model_dir):
     else:
         assert all(outcome == "refused" and "ignores If-None-Match" in text for outcome, text in results)
         assert registry.versions("m") == [] and store.list_files(root) == []
+
+
+def test_folders_of_folders_list_on_both_servers(any_s3):
+    server, root = any_s3
+    for key in ("registry/a/v1/metadata.json", "registry/a/aliases/production.json", "registry/b/v1/x/y.bin",
+                "datasets/d/_manifest.json", "top.json"):
+        store.write_bytes(store.join(root, key), b"{}")
+    assert store.list_dir(root) == ["datasets", "registry", "top.json"]
+    assert store.list_dir(store.join(root, "registry")) == ["a", "b"]  # s3rver's delimited answer: nothing
+    assert store.list_dir(store.join(root, "registry", "a")) == ["aliases", "v1"]
+    assert store.list_files(store.join(root, "registry", "b")) == ["v1/x/y.bin"]
+
+
+def test_pyarrow_writes_are_plain_bodies(any_s3):
+    server, root = any_s3
+    fs, path = store.filesystem(store.join(root, "checkpoint", "state.json"))
+    with fs.open_output_stream(path) as out:  # as Ray writes checkpoints through store.filesystem
+        out.write(b'{"epoch": 3}')
+    assert store.read_bytes(store.join(root, "checkpoint", "state.json")) == b'{"epoch": 3}'

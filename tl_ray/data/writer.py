@@ -188,7 +188,8 @@ class ShardWriter:
         data = self._encode()
         uri = store.join(self.to, name)
         self.written.append(uri)
-        store.write_bytes(uri, data, check_size=True)
+        store.write_bytes(uri, data)
+        store.check_size(uri, data)
         self.entries.append({
             "path": name,
             "rows": len(self._labels),

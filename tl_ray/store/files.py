@@ -284,24 +284,10 @@ def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) ->
     return True
 
 
-def write_bytes(uri: str, data: bytes, *, check_size: bool = False) -> None:
-    """Writes ``data`` to ``uri`` atomically: readers see the old object or the whole new one.
-
-    Args:
-        uri: the destination.
-        data: the bytes.
-        check_size: on S3, also HEAD the object and compare its size (a shard: one small request that
-            catches a store keeping upload framing, without reading the shard back). Defaults to False.
-    """
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes ``data`` to ``uri`` atomically: readers see the old object or the whole new one."""
     if s3.is_s3(uri):
         objects.put(uri, data)
-        if check_size and readback.ENABLED:
-            stored = (objects.head(uri) or {}).get("ContentLength")
-            if stored != len(data):
-                objects.delete(uri)
-                raise StorageError(f"{uri!r} did not read back as written on {s3.endpoint_name()}: it holds "
-                                   f"{stored} bytes, {len(data)} were written. "
-                                   f"{readback.diagnose(data, objects.get(uri)[0] if stored else None)}")
         return
     fs, path = filesystem(uri)
     with reported(uri, "write"):

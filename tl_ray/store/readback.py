@@ -49,6 +49,19 @@ def check_written(uri: str, data: bytes, etag: str | None = None) -> None:
                        "It was removed: nothing was published.")
 
 
+def check_size(uri: str, data: bytes) -> None:
+    """For a large object (a shard): one HEAD comparing the stored size with ``len(data)``, which catches a
+    store keeping upload framing without reading the object back; deletes it and raises when they differ."""
+    if not ENABLED or not uri.startswith("s3://"):
+        return
+    stored = (objects.head(uri) or {}).get("ContentLength")
+    if stored != len(data):
+        found = objects.get(uri) if stored else None
+        objects.delete(uri)
+        raise StorageError(f"{uri!r} did not read back as written on {endpoint_name()}: it holds {stored} bytes, "
+                           f"{len(data)} were written; {diagnose(data, found and found[0])} It was removed.")
+
+
 def diagnose(sent: bytes, got: bytes | None) -> str:
     """The likely cause of reading ``got`` back after writing ``sent``, and the fix."""
     if got is None:

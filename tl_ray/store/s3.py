@@ -101,20 +101,23 @@ def client():
     """The boto3 S3 client of the current endpoint and settings, made once per process: every boto3 call
     goes through it."""
     settings = checksum_settings()
+    credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"))
     return _client(endpoint_url(), os.getpid(), settings["request_checksum_calculation"],
-                   settings["response_checksum_validation"], _path_style())
+                   settings["response_checksum_validation"], _path_style(), hash(credentials))
 
 
 @functools.lru_cache(maxsize=8)
-def _client(endpoint: str | None, pid: int, request_checksums: str, response_checksums: str, path_style: bool):
-    # Keyed by pid: a forked process must not share its parent's pooled connections.
+def _client(endpoint: str | None, pid: int, request_checksums: str, response_checksums: str, path_style: bool,
+            credentials: int):
+    # Keyed by pid: a forked process must not share its parent's pooled connections; and by the credentials
+    # in the environment, read when the client is made.
     import boto3
     from botocore.config import Config
 
     config = Config(
         request_checksum_calculation=request_checksums, response_checksum_validation=response_checksums,
         connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_REQUEST_TIMEOUT_S,
-        retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
         s3={"addressing_style": "path"} if path_style else None,
     )
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
