@@ -234,6 +234,7 @@ def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, ur
         data = buf.getvalue()
         name = f"part-{len(shards):05d}.parquet"
         storage.write_bytes(storage.join(uri, name), data)
+        storage.check_size(storage.join(uri, name), data)
         shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
         lease.renew({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
 

@@ -54,15 +54,8 @@ def write_if(uri: str, data: bytes, tag: str | None, *, scope: str | None = None
             ``TLRAY_STORAGE_LOCKING=lease``), or does not read the object back as written.
     """
     if s3.is_s3(uri):
-        scope = scope or posixpath.dirname(uri)
-        if locking.mode(scope) == "lease":
-            with locking.FencedLock(scope) as lock:
-                if read_tagged(uri)[1] != tag:
-                    return False
-                lock.check()
-                objects.put(uri, data)
-                readback.check_written(uri, data)
-                return True
+        if locking.mode(scope or posixpath.dirname(uri)) == "lease":
+            return _leased(uri, tag, scope, lambda: (objects.put(uri, data), readback.check_written(uri, data)))
         written = objects.put(uri, data, **({"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}))
         if written is not None:
             readback.check_written(uri, data, written.get("ETag"))
@@ -80,13 +73,8 @@ def write_if(uri: str, data: bytes, tag: str | None, *, scope: str | None = None
 def delete_if(uri: str, tag: str, *, scope: str | None = None) -> bool:
     """Deletes ``uri`` only if it still holds the object ``tag`` came from."""
     if s3.is_s3(uri):
-        scope = scope or posixpath.dirname(uri)
-        if locking.mode(scope) == "lease":
-            with locking.FencedLock(scope) as lock:
-                if read_tagged(uri)[1] != tag:
-                    return False
-                lock.check()
-                return objects.delete(uri)
+        if locking.mode(scope or posixpath.dirname(uri)) == "lease":
+            return _leased(uri, tag, scope, lambda: objects.delete(uri))
         return objects.delete(uri, IfMatch=tag)
     path = Path(filesystem(uri)[1])
     with _locked(path):
@@ -94,6 +82,16 @@ def delete_if(uri: str, tag: str, *, scope: str | None = None) -> bool:
             return False
         path.unlink()
     return True
+
+
+def _leased(uri: str, tag: str | None, scope: str | None, write) -> bool:
+    """``write()`` under the scope's ``FencedLock`` if ``uri`` still has ``tag``: ``TLRAY_STORAGE_LOCKING=lease``."""
+    with locking.FencedLock(scope or posixpath.dirname(uri)) as lock:
+        if read_tagged(uri)[1] != tag:
+            return False
+        lock.check()
+        write()
+        return True
 
 
 @contextmanager

@@ -31,6 +31,7 @@ _CHECKSUM_VARIABLES = {
     "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
     "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
 }
+_exported: dict[str, str] = {}  # the values export_checksum_settings put in the environment
 
 
 def is_s3(uri: str) -> bool:
@@ -66,11 +67,28 @@ def checksum_settings() -> dict[str, str]:
     default = "when_required" if endpoint_url() else "when_supported"
     out = {}
     for setting, variable in _CHECKSUM_VARIABLES.items():
-        value = os.environ.get(variable, "").strip().lower() or default
+        value = os.environ.get(variable, "")
+        value = "" if value == _exported.get(variable) else value.strip().lower()  # ours, not the user's
+        value = value or default
         if value not in CHECKSUM_CHOICES:
             raise StorageError(f"{variable} must be one of {list(CHECKSUM_CHOICES)}. Received: {value!r}.")
         out[setting] = value
     return out
+
+
+def export_checksum_settings() -> None:
+    """Puts ``checksum_settings`` in the environment, where the C++ SDK inside pyarrow reads them each time a
+    filesystem is made (pyarrow has no option for them), unless the user set the variables.
+
+    Done on import too: a Ray worker that unpickles a filesystem after importing tl-ray gets them. Nothing
+    is exported for AWS's own endpoint, where tl-ray's choice is the SDK's default.
+    """
+    if not endpoint_url():
+        return
+    for setting, value in checksum_settings().items():
+        variable = _CHECKSUM_VARIABLES[setting]
+        if os.environ.get(variable) in (None, "", _exported.get(variable)):
+            os.environ[variable] = _exported[variable] = value
 
 
 def _path_style() -> bool:
@@ -79,14 +97,8 @@ def _path_style() -> bool:
 
 @functools.lru_cache(maxsize=8)
 def arrow_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
-    """The pyarrow filesystem of ``endpoint``, made once per endpoint and region.
-
-    pyarrow has no checksum option: the C++ SDK reads the standard variables when a filesystem is
-    made, so the settings of ``checksum_settings`` are put in the environment first (a Ray worker
-    started after this inherits them, for the filesystem Ray unpickles there).
-    """
-    for setting, value in checksum_settings().items():
-        os.environ.setdefault(_CHECKSUM_VARIABLES[setting], value)
+    """The pyarrow filesystem of ``endpoint``, made once per endpoint and region, with ``checksum_settings``."""
+    export_checksum_settings()
     kwargs = dict(region=region, connect_timeout=S3_CONNECT_TIMEOUT_S, request_timeout=S3_REQUEST_TIMEOUT_S,
                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS))
     if endpoint:
@@ -121,3 +133,9 @@ def _client(endpoint: str | None, pid: int, request_checksums: str, response_che
         s3={"addressing_style": "path"} if path_style else None,
     )
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+
+try:
+    export_checksum_settings()
+except StorageError:
+    pass  # a bad value is reported where the store is used
