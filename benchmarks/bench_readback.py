@@ -7,8 +7,9 @@ On an S3 API server on loopback (moto, started here on a free port), each round 
 alternating order so a noisy neighbour slows both alike:
 
 1. ingest: Fashion-MNIST classes 0-1, 200 rows each, 100 rows per shard, Parquet (4 shards and a manifest);
-2. promotion's store part: publish a 2 MiB model folder as a new version (claim, upload, metadata.json)
-   and move the production alias to it.
+2. promotion's store part: publish a 2 MiB model folder as v1 of a new model name (claim, upload,
+   metadata.json) and point its production alias at it (a fresh name each time, so every run does
+   the same requests).
 
 with ``readback.ENABLED`` on and off. It prints the median seconds of each, their ratio, and the
 requests each sent by kind (counted on the boto3 client's ``before-send`` event).
@@ -39,7 +40,7 @@ def counted(job, counter: Counter) -> float:
     from tl_ray.store import s3
 
     def on_send(request, **_):
-        counter[request.context.get("operation_name") or request.method] += 1
+        counter["LIST" if "list-type=" in request.url else request.method] += 1
 
     events = s3.client().meta.events
     events.register("before-send.s3.*", on_send)
@@ -61,9 +62,9 @@ def ingest_once(root: str, fashion: str) -> None:
 def promote_once(root: str, model_dir: Path) -> None:
     from tl_ray.registry.store import Registry
 
-    registry = Registry(root)
-    version = registry.publish("bench", model_dir, {"metrics": {"val_accuracy": 0.9}})
-    registry.set_alias("bench", "production", version)
+    registry, name = Registry(root), f"bench-{uuid.uuid4().hex[:8]}"
+    version = registry.publish(name, model_dir, {"metrics": {"val_accuracy": 0.9}})
+    registry.set_alias(name, "production", version)
 
 
 def main() -> None:
