@@ -134,3 +134,18 @@ def test_pyarrow_writes_are_plain_bodies(any_s3):
     with fs.open_output_stream(path) as out:  # as Ray writes checkpoints through store.filesystem
         out.write(b'{"epoch": 3}')
     assert store.read_bytes(store.join(root, "checkpoint", "state.json")) == b'{"epoch": 3}'
+
+
+def test_a_promotion_is_refused_before_its_evaluation_where_claims_are_unsafe(any_s3, tmp_path):
+    from tl_ray.promote import promote_checkpoint
+    from tl_ray.spec import Spec
+
+    server, root = any_s3
+    spec = Spec.model_validate({"name": "compat", "storage": root, "data": {"train": "datasets/none"},
+                                "model": {"backbone": "mobilenet_v2"}, "promote": {"name": "fashion"}})
+    if HONOURS_CONDITIONS[server.kind]:
+        Registry(root).check_writable()
+        return
+    with pytest.raises(StorageError, match="ignores If-None-Match"):
+        promote_checkpoint(spec, tmp_path / "no-checkpoint")  # refused before it looks at the checkpoint
+    assert store.list_files(root) == []

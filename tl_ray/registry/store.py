@@ -145,6 +145,16 @@ class Registry:
         return name, aliases[tag]
 
     # -- writing ------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Proves that versions can be claimed here: on S3, that the store honours conditional writes (or
+        ``TLRAY_STORAGE_LOCKING=lease`` is set). Cached per process.
+
+        Raises:
+            StorageError: the store ignores conditional writes, or cannot be reached or written.
+        """
+        if store.is_s3(self.root):
+            store.conditional_mode(self.root)
+
     def publish(self, name: str, local_dir: str | Path, metadata: dict) -> int:
         """Uploads the files of ``local_dir`` as the next version of ``name``; returns its number.
 

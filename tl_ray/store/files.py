@@ -343,7 +343,8 @@ def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> No
                     objects.delete(join(uri, other))
                 raise
         else:
-            objects.upload_file(join(uri, name), str(f))
+            with open(f, "rb") as body:  # one PUT, streamed (up to S3's 5 GiB for a single object)
+                objects.put(join(uri, name), body)
 
 
 def sha256_bytes(data: bytes) -> str:

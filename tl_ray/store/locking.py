@@ -1,19 +1,10 @@
-"""Whether a store's conditional writes can be trusted, proven once per process, and the weaker lease
-that stands in for them where a user opts in.
+"""Conditional writes proven, not assumed: some S3-compatible stores accept ``If-None-Match`` and
+``If-Match`` and ignore them. Before the first conditional write under a scope (a registry or cache
+root) a probe object is created twice, then replaced with a stale ETag; both repeats must be refused.
+The answer is cached per endpoint and scope for the life of the process.
 
-Registry versions, alias moves and feature-cache builds rest on ``If-None-Match: *`` and
-``If-Match`` (``tl_ray.store.conditional``). Some S3-compatible stores accept those headers and
-ignore them: both of two creates of one key succeed. So before the first conditional write under a
-scope (a registry root, a cache root) a probe object is created twice and then replaced with a
-stale ETag: the second create and the stale replace must both be refused. The answer is cached per
-endpoint and scope for the life of the process.
-
-Where the store ignores them, tl-ray refuses to claim or build, unless ``TLRAY_STORAGE_LOCKING=lease``
-opts in to ``FencedLock``: a lock object written plainly, read back after a pause (the last writer
-wins), and checked again right before each protected write (the fencing check). It is weaker:
-two writers whose requests straddle the pause or the check can both proceed, and a holder that
-stalls longer than ``LOCK_TTL_S`` loses the lock by the wall clock. Use it only with a store that
-offers no conditional writes.
+Where they are ignored, tl-ray refuses to claim or build unless ``TLRAY_STORAGE_LOCKING=lease`` opts in
+to ``FencedLock``, which is weaker (its docstring says how).
 """
 
 from __future__ import annotations
@@ -85,37 +76,21 @@ def probe(scope: str) -> tuple[bool, bool]:
 
 
 def _probe(scope: str) -> tuple[bool, bool]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     uri = f"{scope.rstrip('/')}/.tlray-probe-{uuid.uuid4().hex[:12]}"
-    bucket, key = s3.bucket_key(uri)
-    refused = []
     try:
-        for body, condition in ((b"1", {"IfNoneMatch": "*"}), (b"2", {"IfNoneMatch": "*"}), (b"3", {"IfMatch": _STALE_ETAG})):
-            try:
-                s3.client().put_object(Bucket=bucket, Key=key, Body=body, **condition)
-                refused.append(False)
-            except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code in objects.CONFLICT:
-                    refused.append(True)
-                elif code in ("NotImplemented", "501", "InvalidArgument", "400"):
-                    refused.append(None)  # the header is rejected outright: no conditional writes either
-                else:
-                    raise objects.s3_error(uri, exc, "write a conditional-write probe at") from None
-            except BotoCoreError as exc:
-                raise objects.s3_error(uri, exc, "write a conditional-write probe at") from None
+        objects.put(uri, b"1", IfNoneMatch="*")  # a fresh key: the store must take it
+        return objects.put(uri, b"2", IfNoneMatch="*") is None, objects.put(uri, b"3", IfMatch=_STALE_ETAG) is None
     finally:
         objects.delete(uri)
-    if refused[0] is not False:  # the first create must succeed: a fresh key
-        return False, bool(refused[2])
-    return refused[1] is True, refused[2] is True
 
 
 class FencedLock:
-    """The lock object ``<scope>/.tlray-lock.json`` for ``TLRAY_STORAGE_LOCKING=lease`` (see the module).
+    """The lock object ``<scope>/.tlray-lock.json`` for ``TLRAY_STORAGE_LOCKING=lease``, held around one
+    read-compare-write, with ``check()`` right before the write.
 
-    Use as a context manager around one read-compare-write, calling ``check()`` right before the write.
+    Written plainly, read back after ``SETTLE_S`` (the last writer wins) and read again by ``check()`` (the
+    fencing check). Weaker than conditional writes: two writers whose requests straddle the pause or the
+    check can both proceed, and a holder stalled past ``LOCK_TTL_S`` loses the lock by the wall clock.
     """
 
     def __init__(self, scope: str):

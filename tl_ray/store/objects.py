@@ -76,20 +76,6 @@ def put(uri: str, body, **conditions) -> dict | None:
     return _call(uri, "write", "put_object", CONFLICT if conditions else (), Body=body, **conditions)
 
 
-def upload_file(uri: str, path: str) -> None:
-    """Uploads a local file, in parts when it is large."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = bucket_key(uri)
-    try:
-        client().upload_file(str(path), bucket, key)
-    except (ClientError, BotoCoreError) as exc:
-        raise s3_error(uri, exc, "write") from None
-    except Exception as exc:  # noqa: BLE001 - s3transfer wraps client errors in its own S3UploadFailedError
-        cause = exc.__cause__ or exc.__context__
-        raise s3_error(uri, cause if isinstance(cause, (ClientError, BotoCoreError)) else exc, "write") from None
-
-
 def get(uri: str, if_match: str | None = None) -> tuple[bytes, str] | None:
     """``(bytes, ETag)`` of the object at ``uri``; None when absent.
 
