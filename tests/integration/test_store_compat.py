@@ -5,6 +5,7 @@ Where a server lacks a feature, tl-ray's refusal is what is asserted. No Ray, no
 from __future__ import annotations
 
 import multiprocessing as mp
+import uuid
 
 import pytest
 
@@ -149,3 +150,24 @@ def test_a_promotion_is_refused_before_its_evaluation_where_claims_are_unsafe(an
     with pytest.raises(StorageError, match="ignores If-None-Match"):
         promote_checkpoint(spec, tmp_path / "no-checkpoint")  # refused before it looks at the checkpoint
     assert store.list_files(root) == []
+
+
+@pytest.mark.timeout(300)
+def test_eight_concurrent_promotions_under_the_lease_opt_in(s3rver_server, model_dir):
+    env = {**s3rver_server.env, "TLRAY_STORAGE_LOCKING": "lease"}
+    root = f"s3://tlray-lease-{uuid.uuid4().hex[:8]}/store"
+    with pytest.MonkeyPatch.context() as mp_env:
+        for k, v in env.items():
+            mp_env.setenv(k, v)
+        store.ensure_bucket(root)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_promote, args=(env, root, str(model_dir), queue)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=240)
+        results = [queue.get(timeout=5) for _ in procs]
+        registry = Registry(root)
+        assert sorted(v for _, v in results) == list(range(1, 9)) == registry.versions("m")
+        assert [v for outcome, v in results if outcome == "won"] == [registry.aliases("m")["production"]]

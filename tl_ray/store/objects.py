@@ -76,19 +76,26 @@ def put(uri: str, body, **conditions) -> dict | None:
     return _call(uri, "write", "put_object", CONFLICT if conditions else (), Body=body, **conditions)
 
 
-def get(uri: str, if_match: str | None = None) -> tuple[bytes, str] | None:
-    """``(bytes, ETag)`` of the object at ``uri``; None when absent.
+def get(uri: str, if_match: str | None = None, refused: tuple[str, ...] = ABSENT) -> tuple[bytes, str] | None:
+    """``(bytes, ETag)`` of the object at ``uri``; None when absent (or the store answers a ``refused`` code).
 
     Args:
         uri: the object.
         if_match: the ETag the object must still have (from a listing). Defaults to any.
+        refused: error codes that mean None. Defaults to the object being absent.
 
     Raises:
         StorageError: the store cannot be read, or the object no longer has ETag ``if_match``.
     """
-    extra = {"IfMatch": if_match} if if_match else {}
-    obj = _call(uri, "read", "get_object", ABSENT, **extra)
-    return None if obj is None else (obj["Body"].read(), obj["ETag"])
+    from botocore.exceptions import BotoCoreError
+
+    for attempt in range(S3_MAX_ATTEMPTS):
+        obj = _call(uri, "read", "get_object", refused, **({"IfMatch": if_match} if if_match else {}))
+        try:
+            return None if obj is None else (obj["Body"].read(), obj["ETag"])
+        except BotoCoreError as exc:  # the body broke off (a store replacing the object under the read)
+            if attempt == S3_MAX_ATTEMPTS - 1:
+                raise s3_error(uri, exc, "read") from None
 
 
 def head(uri: str) -> dict | None:

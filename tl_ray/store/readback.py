@@ -36,15 +36,14 @@ def check_written(uri: str, data: bytes, etag: str | None = None) -> None:
     """
     if not ENABLED:
         return
-    extra = {"IfMatch": etag} if etag else {}
-    obj = objects._call(uri, "read back", "get_object", objects.ABSENT + objects.CONFLICT, **extra)
-    if obj is None and etag and objects.head(uri) is not None:
+    found = objects.get(uri, if_match=etag, refused=objects.ABSENT + objects.CONFLICT)
+    if found is None and etag and objects.head(uri) is not None:
         return  # replaced by a later conditional write: that writer reads its own back
-    got = None if obj is None else obj["Body"].read()
+    got = None if found is None else found[0]
     if got == data:
         return
     if got is not None:
-        objects.delete(uri, **extra)
+        objects.delete(uri, **({"IfMatch": etag} if etag else {}))
     raise StorageError(f"{uri!r} did not read back as written on {endpoint_name()}: {diagnose(data, got)} "
                        "It was removed: nothing was published.")
 

@@ -16,6 +16,7 @@ registry metadata carry the sha256 of every file. The standard variables
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import pyarrow.fs as pafs
@@ -31,6 +32,7 @@ _CHECKSUM_VARIABLES = {
     "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
     "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
 }
+log = logging.getLogger(__name__)
 _exported: dict[str, str] = {}  # the values export_checksum_settings put in the environment
 
 
@@ -132,6 +134,8 @@ def _client(endpoint: str | None, pid: int, request_checksums: str, response_che
         retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
         s3={"addressing_style": "path"} if path_style else None,
     )
+    log.info("S3 client for %s: request_checksum_calculation=%s, response_checksum_validation=%s, path-style %s",
+             endpoint or "AWS S3", request_checksums, response_checksums, path_style)
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
