@@ -42,14 +42,22 @@ def test_ingest_verify_and_read_back_the_data(any_s3, fashion_dir, capsys, fmt):
     assert "ok" in capsys.readouterr().out
 
 
-def test_promotion_and_the_models_commands(any_s3, model_dir, capsys):
+def test_promotion_and_the_models_commands(any_s3, model_dir, capsys, monkeypatch):
     server, root = any_s3
     registry = Registry(root)
     if not HONOURS_CONDITIONS[server.kind]:
         with pytest.raises(StorageError, match="ignores If-None-Match and If-Match.*TLRAY_STORAGE_LOCKING=lease"):
             registry.publish("fashion", model_dir, {"metrics": {"val_accuracy": 0.9}})
         assert store.list_files(root) == [] and registry.names() == []
-        assert main(["models", "promote", "fashion", "v1", "--storage", root]) == 5  # no such version: nothing to do
+        monkeypatch.setenv("TLRAY_STORAGE_LOCKING", "lease")
+        registry.publish("fashion", model_dir, {"gate": {"metric": "accuracy", "challenger": 0.9}})
+        monkeypatch.delenv("TLRAY_STORAGE_LOCKING")
+        capsys.readouterr()
+        assert main(["models", "promote", "fashion", "v1", "--storage", root]) == 4  # an alias move: refused
+        assert "StorageError: the store at" in capsys.readouterr().err and registry.aliases("fashion") == {}
+        assert main(["models", "list", "--storage", root]) == 0  # reads need no conditional writes
+        assert "fashion  aliases: none" in capsys.readouterr().out
+        assert main(["models", "show", "fashion:v1", "--storage", root]) == 0
         return
     for accuracy in (0.8, 0.9):
         version = registry.publish("fashion", model_dir, {"gate": {"metric": "accuracy", "challenger": accuracy}})
@@ -64,12 +72,14 @@ def test_promotion_and_the_models_commands(any_s3, model_dir, capsys):
     assert (registry.fetch("fashion:production") / "model.keras").read_bytes() == b"weights" * 100
 
 
-def test_promotion_under_the_lease_opt_in(any_s3, model_dir, monkeypatch, capsys):
+def test_promotion_under_the_lease_opt_in(any_s3, model_dir, monkeypatch, capsys, tmp_path):
     server, root = any_s3
     monkeypatch.setenv("TLRAY_STORAGE_LOCKING", "lease")
+    monkeypatch.setenv("TLRAY_CACHE", str(tmp_path / "cache"))
     registry = Registry(root)
     assert [registry.publish("fashion", model_dir, {}) for _ in range(2)] == [1, 2]
     registry.set_alias("fashion", "production", 2)
+    assert (registry.fetch("fashion:production") / "model.keras").read_bytes() == b"weights" * 100
     assert main(["models", "list", "--storage", root]) == 0
     assert "fashion  aliases: production=v2" in capsys.readouterr().out
     lock_used = store.exists(store.join(root, "registry", ".tlray-lock.json"))

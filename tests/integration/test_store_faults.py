@@ -135,13 +135,14 @@ def test_an_object_changed_between_listing_and_reading(faulty, model_dir, tmp_pa
     assert not list((tmp_path / "cache").rglob("model.keras"))
 
 
-def test_a_store_keeping_upload_framing_publishes_no_dataset(faulty, fashion_dir, capsys):
+def test_a_store_keeping_upload_framing_publishes_no_dataset(faulty, fashion_dir, capsys, monkeypatch):
     proxy, root = faulty
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")  # the SDKs' own default
     proxy.frame_puts_to = "_manifest.json"
     uri = store.join(root, "datasets", "fm")
     code, err, _ = run_cli(ingest_args(fashion_dir, uri), capsys)
     assert code == 4 and f"'{uri}/_manifest.json' did not read back as written" in err
-    assert "kept the aws-chunked framing" in err and "AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in err
+    assert "kept the aws-chunked framing" in err and "Set AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in err
     assert "nothing was published" in err and not has_manifest(uri)
 
 

@@ -102,13 +102,16 @@ def test_checksums_are_plain_on_a_custom_endpoint_and_the_aws_variables_override
         s3.client()
 
 
-def test_a_read_back_mismatch_is_explained_with_its_fix():
+def test_a_read_back_mismatch_is_explained_with_its_fix(monkeypatch):
     from tl_ray.store.readback import diagnose
 
     sent = b'{"format": "parquet"}'
     framed = b"%x\r\n%s\r\n0\r\nx-amz-checksum-crc64nvme:GXgl9eCR2W0=\r\n\r\n" % (len(sent), sent)
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
     assert "kept the aws-chunked framing" in diagnose(sent, framed)
-    assert "AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in diagnose(sent, framed)
+    assert "Set AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in diagnose(sent, framed)
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    assert "tl-ray sent a plain body" in diagnose(sent, framed) and "check the proxy" in diagnose(sent, framed)
     assert "has no object there" in diagnose(sent, None)
     assert "holds 3 bytes, 21 were written" in diagnose(sent, b"{}\n")
 

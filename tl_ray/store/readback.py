@@ -67,10 +67,12 @@ def diagnose(sent: bytes, got: bytes | None) -> str:
         return ("the store answered the PUT but has no object there (a store that acknowledges writes it does "
                 "not keep, or one with eventual read-after-write). Check the store's consistency settings.")
     if _CHUNK_HEADER.match(got) and sent in got:
-        setting = checksum_settings()["request_checksum_calculation"]
-        return (f"the store kept the aws-chunked framing of the upload inside the object (it began with "
-                f"{got[:12]!r}): it does not decode Content-Encoding: aws-chunked. Set "
-                f"AWS_REQUEST_CHECKSUM_CALCULATION=when_required (in force now: {setting}; tl-ray's default on a "
-                "custom endpoint) so uploads are plain bodies.")
+        framing = (f"the store kept the aws-chunked framing of the upload inside the object (it began with "
+                   f"{got[:12]!r}): it does not decode Content-Encoding: aws-chunked.")
+        if checksum_settings()["request_checksum_calculation"] == "when_required":
+            return (f"{framing} tl-ray sent a plain body (AWS_REQUEST_CHECKSUM_CALCULATION=when_required), so "
+                    "something between tl-ray and the store re-encodes uploads: check the proxy or gateway in front of it.")
+        return (f"{framing} Set AWS_REQUEST_CHECKSUM_CALCULATION=when_required (tl-ray's default on a custom "
+                "endpoint) so uploads are plain bodies.")
     return (f"it holds {len(got)} bytes, {len(sent)} were written, and they differ: another writer replaced it "
             "at the same moment, or the store or a proxy alters uploads. Retry; if it persists, check the store.")
