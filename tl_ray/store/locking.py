@@ -56,7 +56,8 @@ def mode(scope: str) -> str:
         return "conditional"
     if locking_setting() == "lease":
         return "lease"
-    ignored = " and ".join(h for h, ok in (("If-None-Match", honours_none_match), ("If-Match", honours_match)) if not ok)
+    checks = (("If-None-Match", honours_none_match), ("If-Match", honours_match))
+    ignored = " and ".join(header for header, honoured in checks if not honoured)
     raise StorageError(
         f"the store at {s3.endpoint_name()} ignores {ignored}: a probe object under {scope!r} was "
         "overwritten where the store should have refused it, so registry versions, alias moves and feature-cache "

@@ -19,7 +19,8 @@ ABSENT = ("NoSuchKey", "404", "NotFound")
 CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 log = logging.getLogger(__name__)
 _delimiter_works: dict[str | None, bool] = {}  # per endpoint, once a listing proved it either way
-_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed")
+_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                "AuthorizationHeaderMalformed")
 
 
 def s3_error(uri: str, exc: Exception, action: str) -> StorageError:

@@ -71,7 +71,8 @@ def diagnose(sent: bytes, got: bytes | None) -> str:
                    f"{got[:12]!r}): it does not decode Content-Encoding: aws-chunked.")
         if checksum_settings()["request_checksum_calculation"] == "when_required":
             return (f"{framing} tl-ray sent a plain body (AWS_REQUEST_CHECKSUM_CALCULATION=when_required), so "
-                    "something between tl-ray and the store re-encodes uploads: check the proxy or gateway in front of it.")
+                    "something between tl-ray and the store re-encodes uploads: check the proxy or gateway in "
+                    "front of it.")
         return (f"{framing} Set AWS_REQUEST_CHECKSUM_CALCULATION=when_required (tl-ray's default on a custom "
                 "endpoint) so uploads are plain bodies.")
     return (f"it holds {len(got)} bytes, {len(sent)} were written, and they differ: another writer replaced it "
