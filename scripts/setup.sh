@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Prepares a fresh machine: Debian's Fashion-MNIST package and a virtualenv in .venv
-# with tl-ray and its test extra. Safe to run again; it only does what is missing.
+# Prepares a fresh machine: Debian's Fashion-MNIST package, a virtualenv in .venv
+# with tl-ray and its test extra, and s3rver for the tests. Safe to run again; it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,4 +34,15 @@ if ! .venv/bin/python -c "import tl_ray, tensorflow, ray, moto" >/dev/null 2>&1 
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[test]"
   touch .venv/.installed
+fi
+
+# The second S3 API server of the test suite (s3rver, from the npm registry): its lock file pins it.
+if [ ! -x tests/s3rver/node_modules/.bin/s3rver ] || [ tests/s3rver/package-lock.json -nt tests/s3rver/node_modules ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: npm is missing; the S3 tests need Node.js 18+ with npm (Debian: apt-get install nodejs npm)." >&2
+    exit 1
+  fi
+  echo "setup: installing s3rver into tests/s3rver"
+  npm ci --prefix tests/s3rver --no-audit --no-fund --loglevel=error >/dev/null
+  touch tests/s3rver/node_modules
 fi

@@ -1,4 +1,5 @@
-"""Shared fixtures: the S3 API server on loopback (moto's server mode) and a local Ray cluster."""
+"""Shared fixtures: two S3 API servers on loopback, of two implementations (moto's server mode, and the
+Node.js s3rver that scripts/setup.sh installs under tests/s3rver), and the Fashion-MNIST files."""
 
 from __future__ import annotations
 
@@ -40,23 +41,48 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
     raise RuntimeError(f"{host}:{port} did not open within {timeout}s")
 
 
-class S3Server:
-    """A moto server process on a loopback port; can be stopped and restarted on the same port."""
+S3RVER_BIN = ROOT / "tests" / "s3rver" / "node_modules" / ".bin" / "s3rver"
 
-    def __init__(self, port: int | None = None):
+
+class S3Server:
+    """An S3 API server process on a loopback port; can be stopped and restarted on the same port.
+
+    Args:
+        kind: ``"moto"`` (honours conditional writes) or ``"s3rver"`` (ignores them, checks signatures,
+            lists deep folders only without a delimiter: the store of issue 20).
+    """
+
+    CREDENTIALS = {"moto": ("testing", "testing"), "s3rver": ("S3RVER", "S3RVER")}
+
+    def __init__(self, port: int | None = None, kind: str = "moto", data_dir: Path | None = None):
         self.port = port or free_port()
+        self.kind, self.data_dir = kind, data_dir
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The AWS environment that points boto3, pyarrow and Ray at this server."""
+        key, secret = self.CREDENTIALS[self.kind]
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        if self.kind == "s3rver":
+            if not S3RVER_BIN.exists():
+                raise RuntimeError(f"{S3RVER_BIN} not found: run scripts/setup.sh (npm ci --prefix tests/s3rver)")
+            return [str(S3RVER_BIN), "-d", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port), "-s"]
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
         if exe is None:
             raise RuntimeError("moto_server not found: install the test extra (pip install -e '.[test]')")
+        return [exe, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            self.command(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -74,13 +100,7 @@ def s3_server():
     """The S3 API on loopback; sets the AWS environment so boto3, pyarrow and Ray find it."""
     server = S3Server()
     server.start()
-    env = {
-        "AWS_ENDPOINT_URL": server.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }
+    env = server.env
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield server
@@ -100,6 +120,28 @@ def s3_store(s3_server):
     uri = f"s3://tlray-test-{uuid.uuid4().hex[:10]}/store"
     store.ensure_bucket(uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def s3rver_server(tmp_path_factory):
+    """The second S3 API implementation on loopback (the environment is set per test by ``any_s3``)."""
+    server = S3Server(kind="s3rver", data_dir=tmp_path_factory.mktemp("s3rver"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "s3rver"])
+def any_s3(request, s3_server, monkeypatch):
+    """Each S3 API server in turn, with the environment pointing at it: ``(server, fresh s3://bucket/store)``."""
+    from tl_ray import store
+
+    server = s3_server if request.param == "moto" else request.getfixturevalue("s3rver_server")
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    uri = f"s3://tlray-test-{uuid.uuid4().hex[:10]}/store"
+    store.ensure_bucket(uri)
+    return server, uri
 
 
 @pytest.fixture(scope="session")

@@ -159,7 +159,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
 
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
-    lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S)
+    lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S, scope=cache_root(spec.storage))
     start = time.monotonic()
     waited = False
     while time.monotonic() - start < WAIT_S:
@@ -234,6 +234,7 @@ def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, ur
         data = buf.getvalue()
         name = f"part-{len(shards):05d}.parquet"
         storage.write_bytes(storage.join(uri, name), data)
+        storage.check_size(storage.join(uri, name), data)
         shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
         lease.renew({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
 

@@ -95,6 +95,10 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     """Runs the sweep, prints its table and (optionally) promotes the best trial."""
     from tl_ray.tune.sweep import run_sweep
 
+    if promote and spec.promote is not None:
+        from tl_ray.registry.store import Registry
+
+        Registry(spec.storage).check_writable()  # before the sweep, not after it
     ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out(f"[tune] {'resuming' if resume else 'experiment'} {store.join(spec.storage, 'experiments', experiment)}")

@@ -223,6 +223,8 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
     Raises:
         ConfigError: the spec has no ``promote`` section or no dataset to gate on.
         RegistryError: the registry cannot be read or written.
+        StorageError: the store ignores conditional writes, or does not read what was published back as written
+            (nothing is then published).
     """
     from tl_ray.data.manifest import read_manifest
     from tl_ray.models.export import export_model
@@ -231,6 +233,7 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
     if spec.promote is None:
         raise ConfigError("promote is missing from the spec: add `promote: {name: MODEL_NAME}` to register models.")
     registry = Registry(spec.storage)
+    registry.check_writable()  # before the gate's evaluation, not after it
     name, alias = spec.promote.name, spec.promote.alias
     key, mode = gate_metric(spec)
     uri, warnings = holdout_uri(spec)

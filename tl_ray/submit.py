@@ -30,7 +30,8 @@ from tl_ray.spec import load_spec
 COMMANDS = ("run", "tune", "train", "serve")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-               "AWS_DEFAULT_REGION", "AWS_REGION")
+               "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_S3_FORCE_PATH_STYLE",
+               "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION", "TLRAY_STORAGE_LOCKING")
 
 
 def _auth_headers() -> dict[str, str]:

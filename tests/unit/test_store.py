@@ -80,3 +80,46 @@ def test_a_lease_has_one_holder_and_is_broken_only_after_it_goes_stale(tmp_path,
     waiter.release()
     assert not store.exists(uri)
     holder.release()  # nothing left to release
+
+
+def test_checksums_are_plain_on_a_custom_endpoint_and_the_aws_variables_override(monkeypatch):
+    from tl_ray.store import s3
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REQUEST_CHECKSUM_CALCULATION",
+              "AWS_RESPONSE_CHECKSUM_VALIDATION"):
+        monkeypatch.delenv(k, raising=False)
+    assert set(s3.checksum_settings().values()) == {"when_supported"}  # AWS's own endpoint: the SDK default
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert set(s3.checksum_settings().values()) == {"when_required"}
+    config = s3.client().meta.config  # made offline: no request is sent
+    assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required",) * 2
+    assert config.retries["total_max_attempts"] == s3.S3_MAX_ATTEMPTS and config.connect_timeout == s3.S3_CONNECT_TIMEOUT_S
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_SUPPORTED")
+    assert s3.client().meta.config.request_checksum_calculation == "when_supported"
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "always")
+    with pytest.raises(StorageError, match=r"AWS_RESPONSE_CHECKSUM_VALIDATION must be one of \['when_supported', "
+                                           r"'when_required'\]. Received: 'always'"):
+        s3.client()
+
+
+def test_a_read_back_mismatch_is_explained_with_its_fix(monkeypatch):
+    from tl_ray.store.readback import diagnose
+
+    sent = b'{"format": "parquet"}'
+    framed = b"%x\r\n%s\r\n0\r\nx-amz-checksum-crc64nvme:GXgl9eCR2W0=\r\n\r\n" % (len(sent), sent)
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    assert "kept the aws-chunked framing" in diagnose(sent, framed)
+    assert "Set AWS_REQUEST_CHECKSUM_CALCULATION=when_required" in diagnose(sent, framed)
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    assert "tl-ray sent a plain body" in diagnose(sent, framed) and "check the proxy" in diagnose(sent, framed)
+    assert "has no object there" in diagnose(sent, None)
+    assert "holds 3 bytes, 21 were written" in diagnose(sent, b"{}\n")
+
+
+def test_the_locking_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("TLRAY_STORAGE_LOCKING", "lease")
+    assert store.locking_setting() == "lease"
+    monkeypatch.setenv("TLRAY_STORAGE_LOCKING", "leases")
+    with pytest.raises(StorageError, match=r"TLRAY_STORAGE_LOCKING must be one of \['conditional', 'lease'\]. "
+                                           r"Received: 'leases'"):
+        store.locking_setting()

@@ -54,7 +54,7 @@ from tl_ray.data.sources import (
     normalise_image,
 )
 from tl_ray.data.writer import Progress, ShardWriter, ordered_map
-from tl_ray.errors import ConfigError, DataError
+from tl_ray.errors import ConfigError, DataError, StorageError
 
 DEFAULT_TARGET_SHARD_MB = 64.0
 
@@ -165,8 +165,15 @@ def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng:
         for role, to in targets.items()
     ]
     report: dict = {"class_names": names, "format": options["fmt"]}
+    published: list[str] = []
     for role, (writer, manifest) in zip(targets, datasets):  # manifests last: each folder becomes a dataset whole
-        write_manifest(writer.to, manifest)
+        try:
+            write_manifest(writer.to, manifest)
+        except StorageError:
+            for uri in published:  # all or nothing: a train set without its validation set is not published
+                store.delete(manifest_uri(uri))
+            raise
+        published.append(writer.to)
         writer.remove_progress()
         report[role] = {
             "uri": writer.to,

@@ -150,12 +150,13 @@ def read_manifest(uri: str) -> Manifest:
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:
-    """Writes the manifest atomically; call it after every shard is written.
+    """Writes the manifest atomically, read back on S3; call it after every shard is written.
 
     Raises:
-        StorageError: the store cannot be written.
+        StorageError: the store cannot be written, or does not read the manifest back as written
+            (it is then removed: the folder is no dataset).
     """
-    store.write_text(manifest_uri(uri), manifest.to_json())
+    store.publish_text(manifest_uri(uri), manifest.to_json())
 
 
 def count_rows(data: bytes, fmt: str, name: str) -> int:

@@ -189,6 +189,7 @@ class ShardWriter:
         uri = store.join(self.to, name)
         self.written.append(uri)
         store.write_bytes(uri, data)
+        store.check_size(uri, data)
         self.entries.append({
             "path": name,
             "rows": len(self._labels),

@@ -12,7 +12,10 @@ records the sha256 of every other file, and every fetch checks them.
 Version numbers are claimed with a create-if-absent write (``.claims/vN``)
 and aliases move by compare-and-swap on the alias file (S3 ``If-Match`` on its
 ETag, a file lock locally), so concurrent promotions never share a version
-and never lose an alias update. See ``tl_ray.store.conditional``.
+and never lose an alias update. See ``tl_ray.store.conditional``: on S3 the
+first claim of a process proves that the store honours those conditions
+(or refuses, see ``tl_ray.store.locking``), and ``metadata.json`` and every
+alias file are read back before they count as written.
 
 Example:
 
@@ -142,6 +145,16 @@ class Registry:
         return name, aliases[tag]
 
     # -- writing ------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Proves that versions can be claimed here: on S3, that the store honours conditional writes (or
+        ``TLRAY_STORAGE_LOCKING=lease`` is set). Cached per process.
+
+        Raises:
+            StorageError: the store ignores conditional writes, or cannot be reached or written.
+        """
+        if store.is_s3(self.root):
+            store.conditional_mode(self.root)
+
     def publish(self, name: str, local_dir: str | Path, metadata: dict) -> int:
         """Uploads the files of ``local_dir`` as the next version of ``name``; returns its number.
 
@@ -174,7 +187,7 @@ class Registry:
         taken = set(store.list_dir(claims)) | set(store.list_dir(self.model_uri(name)))
         n = 1 + max((int(e[1:]) for e in taken if re.fullmatch(r"v\d+", e)), default=0)
         for candidate in range(n, n + 1000):
-            if store.create_exclusive(store.join(claims, f"v{candidate}"), uuid.uuid4().hex.encode()):
+            if store.create_exclusive(store.join(claims, f"v{candidate}"), uuid.uuid4().hex.encode(), scope=self.root):
                 return candidate
         raise RegistryError(f"could not allocate a version for {name!r}: too many concurrent publications.")
 
@@ -231,7 +244,7 @@ class Registry:
                 return False
             if expect is not _ANY and int(data["version"]) != expect:
                 raise AliasConflict(f"alias {name}:{alias} points at v{data['version']}, not v{expect}; left as is.")
-            if store.delete_if(self._alias_uri(name, alias), tag):
+            if store.delete_if(self._alias_uri(name, alias), tag, scope=self.root):
                 return True
         raise RegistryError(f"alias {name}:{alias} kept changing; could not delete it.")
 
@@ -248,7 +261,7 @@ class Registry:
             new = dict(change(old), updated=time.time())
             if note:
                 new["note"] = note
-            if store.write_if(uri, json.dumps(new, indent=2).encode(), tag):
+            if store.write_if(uri, json.dumps(new, indent=2).encode(), tag, scope=self.root):
                 return old
             time.sleep(0.01)
         raise RegistryError(f"alias {name}:{alias} kept changing under 50 attempts to move it; try again.")
@@ -257,7 +270,7 @@ class Registry:
         """Merges ``changes`` into a version's metadata.json (never into its checked files)."""
         meta = self.metadata(name, version)
         meta.update(changes)
-        store.write_text(
+        store.publish_text(
             store.join(self.version_uri(name, version), METADATA), json.dumps(meta, indent=2, sort_keys=True)
         )
         return meta
@@ -266,7 +279,7 @@ class Registry:
         """Appends an event (a rollback, a refused swap) under ``<name>/events/``; returns its URI."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         uri = store.join(self.model_uri(name), "events", f"{stamp}-{uuid.uuid4().hex[:6]}.json")
-        store.write_text(uri, json.dumps({**event, "time": time.time()}, indent=2, sort_keys=True))
+        store.publish_text(uri, json.dumps({**event, "time": time.time()}, indent=2, sort_keys=True))
         return uri
 
     def events(self, name: str) -> list[dict]:

@@ -2,30 +2,28 @@
 
 On S3, ``If-None-Match: *`` (create only if absent) and ``If-Match: <ETag>`` (replace only the object
 that was read); S3 answers 412 PreconditionFailed (or 409 ConditionalRequestConflict while another
-conditional write to the key is in flight) and writes nothing. moto's server mode honours both too.
-On a local folder, a hard link (which fails if the name exists) creates if absent, and an ``fcntl.flock``
-on a sibling lock file guards read-compare-replace. The tag of a local file is the sha256 of its bytes.
+conditional write to the key is in flight) and writes nothing. Not every S3-compatible store honours
+them, so the first conditional write under a scope proves that it does (``locking.mode``), and every
+write is read back. On a local folder, a hard link (which fails if the name exists) creates if absent,
+and an ``fcntl.flock`` on a sibling lock file guards read-compare-replace. The tag of a local file is
+the sha256 of its bytes.
 """
 
 from __future__ import annotations
 
 import fcntl
+import posixpath
 from contextlib import contextmanager
 from pathlib import Path
 
-from tl_ray.errors import StorageError
-from tl_ray.store import s3
+from tl_ray.store import locking, objects, readback, s3
 from tl_ray.store.files import filesystem, publish_local, sha256_bytes, staging
-
-_CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
-_ABSENT = ("NoSuchKey", "404")
 
 
 def read_tagged(uri: str) -> tuple[bytes | None, str | None]:
     """The bytes at ``uri`` and a tag for ``write_if`` (``(None, None)`` when absent)."""
     if s3.is_s3(uri):
-        obj = _request(uri, "get_object", "read", _ABSENT)
-        return (None, None) if obj is None else (obj["Body"].read(), obj["ETag"])
+        return objects.get(uri) or (None, None)
     try:
         data = Path(filesystem(uri)[1]).read_bytes()
     except FileNotFoundError:
@@ -33,23 +31,35 @@ def read_tagged(uri: str) -> tuple[bytes | None, str | None]:
     return data, sha256_bytes(data)
 
 
-def create_exclusive(uri: str, data: bytes) -> bool:
+def create_exclusive(uri: str, data: bytes, *, scope: str | None = None) -> bool:
     """Writes ``uri`` only if nothing is there; False when it already exists."""
-    return write_if(uri, data, None)
+    return write_if(uri, data, None, scope=scope)
 
 
-def write_if(uri: str, data: bytes, tag: str | None) -> bool:
+def write_if(uri: str, data: bytes, tag: str | None, *, scope: str | None = None) -> bool:
     """Writes ``data`` only if ``uri`` still holds the object ``tag`` came from (None: only if absent).
 
+    Args:
+        uri: the object.
+        data: its new bytes.
+        tag: from ``read_tagged``; None to create only if absent.
+        scope: on S3, the folder whose conditional-write support is probed (once per process), e.g. the
+            registry root. Defaults to the object's folder.
+
     Returns:
-        True when written; False when the object changed (or appeared) since it was read.
+        True when written (and, on S3, read back); False when the object changed (or appeared) since it was read.
 
     Raises:
-        StorageError: the store cannot be reached or written.
+        StorageError: the store cannot be reached or written, ignores conditional writes (without
+            ``TLRAY_STORAGE_LOCKING=lease``), or does not read the object back as written.
     """
     if s3.is_s3(uri):
-        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
-        return _request(uri, "put_object", "write", _CONFLICT, Body=data, **condition) is not None
+        if locking.mode(scope or posixpath.dirname(uri)) == "lease":
+            return _leased(uri, tag, scope, lambda: (objects.put(uri, data), readback.check_written(uri, data)))
+        written = objects.put(uri, data, **({"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}))
+        if written is not None:
+            readback.check_written(uri, data, written.get("ETag"))
+        return written is not None
     path = Path(filesystem(uri)[1])
     with staging(path.parent) as tmp:
         tmp.write_bytes(data)
@@ -60,10 +70,12 @@ def write_if(uri: str, data: bytes, tag: str | None) -> bool:
             return read_tagged(uri)[1] == tag and publish_local(tmp, path)
 
 
-def delete_if(uri: str, tag: str) -> bool:
+def delete_if(uri: str, tag: str, *, scope: str | None = None) -> bool:
     """Deletes ``uri`` only if it still holds the object ``tag`` came from."""
     if s3.is_s3(uri):
-        return _request(uri, "delete_object", "delete", _CONFLICT, IfMatch=tag) is not None
+        if locking.mode(scope or posixpath.dirname(uri)) == "lease":
+            return _leased(uri, tag, scope, lambda: objects.delete(uri))
+        return objects.delete(uri, IfMatch=tag)
     path = Path(filesystem(uri)[1])
     with _locked(path):
         if read_tagged(uri)[1] != tag:
@@ -72,17 +84,14 @@ def delete_if(uri: str, tag: str) -> bool:
     return True
 
 
-def _request(uri: str, method: str, action: str, refused: tuple[str, ...], **kwargs):
-    """One S3 request on the object at ``uri``: its response, or None when S3 answers a ``refused`` code."""
-    from botocore.exceptions import ClientError
-
-    bucket, key = s3.bucket_key(uri)
-    try:
-        return getattr(s3.client(), method)(Bucket=bucket, Key=key, **kwargs)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in refused:
-            return None
-        raise StorageError(f"cannot {action} {uri!r}: {exc}") from None
+def _leased(uri: str, tag: str | None, scope: str | None, write) -> bool:
+    """``write()`` under the scope's ``FencedLock`` if ``uri`` still has ``tag``: ``TLRAY_STORAGE_LOCKING=lease``."""
+    with locking.FencedLock(scope or posixpath.dirname(uri)) as lock:
+        if read_tagged(uri)[1] != tag:
+            return False
+        lock.check()
+        write()
+        return True
 
 
 @contextmanager

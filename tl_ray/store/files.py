@@ -1,13 +1,13 @@
 """Store URIs (local paths, ``file://``, ``s3://bucket/prefix``) and what they hold: read (riding out
 outages), listed, deleted, copied down, and written atomically. A local file or folder is built aside
-(``staging``) and renamed into place (``publish_local``); on S3 an object is one PUT, never visible
-half-written, and a folder's marker file goes last: readers treat a folder without it as absent.
+(``staging``) and renamed into place (``publish_local``); on S3 an object is one PUT through the boto3
+client (``objects``), never visible half-written, and a folder's marker file goes last, read back:
+readers treat a folder without it as absent. Streamed reads (shards) go through pyarrow.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import posixpath
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from tl_ray.errors import StorageError
-from tl_ray.store import s3
+from tl_ray.store import objects, readback, s3
 
 # A streaming read (a shard being read through an epoch) keeps retrying a store that went away
 # for this long, on top of the client's own retries, then fails with StorageError.
@@ -87,6 +87,8 @@ def reported(uri: str, action: str, *, missing: bool = False):
 
 def exists(uri: str) -> bool:
     """True when a file or folder is at ``uri``."""
+    if s3.is_s3(uri):
+        return (bool(s3.bucket_key(uri)[1].strip("/")) and objects.head(uri) is not None) or objects.folder_exists(uri)
     fs, path = filesystem(uri)
     with reported(uri, "reach"):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
@@ -94,9 +96,21 @@ def exists(uri: str) -> bool:
 
 def read_bytes(uri: str) -> bytes:
     """The bytes of the file at ``uri``."""
+    if s3.is_s3(uri):
+        found = objects.get(uri)
+        if found is None:
+            raise _missing(uri)
+        return found[0]
     fs, path = filesystem(uri)
     with reported(uri, "read", missing=True), fs.open_input_stream(path, compression=None) as f:
         return f.read()
+
+
+def _missing(uri: str) -> StorageError:
+    if objects.folder_exists(uri):
+        return StorageError(f"{uri!r} is a folder (objects lie under {uri + '/'!r}), not a file. Name the file in "
+                            "it, or delete the folder-marker object if a console created one by mistake.")
+    return StorageError(f"{uri!r} does not exist.")
 
 
 def read_text(uri: str) -> str:
@@ -174,6 +188,8 @@ def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, 
 
 def list_dir(uri: str) -> list[str]:
     """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist."""
+    if s3.is_s3(uri):
+        return objects.list_names(uri)
     fs, path = filesystem(uri)
     with reported(uri, "list"):
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -182,6 +198,8 @@ def list_dir(uri: str) -> list[str]:
 
 def list_files(uri: str) -> list[str]:
     """Paths (relative to ``uri``, '/'-separated) of every file under ``uri``, sorted; empty when missing."""
+    if s3.is_s3(uri):
+        return [path for path, _, _ in objects.list_objects(uri)]
     fs, path = filesystem(uri)
     with reported(uri, "list"):
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
@@ -191,6 +209,13 @@ def list_files(uri: str) -> list[str]:
 
 def delete(uri: str) -> None:
     """Deletes a file or a folder tree; missing is fine."""
+    if s3.is_s3(uri):
+        # One request per object: not every S3-compatible store has the multi-object DeleteObjects.
+        for path, _, _ in objects.list_objects(uri):
+            objects.delete(join(uri, path))
+        if s3.bucket_key(uri)[1].strip("/"):
+            objects.delete(uri)
+        return
     fs, path = filesystem(uri)
     with reported(uri, "delete"):
         info = fs.get_file_info(path)
@@ -201,8 +226,25 @@ def delete(uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copies the tree at ``uri`` into ``local_dir`` and returns it."""
+    """Copies the tree at ``uri`` into ``local_dir`` and returns it.
+
+    On S3 each object is read only if it still has the ETag it was listed with: one replaced in between
+    is a StorageError, never a copy mixing two versions.
+    """
     local_dir = Path(local_dir)
+    if s3.is_s3(uri):
+        listed = objects.list_objects(uri)
+        if not listed:
+            raise _missing(uri)
+        for path, etag, _ in listed:
+            dest = local_dir / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            found = objects.get(join(uri, path), if_match=etag or None)
+            if found is None:
+                raise StorageError(f"{join(uri, path)!r} was deleted between listing {uri!r} and reading it. "
+                                   "Another process is removing it; retry once it is done.")
+            dest.write_bytes(found[0])
+        return local_dir
     fs, path = filesystem(uri)
     with reported(uri, "read", missing=True):
         for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=False)):
@@ -244,10 +286,11 @@ def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) ->
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes ``data`` to ``uri`` atomically: readers see the old object or the whole new one."""
+    if s3.is_s3(uri):
+        objects.put(uri, data)
+        return
     fs, path = filesystem(uri)
     with reported(uri, "write"):
-        if not isinstance(fs, pafs.LocalFileSystem):
-            return _put(fs, path, io.BytesIO(data))
         with staging(os.path.dirname(path)) as tmp:
             tmp.write_bytes(data)
             publish_local(tmp, path)
@@ -258,26 +301,50 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def publish_bytes(uri: str, data: bytes) -> None:
+    """Writes ``data`` to ``uri`` atomically and, on S3, reads it back (``readback``).
+
+    Raises:
+        StorageError: the store cannot be written, or keeps other bytes than were sent (the object is
+            then removed).
+    """
+    write_bytes(uri, data)
+    if s3.is_s3(uri):
+        readback.check_written(uri, data)
+
+
+def publish_text(uri: str, text: str) -> None:
+    """``publish_bytes`` of ``text`` (UTF-8)."""
+    publish_bytes(uri, text.encode("utf-8"))
+
+
 def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> None:
-    """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last."""
+    """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last, read back on S3.
+
+    Raises:
+        StorageError: the store cannot be written, or the marker does not read back as written (the
+            files uploaded are then removed: nothing is published).
+    """
     local_dir = Path(local_dir)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-    fs, path = filesystem(uri)
-    with reported(uri, "write"):
-        if isinstance(fs, pafs.LocalFileSystem):
-            with staging(os.path.dirname(path)) as tmp:
-                shutil.copytree(local_dir, tmp)
-                publish_local(tmp, path)
-            return
-        for f in sorted(files, key=lambda p: p.relative_to(local_dir).as_posix() == marker):
-            with open(f, "rb") as src:
-                _put(fs, f"{path}/{f.relative_to(local_dir).as_posix()}", src)
-
-
-def _put(fs: pafs.FileSystem, path: str, src) -> None:
-    # One PUT (or a multipart upload): S3 never shows the object half-written.
-    with fs.open_output_stream(path, compression=None) as out:
-        shutil.copyfileobj(src, out, length=8 * 2**20)
+    if not s3.is_s3(uri):
+        fs, path = filesystem(uri)
+        with reported(uri, "write"), staging(os.path.dirname(path)) as tmp:
+            shutil.copytree(local_dir, tmp)
+            publish_local(tmp, path)
+        return
+    rel = [f.relative_to(local_dir).as_posix() for f in files]
+    for name, f in sorted(zip(rel, files), key=lambda pair: pair[0] == marker):
+        if name == marker:
+            try:
+                publish_bytes(join(uri, name), f.read_bytes())
+            except StorageError:
+                for other in rel:
+                    objects.delete(join(uri, other))
+                raise
+        else:
+            with open(f, "rb") as body:  # one PUT, streamed (up to S3's 5 GiB for a single object)
+                objects.put(join(uri, name), body)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -292,23 +359,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(2**20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def ensure_bucket(uri: str) -> None:
-    """Creates the bucket of an ``s3://`` URI if it does not exist (tests and first runs)."""
-    if not s3.is_s3(uri):
-        return
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, client = s3.bucket_key(uri)[0], s3.client()
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-            raise storage_error(uri, exc, "reach") from None
-        client.create_bucket(Bucket=bucket)
-    except BotoCoreError as exc:
-        raise storage_error(uri, exc, "reach") from None
 
 
 def local_cache_dir(*parts: str) -> Path:

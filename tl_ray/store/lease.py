@@ -17,27 +17,29 @@ class Lease:
     Args:
         uri: the lease object, e.g. ``.../_building.json``.
         stale_s: seconds without a renewal after which a waiter breaks the lease.
+        scope: on S3, the folder whose conditional-write support is probed (``tl_ray.store.locking``).
+            Defaults to the lease's folder.
     """
 
-    def __init__(self, uri: str, *, stale_s: float):
-        self.uri, self.stale_s = uri, stale_s
+    def __init__(self, uri: str, *, stale_s: float, scope: str | None = None):
+        self.uri, self.stale_s, self.scope = uri, stale_s, scope
         self._seen, self._seen_at = None, time.monotonic()  # the holder's tag, and when it last changed
 
     def acquire(self, info: dict) -> bool:
         """Takes the lease, recording ``info`` in it; False when someone holds it."""
-        return create_exclusive(self.uri, json.dumps(info).encode())
+        return create_exclusive(self.uri, json.dumps(info).encode(), scope=self.scope)
 
     def renew(self, info: dict) -> None:
         """Rewrites the lease with ``info``: the heartbeat waiters watch."""
         _, tag = read_tagged(self.uri)
         if tag is not None:
-            write_if(self.uri, json.dumps(info).encode(), tag)
+            write_if(self.uri, json.dumps(info).encode(), tag, scope=self.scope)
 
     def release(self) -> None:
         """Gives the lease up, if it is still there."""
         _, tag = read_tagged(self.uri)
         if tag is not None:
-            delete_if(self.uri, tag)
+            delete_if(self.uri, tag, scope=self.scope)
 
     def break_if_stale(self) -> bool:
         """On each poll of a waiter: deletes the lease once it has gone ``stale_s`` unchanged; True if it did."""
@@ -45,6 +47,6 @@ class Lease:
         if tag is not None and tag != self._seen:
             self._seen, self._seen_at = tag, time.monotonic()
         elif tag is not None and time.monotonic() - self._seen_at > self.stale_s:
-            delete_if(self.uri, tag)
+            delete_if(self.uri, tag, scope=self.scope)
             return True
         return False

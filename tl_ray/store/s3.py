@@ -1,20 +1,39 @@
-"""S3 connections: pyarrow's ``S3FileSystem`` for reads and plain writes, one boto3 client for the rest.
+"""S3 connections: one boto3 client for every object request, pyarrow's ``S3FileSystem`` for streamed reads.
 
-Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``),
-so the same code talks to S3, MinIO or a test server.
+Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), so the
+same code talks to S3, MinIO, Ceph RGW, R2, B2, Wasabi, GCS's interoperability API or a test server.
+
+Checksums. boto3 (1.36 and later) and the AWS C++ SDK inside pyarrow add a CRC checksum to every
+upload by default; the C++ SDK sends it as a trailer of an ``aws-chunked`` body, which a store that
+does not decode that encoding keeps inside the object. So on a custom endpoint tl-ray asks both
+SDKs to checksum only when an operation requires it (``when_required``): writes are plain bodies.
+On AWS's own endpoint the SDK default (``when_supported``) stays. Integrity does not rest on the
+transport checksum either way: every JSON object tl-ray publishes is read back, and manifests and
+registry metadata carry the sha256 of every file. The standard variables
+``AWS_REQUEST_CHECKSUM_CALCULATION`` and ``AWS_RESPONSE_CHECKSUM_VALIDATION`` override the choice.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import pyarrow.fs as pafs
 
+from tl_ray.errors import StorageError
+
 # Bounded retries: an unreachable bucket fails in seconds, not minutes.
 S3_CONNECT_TIMEOUT_S = 3.0
 S3_REQUEST_TIMEOUT_S = 20.0
-S3_MAX_ATTEMPTS = 4
+S3_MAX_ATTEMPTS = 4  # the first try and three retries, with the SDKs' exponential backoff and jitter
+CHECKSUM_CHOICES = ("when_supported", "when_required")
+_CHECKSUM_VARIABLES = {
+    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
+}
+log = logging.getLogger(__name__)
+_exported: dict[str, str] = {}  # the values export_checksum_settings put in the environment
 
 
 def is_s3(uri: str) -> bool:
@@ -33,27 +52,94 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def endpoint_name() -> str:
+    """The endpoint as errors name it."""
+    return endpoint_url() or "AWS S3"
+
+
+def checksum_settings() -> dict[str, str]:
+    """``request_checksum_calculation`` and ``response_checksum_validation`` in force for the endpoint.
+
+    Each comes from its standard AWS variable when set, else ``when_required`` on a custom endpoint and
+    ``when_supported`` on AWS's own.
+
+    Raises:
+        StorageError: a variable holds something other than ``when_supported`` or ``when_required``.
+    """
+    default = "when_required" if endpoint_url() else "when_supported"
+    out = {}
+    for setting, variable in _CHECKSUM_VARIABLES.items():
+        value = os.environ.get(variable, "")
+        value = "" if value == _exported.get(variable) else value.strip().lower()  # ours, not the user's
+        value = value or default
+        if value not in CHECKSUM_CHOICES:
+            raise StorageError(f"{variable} must be one of {list(CHECKSUM_CHOICES)}. Received: {value!r}.")
+        out[setting] = value
+    return out
+
+
+def export_checksum_settings() -> None:
+    """Puts ``checksum_settings`` in the environment, where the C++ SDK inside pyarrow reads them each time a
+    filesystem is made (pyarrow has no option for them), unless the user set the variables.
+
+    Done on import too: a Ray worker that unpickles a filesystem after importing tl-ray gets them. Nothing
+    is exported for AWS's own endpoint, where tl-ray's choice is the SDK's default.
+    """
+    if not endpoint_url():
+        return
+    for setting, value in checksum_settings().items():
+        variable = _CHECKSUM_VARIABLES[setting]
+        if os.environ.get(variable) in (None, "", _exported.get(variable)):
+            os.environ[variable] = _exported[variable] = value
+
+
+def _path_style() -> bool:
+    return bool(endpoint_url()) and os.environ.get("AWS_S3_FORCE_PATH_STYLE", "1") != "0"
+
+
 @functools.lru_cache(maxsize=8)
 def arrow_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
-    """The pyarrow filesystem of ``endpoint``, made once per endpoint and region."""
+    """The pyarrow filesystem of ``endpoint``, made once per endpoint and region, with ``checksum_settings``."""
+    export_checksum_settings()
     kwargs = dict(region=region, connect_timeout=S3_CONNECT_TIMEOUT_S, request_timeout=S3_REQUEST_TIMEOUT_S,
                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS))
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        if os.environ.get("AWS_S3_FORCE_PATH_STYLE", "1") != "0":
+        if _path_style():
             kwargs["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**kwargs)
 
 
 def client():
-    """The boto3 S3 client of the current endpoint, made once per process: every boto3 call goes through it."""
-    return _client(endpoint_url(), os.getpid())
+    """The boto3 S3 client of the current endpoint and settings, made once per process: every boto3 call
+    goes through it."""
+    settings = checksum_settings()
+    credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"))
+    return _client(endpoint_url(), os.getpid(), settings["request_checksum_calculation"],
+                   settings["response_checksum_validation"], _path_style(), hash(credentials))
 
 
 @functools.lru_cache(maxsize=8)
-def _client(endpoint: str | None, pid: int):
-    # Keyed by pid: a forked process must not share its parent's pooled connections.
+def _client(endpoint: str | None, pid: int, request_checksums: str, response_checksums: str, path_style: bool,
+            credentials: int):
+    # Keyed by pid: a forked process must not share its parent's pooled connections; and by the credentials
+    # in the environment, read when the client is made.
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3", endpoint_url=endpoint)
+    config = Config(
+        request_checksum_calculation=request_checksums, response_checksum_validation=response_checksums,
+        connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_REQUEST_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+        s3={"addressing_style": "path"} if path_style else None,
+    )
+    log.info("S3 client for %s: request_checksum_calculation=%s, response_checksum_validation=%s, path-style %s",
+             endpoint or "AWS S3", request_checksums, response_checksums, path_style)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+
+try:
+    export_checksum_settings()
+except StorageError:
+    pass  # a bad value is reported where the store is used
