@@ -79,8 +79,9 @@ def _rows(report: dict) -> str:
 
 def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
     """One trial of the spec as written (no search space, no early stopping)."""
-    from tl_ray.tune.sweep import run_sweep
+    from tl_ray.tune.sweep import preflight, run_sweep
 
+    preflight(spec)
     ensure_ray()
     single = spec.model_copy(deep=True)
     single.tune.space = {}
@@ -93,12 +94,13 @@ def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
 
 def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, out: Out = print):
     """Runs the sweep, prints its table and (optionally) promotes the best trial."""
-    from tl_ray.tune.sweep import run_sweep
+    from tl_ray.tune.sweep import preflight, run_sweep
 
     if promote and spec.promote is not None:
         from tl_ray.registry.store import Registry
 
         Registry(spec.storage).check_writable()  # before the sweep, not after it
+    preflight(spec)  # what every trial would fail on, said once before any starts
     ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out(f"[tune] {'resuming' if resume else 'experiment'} {store.join(spec.storage, 'experiments', experiment)}")

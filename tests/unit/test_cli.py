@@ -175,3 +175,21 @@ def test_version_and_python_dash_m():
 def test_serve_without_a_spec_or_model_exits_2_saying_what_to_pass(capsys):
     code, _, err = run(capsys, "serve", "--storage", "./nowhere")
     assert code == 2 and "tl-ray serve needs --model NAME:ALIAS" in err
+
+
+def test_tune_fails_before_any_trial_when_imagenet_weights_cannot_be_downloaded(capsys, tmp_path, fashion_dir):
+    """This machine has no internet: every trial would retry the download; the driver says it once, first."""
+    import yaml
+
+    from tl_ray.data.ingest import ingest_fashion_mnist
+
+    store = tmp_path / "store"
+    ingest_fashion_mnist(str(store / "datasets/t/train"), path=str(fashion_dir), classes=[0, 1], per_class=4)
+    spec = {"name": "offline", "storage": str(store), "data": {"train": "datasets/t/train", "image_size": [32, 32]},
+            "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "imagenet"},
+            "tune": {"num_samples": 2}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    code, _, err = run(capsys, "tune", str(tmp_path / "spec.yaml"))
+    assert code == 4 and err.count("\n") == 1, err
+    assert "ImageNet weights for backbone 'mobilenet_v2' could not be downloaded" in err
+    assert not (store / "experiments").exists()  # no trial started

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl_ray import store
+from tl_ray.errors import ConfigError, StorageError
 from tl_ray.spec import Spec
 from tl_ray.tune.cluster import connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
@@ -51,6 +52,43 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     # tables and result files show only the searched fields.
     trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict())
     return run_tuner(spec, name, trainable, to_param_space(spec.tune.space), resume=resume)
+
+
+def preflight(spec: Spec) -> None:
+    """Fails before any trial starts, with the one error every trial would otherwise raise and retry: a missing
+    dataset or manifest, an image smaller than the backbone takes, weights that do not exist, ImageNet weights
+    that cannot be downloaded (an offline node: the backbone is built here once, which leaves them in Keras'
+    cache ``~/.keras/models`` for trials on this node).
+
+    Raises:
+        DataError, StorageError, RegistryError, ConfigError: what the trials would have failed on.
+    """
+    from tl_ray.data.manifest import read_manifest
+    from tl_ray.models.backbones import get_backbone
+    from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
+    from tl_ray.registry.store import Registry
+
+    read_manifest(spec.resolve(spec.data.train))
+    if spec.data.validation:
+        read_manifest(spec.resolve(spec.data.validation))
+    backbone, size = get_backbone(spec.model.backbone), min(spec.data.image_size)
+    if size < backbone.min_size:
+        raise ConfigError(f"data.image_size must be at least {backbone.min_size}x{backbone.min_size} for backbone "
+                          f"{backbone.name!r}. Received: {list(spec.data.image_size)}. Raise data.image_size or "
+                          "pick another backbone.")
+    kind, weights = weights_kind(spec.model.weights), spec.model.weights
+    if kind == "registry":
+        Registry(spec.storage).resolve(weights[len(REGISTRY_SCHEME):])
+    elif kind == "file" and not store.exists(weights if store.is_absolute(weights) else store.join(spec.storage, weights)):
+        raise StorageError(f"model.weights file {weights!r} does not exist. Stage it first (tl-ray weights stage) "
+                           "or fix the path.")
+    elif kind == "imagenet":
+        import keras
+
+        from tl_ray.models.build import build_model
+
+        build_model(spec.model, 2, tuple(spec.data.image_size))
+        keras.backend.clear_session()
 
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
