@@ -16,7 +16,6 @@ champion, so two promotions never both win on stale evidence.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ import numpy as np
 from tl_ray.errors import ConfigError
 from tl_ray.registry.store import AliasConflict, Registry
 from tl_ray.spec import Spec
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -236,9 +233,7 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
     registry.check_writable()  # before the gate's evaluation, not after it
     name, alias = spec.promote.name, spec.promote.alias
     key, mode = gate_metric(spec)
-    uri, warnings = holdout_uri(spec)
-    for w in warnings:
-        logger.warning(w)
+    uri, warnings = holdout_uri(spec)  # said once, in the promotion's message
     challenger = checkpoint_model(checkpoint_dir, spec.storage)  # a head-only checkpoint is rebuilt in full
     score = evaluate(challenger, uri, tuple(spec.data.image_size))[key]
     gatekeeper = _Gate(registry, spec, challenger, key, mode, uri, score)
