@@ -114,6 +114,10 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     planned = {st.name: st.epochs for st in spec.tune.stages} if spec.tune.stages else spec.train.epochs
     report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=planned)
     out(f"[tune] report: {', '.join(report.files)}  (tl-ray report {experiment} --storage {spec.storage})")
+    # Tune writes each trial's TensorBoard event files into its folder of the experiment.
+    sync = f"aws s3 sync {exp_uri} ./{experiment}, then " if store.is_s3(exp_uri) else ""
+    out(f"[tune] curves in TensorBoard: {sync}tensorboard --logdir {'./' + experiment if sync else exp_uri}  "
+        "(pip install 'tl-ray[tensorboard]')")
     promotion = None
     if promote:
         promotion = promote_row(spec, best)
