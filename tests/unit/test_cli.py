@@ -193,3 +193,18 @@ def test_tune_fails_before_any_trial_when_imagenet_weights_cannot_be_downloaded(
     assert code == 4 and err.count("\n") == 1, err
     assert "ImageNet weights for backbone 'mobilenet_v2' could not be downloaded" in err
     assert not (store / "experiments").exists()  # no trial started
+
+
+def test_output_json_is_one_document_on_stdout(capsys, tmp_path, fashion_dir):
+    import json
+
+    from tl_ray.data.ingest import ingest_fashion_mnist
+
+    uri = str(tmp_path / "store/datasets/j/train")
+    ingest_fashion_mnist(uri, path=str(fashion_dir), classes=[0, 1], per_class=3)
+    code, out, _ = run(capsys, "data", "inspect", uri, "-o", "json")
+    assert code == 0 and json.loads(out)["num_rows"] == 6
+    code, out, _ = run(capsys, "data", "inspect", uri)
+    assert code == 0 and "6 images (28x28" in out and "2 classes" in out
+    code, out, _ = run(capsys, "cache", "list", "--storage", str(tmp_path / "store"), "-o", "json")
+    assert code == 0 and json.loads(out) == []

@@ -20,6 +20,17 @@ def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="store root (default ./tlray-store or $TLRAY_STORAGE)")
 
 
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="text", choices=["text", "json"],
+                   help="json: one JSON document on stdout, for scripts (progress lines go to stderr)")
+
+
+def print_json(value) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, default=str))
+
+
 def load(args):
     """The spec named by ``add_spec``'s arguments, with its ``--set`` overrides."""
     from tl_ray.spec import load_spec

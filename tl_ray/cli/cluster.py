@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tl_ray.cli._common import add_spec
+from tl_ray.cli._common import add_output, add_spec, print_json
 
 
 def cmd_submit(args) -> int:
@@ -21,7 +21,11 @@ def cmd_submit(args) -> int:
 def cmd_jobs_list(args) -> int:
     from tl_ray import submit
 
-    for row in submit.list_jobs(args.address):
+    rows = submit.list_jobs(args.address)
+    if args.output == "json":
+        print_json(rows)
+        return 0
+    for row in rows:
         print(f"{row['id']}  {row['status']:<9}  {row['entrypoint']}")
     return 0
 
@@ -78,6 +82,8 @@ def add_commands(sub) -> None:
         p.add_argument("--address", default=address, help="the cluster's job API")
         if name != "list":
             p.add_argument("job_id")
+        if name == "list":
+            add_output(p)
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
         p.set_defaults(func=func)

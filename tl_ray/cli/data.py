@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tl_ray.cli._common import add_output
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -35,7 +37,14 @@ def cmd_data_ingest(args) -> int:
 def cmd_data_inspect(args) -> int:
     from tl_ray.data.manifest import read_manifest
 
-    print(read_manifest(args.uri).to_json())
+    manifest = read_manifest(args.uri)
+    if args.output == "json":
+        print(manifest.to_json())
+        return 0
+    size = "x".join(map(str, manifest.image_shape or [])) or "mixed sizes"
+    print(f"{args.uri}: {manifest.num_rows} images ({size}) in {len(manifest.shards)} {manifest.format} shards, "
+          f"{sum(s.bytes for s in manifest.shards) / 2**20:.1f} MiB; {len(manifest.class_names)} classes: "
+          f"{', '.join(manifest.class_names)}")
     return 0
 
 
@@ -73,6 +82,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_data_ingest)
     p = data.add_parser("inspect", help="print a dataset's manifest")
     p.add_argument("uri")
+    add_output(p)
     p.set_defaults(func=cmd_data_inspect)
     p = data.add_parser("verify", help="re-check every shard's sha256, row count and (TFRecord) CRCs")
     p.add_argument("uri")

@@ -3,10 +3,12 @@ feature cache the sweeps share."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import shlex
 import sys
 
-from tl_ray.cli._common import add_spec, add_storage, fail, load
+from tl_ray.cli._common import add_output, add_spec, add_storage, fail, load, print_json
 from tl_ray.errors import ConfigError, TrialError, error_summary
 
 
@@ -17,6 +19,11 @@ def cmd_train(args) -> int:
     row = train_once(spec)
     print(f"trial {row.trial_id}: {spec.tune.metric}={row.metric} after {row.epochs} epochs; checkpoint {row.checkpoint}")
     return 0
+
+
+def _json_output(args):
+    """With ``-o json`` the progress lines go to stderr, so stdout holds the JSON summary alone."""
+    return contextlib.redirect_stdout(sys.stderr) if args.output == "json" else contextlib.nullcontext()
 
 
 def _resume_command(args, promote: bool) -> str:
@@ -51,9 +58,15 @@ def cmd_tune(args) -> int:
 
     spec = load(args)
     try:
-        result, _ = sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
+        with _json_output(args):
+            result, promotion = sweep_and_promote(spec, promote=args.promote, resume=args.resume, out=print)
     except (SweepInterrupted, KeyboardInterrupt) as exc:
         return _interrupted(args, exc, promote=args.promote)
+    if args.output == "json":
+        print_json({"experiment": result.experiment_path, "metric": spec.tune.metric, "mode": spec.tune.mode,
+                    "best": result.best.trial_id, "wall_time_s": round(result.wall_time_s, 1),
+                    "trials": [dataclasses.asdict(r) for r in result.rows],
+                    "promotion": dataclasses.asdict(promotion) if promotion else None})
     failed = [r for r in result.rows if r.status == "ERROR"]
     if not failed:
         return 0
@@ -73,9 +86,12 @@ def cmd_run(args) -> int:
 
     spec = load(args)
     try:
-        figures = run_pipeline(spec, keep_serving=args.keep_serving, out=print)
+        with _json_output(args):
+            figures = run_pipeline(spec, keep_serving=args.keep_serving, out=print)
     except SweepInterrupted as exc:  # nothing was promoted from the partial sweep
         return _interrupted(args, exc, promote=True)
+    if args.output == "json":
+        print_json(figures)
     if not figures.get("failed_trials"):
         return 0
     # The failed trials are named in the [tune] lines above; what followed them stands.
@@ -103,6 +119,9 @@ def cmd_cache_list(args) -> int:
     from tl_ray.feature_cache import cache_root, list_entries
 
     entries = list_entries(args.storage)
+    if args.output == "json":
+        print_json([dataclasses.asdict(e) for e in entries])
+        return 0
     if not entries:
         print(f"no feature-cache entries in {cache_root(args.storage)}")
     for e in entries:
@@ -136,10 +155,12 @@ def add_commands(sub) -> None:
     add_spec(p)
     p.add_argument("--promote", action="store_true", help="register the best trial and gate the alias")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    add_output(p)
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("run", help="ingest -> pretrain -> sweep -> promote -> serve, end to end")
     add_spec(p)
     p.add_argument("--keep-serving", action="store_true", help="keep the endpoint up until Ctrl-C")
+    add_output(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="table and plots of a sweep, written next to it in the store")
@@ -153,6 +174,7 @@ def add_commands(sub) -> None:
         dest="cache_cmd", required=True)
     p = cache.add_parser("list", help="entries: key, backbone, size, weights digest, rows, bytes, dataset")
     add_storage(p)
+    add_output(p)
     p.set_defaults(func=cmd_cache_list)
     p = cache.add_parser("purge", help="delete entries (they are rebuilt when a trial needs them)")
     p.add_argument("keys", nargs="*", help="entry ids from `tl-ray cache list`")

@@ -18,7 +18,7 @@ from pathlib import Path
 from tl_ray import store
 from tl_ray.errors import ConfigError, StorageError
 from tl_ray.spec import Spec
-from tl_ray.tune.cluster import connect_ray, with_cluster_gpus
+from tl_ray.tune.cluster import check_reachable, connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
 from tl_ray.tune.staged import run_staged
 from tl_ray.tune.trainable import tune_trial
@@ -55,19 +55,21 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
 
 def preflight(spec: Spec) -> None:
-    """Fails before any trial starts, with the one error every trial would otherwise raise and retry: a missing
-    dataset or manifest, an image smaller than the backbone takes, weights that do not exist, ImageNet weights
+    """Fails before any trial starts, with the one error every trial would otherwise raise and retry: a cluster
+    that does not answer at ``RAY_ADDRESS``, a missing dataset or manifest, an image smaller than the backbone takes, weights that do not exist, ImageNet weights
     that cannot be downloaded (an offline node: the backbone is built here once, which leaves them in Keras'
     cache ``~/.keras/models`` for trials on this node).
 
     Raises:
-        DataError, StorageError, RegistryError, ConfigError: what the trials would have failed on.
+        ClusterError, DataError, StorageError, RegistryError, ConfigError: what the trials would have failed on.
     """
+    import os
     from tl_ray.data.manifest import read_manifest
     from tl_ray.models.backbones import get_backbone
     from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
     from tl_ray.registry.store import Registry
 
+    check_reachable(os.environ.get("RAY_ADDRESS") or "local")
     read_manifest(spec.resolve(spec.data.train))
     if spec.data.validation:
         read_manifest(spec.resolve(spec.data.validation))
