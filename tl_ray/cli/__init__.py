@@ -20,11 +20,12 @@ import os
 import sys
 
 from tl_ray.cli import cluster, data, models, serve, sweep
-from tl_ray.cli._common import fail
+from tl_ray.cli._common import fail, import_tensorflow_quietly
 from tl_ray.errors import TLRayError
 from tl_ray.tune.cluster import VERBOSE_ENV
 
 GROUPS = (data, sweep, models, serve, cluster)
+TRAINS_OR_SERVES = {"train", "tune", "run", "serve"}  # commands that import TensorFlow in this process
 
 EXAMPLES = """examples:
   tl-ray run jobs/quickstart/target.yaml            # sweep, test, promote and serve (local Ray, local store)
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ logs (oneDNN notes, a cuInit error on a machine without GPUs), in this process and the
     # Ray workers it starts; -v keeps its errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if args.verbose else "3")
+    if args.command in TRAINS_OR_SERVES and not args.verbose:
+        import_tensorflow_quietly()
     try:
         return args.func(args)
     except TLRayError as exc:

@@ -38,6 +38,21 @@ def load(args):
     return load_spec(args.spec, overrides=args.set or None)
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with this process's native stderr closed: TensorFlow 2.21 prints its start-up lines
+    (oneDNN, CUDA drivers) before its logging honours TF_CPP_MIN_LOG_LEVEL. An import error still raises."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def fail(exc: TLRayError) -> int:
     """Prints ``exc`` as one line on stderr; returns its exit code."""
     print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
