@@ -229,23 +229,28 @@ def serve_forever(storage: str, ref: str, serve_spec, out: Out = print, follow: 
 
 def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
     """Accuracy on the test set, every image sent through the live endpoint as JSON."""
-    import numpy as np
+    import sys
 
+    import numpy as np
+    from tqdm import tqdm
+
+    from tl_ray.data.manifest import read_manifest
     from tl_ray.data.reader import make_dataset
     from tl_ray.serving.client import predict_instances
 
-    from tl_ray.data.manifest import read_manifest
-
     uri = spec.resolve(spec.data.test)
+    manifest = read_manifest(uri)
     # Send images at their stored size: the endpoint resizes them exactly as training did.
-    shape = read_manifest(uri).image_shape
-    size = tuple(shape[:2]) if shape else tuple(spec.data.image_size)
+    size = tuple(manifest.image_shape[:2]) if manifest.image_shape else tuple(spec.data.image_size)
     correct = total = 0
-    ds = make_dataset(uri, image_size=size, batch_size=batch)
-    for images, labels in ds:
-        preds = predict_instances(url, np.round(images.numpy()).astype(np.uint8))
-        correct += sum(int(p["class_id"] == int(y)) for p, y in zip(preds, labels.numpy()))
-        total += len(preds)
+    # A bar on a terminal only: a pipe or a CI log gets the result line alone.
+    with tqdm(total=manifest.num_rows, unit="img", desc="[serve] test images over HTTP", file=sys.stderr,
+              disable=not sys.stderr.isatty(), leave=False) as bar:
+        for images, labels in make_dataset(uri, image_size=size, batch_size=batch):
+            preds = predict_instances(url, np.round(images.numpy()).astype(np.uint8))
+            correct += sum(int(p["class_id"] == int(y)) for p, y in zip(preds, labels.numpy()))
+            total += len(preds)
+            bar.update(len(preds))
     return correct / max(total, 1)
 
 
