@@ -103,7 +103,8 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     preflight(spec)  # what every trial would fail on, said once before any starts
     ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out(f"[tune] {'resuming' if resume else 'experiment'} {store.join(spec.storage, 'experiments', experiment)}")
+    if resume:  # a new experiment is named by the sweep's own first line
+        out(f"[tune] resuming {store.join(spec.storage, 'experiments', experiment)}")
     result = run_sweep(spec, resume=resume, experiment=experiment)
     out(result.table())
     best = result.best

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
           f"each {_resources_text(spec)}; experiment {exp_path}; {workers_output()}", flush=True)
     progress = SweepProgress(spec.tune.metric, spec.tune.mode, total)
+    if not verbose():  # Tune's newer console prints its header boxes even at verbose=0; its older one is silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     start = time.perf_counter()
     if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         tuner = tune.Tuner.restore(
