@@ -30,7 +30,14 @@ class SweepProgress(tune.Callback):
         return a > b if self.mode == "max" else a < b
 
     def setup(self, **info) -> None:
+        import logging
+
         from tqdm import tqdm
+
+        from tl_ray.tune.cluster import verbose
+
+        if not verbose():  # each failed trial's traceback goes to its error.txt; this callback names its cause
+            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
         # A bar only where a person watches: a pipe or a CI log gets the lines alone.
         self._bar = tqdm(total=self.total, unit="trial", desc="trials ended", file=sys.stderr,
@@ -54,8 +61,8 @@ class SweepProgress(tune.Callback):
         self.ended += 1
         of = f"/{self.total}" if self.total else ""
         value = self.best.get(trial.trial_id)
-        score = f"{self.metric} {value:.4f}" if value is not None else f"no {self.metric}"
-        line = f"[tune] {self.ended}{of} trial {trial.trial_id} {how}: {score}{self._leader()}"
+        score = f": {self.metric} {value:.4f}" if value is not None else ""
+        line = f"[tune] {self.ended}{of} trial {trial.trial_id} {how}{score}{self._leader()}"
         if self._bar is not None:
             self._bar.update(1)
             self._bar.clear()
@@ -69,7 +76,7 @@ class SweepProgress(tune.Callback):
         self._ended(trial, f"done after {epochs} epoch{'s' if epochs != 1 else ''}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial, "failed (its error is in the table below)")
+        self._ended(trial, "failed (its cause is said after the table; the traceback is in its error.txt)")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._bar is not None:
