@@ -168,3 +168,7 @@ def test_a_sweep_whose_trials_error_exits_8_naming_them_after_the_table_and_repo
     assert "1 of 2 trials ended in ERROR once train.max_failures=0 retries ran out" in error_line
     assert "DataError" in error_line and "datasets/r/missing" in error_line
     assert f"tl-ray tune {spec_path} --resume" in error_line
+    # The console: one line per ended trial, the failed one's cause said once, no Ray traceback.
+    assert sum(line.startswith("[tune] ") and " trial " in line and ("done after" in line or "failed" in line)
+               for line in run.stdout.splitlines()) == 2
+    assert "Traceback" not in run.stdout + run.stderr
