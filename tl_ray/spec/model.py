@@ -22,13 +22,21 @@ BACKBONE_NAMES = (
 
 
 class HeadSpec(_Section):
-    """The new classification head on top of the backbone."""
+    """The new classification head on top of the backbone.
+
+    Layers, in order: pooling, then ``[Dropout, Dense(relu)]`` for each ``dense`` width, then Dropout, then the
+    ``predictions`` layer. ``model.weights`` gives the backbone's weights only, also when it names a registered
+    model: the head starts from random weights (seeded by ``train.seed``) unless ``train.init_from`` warm-starts
+    the whole model.
+    """
 
     pooling: Literal["avg", "max", "flatten"] = Field(
         default="avg", description="How the backbone's feature map becomes a vector."
     )
     dense: list[PositiveInt] = Field(default_factory=list, description="Hidden Dense layer widths (ReLU).")
-    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Dropout before each Dense layer.")
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description=(
+        "Dropout rate before each hidden Dense layer and before the predictions layer; 0: no Dropout layers."
+    ))
     multi_label: bool = Field(
         default=False,
         description=(

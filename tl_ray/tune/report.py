@@ -146,7 +146,17 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]:
+def _param_points(trials: list[TrialSummary], key: str, metric: str, mode: str) -> list[tuple]:
+    """``(value of key, best metric)`` of each trial that has both: one point of params.png's panel for ``key``.
+
+    A trial's best is its highest ``metric`` when ``mode`` is max, its lowest when min. A conditional dimension
+    is absent (None) in trials where its condition failed; they give no point.
+    """
+    return [(t.params.get(key), t.best(metric, mode)) for t in trials
+            if t.best(metric, mode) is not None and t.params.get(key) is not None]
+
+
+def _plots(trials: list[TrialSummary], metric: str, mode: str, out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,9 +183,7 @@ def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]
     if keys:
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
         for ax, key in zip(axes[0], keys):
-            # A conditional dimension is absent (None) in trials where its condition failed.
-            pts = [(t.params.get(key), t.best(metric, "max")) for t in trials
-                   if t.best(metric, "max") is not None and t.params.get(key) is not None]
+            pts = _param_points(trials, key, metric, mode)
             xs = [p[0] for p in pts]
             numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
             if numeric:
@@ -187,7 +195,7 @@ def _plots(trials: list[TrialSummary], metric: str, out_dir: Path) -> list[Path]
                 ax.scatter([labels.index(str(x)) for x in xs], [p[1] for p in pts])
                 ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=7)
             ax.set_xlabel(key)
-            ax.set_ylabel(f"best {metric}")
+            ax.set_ylabel(f"best {metric} ({mode})")
         fig.tight_layout()
         files.append(out_dir / "params.png")
         fig.savefig(files[-1], dpi=100)
@@ -211,7 +219,7 @@ def build_report(
     with tempfile.TemporaryDirectory(prefix="tlray-report-") as tmp:
         out = Path(tmp)
         (out / "trials.txt").write_text(report.table + "\n")
-        for path in [out / "trials.txt", *_plots(trials, metric, out)]:
+        for path in [out / "trials.txt", *_plots(trials, metric, mode, out)]:
             uri = store.join(experiment_uri, "report", path.name)
             store.write_bytes(uri, path.read_bytes())
             report.files.append(uri)
