@@ -61,9 +61,10 @@ def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
                 msg = "unknown key; remove it or check its spelling"
             received = err.get("input")
             # A rule across sections (loc empty) names its fields itself; its input is the whole spec.
-            shown = "" if err["type"] in ("missing",) or not loc else f" Received: {received!r}."
+            said = err["type"] in ("missing",) or not loc or "Received:" in msg
+            shown = "" if said else f" Received: {received!r}."
             where = f"{loc}: " if loc else ""
-            lines.append(f"{where}{msg}.{shown}" if not msg.endswith(".") else f"{where}{msg}{shown}")
+            lines.append(f"{where}{msg}{'' if msg.endswith(('.', '?')) else '.'}{shown}")
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
     spec._base_dir = base_dir
     return spec
