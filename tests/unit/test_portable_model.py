@@ -1,0 +1,180 @@
+"""Portable models: stock-Keras preprocessing, older files, and exports that load where tl-ray is not importable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+from tl_ray.models.backbones import BACKBONES
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from tl_ray.cli import build_parser, main  # noqa: E402
+from tl_ray.models import build_model  # noqa: E402
+from tl_ray.models.backbones import backbone_of  # noqa: E402
+from tl_ray.models.export import FORMATS, export_model, load_model  # noqa: E402
+from tl_ray.models.preprocess import BackbonePreprocess, preprocessing_layer, replace_legacy_preprocess  # noqa: E402
+from tl_ray.registry.store import Registry  # noqa: E402
+from tl_ray.spec import ModelSpec  # noqa: E402
+
+SIZE = (32, 32)
+# One backbone per keras.applications module: the preprocess_input each family brings.
+FAMILIES = sorted({b.preprocess: name for name, b in sorted(BACKBONES.items(), reverse=True)}.values())
+
+
+def tiny(seed: int = 1):
+    spec = ModelSpec(backbone="mobilenet_v2", weights="none", backbone_args={"alpha": 0.35}, head={"dense": [8]})
+    return build_model(spec, 3, SIZE, seed=seed)
+
+
+def legacy_copy(model):
+    """``model`` as tl-ray built it before: the same layers behind a ``BackbonePreprocess``."""
+    return keras.models.clone_model(model, clone_function=lambda layer: BackbonePreprocess(
+        backbone_of(model).name, name="preprocess") if layer.name == "preprocess" else layer)
+
+
+def images(n: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, *SIZE, 3)).astype("float32")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLRAY_CACHE", str(tmp_path / "cache"))
+    yield
+    keras.backend.clear_session()
+
+
+def test_every_family_is_covered():
+    assert len(FAMILIES) == len({b.preprocess for b in BACKBONES.values()}) == 15
+    assert {BACKBONES[n].preprocess_mode for n in FAMILIES} == {"caffe", "tf", "torch", "none"}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stock_layers_match_keras_preprocess_input(name):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(0, 256, (2, 8, 8, 3)), rng.uniform(0, 255, (2, 8, 8, 3))]).astype("float32")
+    x[0, 0, 0], x[0, 0, 1] = [0, 127.5, 255], [255, 0, 1]
+    expected = BACKBONES[name].preprocess_fn()(x.copy())  # it edits numpy input in place
+    layer = preprocessing_layer(name)
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-6, atol=1e-6)
+    # What a .keras file holds: only Keras' own classes, restored in safe mode.
+    config = keras.saving.serialize_keras_object(layer)
+    assert "tl_ray" not in json.dumps(config)
+    clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(clone(x)), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_older_files_with_backbone_preprocess_still_load_and_export_portable(tmp_path):
+    model = tiny()
+    x = images()
+    expected = model.predict(x, verbose=0)
+    legacy = legacy_copy(model)
+    legacy.save(tmp_path / "old.keras")
+    loaded = load_model(tmp_path / "old.keras")
+    assert isinstance(loaded.get_layer("preprocess"), BackbonePreprocess)
+    assert backbone_of(loaded).name == "mobilenet_v2"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+    assert replace_legacy_preprocess(model) is model
+    migrated = replace_legacy_preprocess(loaded)
+    assert type(migrated.get_layer("preprocess")) is keras.layers.Rescaling
+    np.testing.assert_allclose(migrated.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_export_formats_load_where_tl_ray_is_not_importable(tmp_path, capsys):
+    """The registry's model.keras and each export, loaded by a fresh interpreter without tl_ray."""
+    store, out = str(tmp_path / "store"), tmp_path / "out"
+    model = tiny()
+    (tmp_path / "v1").mkdir()
+    legacy_copy(model).save(tmp_path / "v1" / "model.keras")  # a version published by older tl-ray
+    export_model(model, tmp_path / "v2")
+    registry = Registry(store)
+    for version in ("v1", "v2"):
+        registry.publish("fashion", tmp_path / version, {"class_names": ["a", "b", "c"], "image_size": list(SIZE)})
+    registry.set_alias("fashion", "production", 2)
+
+    def export(*argv) -> int:
+        return main(["models", "export", *argv, "--storage", store])
+
+    assert export("fashion:v1", str(out / "keras"), "--format", "keras") == 0
+    assert export("fashion:production", str(out / "serving"), "--format", "tf_serving") == 0
+    assert export("fashion:v2", str(out / "saved"), "--format", "saved_model") == 0
+    assert "--model_base_path=" + str(out / "serving" / "fashion") in capsys.readouterr().out
+    meta = json.loads((out / "serving" / "fashion" / "2" / "assets.extra" / "export.json").read_text())
+    assert meta["class_names"] == ["a", "b", "c"] and meta["max_abs_difference"] <= 1e-4
+    assert "tl_ray" not in zipfile.ZipFile(out / "keras" / "model.keras").read("config.json").decode()
+
+    x = images()
+    np.save(tmp_path / "x.npy", x)
+    reference = {v: load_model(registry.fetch(f"fashion:{v}") / "model.keras").predict(x, verbose=0) for v in ("v1", "v2")}
+    paths = {"registry_keras": registry.fetch("fashion:v2") / "model.keras", "export_keras": out / "keras" / "model.keras",
+             "tf_serving": out / "serving" / "fashion" / "2", "saved_model": out / "saved"}
+    got = run_without_tl_ray(tmp_path, {k: str(v) for k, v in paths.items()},
+                             legacy=str(registry.fetch("fashion:v1") / "model.keras"))
+    assert got.pop("tl_ray_importable") is False
+    assert "BackbonePreprocess" in got.pop("legacy_error")  # so the check can fail: older files need tl-ray
+    for key, probabilities in got.items():
+        expected = reference["v1" if key == "export_keras" else "v2"]
+        np.testing.assert_allclose(np.array(probabilities), expected, atol=1e-4, err_msg=key)
+
+
+def run_without_tl_ray(tmp_path, paths: dict, legacy: str) -> dict:
+    """Loads each path in a new interpreter (-I -S, site-packages only: no tl_ray) and returns its probabilities.
+
+    Also tries ``legacy``, a file with ``BackbonePreprocess``, and returns why it failed as ``legacy_error``.
+    """
+    script = tmp_path / "plain_load.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util, json, sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        import numpy as np, keras, tensorflow as tf
+        paths, x = {paths!r}, np.load({str(tmp_path / "x.npy")!r})
+        out = {{"tl_ray_importable": importlib.util.find_spec("tl_ray") is not None}}
+        for key, path in paths.items():
+            if path.endswith(".keras"):
+                probs = keras.saving.load_model(path, safe_mode=True).predict(x, verbose=0)
+            else:
+                signature = tf.saved_model.load(path).signatures["serving_default"]
+                probs = signature(image=tf.constant(x))["probabilities"].numpy()
+            out[key] = probs.tolist()
+        try:
+            keras.saving.load_model({legacy!r}, safe_mode=True)
+            out["legacy_error"] = ""
+        except Exception as exc:
+            out["legacy_error"] = str(exc)
+        assert not any(m.startswith("tl_ray") for m in sys.modules)
+        print(json.dumps(out))
+    """))
+    done = subprocess.run([sys.executable, "-I", "-S", str(script)], capture_output=True, text=True, timeout=600,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_export_refuses_a_full_destination_and_a_bad_reference(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    (tmp_path / "v1").mkdir()
+    tiny().save(tmp_path / "v1" / "model.keras")
+    Registry(store).publish("fashion", tmp_path / "v1", {"class_names": ["a", "b", "c"]})
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    argv = ["models", "export", "fashion:v1", str(tmp_path / "full"), "--format", "keras", "--storage", store]
+    assert main(argv) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert main([*argv[:2], "fashion:v9", *argv[3:]]) == 5
+    assert "has no version v9" in capsys.readouterr().err
+
+
+def test_cli_takes_every_export_format_and_no_other(capsys):
+    for fmt in FORMATS:
+        assert build_parser().parse_args(["models", "export", "fashion:v1", "out", "--format", fmt]).format == fmt
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["models", "export", "fashion:v1", "out", "--format", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
