@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -88,17 +89,28 @@ def test_older_files_with_backbone_preprocess_still_load_and_export_portable(tmp
     np.testing.assert_allclose(migrated.predict(x, verbose=0), expected, atol=1e-6)
 
 
-def test_export_formats_load_where_tl_ray_is_not_importable(tmp_path, capsys):
-    """The registry's model.keras and each export, loaded by a fresh interpreter without tl_ray."""
-    store, out = str(tmp_path / "store"), tmp_path / "out"
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A registry with fashion:v1, written by older tl-ray (BackbonePreprocess), and fashion:v2 = production,
+    published as a promotion does (export_model); both hold the same weights."""
+    root = tmp_path_factory.mktemp("published")
     model = tiny()
-    (tmp_path / "v1").mkdir()
-    legacy_copy(model).save(tmp_path / "v1" / "model.keras")  # a version published by older tl-ray
-    export_model(model, tmp_path / "v2")
-    registry = Registry(store)
+    (root / "v1").mkdir()
+    legacy_copy(model).save(root / "v1" / "model.keras")
+    files = export_model(model, root / "v2")
+    assert "model.keras" in files and "saved_model/saved_model.pb" in files
+    assert all(len(digest) == 64 for digest in files.values())
+    registry = Registry(str(root / "store"))
     for version in ("v1", "v2"):
-        registry.publish("fashion", tmp_path / version, {"class_names": ["a", "b", "c"], "image_size": list(SIZE)})
+        registry.publish("fashion", root / version, {"class_names": ["a", "b", "c"], "image_size": list(SIZE)})
     registry.set_alias("fashion", "production", 2)
+    return {"store": str(root / "store"), "probabilities": model.predict(images(), verbose=0)}
+
+
+def test_export_formats_load_where_tl_ray_is_not_importable(published, tmp_path, capsys):
+    """The registry's model.keras and each export, loaded by a fresh interpreter without tl_ray."""
+    store, out = published["store"], tmp_path / "out"
+    registry = Registry(store)
 
     def export(*argv) -> int:
         return main(["models", "export", *argv, "--storage", store])
@@ -114,8 +126,11 @@ def test_export_formats_load_where_tl_ray_is_not_importable(tmp_path, capsys):
     x = images()
     np.save(tmp_path / "x.npy", x)
     reference = {v: load_model(registry.fetch(f"fashion:{v}") / "model.keras").predict(x, verbose=0) for v in ("v1", "v2")}
-    paths = {"registry_keras": registry.fetch("fashion:v2") / "model.keras", "export_keras": out / "keras" / "model.keras",
-             "tf_serving": out / "serving" / "fashion" / "2", "saved_model": out / "saved"}
+    np.testing.assert_array_equal(reference["v2"], published["probabilities"])
+    v2 = registry.fetch("fashion:v2")
+    paths = {"registry_keras": v2 / "model.keras", "registry_saved_model": v2 / "saved_model",
+             "export_keras": out / "keras" / "model.keras", "tf_serving": out / "serving" / "fashion" / "2",
+             "saved_model": out / "saved"}
     got = run_without_tl_ray(tmp_path, {k: str(v) for k, v in paths.items()},
                              legacy=str(registry.fetch("fashion:v1") / "model.keras"))
     assert got.pop("tl_ray_importable") is False
@@ -158,18 +173,34 @@ def run_without_tl_ray(tmp_path, paths: dict, legacy: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_export_refuses_a_full_destination_and_a_bad_reference(tmp_path, capsys):
-    store = str(tmp_path / "store")
-    (tmp_path / "v1").mkdir()
-    tiny().save(tmp_path / "v1" / "model.keras")
-    Registry(store).publish("fashion", tmp_path / "v1", {"class_names": ["a", "b", "c"]})
+def test_export_refuses_a_full_destination_and_a_bad_reference(published, tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    argv = ["models", "export", "fashion:v1", str(tmp_path / "full"), "--format", "keras", "--storage", store]
+    argv = ["models", "export", "fashion:v1", str(tmp_path / "full"), "--format", "keras", "--storage", published["store"]]
     assert main(argv) == 2
     assert "is not empty" in capsys.readouterr().err
     assert main([*argv[:2], "fashion:v9", *argv[3:]]) == 5
     assert "has no version v9" in capsys.readouterr().err
+    assert (tmp_path / "full" / "x").read_text() == "x"
+
+
+def test_bytes_signature_matches_the_keras_model_on_raw_png(published):
+    from PIL import Image
+
+    from tl_ray.data.images import decode_image
+
+    rng = np.random.default_rng(0)
+    pngs = []
+    for shape in [(32, 32, 3), (20, 28, 3), (40, 40)]:  # RGB, another size (resized), grey
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    v2 = Registry(published["store"]).fetch("fashion:v2")
+    pixels = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in pngs])
+    expected = load_model(v2 / "model.keras").predict(pixels, verbose=0)
+    signature = tf.saved_model.load(str(v2 / "saved_model")).signatures["serving_bytes"]
+    out = signature(image_bytes=tf.constant(pngs))["probabilities"].numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_takes_every_export_format_and_no_other(capsys):
