@@ -71,6 +71,13 @@ def test_stock_layers_match_keras_preprocess_input(name):
     assert "tl_ray" not in json.dumps(config)
     clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
     np.testing.assert_allclose(np.asarray(clone(x)), expected, rtol=1e-6, atol=1e-6)
+    keras.config.set_dtype_policy("mixed_float16")  # as train.precision sets it: still float32 arithmetic
+    try:
+        mixed = np.asarray(preprocessing_layer(name)(x))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert mixed.dtype == np.float32
+    np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_older_files_with_backbone_preprocess_still_load_and_export_portable(tmp_path):

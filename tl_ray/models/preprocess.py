@@ -45,6 +45,9 @@ def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.lay
     - ``"none"`` (MobileNetV3, EfficientNet(V2), ConvNeXt rescale inside the
       network): ``Identity``.
 
+    The layer computes in float32 whatever the global dtype policy; the
+    backbone casts its output to its own compute dtype.
+
     Args:
         backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
         name: the layer's name. Defaults to "preprocess".
@@ -53,18 +56,20 @@ def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.lay
         ConfigError: ``backbone`` is not a known backbone name.
     """
     mode = get_backbone(backbone).preprocess_mode
+    # float32 under any dtype policy: pixels 0..255 lose precision in float16, and the backbone casts anyway.
     if mode == "none":
-        return keras.layers.Identity(name=name)
+        return keras.layers.Identity(name=name, dtype="float32")
     if mode == "tf":
-        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name, dtype="float32")
     if mode == "torch":
         mean, std = np.array(TORCH_MEAN), np.array(TORCH_STD)
         return keras.layers.Rescaling((1.0 / (255.0 * std)).astype("float32"), offset=(-mean / std).astype("float32"),
-                                      name=name)
+                                      name=name, dtype="float32")
     if mode == "caffe":
-        pixels = keras.Input(shape=(None, None, 3), name="rgb")
+        pixels = keras.Input(shape=(None, None, 3), dtype="float32", name="rgb")
         bgr = keras.ops.flip(pixels, axis=-1)
-        centred = keras.layers.Rescaling(1.0, offset=-np.array(CAFFE_MEAN_BGR, "float32"), name="centre")(bgr)
+        centred = keras.layers.Rescaling(1.0, offset=-np.array(CAFFE_MEAN_BGR, "float32"), name="centre",
+                                         dtype="float32")(bgr)
         return keras.Model(pixels, centred, name=name)
     raise ConfigError(f"backbone {backbone!r} has preprocess_mode {mode!r}; expected one of caffe, tf, torch, none.")
 
