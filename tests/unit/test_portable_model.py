@@ -191,6 +191,16 @@ def test_export_refuses_a_full_destination_and_a_bad_reference(published, tmp_pa
     assert (tmp_path / "full" / "x").read_text() == "x"
 
 
+def test_an_export_that_predicts_differently_is_not_written(published, tmp_path, capsys, monkeypatch):
+    import tl_ray.models.export
+
+    monkeypatch.setattr(tl_ray.models.export, "TOLERANCE", -1.0)  # any difference, even 0, is too much
+    argv = ["models", "export", "fashion:v1", str(tmp_path / "out"), "--format", "keras", "--storage", published["store"]]
+    assert main(argv) == 6
+    assert "export of fashion:v1 predicts up to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "cache"]
+
+
 def test_bytes_signature_matches_the_keras_model_on_raw_png(published):
     from PIL import Image
 

@@ -158,12 +158,13 @@ def _foreign_objects(config) -> list[str]:
 
 
 def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, version: int,
-              class_names: list[str] | None = None, overwrite: bool = False) -> Path:
+              class_names: list[str] | None = None, overwrite: bool = False) -> dict:
     """Writes ``model`` in the layout of ``fmt`` under ``out_dir``, checked against ``model``.
 
     The export is loaded back (``keras.saving.load_model`` with safe mode, or
     ``tf.saved_model.load``) and must give ``model``'s probabilities on random
-    images to within ``TOLERANCE``.
+    images to within ``TOLERANCE``; an older model is compared as it was, before
+    ``portable_model`` rebuilt its preprocessing.
 
     Args:
         model: a model from ``build_model``, e.g. a registry version's ``model.keras``.
@@ -185,17 +186,19 @@ def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, v
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {list(FORMATS)}. Received: {fmt!r}.")
-    model = portable_model(model)
+    portable = portable_model(model)
     target = Path(out_dir).resolve() / name / str(int(version)) if fmt == "tf_serving" else Path(out_dir).resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise ConfigError(f"export destination {str(target)!r} is not empty. Choose an empty folder or pass --force.")
     info = {"name": name, "version": int(version), "format": fmt, "class_names": class_names,
             "image_size": list(model.input_shape[1:3])}
+    if fmt != "keras":
+        info["signatures"] = SIGNATURES
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
             staged = Path(tmp) / "export"
-            info["max_abs_difference"] = _write(model, fmt, staged, info)
+            info["max_abs_difference"] = _write(portable, model, staged, info)
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
@@ -206,20 +209,20 @@ def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, v
     return {**info, "path": str(target)}
 
 
-def _write(model: keras.Model, fmt: str, folder: Path, info: dict) -> float:
-    """Writes and checks one export in ``folder``, with its ``export.json``; returns the largest difference."""
-    x = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
-    expected = np.asarray(model(x, training=False))
-    if fmt == "keras":
+def _write(portable: keras.Model, source: keras.Model, folder: Path, info: dict) -> float:
+    """Writes ``portable`` in ``folder`` as ``info["format"]`` says, with its ``export.json``, and checks it
+    against ``source``; returns the largest difference in probabilities."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, *source.input_shape[1:])).astype("float32")
+    expected = np.asarray(source(x, training=False))
+    if info["format"] == "keras":
         folder.mkdir(parents=True)
-        model.save(folder / MODEL_FILE)
+        portable.save(folder / MODEL_FILE)
         got = keras.saving.load_model(folder / MODEL_FILE, compile=False, safe_mode=True)(x, training=False)
         meta = folder / EXPORT_FILE
     else:
-        write_saved_model(model, folder)
+        write_saved_model(portable, folder)
         got = tf.saved_model.load(str(folder)).signatures["serving_default"](image=tf.constant(x))["probabilities"]
         meta = folder / "assets.extra" / EXPORT_FILE
-        info["signatures"] = SIGNATURES
     gap = float(np.max(np.abs(np.asarray(got) - expected)))
     if not gap <= TOLERANCE:
         raise ServingError(f"the {info['format']} export of {info['name']}:v{info['version']} predicts up to {gap:.2e} "
