@@ -105,18 +105,18 @@ def write_saved_model(model: keras.Model, path: Path) -> None:
     height, width, channels = model.input_shape[1:]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
+    forward = archive.add_endpoint(
         name="serving_default",
         fn=lambda image: {"probabilities": model(image, training=False)},
         input_signature=[tf.TensorSpec([None, height, width, channels], tf.float32, name="image")],
     )
 
     def from_bytes(image_bytes):
-        # The reader's decode (any PNG/JPEG/BMP/GIF, grey → RGB, bilinear resize), then the model,
-        # whose first layer is the backbone's preprocess_input.
+        # The reader's decode (any PNG/JPEG/BMP/GIF, grey → RGB, bilinear resize), then serving_default's
+        # traced graph (calling it again, rather than the model, saves tracing the model twice).
         pixels = tf.map_fn(lambda b: decode_image(b, (height, width)), image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
-        return {"probabilities": model(pixels, training=False)}
+        return forward(pixels)
 
     archive.add_endpoint(
         name="serving_bytes",
