@@ -103,8 +103,9 @@ def export_model(model: keras.Model, out_dir: Path) -> dict[str, str]:
 def write_saved_model(model: keras.Model, path: Path) -> None:
     """Writes ``model`` as a SavedModel at ``path`` with the ``serving_default`` and ``serving_bytes`` signatures."""
     height, width, channels = model.input_shape[1:]
+    # No track(model): add_endpoint tracks the variables the endpoints use, and a tl-ray model has no
+    # lookup tables, the one thing track() adds (its walk over every layer is most of the write's time).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     forward = archive.add_endpoint(
         name="serving_default",
         fn=lambda image: {"probabilities": model(image, training=False)},
