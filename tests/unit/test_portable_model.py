@@ -21,7 +21,8 @@ tf = pytest.importorskip("tensorflow")
 from tl_ray.cli import build_parser, main  # noqa: E402
 from tl_ray.models import build_model  # noqa: E402
 from tl_ray.models.backbones import backbone_of  # noqa: E402
-from tl_ray.models.export import FORMATS, export_model, load_model  # noqa: E402
+from tl_ray.errors import ConfigError, ServingError  # noqa: E402
+from tl_ray.models.export import FORMATS, export_as, export_model, load_model  # noqa: E402
 from tl_ray.models.preprocess import BackbonePreprocess, preprocessing_layer, replace_legacy_preprocess  # noqa: E402
 from tl_ray.registry.store import Registry  # noqa: E402
 from tl_ray.spec import ModelSpec  # noqa: E402
@@ -44,6 +45,18 @@ def legacy_copy(model):
 
 def images(n: int = 4, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, *SIZE, 3)).astype("float32")
+
+
+def predict(model, x) -> np.ndarray:
+    """Probabilities from a direct call: for one small batch, cheaper than tracing ``model.predict``."""
+    return np.asarray(model(x, training=False))
+
+
+def plain_model():
+    """A small Keras classifier with no backbone: export_as takes any model."""
+    inputs = keras.Input((*SIZE, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
 
 
 @pytest.fixture(autouse=True)
@@ -80,22 +93,6 @@ def test_stock_layers_match_keras_preprocess_input(name):
     np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_older_files_with_backbone_preprocess_still_load_and_export_portable(tmp_path):
-    model = tiny()
-    x = images()
-    expected = model.predict(x, verbose=0)
-    legacy = legacy_copy(model)
-    legacy.save(tmp_path / "old.keras")
-    loaded = load_model(tmp_path / "old.keras")
-    assert isinstance(loaded.get_layer("preprocess"), BackbonePreprocess)
-    assert backbone_of(loaded).name == "mobilenet_v2"
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
-    assert replace_legacy_preprocess(model) is model
-    migrated = replace_legacy_preprocess(loaded)
-    assert type(migrated.get_layer("preprocess")) is keras.layers.Rescaling
-    np.testing.assert_allclose(migrated.predict(x, verbose=0), expected, atol=1e-6)
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     """A registry with fashion:v1, written by older tl-ray (BackbonePreprocess), and fashion:v2 = production,
@@ -111,7 +108,19 @@ def published(tmp_path_factory):
     for version in ("v1", "v2"):
         registry.publish("fashion", root / version, {"class_names": ["a", "b", "c"], "image_size": list(SIZE)})
     registry.set_alias("fashion", "production", 2)
-    return {"store": str(root / "store"), "probabilities": model.predict(images(), verbose=0)}
+    return {"root": root, "store": str(root / "store"), "probabilities": predict(model, images())}
+
+
+def test_older_files_with_backbone_preprocess_still_load_and_are_made_portable(published):
+    expected = published["probabilities"]
+    loaded = load_model(published["root"] / "v1" / "model.keras")  # written with BackbonePreprocess
+    assert isinstance(loaded.get_layer("preprocess"), BackbonePreprocess)
+    assert backbone_of(loaded).name == "mobilenet_v2"  # what freeze.from_block and weight transfer read
+    np.testing.assert_allclose(predict(loaded, images()), expected, atol=1e-6)
+    migrated = replace_legacy_preprocess(loaded)
+    assert type(migrated.get_layer("preprocess")) is keras.layers.Rescaling
+    assert replace_legacy_preprocess(migrated) is migrated
+    np.testing.assert_allclose(predict(migrated, images()), expected, atol=1e-6)
 
 
 def test_export_formats_load_where_tl_ray_is_not_importable(published, tmp_path, capsys):
@@ -132,7 +141,7 @@ def test_export_formats_load_where_tl_ray_is_not_importable(published, tmp_path,
 
     x = images()
     np.save(tmp_path / "x.npy", x)
-    reference = {v: load_model(registry.fetch(f"fashion:{v}") / "model.keras").predict(x, verbose=0) for v in ("v1", "v2")}
+    reference = {v: predict(load_model(registry.fetch(f"fashion:{v}") / "model.keras"), x) for v in ("v1", "v2")}
     np.testing.assert_array_equal(reference["v2"], published["probabilities"])
     v2 = registry.fetch("fashion:v2")
     paths = {"registry_keras": v2 / "model.keras", "registry_saved_model": v2 / "saved_model",
@@ -161,7 +170,7 @@ def run_without_tl_ray(tmp_path, paths: dict, legacy: str) -> dict:
         out = {{"tl_ray_importable": importlib.util.find_spec("tl_ray") is not None}}
         for key, path in paths.items():
             if path.endswith(".keras"):
-                probs = keras.saving.load_model(path, safe_mode=True).predict(x, verbose=0)
+                probs = np.asarray(keras.saving.load_model(path, safe_mode=True)(x, training=False))
             else:
                 signature = tf.saved_model.load(path).signatures["serving_default"]
                 probs = signature(image=tf.constant(x))["probabilities"].numpy()
@@ -180,25 +189,26 @@ def run_without_tl_ray(tmp_path, paths: dict, legacy: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_export_refuses_a_full_destination_and_a_bad_reference(published, tmp_path, capsys):
+def test_export_refuses_a_bad_reference_and_a_full_destination(published, tmp_path, capsys):
+    argv = ["models", "export", "fashion:v9", str(tmp_path / "out"), "--format", "keras", "--storage", published["store"]]
+    assert main(argv) == 5
+    assert "has no version v9" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    argv = ["models", "export", "fashion:v1", str(tmp_path / "full"), "--format", "keras", "--storage", published["store"]]
-    assert main(argv) == 2
-    assert "is not empty" in capsys.readouterr().err
-    assert main([*argv[:2], "fashion:v9", *argv[3:]]) == 5
-    assert "has no version v9" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="is not empty. Choose an empty folder or pass --force"):
+        export_as(plain_model(), "keras", tmp_path / "full", name="m", version=1)
     assert (tmp_path / "full" / "x").read_text() == "x"
+    with pytest.raises(ConfigError, match=r"export format must be one of \['keras', 'saved_model', 'tf_serving'\]"):
+        export_as(plain_model(), "onnx", tmp_path / "out", name="m", version=1)
 
 
-def test_an_export_that_predicts_differently_is_not_written(published, tmp_path, capsys, monkeypatch):
+def test_an_export_that_predicts_differently_is_not_written(tmp_path, monkeypatch):
     import tl_ray.models.export
 
     monkeypatch.setattr(tl_ray.models.export, "TOLERANCE", -1.0)  # any difference, even 0, is too much
-    argv = ["models", "export", "fashion:v1", str(tmp_path / "out"), "--format", "keras", "--storage", published["store"]]
-    assert main(argv) == 6
-    assert "export of fashion:v1 predicts up to" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "cache"]
+    with pytest.raises(ServingError, match="export of m:v1 predicts up to"):
+        export_as(plain_model(), "keras", tmp_path / "out", name="m", version=1)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
 
 
 def test_bytes_signature_matches_the_keras_model_on_raw_png(published):
@@ -214,7 +224,7 @@ def test_bytes_signature_matches_the_keras_model_on_raw_png(published):
         pngs.append(buf.getvalue())
     v2 = Registry(published["store"]).fetch("fashion:v2")
     pixels = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in pngs])
-    expected = load_model(v2 / "model.keras").predict(pixels, verbose=0)
+    expected = predict(load_model(v2 / "model.keras"), pixels)
     signature = tf.saved_model.load(str(v2 / "saved_model")).signatures["serving_bytes"]
     out = signature(image_bytes=tf.constant(pngs))["probabilities"].numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
