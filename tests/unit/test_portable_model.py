@@ -19,9 +19,9 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from tl_ray.cli import build_parser, main  # noqa: E402
+from tl_ray.errors import ConfigError, ServingError  # noqa: E402
 from tl_ray.models import build_model  # noqa: E402
 from tl_ray.models.backbones import backbone_of  # noqa: E402
-from tl_ray.errors import ConfigError, ServingError  # noqa: E402
 from tl_ray.models.export import FORMATS, export_as, export_model, load_model  # noqa: E402
 from tl_ray.models.preprocess import BackbonePreprocess, preprocessing_layer, replace_legacy_preprocess  # noqa: E402
 from tl_ray.registry.store import Registry  # noqa: E402
