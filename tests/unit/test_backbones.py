@@ -75,19 +75,6 @@ def test_image_below_min_size_is_a_config_error(name):
         build_model(ModelSpec(backbone=name, weights="none"), 3, (size, size))
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet50", "vgg16", "efficientnet_b0", "xception", "densenet121"])
-def test_preprocess_layer_matches_preprocess_input(name):
-    from tl_ray.models.preprocess import BackbonePreprocess
-
-    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
-    layer = BackbonePreprocess(name)
-    expected = get_backbone(name).preprocess_fn()(x.copy())  # it edits numpy input in place
-    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-6, atol=1e-5)
-    clone = BackbonePreprocess.from_config(layer.get_config())
-    assert clone.backbone == name
-    np.testing.assert_allclose(np.asarray(clone(x)), expected, rtol=1e-6, atol=1e-5)
-
-
 def test_preprocessing_in_model_matches_keras():
     identity = {n for n, b in BACKBONES.items() if b.preprocessing_in_model}
     assert {n.rsplit("_", 1)[0] for n in identity} >= {"efficientnet", "convnext", "mobilenet_v3"}

@@ -1,4 +1,4 @@
-"""build_model: head, freeze policies, weights sources and export round trips."""
+"""build_model: head, freeze policies and weights sources (export round trips: test_portable_model.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from tl_ray.errors import ConfigError, StorageError  # noqa: E402
-from tl_ray.models import apply_freeze, build_model, export_model, load_model  # noqa: E402
+from tl_ray.models import apply_freeze, build_model  # noqa: E402
 from tl_ray.models.weights import save_backbone_weights  # noqa: E402
 from tl_ray.registry.weights import resolve_weights  # noqa: E402
 from tl_ray.spec import FreezeSpec, ModelSpec  # noqa: E402
@@ -118,21 +118,6 @@ def test_full_trains_batchnorm_statistics():
     assert all(changed(stats, bn_stats(backbone)))
 
 
-def test_keras_and_saved_model_round_trip(tmp_path):
-    model = build_model(spec(head={"dense": [8]}), 3, SIZE, seed=1)
-    x = images()
-    expected = model.predict(x, verbose=0)
-    files = export_model(model, tmp_path / "out")
-    assert "model.keras" in files and "saved_model/saved_model.pb" in files
-    assert all(len(digest) == 64 for digest in files.values())
-    reloaded = load_model(tmp_path / "out" / "model.keras")  # safe_mode=True
-    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
-    serving = tf.saved_model.load(str(tmp_path / "out" / "saved_model")).signatures["serving_default"]
-    out = serving(image=tf.constant(x))
-    assert list(out) == ["probabilities"]
-    np.testing.assert_allclose(out["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
-
-
 def test_weights_file_from_a_local_path(tmp_path):
     source = build_model(spec(), 3, SIZE, seed=2)
     digest = save_backbone_weights(source, str(tmp_path / "store" / "w" / "mnv2.weights.h5"))
@@ -153,8 +138,8 @@ def test_weights_file_of_another_backbone_is_a_config_error(tmp_path):
 
 def test_registry_transfer_copies_the_backbone(tmp_path):
     source = build_model(spec(freeze={"mode": "full"}), 3, SIZE, seed=4)
-    export_model(source, tmp_path / "v1")
-    path = str(tmp_path / "v1" / "model.keras")
+    source.save(tmp_path / "model.keras")  # the file a registry version holds
+    path = str(tmp_path / "model.keras")
     model = build_model(spec(weights="registry://base:production", head={"dense": [4]}), 5, SIZE,
                         weights_file=path, seed=5)
     for a, b in zip(source.get_layer("backbone").weights, model.get_layer("backbone").weights):
@@ -209,26 +194,3 @@ def test_batchnorm_momentum_override_reaches_every_backbone_batchnorm():
     model = build_model(spec, 3, (32, 32))
     bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == 0.9 for l in bns)
-
-
-def test_bytes_signature_matches_the_keras_model_on_raw_png(tmp_path):
-    import io
-
-    from PIL import Image
-
-    from tl_ray.data.images import decode_image
-
-    model = build_model(spec(head={"dense": [8]}), 3, SIZE, seed=6)
-    export_model(model, tmp_path / "out")
-    rng = np.random.default_rng(0)
-    pngs = []
-    for shape in [(32, 32, 3), (20, 28, 3), (40, 40)]:  # RGB, another size (resized), grey
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
-        pngs.append(buf.getvalue())
-    reloaded = load_model(tmp_path / "out" / "model.keras")  # safe_mode=True
-    pixels = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in pngs])
-    expected = reloaded.predict(pixels, verbose=0)
-    signature = tf.saved_model.load(str(tmp_path / "out" / "saved_model")).signatures["serving_bytes"]
-    out = signature(image_bytes=tf.constant(pngs))["probabilities"].numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from tl_ray.cli._common import add_storage
 
@@ -79,6 +80,22 @@ def cmd_models_diff(args) -> int:
     return 0
 
 
+def cmd_models_export(args) -> int:
+    from tl_ray.models.export import MODEL_FILE, export_as, load_model
+
+    reg = _registry(args)
+    name, version = reg.resolve(args.ref)
+    meta = reg.metadata(name, version)
+    model = load_model(reg.fetch(f"{name}:v{version}") / MODEL_FILE)  # sha256-checked local copy
+    report = export_as(model, args.format, args.dir, name=name, version=version,
+                       class_names=meta.get("class_names"), overwrite=args.force)
+    print(json.dumps(report, indent=2))
+    if args.format == "tf_serving":
+        print(f"serve it with   tensorflow_model_server --model_name={name} "
+              f"--model_base_path={os.path.dirname(report['path'])} --rest_api_port=8501")
+    return 0
+
+
 def cmd_weights_stage(args) -> int:
     import yaml
 
@@ -98,7 +115,7 @@ def cmd_weights_stage(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Adds ``models list|show|promote|rollback|diff`` and ``weights stage`` to the ``tl-ray`` subparsers."""
+    """Adds ``models list|show|promote|rollback|diff|export`` and ``weights stage`` to the ``tl-ray`` subparsers."""
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     p = models.add_parser("list", help="list models, versions, gate verdicts and aliases")
     p.add_argument("name", nargs="?", help="only this model")
@@ -118,6 +135,13 @@ def add_commands(sub) -> None:
     p.add_argument("b", help="NAME:vN or NAME:ALIAS")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=cmd_models_diff)
+    p = models.add_parser("export", help="write a version for TF Serving, Triton or plain Keras (signatures: README)")
+    p.add_argument("ref", help="NAME:vN or NAME:ALIAS")
+    p.add_argument("dir", help="local folder; tf_serving writes DIR/NAME/N/")
+    p.add_argument("--format", required=True, choices=["saved_model", "tf_serving", "keras"],
+                   help="saved_model: DIR/saved_model.pb; tf_serving: DIR/NAME/N/saved_model.pb; keras: DIR/model.keras")
+    p.add_argument("--force", action="store_true", help="replace what is already at the destination")
+    p.set_defaults(func=cmd_models_export)
     for name, p in models.choices.items():
         add_storage(p)
         if name in ("promote", "rollback"):

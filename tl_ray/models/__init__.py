@@ -1,4 +1,4 @@
-"""Models: the backbones table, preprocessing layer, build, freeze policies, weights and export.
+"""Models: the backbones table, preprocessing from stock Keras layers, build, freeze policies, weights and export.
 
 Importing this package (or ``tl_ray.models.backbones``) does not import
 TensorFlow; the names below load their module on first use.
@@ -12,6 +12,8 @@ _EXPORTS = {
     "BACKBONES": "backbones",
     "Backbone": "backbones",
     "get_backbone": "backbones",
+    "backbone_of": "backbones",
+    "preprocessing_layer": "preprocess",
     "BackbonePreprocess": "preprocess",
     "build_model": "build",
     "add_head": "build",
@@ -20,6 +22,8 @@ _EXPORTS = {
     "stage_backbone_weights": "weights",
     "weights_kind": "weights",
     "export_model": "export",
+    "export_as": "export",
+    "portable_model": "export",
     "load_model": "export",
 }
 

@@ -59,10 +59,12 @@ class Backbone:
         preprocess: dotted path of the family's ``preprocess_input``.
         min_size: smallest height/width Keras accepts.
         default_size: resolution of the ImageNet weights.
-        preprocessing_in_model: True when the network rescales its own input
-            (MobileNetV3, EfficientNet, EfficientNetV2, ConvNeXt); their
-            ``preprocess_input`` is then the identity and the network expects
-            0..255 pixels.
+        preprocess_mode: what ``preprocess_input`` does, in the terms of
+            ``keras.applications.imagenet_utils``: ``"caffe"`` (RGB to BGR, minus
+            the ImageNet mean), ``"tf"`` (to -1..1), ``"torch"`` (to 0..1, then the
+            ImageNet mean and std per channel) or ``"none"`` when the network
+            rescales its own input (MobileNetV3, EfficientNet, EfficientNetV2,
+            ConvNeXt) and expects 0..255 pixels.
         block_re: regex whose group 1 is the block name of a layer (``re.match``).
         blocks_end: True when matching layers end their block rather than begin it.
     """
@@ -72,9 +74,14 @@ class Backbone:
     preprocess: str
     min_size: int
     default_size: int
-    preprocessing_in_model: bool = False
+    preprocess_mode: str = "none"
     block_re: str = r"^(block\d+)_"
     blocks_end: bool = False
+
+    @property
+    def preprocessing_in_model(self) -> bool:
+        """True when the network rescales its own input and ``preprocess_input`` is the identity."""
+        return self.preprocess_mode == "none"
 
     def build(self, input_shape: tuple[int, int, int], weights: str | None = None, *, name: str | None = None,
               **kwargs: Any):
@@ -160,11 +167,11 @@ class Backbone:
         return _import(self.preprocess)
 
 
-def _family(module: str, min_size: int, in_model: bool, blocks: str, *, end: bool = False,
+def _family(module: str, min_size: int, mode: str, blocks: str, *, end: bool = False,
             **models: tuple[str, int]) -> dict[str, Backbone]:
     return {
         name: Backbone(name, f"keras.applications.{ctor}", f"keras.applications.{module}.preprocess_input",
-                       min_size, size, in_model, blocks, end)
+                       min_size, size, mode, blocks, end)
         for name, (ctor, size) in models.items()
     }
 
@@ -175,32 +182,32 @@ _EFFICIENT = r"^(block\d+)[a-z]_"
 
 
 BACKBONES: dict[str, Backbone] = {
-    **_family("vgg16", 32, False, _VGG, vgg16=("VGG16", 224)),
-    **_family("vgg19", 32, False, _VGG, vgg19=("VGG19", 224)),
-    **_family("resnet", 32, False, _CONV, resnet50=("ResNet50", 224), resnet101=("ResNet101", 224),
+    **_family("vgg16", 32, "caffe", _VGG, vgg16=("VGG16", 224)),
+    **_family("vgg19", 32, "caffe", _VGG, vgg19=("VGG19", 224)),
+    **_family("resnet", 32, "caffe", _CONV, resnet50=("ResNet50", 224), resnet101=("ResNet101", 224),
               resnet152=("ResNet152", 224)),
-    **_family("resnet_v2", 32, False, _CONV, resnet50_v2=("ResNet50V2", 224), resnet101_v2=("ResNet101V2", 224),
+    **_family("resnet_v2", 32, "tf", _CONV, resnet50_v2=("ResNet50V2", 224), resnet101_v2=("ResNet101V2", 224),
               resnet152_v2=("ResNet152V2", 224)),
-    **_family("mobilenet", 32, False, r"^(conv_dw_\d+)_", mobilenet=("MobileNet", 224)),
-    **_family("mobilenet_v2", 32, False, r"^(expanded_conv|block_\d+)_", mobilenet_v2=("MobileNetV2", 224)),
-    **_family("mobilenet_v3", 32, True, r"^(expanded_conv(?:_\d+)?)_", mobilenet_v3_small=("MobileNetV3Small", 224),
+    **_family("mobilenet", 32, "tf", r"^(conv_dw_\d+)_", mobilenet=("MobileNet", 224)),
+    **_family("mobilenet_v2", 32, "tf", r"^(expanded_conv|block_\d+)_", mobilenet_v2=("MobileNetV2", 224)),
+    **_family("mobilenet_v3", 32, "none", r"^(expanded_conv(?:_\d+)?)_", mobilenet_v3_small=("MobileNetV3Small", 224),
               mobilenet_v3_large=("MobileNetV3Large", 224)),
-    **_family("efficientnet", 32, True, _EFFICIENT, efficientnet_b0=("EfficientNetB0", 224),
+    **_family("efficientnet", 32, "none", _EFFICIENT, efficientnet_b0=("EfficientNetB0", 224),
               efficientnet_b1=("EfficientNetB1", 240), efficientnet_b2=("EfficientNetB2", 260),
               efficientnet_b3=("EfficientNetB3", 300), efficientnet_b4=("EfficientNetB4", 380),
               efficientnet_b5=("EfficientNetB5", 456), efficientnet_b6=("EfficientNetB6", 528),
               efficientnet_b7=("EfficientNetB7", 600)),
-    **_family("efficientnet_v2", 32, True, _EFFICIENT, efficientnet_v2_b0=("EfficientNetV2B0", 224),
+    **_family("efficientnet_v2", 32, "none", _EFFICIENT, efficientnet_v2_b0=("EfficientNetV2B0", 224),
               efficientnet_v2_b1=("EfficientNetV2B1", 240), efficientnet_v2_b2=("EfficientNetV2B2", 260),
               efficientnet_v2_b3=("EfficientNetV2B3", 300), efficientnet_v2_s=("EfficientNetV2S", 384),
               efficientnet_v2_m=("EfficientNetV2M", 480), efficientnet_v2_l=("EfficientNetV2L", 480)),
-    **_family("xception", 71, False, _XCEPTION, xception=("Xception", 299)),
-    **_family("inception_v3", 75, False, r"^(mixed\d+)$", end=True, inception_v3=("InceptionV3", 299)),
-    **_family("inception_resnet_v2", 75, False, r"^(mixed_\w+?|block\d+_\d+)(?:_ac)?$", end=True, inception_resnet_v2=("InceptionResNetV2", 299)),
-    **_family("densenet", 32, False, _CONV, densenet121=("DenseNet121", 224), densenet169=("DenseNet169", 224),
+    **_family("xception", 71, "tf", _XCEPTION, xception=("Xception", 299)),
+    **_family("inception_v3", 75, "tf", r"^(mixed\d+)$", end=True, inception_v3=("InceptionV3", 299)),
+    **_family("inception_resnet_v2", 75, "tf", r"^(mixed_\w+?|block\d+_\d+)(?:_ac)?$", end=True, inception_resnet_v2=("InceptionResNetV2", 299)),
+    **_family("densenet", 32, "torch", _CONV, densenet121=("DenseNet121", 224), densenet169=("DenseNet169", 224),
               densenet201=("DenseNet201", 224)),
-    **_family("nasnet", 32, False, r"^((?:normal|reduction)_concat_\w+)$", end=True, nasnet_mobile=("NASNetMobile", 224), nasnet_large=("NASNetLarge", 331)),
-    **_family("convnext", 32, True, r"^convnext_[a-z]+_(stage_\d+)_", convnext_tiny=("ConvNeXtTiny", 224), convnext_small=("ConvNeXtSmall", 224),
+    **_family("nasnet", 32, "tf", r"^((?:normal|reduction)_concat_\w+)$", end=True, nasnet_mobile=("NASNetMobile", 224), nasnet_large=("NASNetLarge", 331)),
+    **_family("convnext", 32, "none", r"^convnext_[a-z]+_(stage_\d+)_", convnext_tiny=("ConvNeXtTiny", 224), convnext_small=("ConvNeXtSmall", 224),
               convnext_base=("ConvNeXtBase", 224), convnext_large=("ConvNeXtLarge", 224),
               convnext_xlarge=("ConvNeXtXLarge", 224)),
 }
@@ -222,3 +229,23 @@ def get_backbone(name: str) -> Backbone:
             f"model.backbone must be one of {sorted(BACKBONES)}. Received: {name!r}."
             f"{did_you_mean(str(name), BACKBONES)}"
         ) from None
+
+
+def backbone_of(model) -> Backbone | None:
+    """The backbone a ``build_model`` model holds, read from its name ``tlray_<backbone>``.
+
+    Files written before the preprocessing was built from stock Keras layers
+    also name it on their ``preprocess`` layer (``BackbonePreprocess.backbone``).
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        The ``Backbone``, or None when the model does not say.
+    """
+    layers = {layer.name: layer for layer in getattr(model, "layers", [])}
+    legacy = getattr(layers.get("preprocess"), "backbone", None)
+    if isinstance(legacy, str) and legacy in BACKBONES:
+        return BACKBONES[legacy]
+    name = str(getattr(model, "name", ""))
+    return BACKBONES.get(name[len("tlray_"):]) if name.startswith("tlray_") else None

@@ -3,7 +3,7 @@
 The model every tl-ray stage trains, exports and serves::
 
     image (float32 0..255 RGB, H x W x 3)
-      -> BackbonePreprocess            the backbone family's preprocess_input
+      -> preprocess                    the family's preprocess_input, from stock Keras layers
       -> backbone                      nested keras.applications model, include_top=False
       -> pool                          avg | max | flatten
       -> [Dropout, Dense(relu)] * n    model.head.dense
@@ -26,7 +26,7 @@ import keras
 from tl_ray.errors import ConfigError, StorageError
 from tl_ray.models.backbones import Backbone, get_backbone
 from tl_ray.models.freeze import apply_freeze
-from tl_ray.models.preprocess import BackbonePreprocess
+from tl_ray.models.preprocess import preprocessing_layer
 from tl_ray.models.weights import load_backbone_weights, transfer_backbone_weights, weights_kind
 from tl_ray.spec import HeadSpec, ModelSpec
 
@@ -80,7 +80,7 @@ def build_model(
         keras.utils.set_random_seed(seed)
 
     inputs = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
-    x = BackbonePreprocess(backbone.name, name="preprocess")(inputs)
+    x = preprocessing_layer(backbone.name)(inputs)
     base = _backbone_with_weights(backbone, model_spec, (height, width, 3), weights_file)
     if model_spec.batchnorm_momentum is not None:
         for layer in base.layers:
@@ -89,6 +89,7 @@ def build_model(
     # Always training=False in the graph; apply_freeze decides whether the outer flag overrides it.
     x = base(x, training=False)
     outputs = add_head(x, model_spec.head, num_classes, seed=seed)
+    # backbone_of reads the backbone back from this name (freeze.from_block, weight transfer).
     model = keras.Model(inputs, outputs, name=f"tlray_{backbone.name}")
     return apply_freeze(model, model_spec.freeze)
 

@@ -30,7 +30,7 @@ import re
 import keras
 
 from tl_ray.errors import ConfigError
-from tl_ray.models.backbones import get_backbone
+from tl_ray.models.backbones import backbone_of
 from tl_ray.spec import FreezeSpec
 
 FREEZE_MODES = ("feature_extraction", "fine_tune", "full")
@@ -88,7 +88,13 @@ def _fine_tuned_layers(model: keras.Model, backbone: keras.Model, freeze: Freeze
             )
         return chosen
     if freeze.from_block is not None:
-        entry = get_backbone(model.get_layer("preprocess").backbone)
+        entry = backbone_of(model)
+        if entry is None:
+            raise ConfigError(
+                f"model.freeze.from_block needs to know the backbone, read from a model named tlray_<backbone>. "
+                f"Received a model named {model.name!r}. Build it with tl_ray.models.build_model, or use "
+                "model.freeze.pattern or unfreeze_top."
+            )
         start = entry.block_start([layer.name for layer in layers], freeze.from_block)
         after = set(map(id, layers[start:]))
         return [layer for layer in weighted if id(layer) in after]

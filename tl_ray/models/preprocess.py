@@ -1,25 +1,101 @@
-"""BackbonePreprocess: the backbone's own ``preprocess_input`` as a Keras layer.
+"""preprocessing_layer: the backbone's ``preprocess_input`` built from stock Keras layers.
 
 Every tl-ray model takes float32 RGB pixels in 0..255 and carries its
 preprocessing inside, so training, export and serving cannot disagree about
-it. A registered layer (not a ``Lambda``) keeps ``.keras`` files loadable
-with ``safe_mode=True``.
+it. The layer is made of Keras' own pieces (``Rescaling`` with per-channel
+scale and offset, ``keras.ops.flip`` for RGB to BGR, ``Identity``), so a
+``.keras`` file loads with plain ``keras.saving.load_model(path)`` (safe mode
+on) where tl-ray is not installed, and predicts the same probabilities.
+
+``BackbonePreprocess``, the custom layer models were built with before, stays
+registered so their files still load in tl-ray; ``replace_legacy_preprocess``
+swaps it for the stock layers (``tl-ray models export`` and ``export_model``
+do so), which makes such a model portable too.
+
+Example:
+
+>>> layer = preprocessing_layer("mobilenet_v2")
+>>> float(layer(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
+1.0
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
+from tl_ray.errors import ConfigError
 from tl_ray.models.backbones import get_backbone
+
+# keras.applications.imagenet_utils' constants: the "caffe" mean is in BGR order, the "torch" ones in RGB.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.layers.Layer:
+    """The family's ``preprocess_input`` as a layer of stock Keras parts, for NHWC 0..255 RGB input.
+
+    - ``"tf"`` (MobileNet, MobileNetV2, ResNetV2, Xception, Inception, NASNet):
+      ``Rescaling(1/127.5, offset=-1)``.
+    - ``"torch"`` (DenseNet): ``Rescaling`` with per-channel scale ``1/(255*std)``
+      and offset ``-mean/std``.
+    - ``"caffe"`` (VGG, ResNet): a small functional model, ``keras.ops.flip`` on
+      the channel axis (RGB to BGR) then ``Rescaling(1, offset=-mean)``.
+    - ``"none"`` (MobileNetV3, EfficientNet(V2), ConvNeXt rescale inside the
+      network): ``Identity``.
+
+    The layer computes in float32 whatever the global dtype policy; the
+    backbone casts its output to its own compute dtype.
+
+    Args:
+        backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
+        name: the layer's name. Defaults to "preprocess".
+
+    Raises:
+        ConfigError: ``backbone`` is not a known backbone name.
+    """
+    mode = get_backbone(backbone).preprocess_mode
+    # float32 under any dtype policy: pixels 0..255 lose precision in float16, and the backbone casts anyway.
+    if mode == "none":
+        return keras.layers.Identity(name=name, dtype="float32")
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name, dtype="float32")
+    if mode == "torch":
+        mean, std = np.array(TORCH_MEAN), np.array(TORCH_STD)
+        return keras.layers.Rescaling((1.0 / (255.0 * std)).astype("float32"), offset=(-mean / std).astype("float32"),
+                                      name=name, dtype="float32")
+    if mode == "caffe":
+        pixels = keras.Input(shape=(None, None, 3), dtype="float32", name="rgb")
+        bgr = keras.ops.flip(pixels, axis=-1)
+        centred = keras.layers.Rescaling(1.0, offset=-np.array(CAFFE_MEAN_BGR, "float32"), name="centre",
+                                         dtype="float32")(bgr)
+        return keras.Model(pixels, centred, name=name)
+    raise ConfigError(f"backbone {backbone!r} has preprocess_mode {mode!r}; expected one of caffe, tf, torch, none.")
+
+
+def replace_legacy_preprocess(model: keras.Model) -> keras.Model:
+    """``model`` with a ``BackbonePreprocess`` layer swapped for ``preprocessing_layer``; else ``model`` itself.
+
+    Every other layer is shared with ``model`` (same weights), and each is
+    called as before (the backbone keeps ``training=False``).
+
+    Args:
+        model: a model from ``build_model``, possibly loaded from an older file.
+    """
+    legacy = [layer for layer in model.layers if isinstance(layer, BackbonePreprocess)]
+    if not legacy:
+        return model
+    swaps = {id(layer): preprocessing_layer(layer.backbone, name=layer.name) for layer in legacy}
+    return keras.models.clone_model(model, clone_function=lambda layer: swaps.get(id(layer), layer))
 
 
 @keras.saving.register_keras_serializable(package="tl_ray")
 class BackbonePreprocess(keras.layers.Layer):
-    """Applies ``keras.applications.<family>.preprocess_input`` of one backbone.
+    """Applies ``keras.applications.<family>.preprocess_input`` of one backbone (older files only).
 
-    For backbones that rescale inside the network (MobileNetV3, EfficientNet,
-    EfficientNetV2, ConvNeXt) Keras' ``preprocess_input`` is the identity, and
-    so is this layer.
+    Models are now built with ``preprocessing_layer``; this class stays
+    registered so that ``.keras`` files written with it still load in tl-ray.
 
     Args:
         backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
@@ -27,12 +103,6 @@ class BackbonePreprocess(keras.layers.Layer):
 
     Raises:
         ConfigError: ``backbone`` is not a known backbone name.
-
-    Example:
-
-    >>> layer = BackbonePreprocess("mobilenet_v2")
-    >>> float(layer(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
-    1.0
     """
 
     def __init__(self, backbone: str, **kwargs):

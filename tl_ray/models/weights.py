@@ -29,6 +29,7 @@ from typing import Literal
 
 from tl_ray import store
 from tl_ray.errors import ConfigError, StorageError
+from tl_ray.models.backbones import backbone_of, get_backbone
 
 WeightsKind = Literal["imagenet", "none", "file", "registry"]
 WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")
@@ -181,7 +182,8 @@ def transfer_backbone_weights(backbone, model_path: str, *, source: str, what: s
 
     saved = load_model(model_path)
     src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
-    src_name = saved.get_layer("preprocess").backbone if _has_layer(saved, "preprocess") else "unknown"
+    entry = backbone_of(saved)
+    src_name = entry.name if entry is not None else "unknown"
     theirs, ours = _signature(src), _signature(backbone)
     if theirs != ours:
         first = next((f"{a} there, {b} here" for a, b in zip(theirs, ours) if a != b),
@@ -237,8 +239,6 @@ def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet"
         ConfigError: unknown backbone, bad arguments, or ``uri`` not ending in ``.weights.h5``.
         StorageError: the ImageNet download or the upload failed.
     """
-    from tl_ray.models.backbones import get_backbone
-
     if weights not in ("imagenet", "none"):
         raise ConfigError(f"weights stage --weights must be 'imagenet' or 'none'. Received: {weights!r}.")
     if not uri.endswith(".weights.h5"):
