@@ -53,7 +53,7 @@ def test_promotion_and_the_models_commands(any_s3, model_dir, capsys, monkeypatc
         registry.publish("fashion", model_dir, {"gate": {"metric": "accuracy", "challenger": 0.9}})
         monkeypatch.delenv("TLRAY_STORAGE_LOCKING")
         capsys.readouterr()
-        assert main(["models", "promote", "fashion", "v1", "--storage", root]) == 4  # an alias move: refused
+        assert main(["models", "promote", "fashion:v1", "--storage", root]) == 4  # an alias move: refused
         assert "StorageError: the store at" in capsys.readouterr().err and registry.aliases("fashion") == {}
         assert main(["models", "list", "--storage", root]) == 0  # reads need no conditional writes
         assert "fashion  aliases: none" in capsys.readouterr().out
@@ -66,7 +66,7 @@ def test_promotion_and_the_models_commands(any_s3, model_dir, capsys, monkeypatc
     assert main(["models", "list", "--storage", root]) == 0
     listed = capsys.readouterr().out
     assert "fashion  aliases: production=v1" in listed and "v2" in listed
-    assert main(["models", "promote", "fashion", f"v{version}", "--storage", root]) == 0
+    assert main(["models", "promote", f"fashion:v{version}", "--storage", root]) == 0
     assert main(["models", "show", "fashion:production", "--storage", root]) == 0
     assert '"version": 2' in capsys.readouterr().out
     assert (registry.fetch("fashion:production") / "model.keras").read_bytes() == b"weights" * 100

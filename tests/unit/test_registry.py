@@ -211,11 +211,11 @@ def test_models_commands(store, checkpoints, capsys):
     registry = Registry(str(store))
     assert registry.versions("gated"), "runs after the gate test"
     s = ["--storage", str(store)]
-    assert main(["models", "promote", "gated", "v1", "--alias", "staging", *s]) == 0
+    assert main(["models", "promote", "gated:v1", "--alias", "staging", *s]) == 0
     assert main(["models", "list", "gated", *s]) == 0
     out = capsys.readouterr().out
     assert "gated:staging -> v1" in out and "staging=v1" in out and "gate: refused" in out
-    assert main(["models", "diff", "gated:v1", "gated:production", "--json", *s]) == 0
+    assert main(["models", "diff", "gated:v1", "gated:production", "-o", "json", *s]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert diff["a"] == "gated:v1" and diff["b"] == "gated:v2"
     assert diff["gate"]["challenger"][0] < diff["gate"]["challenger"][1]
@@ -223,5 +223,12 @@ def test_models_commands(store, checkpoints, capsys):
     assert diff["lineage"] == {"a": ["gated:v1"], "b": ["gated:v2"]}
     assert main(["models", "diff", "gated:v1", "gated:v2", *s]) == 0
     assert "[lineage]" in capsys.readouterr().out
-    assert main(["models", "rollback", "gated", "--alias", "staging", *s]) == 5  # no earlier version
+    assert main(["models", "rollback", "gated:staging", *s]) == 5  # no earlier version
     assert "no earlier version" in capsys.readouterr().err
+    assert main(["models", "list", "gated", "-o", "json", *s]) == 0
+    (listing,) = json.loads(capsys.readouterr().out)
+    assert listing["aliases"]["staging"] == 1 and [v["version"] for v in listing["versions"]] == registry.versions("gated")
+    assert main(["models", "show", "gated:staging", *s]) == 0
+    assert capsys.readouterr().out.startswith("gated:v1  aliases: staging")
+    assert main(["models", "promote", "gated", *s]) == 2  # NAME alone: the message names NAME:vN
+    assert "models promote takes NAME:vN" in capsys.readouterr().err

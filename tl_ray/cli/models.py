@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from tl_ray.cli._common import add_storage
+from tl_ray.cli._common import add_output, add_storage, print_json
+from tl_ray.errors import ConfigError
 
 
 def _registry(args):
@@ -22,9 +23,22 @@ def _cell(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
+def _listing(reg, names: list[str]) -> list[dict]:
+    out = []
+    for name in names:
+        aliases = reg.aliases(name)
+        versions = [{"version": v, "gate": reg.metadata(name, v).get("gate", {}),
+                     "aliases": sorted(a for a, ver in aliases.items() if ver == v)} for v in reg.versions(name)]
+        out.append({"name": name, "aliases": aliases, "versions": versions})
+    return out
+
+
 def cmd_models_list(args) -> int:
     reg = _registry(args)
     names = [args.name] if args.name else reg.names()
+    if args.output == "json":
+        print_json(_listing(reg, names))
+        return 0
     if not names:
         print(f"no models in {reg.root}")
     for name in names:
@@ -45,27 +59,40 @@ def cmd_models_show(args) -> int:
     meta = reg.metadata(name, version)
     meta["aliases"] = [a for a, v in reg.aliases(name).items() if v == version]
     meta["lineage"] = reg.lineage(name, version)
-    print(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    if args.output == "json":
+        print(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return 0
+    gate = meta.get("gate", {})
+    verdict = "" if "accepted" not in gate else f", gate {'accepted' if gate['accepted'] else 'refused'}"
+    print(f"{name}:v{version}  aliases: {', '.join(meta['aliases']) or 'none'}{verdict}")
+    for key in ("created", "class_names", "metrics", "gate", "lineage"):
+        if meta.get(key) not in (None, {}, []):
+            print(f"  {key}: {_cell(meta[key])}")
+    print(f"  (all of it: tl-ray models show {name}:v{version} -o json)")
     return 0
 
 
 def cmd_models_promote(args) -> int:
     reg = _registry(args)
-    name, version = reg.resolve(f"{args.name}:{args.version}")
+    if ":" not in args.ref:
+        raise ConfigError(f"models promote takes NAME:vN (or NAME:ALIAS). Received: {args.ref!r}.")
+    name, version = reg.resolve(args.ref)
     before = reg.set_alias(name, args.alias, version, note="tl-ray models promote (by hand)")
     print(f"{name}:{args.alias} -> v{version}" + (f" (was v{before})" if before else ""))
     return 0
 
 
 def cmd_models_rollback(args) -> int:
-    version = _registry(args).rollback(args.name, args.alias, note="tl-ray models rollback")
-    print(f"{args.name}:{args.alias} -> v{version}")
+    name, _, alias = args.ref.partition(":")
+    alias = alias or args.alias
+    version = _registry(args).rollback(name, alias, note="tl-ray models rollback")
+    print(f"{name}:{alias} -> v{version}")
     return 0
 
 
 def cmd_models_diff(args) -> int:
     d = _registry(args).diff(args.a, args.b)
-    if args.json:
+    if args.output == "json":
         print(json.dumps(d, indent=2, sort_keys=True, default=str))
         return 0
     width = max([len(k) for sec in ("metrics", "gate", "spec") for k in d[sec]] + [10])
@@ -119,21 +146,23 @@ def add_commands(sub) -> None:
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", required=True)
     p = models.add_parser("list", help="list models, versions, gate verdicts and aliases")
     p.add_argument("name", nargs="?", help="only this model")
+    add_output(p)
     p.set_defaults(func=cmd_models_list)
     p = models.add_parser("show", help="print a version's metadata and lineage")
     p.add_argument("ref", help="NAME, NAME:ALIAS or NAME:vN")
+    add_output(p)
     p.set_defaults(func=cmd_models_show)
-    p = models.add_parser("promote", help="point an alias (production, staging, canary, ...) at a version")
-    p.add_argument("name")
-    p.add_argument("version", help="vN")
+    p = models.add_parser("promote", help="point an alias (production, staging, canary, ...) at a version",
+                          epilog="example:\n  tl-ray models promote fashion-transfer:v3 --alias canary")
+    p.add_argument("ref", help="NAME:vN, or NAME:ALIAS to point --alias where that alias points")
     p.set_defaults(func=cmd_models_promote)
     p = models.add_parser("rollback", help="move an alias back to its previous version")
-    p.add_argument("name")
+    p.add_argument("ref", help="NAME:ALIAS, or NAME (with --alias)")
     p.set_defaults(func=cmd_models_rollback)
     p = models.add_parser("diff", help="metrics, gate, spec and lineage of two versions side by side")
     p.add_argument("a", help="NAME:vN or NAME:ALIAS")
     p.add_argument("b", help="NAME:vN or NAME:ALIAS")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_output(p)
     p.set_defaults(func=cmd_models_diff)
     p = models.add_parser("export", help="write a version for TF Serving, Triton or plain Keras (signatures: README)")
     p.add_argument("ref", help="NAME:vN or NAME:ALIAS")
@@ -145,7 +174,7 @@ def add_commands(sub) -> None:
     for name, p in models.choices.items():
         add_storage(p)
         if name in ("promote", "rollback"):
-            p.add_argument("--alias", default="production", help="production (default), staging, canary, ...")
+            p.add_argument("--alias", default="production", help="the alias to move: production, staging, canary, ...")
 
     weights = sub.add_parser("weights", help="stage backbone weights for offline clusters").add_subparsers(
         dest="weights_cmd", required=True)

@@ -140,7 +140,7 @@ class Registry:
         if tag not in aliases:
             raise RegistryError(
                 f"model {name!r} has no alias {tag!r}. Aliases: {aliases or 'none'}; versions: {versions}. "
-                f"Promote one with: tl-ray models promote {name} vN --alias {tag}"
+                f"Promote one with: tl-ray models promote {name}:vN --alias {tag}"
             )
         return name, aliases[tag]
 

@@ -89,7 +89,7 @@ def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str
         except RegistryError:
             raise RegistryError(
                 f"serve.canary is set but {name}:{alias} does not exist. Point it at a version first: "
-                f"tl-ray models promote {name} vN --alias {alias}"
+                f"tl-ray models promote {name}:vN --alias {alias}"
             ) from None
         refs[CANARY] = f"{name}:v{canary}"
     return refs
