@@ -7,8 +7,6 @@ Ray Train) is written to ``stdout``/``stderr`` files in its trial folder of the 
 from __future__ import annotations
 
 import sys
-from typing import Callable
-
 from ray import tune
 
 
@@ -20,8 +18,9 @@ class SweepProgress(tune.Callback):
     sweep's table and the promotion use.
     """
 
-    def __init__(self, metric: str, mode: str, total: int | None, out: Callable[[str], None] = print):
-        self.metric, self.mode, self.total, self.out = metric, mode, total, out
+    def __init__(self, metric: str, mode: str, total: int | None):
+        # No printing function kept: Tune saves its callbacks with the experiment's state (pickled).
+        self.metric, self.mode, self.total = metric, mode, total
         self.best: dict[str, float] = {}  # trial id -> its best metric so far
         self.ended = 0
         self._bar = None
@@ -66,7 +65,7 @@ class SweepProgress(tune.Callback):
         if self._bar is not None:
             self._bar.update(1)
             self._bar.clear()
-        self.out(line)
+        print(line, flush=True)
         if self._bar is not None:
             self._bar.refresh()
 
