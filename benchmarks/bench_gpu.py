@@ -44,10 +44,10 @@ them per example as in training. Decoding costs what a 224-px photo costs; the f
 are smaller than photos (smooth, upscaled images), so reading bytes costs less.
 
 ``--smoke``: 2 steps x 2 epochs, mobilenet_v2 alpha 0.35 at 32x32 with random weights
-(nothing to download), global batch 32. On a
-machine without GPUs it runs every row on the CPU instead, 2 logical CPU devices
-(``train.cpu_devices = 2``) standing in for 2 GPUs; the table says so, and its figures
-are not GPU measurements (nor, at that size, any measurement).
+(nothing to download), global batch 32. On a machine without GPUs it runs every row on
+the CPU instead, 2 logical CPU devices (``train.cpu_devices = 2``) standing in for 2
+GPUs; the table says so, and its figures are not GPU measurements (nor, at that size,
+any measurement).
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ NO_GPU = ("bench_gpu: no GPU on this machine: nothing measured. Run it on a GPU 
 def tensorflow_gpus() -> int:
     """GPUs TensorFlow can use here; then hides them from this process's TensorFlow.
 
-    This process is the sweep's driver: its preflight builds the model once (ImageNet weights), and
-    TensorFlow would take nearly all the memory of every GPU it sees for as long as the driver lives.
+    This process is the sweep's driver, beside the trials on the same node: were anything in it to run a
+    TensorFlow op, TensorFlow would take nearly all the memory of every GPU it sees until the driver exits.
     """
     import tensorflow as tf
 
@@ -152,7 +152,8 @@ def base_spec(args, store: str, uri: str) -> dict:
         "storage": store,
         "data": {"train": uri, "image_size": [args.size, args.size], "shuffle_buffer": 1},
         "model": {"backbone": args.backbone, "backbone_args": {"alpha": args.alpha} if args.alpha else {},
-                  "weights": args.weights, "head": {"dropout": 0.0}, "freeze": {"mode": "fine_tune", "unfreeze_top": EVERY_LAYER}},
+                  "weights": args.weights, "head": {"dropout": 0.0},
+                  "freeze": {"mode": "fine_tune", "unfreeze_top": EVERY_LAYER}},
         "train": {"epochs": args.epochs, "batch_size": args.batch, "learning_rate": 1e-3,
                   "steps_per_epoch": args.steps, "checkpoint_every": args.epochs},
         "tune": {"num_samples": 1, "scheduler": "fifo", "metric": "loss", "mode": "min"},
@@ -168,7 +169,7 @@ def run_row(base: dict, name: str, **train) -> dict:
     try:
         result = run_sweep(spec, experiment=f"{name}-{int(time.time())}")
     except Exception as exc:  # noqa: BLE001 - one failed row (say, out of GPU memory) leaves the others
-        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        return {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"}
     row = result.rows[0]
     if row.status != "DONE":
         return {"error": (row.error or row.status).strip().splitlines()[-1].strip()}
@@ -177,9 +178,10 @@ def run_row(base: dict, name: str, **train) -> dict:
             "loss": [r["loss"] for r in epochs], "peak_rss_mb": epochs[-1].get("peak_rss_mb")}
 
 
-def plan_rows(gpus: int, cpus: int, stand_in: int) -> list[tuple[str, str, int, dict]]:
+def plan_rows(gpus: int, cpus: int, stand_in: int, batch: int) -> list[tuple[str, str, int, dict]]:
     """(label, strategy, devices, train fields) of every trial row: on ``gpus`` GPUs, or with no GPU on
-    ``stand_in`` logical CPU devices standing in for them."""
+    ``stand_in`` logical CPU devices standing in for them. A device count that does not divide the global
+    ``batch`` has no row (``main`` makes sure the largest does)."""
     n = gpus or stand_in
     unit = "GPU" if gpus else "CPU device"
 
@@ -189,13 +191,22 @@ def plan_rows(gpus: int, cpus: int, stand_in: int) -> list[tuple[str, str, int, 
         return {"gpus_per_worker": 0, "cpu_devices": k if k > 1 else 0}
 
     rows = [(f"{k} {unit}{'s' if k > 1 else ''}", "Mirrored" if gpus or k > 1 else "OneDevice", k,
-             {**devices(k), "cpus_per_worker": cpus}) for k in range(1, n + 1)]
+             {**devices(k), "cpus_per_worker": cpus}) for k in range(1, n + 1) if batch % k == 0]
+    _, strategy, _, widest = rows[-1]  # n devices in one worker
     if n >= 2:
         rows.append((f"2 Ray workers x 1 {unit}", "MultiWorkerMirrored", 2,
                      {**devices(1), "workers": 2, "cpus_per_worker": max(1, cpus // 2)}))
-    rows.append((f"{n} {unit}{'s' if n > 1 else ''}, mixed_float16", rows[n - 1][1], n,
-                 {**rows[n - 1][3], "precision": "mixed_float16"}))
+    rows.append((f"{n} {unit}{'s' if n > 1 else ''}, mixed_float16", strategy, n,
+                 {**widest, "precision": "mixed_float16"}))
     return rows
+
+
+def input_verdict(ratio: float) -> str:
+    """What reader images/s / trial images/s says. The trial reads through the same reader, so it cannot
+    consume more than its reader delivers: near 1, the reader may be what sets the trial's pace."""
+    if ratio >= 1.5:
+        return "keeps up"
+    return "at the edge: the trial may be waiting on input" if ratio >= 1 else "does NOT keep up: input-bound"
 
 
 def max_rel_diff(curve: list[float], reference: list[float]) -> float:
@@ -217,8 +228,9 @@ def report(args, figures: dict) -> None:
     one = rows[0].get("images_per_s")
     n_row = next(r for r in rows if r["devices"] == figures["devices"] and r["precision"] == "float32"
                  and r["strategy"] != "MultiWorkerMirrored")
-    table = [("run", "strategy", "precision", "images/s", "vs 1 device", "scaling efficiency",
-              f"loss max rel diff vs 1 device (tol {args.loss_rtol:g})")]
+    unit = figures["unit"]
+    table = [("run", "strategy", "precision", "images/s", f"vs 1 {unit}", "scaling efficiency",
+              f"loss max rel diff vs 1 {unit} (tol {args.loss_rtol:g})")]
     for r in rows:
         if "error" in r:
             table.append((r["label"], r["strategy"], r["precision"], "failed", "-", "-", r["error"][:80]))
@@ -233,7 +245,7 @@ def report(args, figures: dict) -> None:
     print_table(table)
     mixed = rows[-1]
     if "images_per_s" in mixed and "images_per_s" in n_row:
-        print(f"\nmixed precision speed-up at {figures['devices']} {figures['unit']}s: "
+        print(f"\nmixed precision speed-up at {figures['devices']} {unit}s: "
               f"{mixed['images_per_s'] / n_row['images_per_s']:.2f}x (mixed_float16 vs float32)")
     print(f"input at {args.size} px: the reader alone delivers {reader['images_per_s']:.0f} images/s "
           f"({reader['threads']} CPUs)")
@@ -241,7 +253,7 @@ def report(args, figures: dict) -> None:
         if "images_per_s" in r:
             ratio = reader["images_per_s"] / r["images_per_s"]
             print(f"  {ratio:6.2f}x what {r['label']} consumes ({r['images_per_s']:.0f} images/s): "
-                  f"{'keeps up' if ratio >= 1 else 'does NOT keep up: this row is input-bound'}")
+                  f"{input_verdict(ratio)}")
 
 
 def header(args, figures: dict) -> None:
@@ -257,6 +269,10 @@ def header(args, figures: dict) -> None:
     print(f"{args.backbone}{f' alpha {args.alpha}' if args.alpha else ''}, {weights}, fine_tune every layer (BatchNorm "
           f"frozen), {args.size}x{args.size} JPEG, global batch {args.batch} in every row, {args.steps} steps x "
           f"{args.epochs} epochs (first excluded), Adam 1e-3")
+    skipped = [k for k in range(1, figures["devices"]) if args.batch % k]
+    if skipped:
+        print(f"no row for {', '.join(map(str, skipped))} {figures['unit']}s: the global batch {args.batch} does not "
+              "split evenly (--batch sets it)")
     if args.weights == "none":
         print("random weights with BatchNorm frozen barely learn: the loss column checks little here")
     print()
@@ -267,7 +283,7 @@ def measure(args, store: str, gpus: int) -> dict:
 
     cpus = os.cpu_count() or 1
     uri = jpeg_dataset(store, args.size, args.per_class)
-    plan = plan_rows(gpus, cpus, stand_in=2)
+    plan = plan_rows(gpus, cpus, 2, args.batch)
     started = time.perf_counter()
     # One logical CPU more than the cores: a multi-worker trial itself holds 0.01 CPU besides its workers.
     ray.init(address="local", num_cpus=cpus + 1, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
@@ -320,7 +336,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     gpus = tensorflow_gpus()
     listed = nvidia_smi("-L")
-    if not gpus and listed:
+    if not gpus and listed and not smoke:
         print(f"bench_gpu: nvidia-smi lists {len(listed)} GPU(s) but TensorFlow sees none (a CPU-only build, or "
               "CUDA libraries missing: pip install 'tensorflow[and-cuda]'): nothing measured.")
         return 1
@@ -328,6 +344,8 @@ def main() -> int:
         print(NO_GPU)
         return 0
     args.batch = args.batch or (32 if smoke else 64 * gpus)
+    if args.batch % (gpus or 2):
+        parser.error(f"--batch must be a multiple of the {gpus or 2} devices. Received: {args.batch}.")
     with tempfile.TemporaryDirectory(prefix="tlray-bench-") as tmp:
         figures = measure(args, args.store or tmp, gpus)
     header(args, figures)
