@@ -77,3 +77,12 @@ def test_bench_serve(tmp_path):
     out = run_benchmark("bench_serve.py", "--json", str(tmp_path / "out.json"))
     for row in ("[a] in-process: ", "[b] tl-ray wait 2 ms c=32: ", "[c] naive c=32: ", "[goals b] "):
         assert row in out
+
+
+def test_bench_gpu(tmp_path):
+    # Without a GPU the smoke runs every row on 2 logical CPU devices standing in for 2 GPUs.
+    out = run_benchmark("bench_gpu.py", "--store", str(tmp_path), "--json", str(tmp_path / "out.json"))
+    assert "| run " in out and "| scaling efficiency |" in out
+    for row in ("| 1 ", "| 2 ", "| 2 Ray workers x 1 ", ", mixed_float16 ", "| reader alone, 32 px JPEG ",
+                "mixed precision speed-up at 2 ", "input at 32 px: the reader alone delivers "):
+        assert row in out
