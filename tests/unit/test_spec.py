@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tl_ray.errors import ConfigError
-from tl_ray.spec import apply_overrides, load_spec, parse_override
+from tl_ray.spec import apply_overrides, load_spec, parse_override, validate
 from tl_ray.spec.space import grid_size, parse_distribution
 
 SPECS = Path(__file__).resolve().parents[1] / "data" / "specs"
@@ -123,3 +123,11 @@ def test_relative_local_store_is_made_absolute_where_the_spec_is_loaded(tmp_path
     spec = load_spec(SPECS / "good" / "minimal.yaml")
     assert spec.storage == os.path.join(str(tmp_path), "tlray-store")
     assert load_spec(SPECS / "good" / "minimal.yaml", overrides=["storage=s3://b/p"]).storage == "s3://b/p"
+
+
+def test_a_spec_choosing_layers_by_pattern_or_block_validates_again_after_to_dict():
+    """Trials validate the spec the driver wrote back (to_dict): one selector stays one selector."""
+    for freeze in ({"mode": "fine_tune", "pattern": "block_1[3-6]"}, {"mode": "fine_tune", "from_block": "block_13"}):
+        spec = validate({"name": "x", "data": {"train": "d"}, "model": {"backbone": "mobilenet_v2", "freeze": freeze}})
+        again = validate(spec.to_dict())
+        assert again.model.freeze == spec.model.freeze

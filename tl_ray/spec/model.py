@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from tl_ray.errors import did_you_mean
 from tl_ray.spec._base import PositiveInt, _Section
@@ -86,6 +86,15 @@ class FreezeSpec(_Section):
             except re.error as exc:
                 raise ValueError(f"must be a valid regular expression ({exc})") from None
         return value
+
+    @model_serializer(mode="wrap")
+    def _selector_only(self, handler) -> dict:
+        # A spec written back (to_dict) and validated again keeps one selector: unfreeze_top's default is left out
+        # when from_block or pattern chooses the layers.
+        data = handler(self)
+        if (self.from_block or self.pattern) and "unfreeze_top" not in self.model_fields_set:
+            data.pop("unfreeze_top", None)
+        return data
 
     @model_validator(mode="after")
     def _one_selector(self) -> "FreezeSpec":

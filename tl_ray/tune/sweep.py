@@ -86,9 +86,15 @@ def preflight(spec: Spec) -> None:
                            "or fix the path.")
     elif kind == "imagenet":
         import keras
+        import tensorflow as tf
 
         from tl_ray.models.build import build_model
 
+        for gpu in tf.config.list_physical_devices("GPU"):  # this process takes GPU memory only as it needs it,
+            try:  # not the whole of every GPU that trials on this node will want
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # TensorFlow's runtime already started here: its setting stays
+                pass
         build_model(spec.model, 2, tuple(spec.data.image_size))
         keras.backend.clear_session()
 
