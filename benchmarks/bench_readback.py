@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_readback.py             # 7 rounds of each (~2 min on 2 cores)
     .venv/bin/python benchmarks/bench_readback.py --rounds 2  # a quick look
+    .venv/bin/python benchmarks/bench_readback.py --smoke     # one round: does it run?
 
 On an S3 API server on loopback (moto, started here on a free port), each round runs, in
 alternating order so a noisy neighbour slows both alike:
@@ -69,9 +70,11 @@ def promote_once(root: str, model_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, help="rounds of each job (default 7; --smoke 1)")
+    parser.add_argument("--smoke", action="store_true", help="one round: checks the benchmark runs")
     parser.add_argument("--fashion", default="/usr/share/datasets/fashion-mnist")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.smoke else 7)
     proc, endpoint = start_moto()
     try:
         os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",

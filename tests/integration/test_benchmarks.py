@@ -86,3 +86,10 @@ def test_bench_gpu(tmp_path):
     for row in ("| 1 ", "| 2 ", "| 2 Ray workers x 1 ", ", mixed_float16 ", "| reader alone, 32 px JPEG ",
                 "mixed precision speed-up at 2 ", "input at 32 px: the reader alone delivers "):
         assert row in out
+
+
+def test_bench_readback(tmp_path):
+    out = run_benchmark("bench_readback.py", tmpdir=tmp_path)
+    assert "with read-back s  without s  ratio  added requests (per run)" in out
+    for row in ("\ningest ", "\npromotion "):
+        assert row in out
