@@ -41,6 +41,7 @@ def interrupted_sweep(monkeypatch):
         raise AssertionError("promoted from an interrupted sweep")
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(sweep, "preflight", lambda spec: None)  # the spec's dataset does not exist here
     monkeypatch.setattr(pipeline, "promote_row", promote_row)
     for name in ("ensure_ray", "ensure_data", "ensure_upstream"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
