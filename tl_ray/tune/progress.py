@@ -18,9 +18,9 @@ class SweepProgress(tune.Callback):
     sweep's table and the promotion use.
     """
 
-    def __init__(self, metric: str, mode: str, total: int | None):
+    def __init__(self, metric: str, mode: str, total: int | None, epochs: int):
         # No printing function kept: Tune saves its callbacks with the experiment's state (pickled).
-        self.metric, self.mode, self.total = metric, mode, total
+        self.metric, self.mode, self.total, self.epochs = metric, mode, total, epochs
         self.best: dict[str, float] = {}  # trial id -> its best metric so far
         self.ended = 0
         self._bar = None
@@ -70,9 +70,10 @@ class SweepProgress(tune.Callback):
             self._bar.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        # A scheduler's early stop ends a trial as TERMINATED too, before its last epoch.
+        # A scheduler's early stop ends a trial as TERMINATED too, before its last epoch (STOPPED in the table).
         epochs = (trial.last_result or {}).get("training_iteration", 0)
-        self._ended(trial, f"done after {epochs} epoch{'s' if epochs != 1 else ''}")
+        how = "done after" if epochs >= self.epochs else "stopped by the scheduler after"
+        self._ended(trial, f"{how} {epochs} epoch{'s' if epochs != 1 else ''}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._ended(trial, "failed (its cause is said after the table; the traceback is in its error.txt)")

@@ -201,7 +201,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                                                       else _grid_points(param_space))
     print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
           f"each {_resources_text(spec)}; experiment {exp_path}; {workers_output()}", flush=True)
-    progress = SweepProgress(spec.tune.metric, spec.tune.mode, total)
+    progress = SweepProgress(spec.tune.metric, spec.tune.mode, total, spec.train.epochs)
     if not verbose():  # Tune's newer console prints its header boxes even at verbose=0; its older one is silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     start = time.perf_counter()
