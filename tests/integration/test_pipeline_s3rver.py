@@ -24,6 +24,7 @@ def s3rver_ray(s3rver_server):
     env = {**s3rver_server.env, "TLRAY_STORAGE_LOCKING": "lease"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    ray.shutdown()  # a Ray of an earlier module would hold the other server's environment
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield s3rver_server
     ray.shutdown()
