@@ -67,7 +67,7 @@ def test_promotion_and_the_models_commands(any_s3, model_dir, capsys, monkeypatc
     listed = capsys.readouterr().out
     assert "fashion  aliases: production=v1" in listed and "v2" in listed
     assert main(["models", "promote", f"fashion:v{version}", "--storage", root]) == 0
-    assert main(["models", "show", "fashion:production", "--storage", root]) == 0
+    assert main(["models", "show", "fashion:production", "--storage", root, "-o", "json"]) == 0
     assert '"version": 2' in capsys.readouterr().out
     assert (registry.fetch("fashion:production") / "model.keras").read_bytes() == b"weights" * 100
 
