@@ -83,6 +83,16 @@ class Backbone:
         """True when the network rescales its own input and ``preprocess_input`` is the identity."""
         return self.preprocess_mode == "none"
 
+    def check_size(self, image_size) -> None:
+        """Raises ConfigError when ``image_size`` (height, width) is smaller than this backbone takes."""
+        height, width = (int(v) for v in image_size)
+        if min(height, width) < self.min_size:
+            raise ConfigError(
+                f"data.image_size must be at least {self.min_size}x{self.min_size} for backbone {self.name!r}. "
+                f"Received: {[height, width]}. Raise data.image_size (its ImageNet weights were trained at "
+                f"{self.default_size}) or pick another backbone."
+            )
+
     def build(self, input_shape: tuple[int, int, int], weights: str | None = None, *, name: str | None = None,
               **kwargs: Any):
         """Builds the headless Keras model (``include_top=False``).

@@ -66,13 +66,8 @@ def build_model(
         StorageError: ImageNet weights cannot be downloaded.
     """
     backbone = get_backbone(model_spec.backbone)
+    backbone.check_size(image_size)
     height, width = (int(v) for v in image_size)
-    if min(height, width) < backbone.min_size:
-        raise ConfigError(
-            f"data.image_size must be at least {backbone.min_size}x{backbone.min_size} for backbone "
-            f"{backbone.name!r}. Received: {[height, width]}. Raise data.image_size (its ImageNet "
-            f"weights were trained at {backbone.default_size}) or pick another backbone."
-        )
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
                           "Check the dataset's manifest.")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl_ray import store
-from tl_ray.errors import ConfigError, StorageError
+from tl_ray.errors import StorageError
 from tl_ray.spec import Spec
 from tl_ray.tune.cluster import check_reachable, connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
@@ -56,14 +56,15 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
 
 def preflight(spec: Spec) -> None:
     """Fails before any trial starts, with the one error every trial would otherwise raise and retry: a cluster
-    that does not answer at ``RAY_ADDRESS``, a missing dataset or manifest, an image smaller than the backbone takes, weights that do not exist, ImageNet weights
-    that cannot be downloaded (an offline node: the backbone is built here once, which leaves them in Keras'
+    that does not answer at ``RAY_ADDRESS``, a missing dataset or manifest, an image smaller than the backbone
+    takes, weights that do not exist, ImageNet weights that cannot be downloaded (an offline node: the backbone is built here once, which leaves them in Keras'
     cache ``~/.keras/models`` for trials on this node).
 
     Raises:
         ClusterError, DataError, StorageError, RegistryError, ConfigError: what the trials would have failed on.
     """
     import os
+
     from tl_ray.data.manifest import read_manifest
     from tl_ray.models.backbones import get_backbone
     from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
@@ -73,11 +74,7 @@ def preflight(spec: Spec) -> None:
     read_manifest(spec.resolve(spec.data.train))
     if spec.data.validation:
         read_manifest(spec.resolve(spec.data.validation))
-    backbone, size = get_backbone(spec.model.backbone), min(spec.data.image_size)
-    if size < backbone.min_size:
-        raise ConfigError(f"data.image_size must be at least {backbone.min_size}x{backbone.min_size} for backbone "
-                          f"{backbone.name!r}. Received: {list(spec.data.image_size)}. Raise data.image_size or "
-                          "pick another backbone.")
+    get_backbone(spec.model.backbone).check_size(spec.data.image_size)
     kind, weights = weights_kind(spec.model.weights), spec.model.weights
     if kind == "registry":
         Registry(spec.storage).resolve(weights[len(REGISTRY_SCHEME):])
