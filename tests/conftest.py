@@ -87,12 +87,23 @@ class S3Server:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port("127.0.0.1", self.port, self.proc)
+        forget_endpoint(self.endpoint)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+def forget_endpoint(endpoint: str) -> None:
+    """Drops what this process learnt about the store at ``endpoint``: a port freed by one server can
+    be taken by another kind of server later in the session."""
+    from tl_ray.store import locking, objects
+
+    objects._delimiter_works.pop(endpoint, None)
+    for key in [k for k in locking._probed if k[0] == endpoint]:
+        locking._probed.pop(key, None)
 
 
 @pytest.fixture(scope="session")
