@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_train.py --steps 10 --epochs 2   # quicker
-    .venv/bin/python benchmarks/bench_train.py --smoke    # 2 steps x 2 epochs: does it run?
+    .venv/bin/python benchmarks/bench_train.py --smoke    # rows 1-3, 2 steps x 2 epochs: does it run?
 
 Same model everywhere: mobilenet_v2 (alpha 0.35, random weights, every layer
 training), 32x32 Fashion-MNIST images, global batch 128, Adam. Rows:
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs; the first is excluded (default 3; --smoke 2)")
     parser.add_argument("--threads", type=int, default=2, help="CPUs for the 1-worker runs (default 2)")
     parser.add_argument("--store", help="store folder (default: a temporary folder)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
+    parser.add_argument("--smoke", action="store_true", help="rows 1-3 at tiny sizes: checks the benchmark runs")
     args = parser.parse_args()
     args.steps = args.steps or (2 if args.smoke else 20)
     args.epochs = args.epochs or (2 if args.smoke else 3)
@@ -182,10 +182,11 @@ def main() -> None:
                      run_trial(base_spec(store, "bench-one", s, e, cpus_per_worker=t))))
         rows.append(("tl-ray trial, Ray's default threads", "OneDevice", f"1 worker x {t} CPU",
                      run_trial(base_spec(store, "bench-default", s, e, cpus_per_worker=t), default_threads=True)))
-        rows.append(("tl-ray trial, 2 Ray workers", "MultiWorkerMirrored", "2 workers x 1 CPU",
-                     run_trial(base_spec(store, "bench-mwms", s, e, workers=2, cpus_per_worker=1))))
-        rows.append(("tl-ray trial, 2 logical CPU devices", "Mirrored", f"1 worker x {t} CPU",
-                     run_trial(base_spec(store, "bench-mirrored", s, e, cpus_per_worker=t, cpu_devices=2))))
+        if not args.smoke:  # the same trial with another spec: bench_gpu.py's smoke runs both strategies
+            rows.append(("tl-ray trial, 2 Ray workers", "MultiWorkerMirrored", "2 workers x 1 CPU",
+                         run_trial(base_spec(store, "bench-mwms", s, e, workers=2, cpus_per_worker=1))))
+            rows.append(("tl-ray trial, 2 logical CPU devices", "Mirrored", f"1 worker x {t} CPU",
+                         run_trial(base_spec(store, "bench-mirrored", s, e, cpus_per_worker=t, cpu_devices=2))))
     finally:
         ray.shutdown()
     elapsed = time.perf_counter() - started

@@ -61,8 +61,7 @@ def test_bench_sweep_overhead(sweep_store, tmp_path):
 def test_bench_train(tmp_path):
     out = run_benchmark("bench_train.py", "--store", str(tmp_path))
     assert "| run " in out
-    for row in ("| plain Keras model.fit", "| tl-ray trial, reader from store", "| tl-ray trial, Ray's default threads",
-                "| tl-ray trial, 2 Ray workers", "| tl-ray trial, 2 logical CPU devices"):
+    for row in ("| plain Keras model.fit", "| tl-ray trial, reader from store", "| tl-ray trial, Ray's default threads"):
         assert row in out
 
 
