@@ -79,3 +79,11 @@ def test_the_scratch_baseline_of_an_lp_ft_spec_trains_every_layer_from_random_we
     scratch = scratch_spec(spec)
     assert (scratch.model.weights, scratch.train.recipe, scratch.train.epochs) == ("none", "plain", 6)
     assert [(p.epochs, p.freeze.mode, p.augment) for p in plan_phases(scratch)] == [(6, "full", True)]
+
+
+def test_models_show_sums_the_record_up_in_one_line():
+    from tl_ray.cli.models import _seeds_line
+
+    assert _seeds_line(comparison().to_metadata()) == (
+        "test accuracy transferred 0.8100 ± 0.0200 (n=3), from scratch 0.7200 ± 0.0283 (n=2), gap +9.0 points; "
+        "promoted seed 1 (best val_accuracy (max))")
