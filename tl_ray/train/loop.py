@@ -7,15 +7,17 @@ on every worker, so collectives never wait on a worker that ran out of data),
 evaluates, and hands metrics plus (every ``train.checkpoint_every`` epochs) a
 checkpoint folder to a reporter (Ray Tune, Ray Train, or a plain list outside Ray).
 
-Recipes: ``train.phases`` (or the phases ``train.recipe: lp_ft`` stands for) run in order, each with its freeze policy, a fresh
-optimizer built on that phase's trainable variables and a newly traced step
+Recipes: ``train.phases`` (or the two ``train.recipe: lp_ft`` stands for) run
+in order, each with its freeze policy, a fresh optimizer built on that phase's
+trainable variables and a newly traced step
 (what the Keras guide's ``compile`` after changing ``trainable`` does). The
 learning rate is the phase's rate scaled to the global batch
 (``train.lr_scaling``) times the ``train.lr_schedule`` factor; callbacks
 (``tl_ray.train.callbacks``) set it and decide early stopping.
 
-Phases with the base frozen and augmentation off train the head on the
-backbone's cached outputs (``tl_ray.feature_cache``). When every phase left does, the
+Phases with the base frozen and augmentation off (``data.augment`` off, or the
+phase's ``augment: false``) train the head on the backbone's cached outputs
+(``tl_ray.feature_cache``). When every phase left does, the
 trial never builds the backbone: it trains ``build_head``'s head alone and
 checkpoints only the head (``tl_ray.train.checkpoint``).
 """
