@@ -121,9 +121,10 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _recipe_fits(self) -> "Spec":
-        """Rules of ``train.recipe: lp_ft`` across sections: its second phase fine-tunes under model.freeze, it
-        makes phases of its own (not with tune.stages), and ASHA must not judge it in its probe."""
+    def _seeds_and_recipe_fit(self) -> "Spec":
+        """Rules across sections. ``run.seeds`` > 1 scores seeds on data.test and retrains one configuration (not
+        a staged sweep's chain). ``train.recipe: lp_ft`` fine-tunes under model.freeze in its second phase, makes
+        phases of its own (not with tune.stages), and ASHA must not judge it in its probe."""
         if self.run.seeds > 1 and not self.data.test:
             raise ValueError(f"run.seeds ({self.run.seeds}) reports test accuracy over seeds: set data.test, or "
                              "run.seeds: 1")
