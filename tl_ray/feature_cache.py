@@ -79,15 +79,16 @@ def cache_root(store: str) -> str:
     return storage.join(store, CACHE_DIR)
 
 
-def usable(spec: Spec, freeze: FreezeSpec) -> tuple[bool, str]:
-    """Whether a phase with ``freeze`` trains on cached features, and why not."""
+def usable(spec: Spec, freeze: FreezeSpec, augment: bool = True) -> tuple[bool, str]:
+    """Whether a phase with ``freeze`` trains on cached features, and why not (``augment``: whether the phase
+    applies data.augment; ``train.phases[].augment``)."""
     if spec.train.feature_cache == "off":
         return False, "train.feature_cache is off"
     if freeze.mode != "feature_extraction":
         return False, f"the base trains (model.freeze.mode {freeze.mode})"
     from tl_ray.data.reader import augmentation_on
 
-    if augmentation_on(spec.data.augment):
+    if augment and augmentation_on(spec.data.augment):
         return False, "data.augment is on (augmented images have no fixed features)"
     return True, ""
 

@@ -184,19 +184,61 @@ def test_accuracy(spec: Spec, model) -> float:
 
 def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
     """Trains the same network from random weights on the same data; returns its test accuracy."""
+    from tl_ray.seeds import scratch_spec
+
+    out("[baseline] training the same network from scratch on the same images")
+    row = train_once(scratch_spec(spec), experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
+    return checkpoint_test_accuracy(spec, row.checkpoint)
+
+
+def checkpoint_test_accuracy(spec: Spec, checkpoint: str) -> float:
+    """Test accuracy of a trial's checkpoint (a head-only one is rebuilt in full)."""
     from tl_ray.train.checkpoint import checkpoint_model
     from tl_ray.tune.sweep import fetch_checkpoint
 
-    scratch = spec.model_copy(deep=True)
-    scratch.model.weights = "none"
-    scratch.model.freeze.mode = "full"
-    if scratch.model.batchnorm_momentum is None:
-        scratch.model.batchnorm_momentum = 0.9  # BatchNorm statistics must settle within a short run
-    out("[baseline] training the same network from scratch on the same images")
-    row = train_once(scratch, experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
-    with tempfile.TemporaryDirectory(prefix="tlray-scratch-") as tmp:
-        model = checkpoint_model(fetch_checkpoint(row.checkpoint, tmp), spec.storage)
-        return test_accuracy(spec, model)
+    with tempfile.TemporaryDirectory(prefix="tlray-eval-") as tmp:
+        return test_accuracy(spec, checkpoint_model(fetch_checkpoint(checkpoint, tmp), spec.storage))
+
+
+def seeds_and_promote(spec: Spec, best, experiment: str, out: Out = print):
+    """Trains the sweep's best configuration (and, with ``run.compare_from_scratch``, the from-scratch baseline)
+    on ``run.seeds`` seeds, promotes the transferred seed with the best validation metric and records the
+    comparison in its registry metadata and in the experiment's report folder; returns (comparison, promotion).
+    """
+    from tl_ray.registry.store import Registry
+    from tl_ray.seeds import SeedComparison, SeedRun, scratch_overrides, seed_overrides
+    from tl_ray.tune.sweep import run_variants
+
+    n = spec.run.seeds
+    variants, labels = {}, {}
+    epochs = {k: v for k, v in best.params.items() if k == "train.epochs"}  # scratch: the same budget in epochs
+    for i in range(n):
+        variants[f"transferred-{i}"] = seed_overrides(spec, best.params, i)
+        labels[f"transferred-{i}"] = ("transferred", i)
+        if spec.run.compare_from_scratch:  # the spec's network from random weights
+            variants[f"scratch-{i}"] = {**scratch_overrides(spec), **epochs, **seed_overrides(spec, {}, i)}
+            labels[f"scratch-{i}"] = ("scratch", i)
+    out(f"[seeds] training trial {best.trial_id}'s configuration"
+        f"{' and the from-scratch baseline' if spec.run.compare_from_scratch else ''} on {n} seeds each")
+    rows = run_variants(spec, f"{experiment}-seeds", variants)
+    runs: dict[str, list[SeedRun]] = {"transferred": [], "scratch": []}
+    for key, (group, i) in labels.items():
+        row = rows[key]
+        row.params = variants[key]  # what the run trained (promotion records it), not the variant's name
+        test = checkpoint_test_accuracy(spec, row.checkpoint) if row.checkpoint else None
+        runs[group].append(SeedRun(i, row.metric, test, row.trial_id, row.checkpoint))
+    comparison = SeedComparison(spec.tune.metric, spec.tune.mode, runs["transferred"], runs["scratch"])
+    for line in comparison.lines():
+        out(line)
+    chosen = comparison.promoted()
+    promotion = promote_row(spec, next(r for r in rows.values() if r.trial_id == chosen.trial_id))
+    Registry(spec.storage).update_metadata(promotion.name, promotion.version, {"seeds": comparison.to_metadata()})
+    out(f"[promote] {promotion.message()}")
+    uri = store.join(spec.storage, "experiments", experiment, "report", "seeds.png")
+    with tempfile.TemporaryDirectory(prefix="tlray-seeds-") as tmp:
+        store.write_bytes(uri, comparison.plot(Path(tmp) / "seeds.png").read_bytes())
+    out(f"[seeds] report: {uri}")
+    return comparison, promotion
 
 
 def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
@@ -255,6 +297,18 @@ def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
     return correct / max(total, 1)
 
 
+def _seed_figures(comparison) -> dict:
+    figures = {}
+    for name, runs in (("seeds", comparison.transferred), ("scratch_seeds", comparison.scratch)):
+        stats = comparison.summary(runs)
+        if stats:
+            figures.update({f"{name}_test_accuracy_mean": stats[0], f"{name}_test_accuracy_std": stats[1]})
+    if comparison.gap is not None:
+        figures["seeds_gap"] = comparison.gap
+    figures["promoted_seed"] = comparison.promoted().seed
+    return figures
+
+
 def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> dict:
     """The whole job; returns the figures it printed."""
     from tl_ray.models.export import load_model
@@ -267,7 +321,13 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
     ensure_data(spec, out)
     ensure_upstream(spec, out)
     out(f"[tune] sweeping {spec.tune.num_samples} trials over {sorted(spec.tune.space)}")
-    result, promotion = sweep_and_promote(spec, promote=True, out=out)
+    if spec.run.seeds > 1:  # the seeds promote after the sweep: a read-only registry fails now, not then
+        Registry(spec.storage).check_writable()
+    result, promotion = sweep_and_promote(spec, promote=spec.run.seeds == 1, out=out)
+    comparison = None
+    if spec.run.seeds > 1:  # the promoted model is one of the seeds
+        experiment = result.experiment_path.rstrip("/").rsplit("/", 1)[-1]
+        comparison, promotion = seeds_and_promote(spec, result.best, experiment, out)
     ref = f"{spec.promote.name}:{spec.promote.alias}"
     figures = {"promoted": f"{promotion.name}:v{promotion.version}", "accepted": promotion.accepted}
     failed = [r for r in result.rows if r.status == "ERROR"]
@@ -281,7 +341,9 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
         model = load_model(Registry(spec.storage).fetch(ref) / "model.keras")
         figures["test_accuracy"] = test_accuracy(spec, model)
         out(f"[test] {ref} test accuracy: {figures['test_accuracy']:.4f}")
-        if spec.run.compare_from_scratch:
+        if comparison is not None:
+            figures.update(_seed_figures(comparison))
+        elif spec.run.compare_from_scratch:
             figures["scratch_test_accuracy"] = from_scratch_baseline(spec, out)
             out(f"[test] from scratch on the same images: {figures['scratch_test_accuracy']:.4f}")
     if spec.run.serve:

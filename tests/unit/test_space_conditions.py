@@ -231,3 +231,21 @@ def test_a_list_fields_bad_element_and_a_conditional_null_sample():
     # None where the condition holds: the field keeps its default, as in the trial.
     space = {MODE: "choice([feature_extraction, fine_tune])", TOP: {"when": {MODE: "fine_tune"}, "sample": None}}
     assert TOP in load_spec(MINIMAL, overrides={"tune.space": space}).tune.space
+
+
+def test_tune_seed_repeats_every_dimension_conditional_ones_included():
+    """What BasicVariantGenerator(random_state=tune.seed) draws: the same trials for the same seed,
+    whatever NumPy's global state (a conditional dimension once drew from it)."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    def draw(seed: int, global_seed: int) -> list[dict]:
+        np.random.seed(global_seed)
+        state = np.random.RandomState(seed)  # one state for the whole sweep, as the generator keeps it
+        return [resolved["config"] for _ in range(12)
+                for _, resolved in generate_variants({"config": to_param_space(SPACE)}, random_state=state)]
+
+    first = draw(seed=7, global_seed=0)
+    assert draw(seed=7, global_seed=1) == first
+    assert any(cfg[TOP] is not None for cfg in first)  # the conditional dimension was drawn
+    assert draw(seed=8, global_seed=0) != first

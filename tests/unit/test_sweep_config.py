@@ -94,3 +94,31 @@ def test_optuna_search():
 def test_optuna_refuses_grid_dimensions():
     with pytest.raises(ConfigError, match="optuna cannot sample grid"):
         load_spec(MINIMAL, overrides=["tune.search=optuna", "tune.space={train.batch_size: 'grid([32, 64])'}"])
+
+
+def test_the_same_spec_and_tune_seed_draw_the_same_trials():
+    """The quickstart's sweep (a conditional LP-FT dimension included) through the search algorithm a sweep uses:
+    the same trials on every run, whatever NumPy's global state; another tune.seed draws others."""
+    import numpy as np
+    from ray import tune
+
+    from tl_ray.tune.space import to_param_space
+    from tl_ray.tune.tuner import _search_alg
+
+    tune.register_trainable("tlray_seed_probe", lambda config: None)
+
+    def trials(seed: int, global_seed: int) -> list[dict]:
+        spec = load_spec("jobs/quickstart/target.yaml", overrides={"tune.seed": seed})
+        np.random.seed(global_seed)
+        search = _search_alg(spec)
+        search.add_configurations({"sweep": {"run": "tlray_seed_probe", "num_samples": spec.tune.num_samples,
+                                             "config": to_param_space(spec.tune.space)}})
+        out = []
+        while (trial := search.next_trial()) is not None:
+            out.append(trial.config)
+        return out
+
+    first = trials(seed=0, global_seed=0)
+    assert len(first) == 8 and trials(seed=0, global_seed=1) == first
+    assert any(c["train.recipe"] is not None for c in first)  # the conditional dimension was drawn
+    assert trials(seed=1, global_seed=0) != first

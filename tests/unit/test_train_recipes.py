@@ -190,6 +190,34 @@ def test_two_phases_head_first_then_fine_tune_at_a_lower_rate(store):
     assert [h["steps"] for h in reporter.history] == [2, 4]
 
 
+def test_lp_ft_probes_on_cached_features_then_fine_tunes_from_the_probe_at_a_lower_rate(store):
+    spec = validate({**spec_for(store).to_dict(), "data": {"train": "datasets/train", "shuffle_buffer": 1,
+                                                           "augment": {"flip": True}}})
+    spec.model.freeze = {"mode": "fine_tune", "from_block": "block_16"}
+    spec.train = {**spec.train.model_dump(), "recipe": "lp_ft", "epochs": 2, "probe_epochs": 1,
+                  "finetune_lr_factor": 0.01}
+    # The shorthand's two phases, as train.phases would spell them.
+    assert [p.model_dump() for p in spec.phases()] == [
+        {"epochs": 1, "freeze": {"mode": "feature_extraction", "unfreeze_top": 20, "from_block": None,
+                                 "pattern": None}, "learning_rate": 1e-2, "augment": False},
+        {"epochs": 1, "freeze": spec.model.freeze.model_dump(), "learning_rate": pytest.approx(1e-4),
+         "augment": True},
+    ]
+    snaps = Snapshots()
+    reporter = ListReporter()
+    train(spec, reporter, callbacks=[snaps])
+    head = {"predictions/kernel", "predictions/bias"}
+    # The probe trains the head alone on cached features, although data.augment is on; fine-tuning
+    # starts from the probed head (same model) with the top block trainable, on augmented images.
+    assert reporter.history[0]["feature_cache"] in ("built", "read")  # an earlier test may have built it
+    assert reporter.history[1]["feature_cache"] == "off"
+    assert snaps.moved[0] == head
+    assert snaps.moved[1] - head == {"block_16_expand/kernel", "block_16_depthwise/kernel",
+                                     "block_16_project/kernel", "Conv_1/kernel"}
+    assert [h["learning_rate"] for h in reporter.history] == pytest.approx([1e-2, 1e-4])
+    assert [h["phase"] for h in reporter.history] == [0, 1]
+
+
 def test_resume_inside_the_second_phase_ends_with_the_same_steps(store, tmp_path):
     phases = [{"epochs": 1, "freeze": {"mode": "feature_extraction"}},
               {"epochs": 2, "freeze": {"mode": "fine_tune", "unfreeze_top": 2}, "learning_rate": 1e-3}]

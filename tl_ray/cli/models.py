@@ -23,6 +23,14 @@ def _cell(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
+def _seeds_line(seeds: dict) -> str:
+    """``run.seeds``' record in one line: each side's test accuracy, the gap and the seed promoted."""
+    sides = [f"{name} {s['mean']:.4f} ± {s['std']:.4f} (n={s['n']})"
+             for name, s in (("transferred", seeds.get("transferred")), ("from scratch", seeds.get("scratch"))) if s]
+    gap = f", gap {seeds['gap'] * 100:+.1f} points" if seeds.get("gap") is not None else ""
+    return f"test accuracy {', '.join(sides)}{gap}; promoted seed {seeds['promoted_seed']} ({seeds['selected_on']})"
+
+
 def _listing(reg, names: list[str]) -> list[dict]:
     out = []
     for name in names:
@@ -68,6 +76,8 @@ def cmd_models_show(args) -> int:
     for key in ("created", "class_names", "metrics", "gate", "lineage"):
         if meta.get(key) not in (None, {}, []):
             print(f"  {key}: {_cell(meta[key])}")
+    if meta.get("seeds"):
+        print(f"  seeds: {_seeds_line(meta['seeds'])}")
     print(f"  (all of it: tl-ray models show {name}:v{version} -o json)")
     return 0
 

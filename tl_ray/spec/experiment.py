@@ -14,7 +14,7 @@ from tl_ray.spec.model import ModelSpec
 from tl_ray.spec.paths import check_path, set_path
 from tl_ray.spec.serve import PromoteSpec, ServeSpec
 from tl_ray.spec.space import describe, parse_space
-from tl_ray.spec.train import TrainSpec
+from tl_ray.spec.train import PhaseSpec, TrainSpec
 from tl_ray.spec.tune import TuneSpec
 
 class RunSpec(_Section):
@@ -28,6 +28,17 @@ class RunSpec(_Section):
         default=False, description="Also train the same network from scratch and report its test accuracy."
     )
     serve: bool = Field(default=True, description="Serve the promoted model at the end and measure it over HTTP.")
+    seeds: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "After the sweep, train its best configuration (and, with compare_from_scratch, the from-scratch "
+            "baseline) this many times, train.seed and data.seed being 0..N-1 added to the spec's, and report mean "
+            "± std of their test accuracy; the seed with the best validation metric is promoted. 1: promote the "
+            "sweep's best trial."
+        ),
+    )
 
 
 class Spec(_Section):
@@ -108,6 +119,54 @@ class Spec(_Section):
                             f"it to values the field accepts"
                         ) from None
         return self
+
+    @model_validator(mode="after")
+    def _seeds_and_recipe_fit(self) -> "Spec":
+        """Rules across sections. ``run.seeds`` > 1 scores seeds on data.test and retrains one configuration (not
+        a staged sweep's chain). ``train.recipe: lp_ft`` fine-tunes under model.freeze in its second phase, makes
+        phases of its own (not with tune.stages), and ASHA must not judge it in its probe."""
+        if self.run.seeds > 1 and not self.data.test:
+            raise ValueError(f"run.seeds ({self.run.seeds}) reports test accuracy over seeds: set data.test, or "
+                             "run.seeds: 1")
+        if self.run.seeds > 1 and self.tune.stages:
+            raise ValueError("run.seeds retrains the sweep's best configuration, which a staged sweep spreads over "
+                             "tune.stages; use train.recipe: lp_ft (LP-FT inside each trial) or run.seeds: 1")
+        dists = parse_space(self.tune.space)
+        recipe, mode = dists.get("train.recipe"), dists.get("model.freeze.mode")
+        if not (recipe.can_take("lp_ft") if recipe else self.train.recipe == "lp_ft"):
+            return self
+        if self.tune.stages:
+            raise ValueError("train.recipe lp_ft cannot run in a staged sweep, whose tune.stages set the freeze "
+                             "policy and epochs (heads on cached features, then fine-tuning, is LP-FT across "
+                             "stages); set train.recipe: plain")
+        listed = mode is not None and mode.kind in ("fixed", "choice", "grid")
+        modes = set(mode.extremes()) if listed else {self.model.freeze.mode}
+        if recipe is not None and recipe.when:  # lp_ft is drawn only where its conditions hold
+            modes &= set(dict(recipe.when).get("model.freeze.mode", modes))
+        if modes - {"fine_tune"}:
+            where = "model.freeze.mode" if not listed else f"tune.space's model.freeze.mode ({describe(mode)})"
+            raise ValueError(
+                f"train.recipe lp_ft fine-tunes under model.freeze after its probe, so it needs model.freeze.mode "
+                f"fine_tune, but {where} gives {sorted(modes - {'fine_tune'})[0]!r}. Set model.freeze.mode: "
+                f"fine_tune, or search the recipe only there: train.recipe: {{when: {{model.freeze.mode: "
+                f"fine_tune}}, sample: \"choice([plain, lp_ft])\"}}"
+            )
+        if recipe is not None and self.tune.scheduler in ("asha", "median") \
+                and self.tune.grace_period <= self.train.probe_epochs:
+            raise ValueError(
+                f"tune.grace_period ({self.tune.grace_period}) must exceed train.probe_epochs "
+                f"({self.train.probe_epochs}) when tune.space searches train.recipe: {self.tune.scheduler} would "
+                "otherwise stop LP-FT trials in their probe, before they fine-tune. Raise tune.grace_period or "
+                "lower train.probe_epochs"
+            )
+        return self
+
+    def phases(self) -> list[PhaseSpec]:
+        """The phases one trial trains: ``train.phases``, or the two ``train.recipe: lp_ft`` stands for
+        (none: one phase of model.freeze at train.learning_rate)."""
+        if self.train.recipe == "lp_ft":
+            return self.train.lp_ft_phases(self.model.freeze)
+        return list(self.train.phases)
 
     def resolve(self, uri: str) -> str:
         """A dataset or artifact path resolved against `storage` (full URIs pass through)."""

@@ -17,6 +17,13 @@ class PhaseSpec(_Section):
     learning_rate: float | None = Field(
         default=None, gt=0.0, le=10.0, description="Learning rate of this phase (default: train.learning_rate)."
     )
+    augment: bool = Field(
+        default=True,
+        description=(
+            "false: this phase trains on the images as stored even when data.augment is on, so a phase with the "
+            "base frozen trains on cached features (train.feature_cache)."
+        ),
+    )
 
 
 class EarlyStoppingSpec(_Section):
@@ -103,6 +110,22 @@ class TrainSpec(_Section):
             "Each phase gets a fresh optimizer on its trainable variables. train.epochs defaults to the sum."
         ),
     )
+    recipe: Literal["plain", "lp_ft"] = Field(
+        default="plain",
+        description=(
+            "plain: train.phases, else model.freeze for every epoch. lp_ft: LP-FT (Kumar et al., ICLR 2022), "
+            "shorthand for two train.phases: a probe of train.probe_epochs that trains the head alone on the "
+            "frozen base's cached features (augmentation off) at train.learning_rate, then the epochs left under "
+            "model.freeze (mode fine_tune) at train.learning_rate x train.finetune_lr_factor, starting from the probe."
+        ),
+    )
+    probe_epochs: PositiveInt = Field(
+        default=5, description="recipe lp_ft: epochs of the probe phase (cheap: it trains on cached features)."
+    )
+    finetune_lr_factor: float = Field(
+        default=0.1, gt=0.0, le=1.0,
+        description="recipe lp_ft: learning rate of the fine-tuning phase / train.learning_rate.",
+    )
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         default="none", description="How the learning rate scales with batch_size / base_batch_size."
     )
@@ -165,4 +188,19 @@ class TrainSpec(_Section):
                 f"train.epochs ({self.epochs}) must equal the sum of train.phases epochs "
                 f"({sum(p.epochs for p in self.phases)}); leave train.epochs out to use the sum"
             )
+        if self.recipe == "lp_ft" and self.phases:
+            raise ValueError("train.recipe lp_ft stands for two train.phases of its own; remove train.phases, "
+                             "or set train.recipe: plain to keep them")
+        if self.recipe == "lp_ft" and self.probe_epochs >= self.epochs:
+            raise ValueError(f"train.probe_epochs ({self.probe_epochs}) must be less than train.epochs "
+                             f"({self.epochs}) with train.recipe lp_ft: the fine-tuning phase gets the epochs left")
         return self
+
+    def lp_ft_phases(self, freeze: FreezeSpec) -> list[PhaseSpec]:
+        """The two phases ``recipe: lp_ft`` stands for; ``freeze`` is model.freeze, the fine-tuning phase's policy."""
+        return [
+            PhaseSpec(epochs=self.probe_epochs, freeze=FreezeSpec(mode="feature_extraction"),
+                      learning_rate=self.learning_rate, augment=False),
+            PhaseSpec(epochs=self.epochs - self.probe_epochs, freeze=freeze,
+                      learning_rate=self.learning_rate * self.finetune_lr_factor),
+        ]

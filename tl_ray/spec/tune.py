@@ -99,7 +99,8 @@ class TuneSpec(_Section):
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"tune.stages names must differ. Received: {names}")
-        fixed_by_stage = [k for k in self.space if k.startswith("model.freeze") or k in ("train.epochs", "train.phases")]
+        fixed_by_stage = [k for k in self.space
+                          if k.startswith("model.freeze") or k in ("train.epochs", "train.phases", "train.recipe")]
         if self.stages and fixed_by_stage:
             raise ValueError(f"tune.space cannot search {fixed_by_stage[0]} in a staged sweep: each stage in "
                              "tune.stages sets the freeze policy and epochs")

@@ -9,7 +9,7 @@ streams them without reading the store again.
 
 from __future__ import annotations
 
-from tl_ray.spec import FreezeSpec, Spec
+from tl_ray.spec import Spec
 
 
 def open_dataset(source, **kwargs):
@@ -79,11 +79,11 @@ class CachedInputs:
         self._recipe: dict | None = None
         self._uris: dict = {}
 
-    def covers(self, freezes: list[FreezeSpec]) -> bool:
-        """Whether every one of these phases trains on cached features."""
+    def covers(self, phases: list) -> bool:
+        """Whether every one of these phases (each with ``freeze`` and ``augment``) trains on cached features."""
         from tl_ray import feature_cache
 
-        return bool(freezes) and all(feature_cache.usable(self.spec, f)[0] for f in freezes)
+        return bool(phases) and all(feature_cache.usable(self.spec, p.freeze, p.augment)[0] for p in phases)
 
     def head(self, train_uri: str, val_uri: str | None):
         """The head model (entries for both datasets are found or built first: they give its input shape)."""
@@ -111,13 +111,14 @@ class CachedInputs:
                                        feature_cache.backbone_digest(self.spec, self.weights_file))
         return self._recipe
 
-    def for_phase(self, freeze: FreezeSpec, train_uri: str, val_uri: str | None):
-        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase under ``freeze``."""
+    def for_phase(self, phase, train_uri: str, val_uri: str | None):
+        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase (its ``freeze`` and
+        ``augment``)."""
         from tl_ray import feature_cache
 
-        use, why = feature_cache.usable(self.spec, freeze)
+        use, why = feature_cache.usable(self.spec, phase.freeze, phase.augment)
         if not use:
-            if freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
+            if phase.freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
                 print(f"feature cache not used: {why}")
             return self.model, train_uri, val_uri, False
         head = self.head(train_uri, val_uri)

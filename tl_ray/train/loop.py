@@ -7,15 +7,17 @@ on every worker, so collectives never wait on a worker that ran out of data),
 evaluates, and hands metrics plus (every ``train.checkpoint_every`` epochs) a
 checkpoint folder to a reporter (Ray Tune, Ray Train, or a plain list outside Ray).
 
-Recipes: ``train.phases`` run in order, each with its freeze policy, a fresh
-optimizer built on that phase's trainable variables and a newly traced step
+Recipes: ``train.phases`` (or the two ``train.recipe: lp_ft`` stands for) run
+in order, each with its freeze policy, a fresh optimizer built on that phase's
+trainable variables and a newly traced step
 (what the Keras guide's ``compile`` after changing ``trainable`` does). The
 learning rate is the phase's rate scaled to the global batch
 (``train.lr_scaling``) times the ``train.lr_schedule`` factor; callbacks
 (``tl_ray.train.callbacks``) set it and decide early stopping.
 
-Phases with the base frozen and augmentation off train the head on the
-backbone's cached outputs (``tl_ray.feature_cache``). When every phase left does, the
+Phases with the base frozen and augmentation off (``data.augment`` off, or the
+phase's ``augment: false``) train the head on the backbone's cached outputs
+(``tl_ray.feature_cache``). When every phase left does, the
 trial never builds the backbone: it trains ``build_head``'s head alone and
 checkpoints only the head (``tl_ray.train.checkpoint``).
 """
@@ -69,12 +71,14 @@ class ListReporter:
 
 @dataclass(frozen=True)
 class Phase:
-    """Epochs ``[first_epoch, first_epoch + epochs)`` trained under one freeze policy and base rate."""
+    """Epochs ``[first_epoch, first_epoch + epochs)`` trained under one freeze policy and base rate
+    (``augment``: whether data.augment applies)."""
 
     first_epoch: int
     epochs: int
     freeze: FreezeSpec
     learning_rate: float
+    augment: bool = True
 
     @property
     def end(self) -> int:
@@ -82,13 +86,14 @@ class Phase:
 
 
 def plan_phases(spec: Spec) -> list[Phase]:
-    """The spec's phases; without ``train.phases``, one phase of ``model.freeze`` at ``train.learning_rate``."""
+    """The spec's phases (``Spec.phases``); without any, one phase of ``model.freeze`` at ``train.learning_rate``."""
     cfg = spec.train
-    if not cfg.phases:
+    phases = spec.phases()
+    if not phases:
         return [Phase(0, cfg.epochs, spec.model.freeze, cfg.learning_rate)]
     out, first = [], 0
-    for p in cfg.phases:
-        out.append(Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate))
+    for p in phases:
+        out.append(Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate, p.augment))
         first += p.epochs
     return out
 
@@ -235,6 +240,7 @@ class _Run:
         # Single device: batches go to the step as they are (distributing a dataset adds a pass per epoch).
         self.local_input = self.num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
         self.extra: dict = {}  # reported with the next epoch
+        self.augment = spec.data.augment  # the current phase's (None: a phase that does not augment)
 
     def fit(self) -> dict:
         from tl_ray.train.checkpoint import read_state
@@ -263,7 +269,7 @@ class _Run:
         from tl_ray.models.build import build_model
 
         cfg = self.spec.train
-        self.head_only = not cfg.init_from and self.cached.covers([p.freeze for p in phases])
+        self.head_only = not cfg.init_from and self.cached.covers(phases)
         if self.head_only:
             self.loop.model = self.cached.head(self.train_uri, self.val_uri)
         else:
@@ -303,7 +309,8 @@ class _Run:
             self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=model_weights_digest(model))
         self.loop.optimizer, self.loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
         # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
-        net, phase_train, phase_val, on_cache = self.cached.for_phase(phase.freeze, self.train_uri, self.val_uri)
+        self.augment = self.spec.data.augment if phase.augment else None
+        net, phase_train, phase_val, on_cache = self.cached.for_phase(phase, self.train_uri, self.val_uri)
         self.extra["feature_cache"] = self.cached.statuses["train"] if on_cache else "off"
         if on_cache and "validation" in self.cached.statuses:
             self.extra["feature_cache_validation"] = self.cached.statuses["validation"]
@@ -371,7 +378,7 @@ class _Run:
                 phase_train, image_size=self.image_size, batch_size=self.per_replica, shuffle=True,
                 seed=spec.data.seed, epoch=epoch, shuffle_buffer=spec.data.shuffle_buffer,
                 worker_index=ctx.input_pipeline_id, num_workers=ctx.num_input_pipelines,
-                drop_remainder=True, repeat=True, augment=spec.data.augment,
+                drop_remainder=True, repeat=True, augment=self.augment,
             )
 
         if self.local_input:

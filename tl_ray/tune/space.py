@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ray.tune.search.sample import BaseSampler, Function
+
 from tl_ray.spec.space import Distribution, dependency_order, parse_space, pbt_dimensions
 
 
@@ -19,7 +21,7 @@ def to_tune(dist: Distribution):
     from ray import tune
 
     if dist.when:
-        return tune.sample_from(_ConditionalSample(dist))
+        return _Conditional(_ConditionalSample(dist))
     if dist.kind == "fixed":
         return dist.args[0]
     if dist.kind == "grid":
@@ -51,11 +53,11 @@ def _suggest(dist: Distribution, trial, name: str) -> Any:
 
 @dataclass(frozen=True)
 class _ConditionalSample:
-    """``tune.sample_from`` body of a conditional dimension: None where its condition fails."""
+    """Body of a conditional dimension's domain: None where its condition fails."""
 
     dist: Distribution
 
-    def __call__(self, spec) -> Any:
+    def __call__(self, spec, random_state=None) -> Any:
         from ray.tune.search.sample import Domain
         from ray.tune.search.variant_generator import RecursiveDependencyError
 
@@ -71,7 +73,25 @@ class _ConditionalSample:
         if not self.dist.holds(values):
             return None
         inner = self.dist.unconditional()
-        return inner.args[0] if inner.kind == "fixed" else to_tune(inner).sample()
+        return inner.args[0] if inner.kind == "fixed" else to_tune(inner).sample(random_state=random_state)
+
+
+class _SeededCall(BaseSampler):
+    """Calls a conditional domain's body with the search's random state.
+
+    Ray calls a ``sample_from`` function without the generator's ``random_state``, so a draw inside it would
+    come from NumPy's global state and ``tune.seed`` would not repeat it; this sampler hands it on.
+    """
+
+    def sample(self, domain, config=None, size=1, random_state=None):
+        values = [domain.func(config, random_state) for _ in range(size)]
+        return values if size > 1 else domain.cast(values[0])
+
+
+class _Conditional(Function):
+    """``tune.sample_from`` of a conditional dimension, drawn from the search's random state."""
+
+    default_sampler_cls = _SeededCall
 
 
 @dataclass(frozen=True)

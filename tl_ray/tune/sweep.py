@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tl_ray import store
 from tl_ray.errors import StorageError
-from tl_ray.spec import Spec
+from tl_ray.spec import Spec, apply_overrides, validate
 from tl_ray.tune.cluster import check_reachable, connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
-from tl_ray.tune.staged import run_staged
+from tl_ray.tune.staged import PARENT_KEY, run_staged, stage_trial
 from tl_ray.tune.trainable import tune_trial
-from tl_ray.tune.tuner import SweepResult, run_tuner
+from tl_ray.tune.tuner import SweepResult, TrialRow, run_tuner
 
 
 def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
@@ -52,6 +52,26 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     # tables and result files show only the searched fields.
     trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict())
     return run_tuner(spec, name, trainable, to_param_space(spec.tune.space), resume=resume)
+
+
+def run_variants(spec: Spec, experiment: str, variants: dict[str, dict]) -> dict[str, TrialRow]:
+    """One trial per named set of dotted overrides of the spec, no search, every epoch trained (fifo); returns
+    each name's row. The overrides travel as a later stage's parents do (``tl_ray.tune.staged``).
+
+    Raises:
+        ConfigError: a variant's spec is invalid (before any trial starts).
+    """
+    from ray import tune
+
+    connect_ray()
+    base = with_cluster_gpus(spec).model_copy(deep=True)
+    base.tune.space, base.tune.stages, base.tune.scheduler = {}, [], "fifo"
+    for key, values in variants.items():
+        validate(apply_overrides(base.to_dict(), values), source=f"{experiment} {key}")
+    trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=variants)
+    result = run_tuner(base, experiment, trainable, {PARENT_KEY: tune.grid_search(sorted(variants))},
+                       num_samples=1, search=False)
+    return {str(row.params.get(PARENT_KEY)): row for row in result.rows}
 
 
 def preflight(spec: Spec) -> None:
