@@ -177,11 +177,14 @@ def _search_alg(spec: Spec):
 
 
 def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
-              num_samples: int | None = None, search: bool = True, stage: str = "") -> SweepResult:
+              num_samples: int | None = None, search: bool = True, stage: str = "",
+              callbacks: tuple = ()) -> SweepResult:
     """Runs one Ray Tune experiment ``<store>/experiments/<folder...>/<name>`` of ``trainable``.
 
     ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
-    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling.
+    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling;
+    ``callbacks`` are more Ray Tune callbacks, after tl-ray's progress lines (a new run only: a
+    restored experiment keeps the callbacks it was saved with).
     """
     from ray import tune
 
@@ -233,7 +236,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                     checkpoint_score_order=spec.tune.mode,
                 ),
                 verbose=1 if verbose() else 0,
-                callbacks=[progress],
+                callbacks=[progress, *callbacks],
             ),
         )
     with quiet_ray_resume_hint():
