@@ -235,12 +235,15 @@ class _Run:
         # Single device: batches go to the step as they are (distributing a dataset adds a pass per epoch).
         self.local_input = self.num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
         self.extra: dict = {}  # reported with the next epoch
+        self.best_checkpointed: float | None = None  # tune.metric of this trial's best checkpoint
 
     def fit(self) -> dict:
         from tl_ray.train.checkpoint import read_state
 
         restore = self.reporter.restore_dir()
         start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+        if restore is not None:
+            self.best_checkpointed = read_state(restore).get("metrics", {}).get(self.spec.tune.metric)
         phases = [(i, p) for i, p in enumerate(plan_phases(self.spec)) if p.end > start_epoch]
         self.build([p for _, p in phases], warm_start_from=None if restore is not None else self.spec.train.init_from)
         metrics: dict = {}
@@ -379,17 +382,33 @@ class _Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def report(self, metrics: dict, last: bool) -> None:
-        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last."""
+        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last, with
+        ``tune.checkpoint_on: improvement`` only those that improve on the trial's best checkpoint."""
         from tl_ray.train.checkpoint import save_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
             ckpt = None
-            if self.worker_index == 0 and (metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last):
+            due = metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last
+            if self.worker_index == 0 and due and self.improves(metrics):
                 state = {"epoch": metrics["epoch"], "metrics": metrics,
                          "trial_id": getattr(self.reporter, "trial_id", None)}
                 ckpt = str(save_checkpoint(tmp, self.loop.model, self.loop.optimizer, state,
                                            head_of=self.cached.recipe() if self.head_only else None))
             self.reporter.report(metrics, ckpt)
+
+
+    def improves(self, metrics: dict) -> bool:
+        """Whether a due checkpoint is written: always, unless ``tune.checkpoint_on`` is improvement (and the
+        scheduler not pbt) and the epoch's metric does not beat the best checkpoint's. Records it if written."""
+        tune = self.spec.tune
+        value = metrics.get(tune.metric)
+        if tune.checkpoint_on == "every" or tune.scheduler == "pbt" or not isinstance(value, (int, float)):
+            return True
+        best = self.best_checkpointed
+        if best is not None and not (value > best if tune.mode == "max" else value < best):
+            return False
+        self.best_checkpointed = float(value)
+        return True
 
 
 def _single_input_context():

@@ -25,7 +25,8 @@ class TrialRow:
     status: str
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
-    checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) per checkpointed epoch
+    # (URI, metric) per checkpointed epoch; a multi-worker trial's list names those tune.keep_checkpoints deleted
+    checkpoints: list[tuple[str, float]] = field(default_factory=list)
     stage: str = ""  # staged sweeps: the stage's name
     parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
 
