@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/bench_sweep.py overhead              # ~5 min on 2 cores, 32 trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --trials 64  # memory over more trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --repeat 3   # 3 rounds: median and range
+    .venv/bin/python benchmarks/bench_sweep.py scale                 # ~25 min on 2 cores, 500 trials twice
+    .venv/bin/python benchmarks/bench_sweep.py scale --nodes 4       # on a simulated 4-node cluster
     .venv/bin/python benchmarks/bench_sweep.py cache --smoke         # tiny sizes: does it run?
     .venv/bin/python benchmarks/bench_sweep.py overhead --smoke
+    .venv/bin/python benchmarks/bench_sweep.py scale --smoke         # 8 trials
 
 Both reuse the quickstart's data and upstream model (``fashion-base``) in the store
 (``--store``, default ``benchmarks/.store``), building them first if missing (the
@@ -42,11 +45,25 @@ within 5%). ``--repeat N`` runs the three N times, each round in a new driver
 process on a new local Ray (as each ``tl-ray tune`` is), and prints each run's
 median and range of wall / ideal.
 
+``scale``: ``--trials`` trials (default 500) of the quickstart target's head on cached features
+(built before the clock starts), at most 6 epochs of 20 steps, ASHA (grace period 2), two at a time:
+random search, then Optuna's TPE (``--searches``). Every spec field keeps tl-ray's default unless
+``--set KEY=VALUE`` changes it (to measure a setting before and after). Side by side it prints wall /
+ideal (ideal: the trials' epoch times / 2), the driver's peak RSS at 0, 1/5, 1/2 and all of the trials,
+the experiment folder's bytes per trial, how often and for how long the driver saved Tune's experiment
+state (the trial loop waits meanwhile; timed by wrapping Tune's saving method, a measurement only),
+Tune's "experiment checkpoint snapshotting ... bottleneck" warnings, the time ``build_report`` takes
+on the experiment, and the Optuna searcher's time per suggestion at its 50th and 500th (timed
+outside Tune, the same searcher told every epoch of every earlier trial). ``--nodes N`` runs on a
+``ray.cluster_utils.Cluster`` of N 1-CPU nodes (the head, where the driver runs, has none), N trials
+at a time. The feature cache is read once per trial process and kept in memory
+(``tl_ray.train.cached_inputs.MemoryRows``): a reused actor's later trials read nothing.
+
 ``--smoke``: tiny sizes, to check that a benchmark runs (its figures mean
 nothing): a store of its own (``benchmarks/.store/smoke``), 20 to 30 images per class,
 ``fashion-base`` pretrained for one step, 2 trials of 2 epochs (cache) or 3
 trials of 3 epochs of 5 steps (overhead: on 2 cores, more than run at once, so
-an actor is reused).
+an actor is reused), 8 trials of 3 epochs of 5 steps (scale).
 """
 
 from __future__ import annotations

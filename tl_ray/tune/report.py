@@ -93,6 +93,8 @@ def _saved_statuses(experiment_uri: str) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
+    if not any(n.startswith("experiment_state") for n in store.list_dir(experiment_uri)):
+        return {}  # Tune saved no state here: no need to import Ray to read it
     try:
         fs, path = store.filesystem(experiment_uri)
         return saved_trial_statuses(path, fs if store.is_s3(experiment_uri) else None)
