@@ -94,3 +94,11 @@ def test_optuna_search():
 def test_optuna_refuses_grid_dimensions():
     with pytest.raises(ConfigError, match="optuna cannot sample grid"):
         load_spec(MINIMAL, overrides=["tune.search=optuna", "tune.space={train.batch_size: 'grid([32, 64])'}"])
+
+
+def test_a_seeded_random_search_keeps_the_concurrency_limit():
+    """Tune ignores TuneConfig's max_concurrent_trials for a search generator (the seeded random search)."""
+    from tl_ray.tune.tuner import _search_alg
+
+    spec = load_spec(MINIMAL, overrides=SPACE + ["tune.seed=0", "tune.max_concurrent_trials=2"])
+    assert _search_alg(spec, 2).max_concurrent == 2

@@ -153,13 +153,14 @@ def _scheduler(spec: Spec):
     )
 
 
-def _search_alg(spec: Spec):
+def _search_alg(spec: Spec, max_concurrent: int | None = None):
     if spec.tune.search == "random":
         if spec.tune.seed is None:
             return None
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=spec.tune.seed)
+        # Tune ignores TuneConfig's max_concurrent_trials for a search generator: the limit goes here.
+        return BasicVariantGenerator(random_state=spec.tune.seed, max_concurrent=max_concurrent or 0)
     try:
         from ray.tune.search.optuna import OptunaSearch
         import optuna  # noqa: F401
@@ -175,6 +176,12 @@ def _search_alg(spec: Spec):
         space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
         seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
     )
+
+
+def _is_generator(search_alg) -> bool:
+    from ray.tune.search import BasicVariantGenerator
+
+    return isinstance(search_alg, BasicVariantGenerator)
 
 
 def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
@@ -214,6 +221,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
         )
     else:
+        limit = _max_concurrent(spec)
+        search_alg = _search_alg(spec, limit) if search else None
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -222,8 +231,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 mode=spec.tune.mode,
                 num_samples=num_samples or spec.tune.num_samples,
                 scheduler=_scheduler(spec),
-                search_alg=_search_alg(spec) if search else None,
-                max_concurrent_trials=_max_concurrent(spec),
+                search_alg=search_alg,
+                max_concurrent_trials=None if _is_generator(search_alg) else limit,
                 reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
             ),
             run_config=tune.RunConfig(
