@@ -85,3 +85,12 @@ def test_top_must_be_positive(tmp_path):
     many_trials(tmp_path / "exp", 2)
     with pytest.raises(ConfigError, match="top must be at least 1. Received: 0"):
         build_report(str(tmp_path / "exp"), "val_accuracy", "max", top=0)
+
+
+def test_tl_ray_report_takes_top(tmp_path, capsys):
+    from tl_ray.cli import main
+
+    many_trials(tmp_path / "exp", 30)
+    assert main(["report", str(tmp_path / "exp"), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "the best 5 of 30 trials" in out and out.count("wrote ") == 6
