@@ -398,17 +398,22 @@ class _Run:
 
 
     def improves(self, metrics: dict) -> bool:
-        """Whether a due checkpoint is written: always, unless ``tune.checkpoint_on`` is improvement (and the
-        scheduler not pbt) and the epoch's metric does not beat the best checkpoint's. Records it if written."""
-        tune = self.spec.tune
-        value = metrics.get(tune.metric)
-        if tune.checkpoint_on == "every" or tune.scheduler == "pbt" or not isinstance(value, (int, float)):
-            return True
-        best = self.best_checkpointed
-        if best is not None and not (value > best if tune.mode == "max" else value < best):
+        """Whether a due checkpoint is written (``writes_checkpoint``); records its metric if so."""
+        value = metrics.get(self.spec.tune.metric)
+        if not writes_checkpoint(self.spec.tune, value, self.best_checkpointed):
             return False
-        self.best_checkpointed = float(value)
+        if isinstance(value, (int, float)):
+            self.best_checkpointed = float(value)
         return True
+
+
+def writes_checkpoint(tune, value, best: float | None) -> bool:
+    """Whether a trial writes a due checkpoint whose ``tune.metric`` is ``value``, its best checkpoint's ``best``:
+    always, unless ``tune.checkpoint_on`` is improvement (and the scheduler not pbt) and ``value`` does not beat
+    ``best``. An epoch without the metric always does."""
+    if tune.checkpoint_on == "every" or tune.scheduler == "pbt" or not isinstance(value, (int, float)):
+        return True
+    return best is None or (value > best if tune.mode == "max" else value < best)
 
 
 def _single_input_context():
