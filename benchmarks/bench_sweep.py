@@ -415,6 +415,7 @@ def scale_run(spec, name: str, concurrency: int) -> dict:
     out.update(folder_bytes_per_trial=folder_bytes(result.experiment_path) / n, state_saves=saves.saves,
                state_save_s=saves.seconds, bottleneck_warnings=saves.warnings, best=result.best.metric,
                trial_epochs=sum(len(rs) for rs in rows),
+               checkpoints=sum(r.get("checkpoint_dir_name") is not None for rs in rows for r in rs),
                driver_peak_rss_mb={k: memory.peaks[min(k, len(memory.peaks) - 1)] for k in (0, n // 5, n // 2, n)})
     start = time.perf_counter()
     build_report(result.experiment_path, spec.tune.metric, spec.tune.mode, planned_epochs=spec.train.epochs)
@@ -438,6 +439,7 @@ def start_cluster(nodes: int):
 def print_scale(runs: dict, optuna_ms: dict | None) -> None:
     labels = list(runs)
     lines = [("trials (trial-epochs)", lambda r: f"{r['trials']} ({r['trial_epochs']})"),
+             ("checkpoints written", lambda r: str(r["checkpoints"])),
              ("wall s / ideal s", lambda r: f"{r['wall_s']:.0f} / {r['ideal_s']:.0f}"),
              ("wall / ideal (goal <= 1.3)", lambda r: f"{r['ratio']:.2f}"),
              ("driver peak RSS MiB at " + "/".join(map(str, runs[labels[0]]["driver_peak_rss_mb"])) + " trials",
