@@ -466,6 +466,8 @@ def bench_scale(args, stamp: str) -> dict:
 
     prepare(args.store, args.smoke)
     sizes = {**(SMOKE_SCALE if args.smoke else SCALE), "tune.num_samples": args.trials}
+    if args.nodes:
+        ray.shutdown()  # the local Ray that building the data or fashion-base may have started
     cluster = start_cluster(args.nodes) if args.nodes else None
     concurrency = args.nodes or 2
     runs, optuna_ms = {}, None

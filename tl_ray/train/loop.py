@@ -396,7 +396,6 @@ class _Run:
                                            head_of=self.cached.recipe() if self.head_only else None))
             self.reporter.report(metrics, ckpt)
 
-
     def improves(self, metrics: dict) -> bool:
         """Whether a due checkpoint is written (``writes_checkpoint``); records its metric if so."""
         value = metrics.get(self.spec.tune.metric)
