@@ -94,3 +94,23 @@ def test_tl_ray_report_takes_top(tmp_path, capsys):
     assert main(["report", str(tmp_path / "exp"), "--top", "5"]) == 0
     out = capsys.readouterr().out
     assert "the best 5 of 30 trials" in out and out.count("wrote ") == 6
+
+
+def test_after_a_resume_folders_outside_tunes_saved_state_are_not_counted(tmp_path, monkeypatch):
+    """A searcher's trial ids are "<hex>" (the folder adds the trial's index); a driver killed after creating
+    trials it had not saved leaves their folders, and the resumed sweep runs others in their place."""
+    from tl_ray.tune import report as report_module
+
+    exp = tmp_path / "exp"
+    for name in ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x", "tune_trial_9c0d1e2f_3_x"):
+        (exp / name).mkdir(parents=True)
+        (exp / name / "params.json").write_text(json.dumps({"model.head.dropout": 0.1}))
+    for name in ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x"):
+        (exp / name / "result.json").write_text(json.dumps({"training_iteration": 1, "val_accuracy": 0.5}) + "\n")
+    monkeypatch.setattr(report_module, "_saved_statuses",
+                        lambda uri: {"1a2b3c4d": "TERMINATED", "5e6f7a8b": "ERROR"})
+    report = build_report(str(exp), "val_accuracy", "max", planned_epochs=1)
+    assert sorted(t.name for t in report.trials) == ["1a2b3c4d_1", "5e6f7a8b_2"]
+    assert {line.split()[0]: line.split()[-1] for line in report.table.splitlines()[1:3]} == {
+        "1a2b3c4d_1": "done", "5e6f7a8b_2": "error"}  # the saved status, matched by Tune's id
+    assert report.table.splitlines()[-1].startswith("(1 trial folder(s) not in Tune's saved state")

@@ -32,6 +32,7 @@ class TrialSummary:
     history: list[dict]
     stage: str = ""
     failed: bool | None = False  # ended in error, as Tune saved it; None: failed once, how it ended unknown
+    saved: bool = True  # False: Tune's saved state does not hold it (a folder an interrupted driver left)
 
     @property
     def started(self) -> float:
@@ -124,13 +125,16 @@ def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
                                       store.read_text(store.join(base, "result.json")).splitlines() if line.strip()])
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
         trial_id = m.group(1) if m else name
+        # Tune's id: the folder's "<hex>_<NNNNN>" (random search), or "<hex>" before the trial's index (a searcher's).
+        saved_id = next((i for i in (trial_id, trial_id.rsplit("_", 1)[0]) if i in statuses), None)
         # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
         # one, a trial that failed and never trained its epochs is taken to have ended in error.
-        if trial_id in statuses:
-            failed: bool | None = statuses[trial_id] == "ERROR"
+        if saved_id is not None:
+            failed: bool | None = statuses[saved_id] == "ERROR"
         else:
             failed = None if store.exists(store.join(base, "error.txt")) else False
-        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed))
+        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed,
+                                saved=saved_id is not None or not statuses))
     return out
 
 
@@ -225,9 +229,14 @@ def build_report(
 
     if top < 1:
         raise ConfigError(f"the report's top must be at least 1. Received: {top}")
-    trials = load_trials(experiment_uri)
+    found = load_trials(experiment_uri)
+    # A driver killed after creating trials it had not saved leaves their folders; a resume runs others instead.
+    trials = [t for t in found if t.saved]
     report = Report(experiment_uri, metric, mode, trials)
     report.table = _table(trials, metric, mode, planned_epochs, top)
+    if len(trials) < len(found):
+        report.table += (f"\n({len(found) - len(trials)} trial folder(s) not in Tune's saved state, left by an "
+                         "interrupted driver, are not counted)")
     ranked = _ranked(trials, metric, mode)
     best = [t for t in ranked if t.best(metric, mode) is not None]
     best = sorted(best, key=lambda t: t.best(metric, mode), reverse=mode == "max")[:top]
