@@ -46,9 +46,10 @@ process on a new local Ray (as each ``tl-ray tune`` is), and prints each run's
 median and range of wall / ideal.
 
 ``scale``: ``--trials`` trials (default 500) of the quickstart target's head on cached features
-(built before the clock starts), at most 6 epochs of 20 steps, ASHA (grace period 2), two at a time:
-random search, then Optuna's TPE (``--searches``). Every spec field keeps tl-ray's default unless
-``--set KEY=VALUE`` changes it (to measure a setting before and after). Side by side it prints wall /
+(built before the clock starts), at most 6 epochs of 20 steps, ASHA (grace period 2), a checkpoint
+only when a trial improves (``tune.checkpoint_on: improvement``), two at a time: random search, then
+Optuna's TPE (``--searches``). Every other spec field keeps tl-ray's default unless ``--set
+KEY=VALUE`` changes it (to measure a setting before and after). Side by side it prints wall /
 ideal (ideal: the trials' epoch times / 2), the driver's peak RSS at 0, 1/5, 1/2 and all of the trials,
 the experiment folder's bytes per trial, how often and for how long the driver saved Tune's experiment
 state (the trial loop waits meanwhile; timed by wrapping Tune's saving method, a measurement only),
@@ -316,7 +317,8 @@ def repeat_overhead(args) -> dict:
 
 
 # scale: head-only trials on the quickstart target's cached features, ASHA, random search then Optuna TPE.
-SCALE = {"train.epochs": 6, "train.steps_per_epoch": 20, "tune.grace_period": 2, "train.checkpoint_every": 1}
+SCALE = {"train.epochs": 6, "train.steps_per_epoch": 20, "tune.grace_period": 2, "train.checkpoint_every": 1,
+         "tune.checkpoint_on": "improvement"}
 SMOKE_SCALE = {"train.epochs": 3, "train.steps_per_epoch": 5, "tune.grace_period": 1}
 OPTUNA_AT = (50, 500)  # the suggestions timed (the n-th suggestion of a study); --smoke: 10 and 20
 

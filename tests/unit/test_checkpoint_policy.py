@@ -13,8 +13,7 @@ from tl_ray.train.loop import writes_checkpoint
     ("min", [0.9, 0.7, 0.8, 0.6], [True, True, False, True]),
 ])
 def test_improvement_writes_only_epochs_that_beat_the_best_checkpoint(mode, values, written):
-    tune = TuneSpec(mode=mode)
-    assert tune.checkpoint_on == "improvement"  # the default
+    tune = TuneSpec(mode=mode, checkpoint_on="improvement")
     best, out = None, []
     for value in values:
         out.append(writes_checkpoint(tune, value, best))
@@ -22,11 +21,11 @@ def test_improvement_writes_only_epochs_that_beat_the_best_checkpoint(mode, valu
     assert out == written
 
 
-@pytest.mark.parametrize("settings", [{"checkpoint_on": "every"},
+@pytest.mark.parametrize("settings", [{},  # every: the default
                                       {"scheduler": "pbt", "space": {"train.learning_rate": "uniform(0.1, 0.2)"}}])
 def test_every_and_pbt_write_each_due_checkpoint(settings):
     assert writes_checkpoint(TuneSpec(**settings), 0.1, 0.9)
 
 
 def test_an_epoch_without_the_metric_writes_its_checkpoint():
-    assert writes_checkpoint(TuneSpec(), None, 0.9)
+    assert writes_checkpoint(TuneSpec(checkpoint_on="improvement"), None, 0.9)
