@@ -4,8 +4,11 @@
     .venv/bin/python benchmarks/bench_sweep.py overhead              # ~5 min on 2 cores, 32 trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --trials 64  # memory over more trials
     .venv/bin/python benchmarks/bench_sweep.py overhead --repeat 3   # 3 rounds: median and range
+    .venv/bin/python benchmarks/bench_sweep.py scale                 # ~25 min on 2 cores, 500 trials twice
+    .venv/bin/python benchmarks/bench_sweep.py scale --nodes 4       # on a simulated 4-node cluster
     .venv/bin/python benchmarks/bench_sweep.py cache --smoke         # tiny sizes: does it run?
     .venv/bin/python benchmarks/bench_sweep.py overhead --smoke
+    .venv/bin/python benchmarks/bench_sweep.py scale --smoke         # 8 trials
 
 Both reuse the quickstart's data and upstream model (``fashion-base``) in the store
 (``--store``, default ``benchmarks/.store``), building them first if missing (the
@@ -42,23 +45,42 @@ within 5%). ``--repeat N`` runs the three N times, each round in a new driver
 process on a new local Ray (as each ``tl-ray tune`` is), and prints each run's
 median and range of wall / ideal.
 
+``scale``: ``--trials`` trials (default 500) of the quickstart target's head on cached features
+(built before the clock starts), at most 6 epochs of 20 steps, ASHA (grace period 2), a checkpoint
+only when a trial improves (``tune.checkpoint_on: improvement``), two at a time: random search, then
+Optuna's TPE (``--searches``). Every other spec field keeps tl-ray's default unless ``--set
+KEY=VALUE`` changes it (to measure a setting before and after). Side by side it prints wall /
+ideal (ideal: the trials' epoch times / 2), the driver's peak RSS at 0, 1/5, 1/2 and all of the trials,
+the experiment folder's bytes per trial, how often and for how long the driver saved Tune's experiment
+state (the trial loop waits meanwhile; timed by wrapping Tune's saving method, a measurement only),
+Tune's "experiment checkpoint snapshotting ... bottleneck" warnings, the time ``build_report`` takes
+on the experiment, and the Optuna searcher's time per suggestion at its 50th and 500th (timed
+outside Tune, the same searcher told every epoch of every earlier trial). ``--nodes N`` runs on a
+``ray.cluster_utils.Cluster`` of N 1-CPU nodes (the head, where the driver runs, has none), N trials
+at a time. The feature cache is read once per trial process and kept in memory
+(``tl_ray.train.cached_inputs.MemoryRows``): a reused actor's later trials read nothing.
+
 ``--smoke``: tiny sizes, to check that a benchmark runs (its figures mean
 nothing): a store of its own (``benchmarks/.store/smoke``), 20 to 30 images per class,
 ``fashion-base`` pretrained for one step, 2 trials of 2 epochs (cache) or 3
 trials of 3 epochs of 5 steps (overhead: on 2 cores, more than run at once, so
-an actor is reused).
+an actor is reused), 8 trials of 3 epochs of 5 steps (scale).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from ray import tune
 
 from tl_ray import feature_cache as features
 from tl_ray import store as storage
@@ -166,6 +188,15 @@ def bench_cache(store: str, stamp: str, trials: int, smoke: bool) -> dict:
     return {"runs": runs, "ratio": ratio, "accuracy_gap_points": gap, "same_configs": same}
 
 
+def build_features(spec) -> None:
+    """The feature-cache entries of the spec's train and validation sets, built now if missing."""
+    from tl_ray.registry.weights import resolve_weights
+
+    weights = resolve_weights(spec.model.weights, spec.storage)
+    for split in (spec.data.train, spec.data.validation):
+        features.ensure_features(spec, spec.resolve(split), weights)
+
+
 def overhead_spec(store: str, trials: int, steps: int):
     from tl_ray.spec import validate
 
@@ -235,15 +266,11 @@ def plain_run(spec, concurrency: int) -> dict:
 def bench_overhead(store: str, stamp: str, trials: int, steps: int, smoke: bool) -> dict:
     import ray
 
-    from tl_ray.registry.weights import resolve_weights
     from tl_ray.tune.cluster import connect_ray
 
     prepare(store, smoke)
     spec = overhead_spec(store, trials, steps)
-    # The cache exists before the clock starts: every trial does the same work.
-    weights = resolve_weights(spec.model.weights, spec.storage)
-    for split in (spec.data.train, spec.data.validation):
-        features.ensure_features(spec, spec.resolve(split), weights)
+    build_features(spec)  # before the clock starts: every trial does the same work
     connect_ray()
     concurrency = min(trials, int(ray.cluster_resources().get("CPU", 1)) // spec.train.cpus_per_worker)
     runs = {}
@@ -289,9 +316,192 @@ def repeat_overhead(args) -> dict:
     return {"rounds": rounds}
 
 
+# scale: head-only trials on the quickstart target's cached features, ASHA, random search then Optuna TPE.
+SCALE = {"train.epochs": 6, "train.steps_per_epoch": 20, "tune.grace_period": 2, "train.checkpoint_every": 1,
+         "tune.checkpoint_on": "improvement"}
+SMOKE_SCALE = {"train.epochs": 3, "train.steps_per_epoch": 5, "tune.grace_period": 1}
+OPTUNA_AT = (50, 500)  # the suggestions timed (the n-th suggestion of a study); --smoke: 10 and 20
+
+
+class DriverMemory(tune.Callback):
+    """The driver's peak RSS (MiB): ``peaks[n]`` once ``n`` trials have ended (``peaks[0]``: the sweep's start)."""
+
+    def __init__(self):
+        self.peaks: list[float] = []
+
+    def setup(self, **info) -> None:
+        self.peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    on_trial_error = on_trial_complete
+
+
+class StateSaves(logging.Handler):
+    """Instruments Tune's experiment-state saving in this driver: the time spent in it (the trial loop waits
+    meanwhile), the saves made, and Tune's warnings that snapshotting is a bottleneck."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seconds, self.saves, self.warnings = 0.0, 0, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings += "bottleneck" in record.getMessage()
+
+    def __enter__(self):
+        from ray.tune.execution import experiment_state
+
+        manager, original = experiment_state._ExperimentCheckpointManager, None
+        original = manager.sync_up_experiment_state
+
+        def timed(mgr, *args, **kwargs):
+            start, before = time.perf_counter(), mgr._last_save_time
+            try:
+                return original(mgr, *args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.saves += mgr._last_save_time != before
+
+        self._restore = lambda: setattr(manager, "sync_up_experiment_state", original)
+        manager.sync_up_experiment_state = timed
+        self._logger = logging.getLogger(experiment_state.__name__)
+        self._logger.setLevel(logging.WARNING)  # tl-ray's console mutes ray.tune below CRITICAL
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+        self._logger.removeHandler(self)
+
+
+def folder_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def optuna_suggest_ms(spec, at: tuple[int, int]) -> dict[int, float]:
+    """Milliseconds per suggestion of the sweep's Optuna searcher at the ``at`` suggestions (median of
+    the 9 around each), each earlier trial told every epoch and its end, as Tune does (outside Tune)."""
+    import random
+
+    from tl_ray.tune.tuner import _search_alg
+
+    searcher, rng = _search_alg(spec), random.Random(0)
+    times = []
+    for i in range(max(at) + 4):
+        start = time.perf_counter()
+        searcher.suggest(f"t{i}")
+        times.append((time.perf_counter() - start) * 1000)
+        for epoch in range(1, spec.train.epochs + 1):
+            searcher.on_trial_result(f"t{i}", {spec.tune.metric: rng.random(), "training_iteration": epoch})
+        searcher.on_trial_complete(f"t{i}", {spec.tune.metric: rng.random()})
+    return {n: statistics.median(times[n - 5:n + 4]) for n in at}
+
+
+def scale_run(spec, name: str, concurrency: int) -> dict:
+    """One sweep of the spec through ``run_tuner`` (as ``run_sweep`` runs it), instrumented; then its report."""
+    from tl_ray.tune.report import build_report
+    from tl_ray.tune.space import to_param_space
+    from tl_ray.tune.trainable import tune_trial
+    from tl_ray.tune.tuner import run_tuner
+
+    memory = DriverMemory()
+    trainable = tune.with_parameters(tune_trial, base_spec=spec.to_dict())
+    with StateSaves() as saves:
+        start = time.perf_counter()
+        result = run_tuner(spec, name, trainable, to_param_space(spec.tune.space), callbacks=(memory,))
+        wall = time.perf_counter() - start
+    rows = trial_rows(result)
+    out = summary(wall, [sum(r["epoch_s"] for r in rs) for rs in rows], [], concurrency)
+    n = len(rows)
+    out.update(folder_bytes_per_trial=folder_bytes(result.experiment_path) / n, state_saves=saves.saves,
+               state_save_s=saves.seconds, bottleneck_warnings=saves.warnings, best=result.best.metric,
+               trial_epochs=sum(len(rs) for rs in rows),
+               checkpoints=sum(r.get("checkpoint_dir_name") is not None for rs in rows for r in rs),
+               driver_peak_rss_mb={k: memory.peaks[min(k, len(memory.peaks) - 1)] for k in (0, n // 5, n // 2, n)})
+    start = time.perf_counter()
+    build_report(result.experiment_path, spec.tune.metric, spec.tune.mode, planned_epochs=spec.train.epochs)
+    out["report_s"] = time.perf_counter() - start
+    print(f"{name}: {n} trials in {wall:.0f} s, wall / ideal {out['ratio']:.2f}", flush=True)
+    return out
+
+
+def start_cluster(nodes: int):
+    """A simulated cluster on this machine: a head without CPUs (the driver) and ``nodes`` nodes of 1 CPU."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return cluster
+
+
+def print_scale(runs: dict, optuna_ms: dict | None) -> None:
+    labels = list(runs)
+    lines = [("trials (trial-epochs)", lambda r: f"{r['trials']} ({r['trial_epochs']})"),
+             ("checkpoints written", lambda r: str(r["checkpoints"])),
+             ("wall s / ideal s", lambda r: f"{r['wall_s']:.0f} / {r['ideal_s']:.0f}"),
+             ("wall / ideal (goal <= 1.3)", lambda r: f"{r['ratio']:.2f}"),
+             ("driver peak RSS MiB at " + "/".join(map(str, runs[labels[0]]["driver_peak_rss_mb"])) + " trials",
+              lambda r: " / ".join(f"{v:.0f}" for v in r["driver_peak_rss_mb"].values())),
+             ("experiment folder KiB per trial", lambda r: f"{r['folder_bytes_per_trial'] / 1024:.1f}"),
+             ("experiment-state saves (driver s)", lambda r: f"{r['state_saves']} ({r['state_save_s']:.1f} s)"),
+             ("snapshot bottleneck warnings (goal 0)", lambda r: str(r["bottleneck_warnings"])),
+             ("tl-ray report s (goal <= 10)", lambda r: f"{r['report_s']:.1f}"),
+             ("best val_accuracy", lambda r: f"{r['best']:.4f}")]
+    print(f"\n{'':<40}" + "".join(f"{label:>28}" for label in labels))
+    for title, cell in lines:
+        print(f"{title:<40}" + "".join(f"{cell(runs[label]):>28}" for label in labels))
+    if optuna_ms:
+        trial_ms = 1000 * runs[labels[-1]]["ideal_s"] * runs[labels[-1]]["concurrency"] / runs[labels[-1]]["trials"]
+        print("Optuna TPE suggestion (outside Tune, same searcher): "
+              + ", ".join(f"{ms:.1f} ms at trial {n}" for n, ms in optuna_ms.items())
+              + f"; {max(optuna_ms.values()) / trial_ms:.1%} of a mean trial's work ({trial_ms:.0f} ms; goal <= 10%)")
+
+
+def bench_scale(args, stamp: str) -> dict:
+    import ray
+
+    from tl_ray.spec import validate
+
+    prepare(args.store, args.smoke)
+    sizes = {**(SMOKE_SCALE if args.smoke else SCALE), "tune.num_samples": args.trials}
+    if args.nodes:
+        ray.shutdown()  # the local Ray that building the data or fashion-base may have started
+    cluster = start_cluster(args.nodes) if args.nodes else None
+    concurrency = args.nodes or 2
+    runs, optuna_ms = {}, None
+    try:
+        for search in args.searches.split(","):
+            data = target_spec(args.store, **{"train.feature_cache": "auto", "tune.scheduler": "asha",
+                                              "tune.search": search, "tune.max_concurrent_trials": concurrency},
+                               **sizes).to_dict()
+            spec = validate(apply_sets(data, args.set))
+            build_features(spec)
+            runs[f"{search} + ASHA"] = scale_run(spec, f"bench-scale-{stamp}-{search}", concurrency)
+            if search == "optuna":
+                optuna_ms = optuna_suggest_ms(spec, (10, 20) if args.smoke else OPTUNA_AT)
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+    where = f"{args.nodes} simulated nodes of 1 CPU" if args.nodes else "local Ray"
+    print(f"\n{args.trials} trials, {concurrency} at once on {where}; settings: {' '.join(args.set) or 'defaults'}")
+    print_scale(runs, optuna_ms)
+    return {"runs": runs, "optuna_suggest_ms": optuna_ms, "sets": args.set}
+
+
+def apply_sets(data: dict, sets: list[str]) -> dict:
+    from tl_ray.spec import apply_overrides
+
+    return apply_overrides(data, sets) if sets else data
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["cache", "overhead"])
+    parser.add_argument("which", choices=["cache", "overhead", "scale"])
     parser.add_argument("--store", help="store root, data and models reused (default: benchmarks/.store, "
                                         "with --smoke benchmarks/.store/smoke)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32; --smoke 2 and 3)")
@@ -300,18 +510,25 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="overhead: run it this many times, each in a new driver process on a new local Ray, "
                              "and print each run's median and range")
+    parser.add_argument("--searches", default="random,optuna", help="scale: the searches run, comma-separated")
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="scale: run on a simulated cluster of this many 1-CPU nodes (ray.cluster_utils)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="scale: a spec field over the benchmark's (repeatable), e.g. tune.keep_checkpoints=0")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     args.store = args.store or str(ROOT / "benchmarks/.store" / ("smoke" if args.smoke else ""))
     args.trials = args.trials or {(False, "cache"): 16, (False, "overhead"): 32, (True, "cache"): 2,
-                                  (True, "overhead"): 3}[args.smoke, args.which]
+                                  (True, "overhead"): 3, (False, "scale"): 500, (True, "scale"): 8}[args.smoke, args.which]
     args.steps = args.steps or (5 if args.smoke else 100)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.which == "cache":
         out = bench_cache(args.store, stamp, args.trials, args.smoke)
+    elif args.which == "scale":
+        out = bench_scale(args, stamp)
     elif args.repeat > 1:
         out = repeat_overhead(args)
     else:

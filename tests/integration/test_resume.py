@@ -93,6 +93,13 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
     assert len(after) == 3 and all(v and v[-1]["epoch"] == 2 for v in after.values())
     for name, rows in finished.items():  # finished trials were not run again
         assert after[name] == before[name]
+    # The report: each trial once, all done (a folder the killed driver left unsaved is not counted).
+    report = [line for line in (experiment / "report" / "trials.txt").read_text().splitlines()[1:]
+              if not line.startswith("(")]
+    saved = saved_statuses(experiment)
+    assert sorted(line.split()[0] for line in report) == sorted(
+        n.split("_")[2] + "_" + n.split("_")[3] for n in after if n.split("_")[2] + "_" + n.split("_")[3] in saved)
+    assert len(report) == 3 and all(line.split()[-1] == "done" for line in report)
 
 
 def test_ctrl_c_stops_the_sweep_says_how_to_resume_and_resume_completes_it(tmp_path, fashion_dir):

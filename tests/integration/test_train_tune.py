@@ -84,7 +84,8 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
 
     report = build_report(storage.join(spec.storage, "experiments", "sweep"), "val_loss", "min", planned_epochs=2)
     assert len(report.trials) == 3 and "best val_loss" in report.table
-    assert {f.rsplit("/", 1)[-1] for f in report.files} == {"trials.txt", "learning_curves.png", "params.png"}
+    assert {f.rsplit("/", 1)[-1] for f in report.files} == {"trials.txt", "trials.csv", "objective.png", "learning_curves.png",
+                                                          "params.png", "parallel.png"}
     assert all(storage.read_bytes(f)[:4] == b"\x89PNG" for f in report.files if f.endswith(".png"))
 
     everything = sorted((c for r in result.rows for c in r.checkpoints), key=lambda c: c[1])

@@ -122,3 +122,11 @@ def test_the_same_spec_and_tune_seed_draw_the_same_trials():
     assert len(first) == 8 and trials(seed=0, global_seed=1) == first
     assert any(c["train.recipe"] is not None for c in first)  # the conditional dimension was drawn
     assert trials(seed=1, global_seed=0) != first
+
+
+def test_a_seeded_random_search_keeps_the_concurrency_limit():
+    """Tune ignores TuneConfig's max_concurrent_trials for a search generator (the seeded random search)."""
+    from tl_ray.tune.tuner import _search_alg
+
+    spec = load_spec(MINIMAL, overrides=SPACE + ["tune.seed=0", "tune.max_concurrent_trials=2"])
+    assert _search_alg(spec, 2).max_concurrent == 2

@@ -108,7 +108,7 @@ def cmd_report(args) -> int:
 
     uri = args.experiment if store.is_absolute(args.experiment) or "/" in args.experiment else store.join(
         args.storage, "experiments", args.experiment)
-    report = build_report(uri, args.metric, args.mode)
+    report = build_report(uri, args.metric, args.mode, top=args.top)
     print(report.table)
     for f in report.files:
         print(f"wrote {f}")
@@ -168,6 +168,8 @@ def add_commands(sub) -> None:
     add_storage(p)
     p.add_argument("--metric", default="val_accuracy", help="the result column the plots and the table rank by")
     p.add_argument("--mode", default="max", choices=["max", "min"], help="whether the metric is better high or low")
+    p.add_argument("--top", type=int, default=20, help="trials the table lists and the learning curves draw, best "
+                                                       "first (every trial is in trials.csv); default 20")
     p.set_defaults(func=cmd_report)
 
     cache = sub.add_parser("cache", help="backbone features cached for frozen-base trials").add_subparsers(

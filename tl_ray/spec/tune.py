@@ -58,6 +58,16 @@ class TuneSpec(_Section):
         ge=0,
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
+    checkpoint_on: Literal["improvement", "every"] = Field(
+        default="every",
+        description=(
+            "every: a trial writes each due checkpoint (every train.checkpoint_every epochs and the last). "
+            "improvement: only those whose tune.metric beats the trial's best checkpoint, which is what promotion "
+            "and staged sweeps use (a resumed trial restarts from its best epoch, not its latest); trials that "
+            "decline or plateau write few. Scheduler pbt checkpoints every due epoch whatever this says (its "
+            "exploits copy a trial's latest checkpoint)."
+        ),
+    )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
     reuse_actors: bool = Field(
         default=True,

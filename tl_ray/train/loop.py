@@ -241,12 +241,15 @@ class _Run:
         self.local_input = self.num_workers == 1 and isinstance(strategy, tf.distribute.OneDeviceStrategy)
         self.extra: dict = {}  # reported with the next epoch
         self.augment = spec.data.augment  # the current phase's (None: a phase that does not augment)
+        self.best_checkpointed: float | None = None  # tune.metric of this trial's best checkpoint
 
     def fit(self) -> dict:
         from tl_ray.train.checkpoint import read_state
 
         restore = self.reporter.restore_dir()
         start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+        if restore is not None:
+            self.best_checkpointed = read_state(restore).get("metrics", {}).get(self.spec.tune.metric)
         phases = [(i, p) for i, p in enumerate(plan_phases(self.spec)) if p.end > start_epoch]
         self.build([p for _, p in phases], warm_start_from=None if restore is not None else self.spec.train.init_from)
         metrics: dict = {}
@@ -386,17 +389,37 @@ class _Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def report(self, metrics: dict, last: bool) -> None:
-        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last."""
+        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last, with
+        ``tune.checkpoint_on: improvement`` only those that improve on the trial's best checkpoint."""
         from tl_ray.train.checkpoint import save_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
             ckpt = None
-            if self.worker_index == 0 and (metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last):
+            due = metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last
+            if self.worker_index == 0 and due and self.improves(metrics):
                 state = {"epoch": metrics["epoch"], "metrics": metrics,
                          "trial_id": getattr(self.reporter, "trial_id", None)}
                 ckpt = str(save_checkpoint(tmp, self.loop.model, self.loop.optimizer, state,
                                            head_of=self.cached.recipe() if self.head_only else None))
             self.reporter.report(metrics, ckpt)
+
+    def improves(self, metrics: dict) -> bool:
+        """Whether a due checkpoint is written (``writes_checkpoint``); records its metric if so."""
+        value = metrics.get(self.spec.tune.metric)
+        if not writes_checkpoint(self.spec.tune, value, self.best_checkpointed):
+            return False
+        if isinstance(value, (int, float)):
+            self.best_checkpointed = float(value)
+        return True
+
+
+def writes_checkpoint(tune, value, best: float | None) -> bool:
+    """Whether a trial writes a due checkpoint whose ``tune.metric`` is ``value``, its best checkpoint's ``best``:
+    always, unless ``tune.checkpoint_on`` is improvement (and the scheduler not pbt) and ``value`` does not beat
+    ``best``. An epoch without the metric always does."""
+    if tune.checkpoint_on == "every" or tune.scheduler == "pbt" or not isinstance(value, (int, float)):
+        return True
+    return best is None or (value > best if tune.mode == "max" else value < best)
 
 
 def _single_input_context():

@@ -1,9 +1,11 @@
 """The sweep report: a table of trials and PNG plots, written next to the experiment.
 
 Reads what Ray Tune stored for each trial (``params.json``, ``result.json``)
-from the store, local or S3, and writes ``report/trials.txt``,
-``report/learning_curves.png`` and ``report/params.png`` into the experiment
-folder. Tune's own TensorBoard event files sit in each trial's folder.
+from the store, local or S3, and writes into the experiment folder's ``report/``:
+``trials.txt`` (the best trials, 20 by default), ``trials.csv`` (every trial) and the
+plots of ``tl_ray.tune.plots`` (objective over trials, parameters, parallel
+coordinates, the top trials' learning curves). Tune's own TensorBoard event files
+sit in each trial's folder.
 
 Example:
 
@@ -30,6 +32,7 @@ class TrialSummary:
     history: list[dict]
     stage: str = ""
     failed: bool | None = False  # ended in error, as Tune saved it; None: failed once, how it ended unknown
+    saved: bool = True  # False: Tune's saved state does not hold it (a folder an interrupted driver left)
 
     @property
     def started(self) -> float:
@@ -91,11 +94,21 @@ def _saved_statuses(experiment_uri: str) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
+    if not any(n.startswith("experiment_state") for n in store.list_dir(experiment_uri)):
+        return {}  # Tune saved no state here: no need to import Ray to read it
     try:
         fs, path = store.filesystem(experiment_uri)
         return saved_trial_statuses(path, fs if store.is_s3(experiment_uri) else None)
     except Exception:  # noqa: BLE001 - no state saved (or unreadable): the trial folders alone
         return {}
+
+
+def _latest_per_epoch(rows: list[dict]) -> list[dict]:
+    """One row per ``training_iteration``, the last written: a trial restored from a checkpoint after a resume
+    reports the epochs after it again, in the same ``result.json``."""
+    if not all("training_iteration" in r for r in rows):
+        return rows
+    return sorted({r["training_iteration"]: r for r in rows}.values(), key=lambda r: r["training_iteration"])
 
 
 def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
@@ -108,36 +121,84 @@ def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
             store.join(base, "params.json")) else {}
         rows = []
         if store.exists(store.join(base, "result.json")):
-            rows = [json.loads(line) for line in store.read_text(store.join(base, "result.json")).splitlines() if line.strip()]
+            rows = _latest_per_epoch([json.loads(line) for line in
+                                      store.read_text(store.join(base, "result.json")).splitlines() if line.strip()])
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
         trial_id = m.group(1) if m else name
+        # Tune's id: the folder's "<hex>_<NNNNN>" (random search), or "<hex>" before the trial's index (a searcher's).
+        saved_id = next((i for i in (trial_id, trial_id.rsplit("_", 1)[0]) if i in statuses), None)
         # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
         # one, a trial that failed and never trained its epochs is taken to have ended in error.
-        if trial_id in statuses:
-            failed: bool | None = statuses[trial_id] == "ERROR"
+        if saved_id is not None:
+            failed: bool | None = statuses[saved_id] == "ERROR"
         else:
             failed = None if store.exists(store.join(base, "error.txt")) else False
-        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed))
+        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed,
+                                saved=saved_id is not None or not statuses))
     return out
 
 
-def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: int | dict | None) -> str:
+TOP_K = 20  # trials the table lists and the learning curves draw, best first
+
+
+def _ranked(trials: list[TrialSummary], metric: str, mode: str) -> list[TrialSummary]:
+    """The trials best first by their best ``metric`` (``mode``), stage by stage; trials without it last."""
+    order = [t.stage for t in trials]
+    sign = -1 if mode == "max" else 1
+
+    def key(t: TrialSummary):
+        best = t.best(metric, mode)
+        return order.index(t.stage), best is None, sign * (best or 0)
+
+    return sorted(trials, key=key)
+
+
+def _status(t: TrialSummary, planned: int | None) -> str:
+    finished = bool(t.history) and not (planned and t.epochs < planned)
+    if t.failed or (t.failed is None and not finished):
+        return "error"
+    return "no results" if not t.history else ("done" if finished else "stopped early")
+
+
+def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: int | dict | None,
+           top: int = TOP_K) -> str:
+    """The ``top`` best trials of each stage, best first; a last line counts the rest and the errors."""
     keys = sorted({k for t in trials for k in t.params})
     staged = any(t.stage for t in trials)
     head = ["trial", *(["stage"] if staged else []), *keys, f"best {metric}", "epochs", "wall s", "status"]
-    rows = []
-    order = [t.stage for t in trials]
-    for t in sorted(trials, key=lambda t: (order.index(t.stage), t.best(metric, mode) is None, -(t.best(metric, mode) or 0) if mode == "max" else (t.best(metric, mode) or 0))):
-        best = t.best(metric, mode)
+    rows, shown, statuses = [], {}, []
+    for t in _ranked(trials, metric, mode):
         planned = planned_epochs.get(t.stage) if isinstance(planned_epochs, dict) else planned_epochs
-        finished = bool(t.history) and not (planned and t.epochs < planned)
-        ended_in_error = t.failed or (t.failed is None and not finished)
-        status = "error" if ended_in_error else "no results" if not t.history else (
-            "done" if finished else "stopped early")
-        rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys), _fmt(best),
-                     str(t.epochs), f"{t.wall_time_s:.0f}", status])
+        status = _status(t, planned)
+        statuses.append(status)
+        shown[t.stage] = shown.get(t.stage, 0) + 1
+        if shown[t.stage] > top:
+            continue
+        rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys),
+                     _fmt(t.best(metric, mode)), str(t.epochs), f"{t.wall_time_s:.0f}", status])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows])
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
+    if len(rows) < len(trials):
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("done", "stopped early", "error", "no results")
+                           if statuses.count(s))
+        lines.append(f"... the best {top}{' of each stage' if staged else ''} of {len(trials)} trials "
+                     f"({counts}); every trial in trials.csv")
+    return "\n".join(lines)
+
+
+def _csv(trials: list[TrialSummary], metric: str, mode: str) -> str:
+    """Every trial, best first: its id, stage, parameters, best metric, epochs and wall time."""
+    import csv
+    import io
+
+    keys = sorted({k for t in trials for k in t.params})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["trial", "stage", *keys, f"best {metric}", "epochs", "wall_s"])
+    for t in _ranked(trials, metric, mode):
+        writer.writerow([t.name, t.stage, *(t.params.get(k, "") for k in keys), t.best(metric, mode), t.epochs,
+                         round(t.wall_time_s, 3)])
+    return out.getvalue()
 
 
 def _fmt(v) -> str:
@@ -146,80 +207,44 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _param_points(trials: list[TrialSummary], key: str, metric: str, mode: str) -> list[tuple]:
-    """``(value of key, best metric)`` of each trial that has both: one point of params.png's panel for ``key``.
-
-    A trial's best is its highest ``metric`` when ``mode`` is max, its lowest when min. A conditional dimension
-    is absent (None) in trials where its condition failed; they give no point.
-    """
-    return [(t.params.get(key), t.best(metric, mode)) for t in trials
-            if t.best(metric, mode) is not None and t.params.get(key) is not None]
-
-
-def _plots(trials: list[TrialSummary], metric: str, mode: str, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in trials:
-        xs = [r.get("training_iteration") for r in t.history if metric in r]
-        ys = [r[metric] for r in t.history if metric in r]
-        if xs:
-            ax.plot(xs, ys, marker=".", label=t.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"learning curves ({len(trials)} trials)")
-    if len(trials) <= 12:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    files.append(out_dir / "learning_curves.png")
-    fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
-
-    keys = sorted({k for t in trials for k in t.params})
-    if keys:
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-        for ax, key in zip(axes[0], keys):
-            pts = _param_points(trials, key, metric, mode)
-            xs = [p[0] for p in pts]
-            numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-            if numeric:
-                ax.scatter(xs, [p[1] for p in pts])
-                if key.endswith("learning_rate"):
-                    ax.set_xscale("log")
-            else:
-                labels = sorted({str(x) for x in xs})
-                ax.scatter([labels.index(str(x)) for x in xs], [p[1] for p in pts])
-                ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=7)
-            ax.set_xlabel(key)
-            ax.set_ylabel(f"best {metric} ({mode})")
-        fig.tight_layout()
-        files.append(out_dir / "params.png")
-        fig.savefig(files[-1], dpi=100)
-        plt.close(fig)
-    return files
-
-
 def build_report(
-    experiment_uri: str, metric: str, mode: str = "max", planned_epochs: int | dict[str, int] | None = None
+    experiment_uri: str, metric: str, mode: str = "max", planned_epochs: int | dict[str, int] | None = None,
+    top: int = TOP_K,
 ) -> Report:
-    """Writes the table and plots into ``<experiment>/report/`` and returns them.
+    """Writes the table, ``trials.csv`` and the plots into ``<experiment>/report/`` and returns them.
 
-    ``planned_epochs`` (one number, or one per stage of a staged sweep) tells stopped trials from finished ones.
+    Args:
+        experiment_uri: the experiment folder (local path or URI).
+        metric: the result column trials are ranked by.
+        mode: ``max`` or ``min``. Defaults to ``"max"``.
+        planned_epochs: one number, or one per stage of a staged sweep; tells stopped trials from finished
+            ones. Defaults to None (a trial with results is done).
+        top: trials the table lists (per stage) and the learning curves draw, best first; every trial is in
+            ``trials.csv`` and the other plots. Defaults to 20.
 
     Raises:
-        ConfigError: the folder holds no trials.
+        ConfigError: the folder holds no trials, or ``top`` is below 1.
     """
-    trials = load_trials(experiment_uri)
+    from tl_ray.tune.plots import write_plots
+
+    if top < 1:
+        raise ConfigError(f"the report's top must be at least 1. Received: {top}")
+    found = load_trials(experiment_uri)
+    # A driver killed after creating trials it had not saved leaves their folders; a resume runs others instead.
+    trials = [t for t in found if t.saved]
     report = Report(experiment_uri, metric, mode, trials)
-    report.table = _table(trials, metric, mode, planned_epochs)
+    report.table = _table(trials, metric, mode, planned_epochs, top)
+    if len(trials) < len(found):
+        report.table += (f"\n({len(found) - len(trials)} trial folder(s) not in Tune's saved state, left by an "
+                         "interrupted driver, are not counted)")
+    ranked = _ranked(trials, metric, mode)
+    best = [t for t in ranked if t.best(metric, mode) is not None]
+    best = sorted(best, key=lambda t: t.best(metric, mode), reverse=mode == "max")[:top]
     with tempfile.TemporaryDirectory(prefix="tlray-report-") as tmp:
         out = Path(tmp)
         (out / "trials.txt").write_text(report.table + "\n")
-        for path in [out / "trials.txt", *_plots(trials, metric, mode, out)]:
+        (out / "trials.csv").write_text(_csv(trials, metric, mode))
+        for path in [out / "trials.txt", out / "trials.csv", *write_plots(trials, best, metric, mode, out)]:
             uri = store.join(experiment_uri, "report", path.name)
             store.write_bytes(uri, path.read_bytes())
             report.files.append(uri)

@@ -188,7 +188,10 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            # As a single-worker trial's: the best tune.keep_checkpoints by the metric, and the latest.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.tune.keep_checkpoints or None, checkpoint_score_attribute=spec.tune.metric,
+                checkpoint_score_order=spec.tune.mode),
             callbacks=callbacks,
         ),
     )

@@ -25,7 +25,8 @@ class TrialRow:
     status: str
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
-    checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) per checkpointed epoch
+    # (URI, metric) per checkpointed epoch; a multi-worker trial's list names those tune.keep_checkpoints deleted
+    checkpoints: list[tuple[str, float]] = field(default_factory=list)
     stage: str = ""  # staged sweeps: the stage's name
     parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
 
@@ -98,7 +99,7 @@ def _head_only(spec: Spec) -> bool:
     from tl_ray.feature_cache import usable
     from tl_ray.train.loop import plan_phases
 
-    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze)[0] for p in plan_phases(spec))
+    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze, p.augment)[0] for p in plan_phases(spec))
 
 
 def _max_concurrent(spec: Spec) -> int | None:
@@ -152,13 +153,14 @@ def _scheduler(spec: Spec):
     )
 
 
-def _search_alg(spec: Spec):
+def _search_alg(spec: Spec, max_concurrent: int | None = None):
     if spec.tune.search == "random":
         if spec.tune.seed is None:
             return None
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=spec.tune.seed)
+        # Tune ignores TuneConfig's max_concurrent_trials for a search generator: the limit goes here.
+        return BasicVariantGenerator(random_state=spec.tune.seed, max_concurrent=max_concurrent or 0)
     try:
         from ray.tune.search.optuna import OptunaSearch
         import optuna  # noqa: F401
@@ -176,12 +178,21 @@ def _search_alg(spec: Spec):
     )
 
 
+def _is_generator(search_alg) -> bool:
+    from ray.tune.search import BasicVariantGenerator
+
+    return isinstance(search_alg, BasicVariantGenerator)
+
+
 def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
-              num_samples: int | None = None, search: bool = True, stage: str = "") -> SweepResult:
+              num_samples: int | None = None, search: bool = True, stage: str = "",
+              callbacks: tuple = ()) -> SweepResult:
     """Runs one Ray Tune experiment ``<store>/experiments/<folder...>/<name>`` of ``trainable``.
 
     ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
-    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling.
+    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling;
+    ``callbacks`` are more Ray Tune callbacks, after tl-ray's progress lines (a new run only: a
+    restored experiment keeps the callbacks it was saved with).
     """
     from ray import tune
 
@@ -210,6 +221,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
         )
     else:
+        limit = _max_concurrent(spec)
+        search_alg = _search_alg(spec, limit) if search else None
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -218,8 +231,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                 mode=spec.tune.mode,
                 num_samples=num_samples or spec.tune.num_samples,
                 scheduler=_scheduler(spec),
-                search_alg=_search_alg(spec) if search else None,
-                max_concurrent_trials=_max_concurrent(spec),
+                search_alg=search_alg,
+                max_concurrent_trials=None if _is_generator(search_alg) else limit,
                 reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
             ),
             run_config=tune.RunConfig(
@@ -233,7 +246,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
                     checkpoint_score_order=spec.tune.mode,
                 ),
                 verbose=1 if verbose() else 0,
-                callbacks=[progress],
+                callbacks=[progress, *callbacks],
             ),
         )
     with quiet_ray_resume_hint():
