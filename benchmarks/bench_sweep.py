@@ -101,15 +101,13 @@ SMOKE_CACHE = {"train.epochs": 2, "train.checkpoint_every": 1, "tune.grace_perio
 
 
 def target_spec(store: str, **overrides):
-    from tl_ray.spec import load_spec, validate
+    from tl_ray.spec import load_spec
 
     # Checkpoints every 5 epochs (the ASHA rungs: grace period 5, reduction factor 2), in every run.
     sets = [f"storage={store}", "data.augment.flip=false", "model.freeze.mode=feature_extraction", "tune.seed=0",
             "train.checkpoint_every=5"]
-    sets += [f"{k}={v}" for k, v in overrides.items()]
-    data = load_spec(ROOT / "jobs/quickstart/target.yaml", overrides=sets).to_dict()
-    data["tune"]["space"] = SPACE
-    return validate(data)
+    sets += [f"{k}={v}" for k, v in overrides.items()] + [f"tune.space={json.dumps(SPACE)}"]
+    return load_spec(ROOT / "jobs/quickstart/target.yaml", overrides=sets)
 
 
 def prepare(store: str, smoke: bool) -> None:
