@@ -2,8 +2,8 @@
 the object, the endpoint, the cause and the fix.
 
 Listing does not trust the store's delimiter support: names are cut at the first '/' below the prefix
-whatever the store answers, and a delimited listing is checked against a flat one until the store has
-shown that it collapses deep keys right (``list_names``), so stores that ignore ``Delimiter`` or return
+whatever the store answers, and a delimited listing is checked against a flat page of the same prefix
+(``list_names``), so stores that ignore ``Delimiter`` or return
 missing or partial ``CommonPrefixes`` list folders all the same.
 """
 
@@ -18,7 +18,7 @@ from tl_ray.store.s3 import S3_MAX_ATTEMPTS, bucket_key, client, endpoint_name, 
 ABSENT = ("NoSuchKey", "404", "NotFound")
 CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 log = logging.getLogger(__name__)
-_delimiter_works: dict[str | None, bool] = {}  # per endpoint, once a listing proved it either way
+_delimiter_works: dict[str | None, bool] = {}  # False for an endpoint once a delimited listing missed a name
 _CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                 "AuthorizationHeaderMalformed")
 
@@ -131,9 +131,9 @@ def list_objects(uri: str) -> list[tuple[str, str, int]]:
 def list_names(uri: str) -> list[str]:
     """Names of the files and folders directly under ``uri``, sorted; empty when there is none.
 
-    The first listings of a process check the store's delimited answer against a flat page of the
-    same prefix: once a key two folders down was collapsed right, the delimiter is trusted; a name
-    the delimited answer missed turns this process to flat listings (slower on large folders).
+    Each delimited answer is checked against the first page of a flat listing of the same prefix (one
+    request more); a name the delimited answer missed turns this process to flat listings (slower on
+    large folders).
     """
     endpoint, cut = endpoint_url(), _cut(uri)
     if _delimiter_works.get(endpoint) is False:
@@ -143,15 +143,14 @@ def list_names(uri: str) -> list[str]:
         names.update(p["Prefix"][cut:].split("/")[0] for p in page.get("CommonPrefixes", []))
         names.update(o["Key"][cut:].split("/")[0] for o in page.get("Contents", []))
     names.discard("")
-    if endpoint not in _delimiter_works:
-        flat = next(_pages(uri, PaginationConfig={"MaxItems": 1000}), {}).get("Contents", [])
-        if not set(_first_names(uri, flat)) <= names:
-            _delimiter_works[endpoint] = False
-            log.warning("the store at %s left folders out of a delimited listing of %s: listing without a "
-                        "delimiter from now on", endpoint_name(), uri)
-            return list_names(uri)
-        if any(o["Key"][cut:].count("/") >= 2 for o in flat):
-            _delimiter_works[endpoint] = True
+    # One page of the flat listing checks every delimited answer: a store may collapse some prefixes right
+    # and leave folders out of others, so a listing that once looked right proves nothing for the next.
+    flat = next(_pages(uri, PaginationConfig={"MaxItems": 1000}), {}).get("Contents", [])
+    if not set(_first_names(uri, flat)) <= names:
+        _delimiter_works[endpoint] = False
+        log.warning("the store at %s left folders out of a delimited listing of %s: listing without a "
+                    "delimiter from now on", endpoint_name(), uri)
+        return list_names(uri)
     return sorted(names)
 
 
