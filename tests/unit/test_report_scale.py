@@ -108,7 +108,7 @@ def test_after_a_resume_folders_outside_tunes_saved_state_are_not_counted(tmp_pa
     for name in ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x"):
         (exp / name / "result.json").write_text(json.dumps({"training_iteration": 1, "val_accuracy": 0.5}) + "\n")
     monkeypatch.setattr(report_module, "_saved_statuses",
-                        lambda uri: {"1a2b3c4d": "TERMINATED", "5e6f7a8b": "ERROR"})
+                        lambda uri, listing: {"1a2b3c4d": "TERMINATED", "5e6f7a8b": "ERROR"})
     report = build_report(str(exp), "val_accuracy", "max", planned_epochs=1)
     assert sorted(t.name for t in report.trials) == ["1a2b3c4d_1", "5e6f7a8b_2"]
     assert {line.split()[0]: line.split()[-1] for line in report.table.splitlines()[1:3]} == {

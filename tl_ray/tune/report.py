@@ -68,9 +68,10 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
 
     A staged sweep's folder holds one experiment per stage; their trials come stage by stage.
     """
-    names = [n for n in store.list_dir(experiment_uri) if is_trial_dir(n)]
+    listing = store.list_dir(experiment_uri)
+    names = [n for n in listing if is_trial_dir(n)]
     if not names:
-        stages = [n for n in store.list_dir(experiment_uri)
+        stages = [n for n in listing
                   if any(is_trial_dir(t) for t in store.list_dir(store.join(experiment_uri, n)))]
         if stages:
             # Stage folders sort by their first trial's start, which is the order they ran in.
@@ -82,7 +83,7 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
             f"no trials under {experiment_uri!r}. Name an experiment folder of the store's experiments/, "
             "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store"
         )
-    return _load(experiment_uri, "")
+    return _load(experiment_uri, "", listing)
 
 
 def is_trial_dir(name: str) -> bool:
@@ -90,11 +91,12 @@ def is_trial_dir(name: str) -> bool:
     return re.match(r"^(tune|stage)_trial_[0-9a-f]+_\d+", name) is not None
 
 
-def _saved_statuses(experiment_uri: str) -> dict[str, str]:
-    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
+def _saved_statuses(experiment_uri: str, listing: list[str]) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none
+    (``listing``: the names in the experiment folder)."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
-    if not any(n.startswith("experiment_state") for n in store.list_dir(experiment_uri)):
+    if not any(n.startswith("experiment_state") for n in listing):
         return {}  # Tune saved no state here: no need to import Ray to read it
     try:
         fs, path = store.filesystem(experiment_uri)
@@ -111,9 +113,10 @@ def _latest_per_epoch(rows: list[dict]) -> list[dict]:
     return sorted({r["training_iteration"]: r for r in rows}.values(), key=lambda r: r["training_iteration"])
 
 
-def _load(experiment_uri: str, stage: str) -> list[TrialSummary]:
-    names = [n for n in store.list_dir(experiment_uri) if is_trial_dir(n)]
-    statuses = _saved_statuses(experiment_uri)
+def _load(experiment_uri: str, stage: str, listing: list[str] | None = None) -> list[TrialSummary]:
+    listing = store.list_dir(experiment_uri) if listing is None else listing
+    names = [n for n in listing if is_trial_dir(n)]
+    statuses = _saved_statuses(experiment_uri, listing)
     out = []
     for name in names:
         base = store.join(experiment_uri, name)
