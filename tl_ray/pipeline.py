@@ -169,7 +169,7 @@ def ensure_upstream(spec: Spec, out: Out = print) -> None:
     except RegistryError:
         if not spec.run.upstream:
             raise
-    upstream = load_spec(Path(spec._base_dir) / spec.run.upstream, overrides={"storage": spec.storage})
+    upstream = load_spec(Path(spec._base_dir) / spec.run.upstream, overrides={"storage": spec.storage, "storage_locking": spec.storage_locking})
     out(f"[upstream] {spec.model.weights} is not registered: training it from {spec.run.upstream}")
     ensure_data(upstream, out)
     ensure_upstream(upstream, out)
@@ -316,6 +316,7 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
 
     t0 = time.perf_counter()
     out(f"[run] {spec.name}: store {spec.storage}")
+    store.use_locking(spec.storage_locking)
     store.ensure_bucket(spec.storage)
     ensure_ray()
     ensure_data(spec, out)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_ray import store
 from tl_ray.errors import ConfigError
 from tl_ray.registry.store import AliasConflict, Registry
 from tl_ray.spec import Spec

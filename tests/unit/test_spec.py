@@ -131,3 +131,15 @@ def test_a_spec_choosing_layers_by_pattern_or_block_validates_again_after_to_dic
         spec = validate({"name": "x", "data": {"train": "d"}, "model": {"backbone": "mobilenet_v2", "freeze": freeze}})
         again = validate(spec.to_dict())
         assert again.model.freeze == spec.model.freeze
+
+
+def test_storage_as_a_mapping_sets_the_locking(tmp_path):
+    spec = load_spec(SPECS / "good" / "minimal.yaml", overrides={"storage": {"uri": "s3://b/p", "locking": "lease"}})
+    assert (spec.storage, spec.storage_locking) == ("s3://b/p", "lease")
+    again = validate(spec.to_dict())  # trials validate the dumped spec: the choice travels with it
+    assert (again.storage, again.storage_locking) == ("s3://b/p", "lease")
+    assert load_spec(SPECS / "good" / "minimal.yaml").storage_locking is None
+    with pytest.raises(ConfigError, match="storage as a mapping takes the keys uri .required. and locking"):
+        load_spec(SPECS / "good" / "minimal.yaml", overrides={"storage": {"url": "s3://b/p"}})
+    with pytest.raises(ConfigError, match="storage_locking: Input should be 'conditional' or 'lease'"):
+        load_spec(SPECS / "good" / "minimal.yaml", overrides={"storage": {"uri": "s3://b/p", "locking": "fenced"}})

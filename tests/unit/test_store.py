@@ -123,3 +123,16 @@ def test_the_locking_setting_is_checked(monkeypatch):
     with pytest.raises(StorageError, match=r"TLRAY_STORAGE_LOCKING must be one of \['conditional', 'lease'\]. "
                                            r"Received: 'leases'"):
         store.locking_setting()
+
+
+def test_the_spec_locking_wins_over_the_variable(monkeypatch):
+    monkeypatch.setenv("TLRAY_STORAGE_LOCKING", "conditional")
+    try:
+        store.use_locking("lease")
+        assert store.locking_setting() == "lease"
+        store.use_locking(None)  # the spec leaves it unset: the variable decides
+        assert store.locking_setting() == "conditional"
+        with pytest.raises(StorageError, match=r"storage.locking must be one of \['conditional', 'lease'\]"):
+            store.use_locking("fenced")
+    finally:
+        store.use_locking(None)

@@ -33,9 +33,12 @@ def print_json(value) -> None:
 
 def load(args):
     """The spec named by ``add_spec``'s arguments, with its ``--set`` overrides."""
+    from tl_ray import store
     from tl_ray.spec import load_spec
 
-    return load_spec(args.spec, overrides=args.set or None)
+    spec = load_spec(args.spec, overrides=args.set or None)
+    store.use_locking(spec.storage_locking)
+    return spec
 
 
 def import_tensorflow_quietly() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +48,18 @@ class Spec(_Section):
     storage: str = Field(
         default=DEFAULT_STORE,
         validate_default=True,
-        description="Store root: a local folder (relative to the working directory) or s3://bucket/prefix.",
+        description=(
+            "Store root: a local folder (relative to the working directory) or s3://bucket/prefix. Also written as "
+            "a mapping {uri: ..., locking: ...}, which sets storage_locking."
+        ),
+    )
+    storage_locking: Literal["conditional", "lease"] | None = Field(
+        default=None,
+        description=(
+            "How registry claims, alias moves and feature-cache builds are made safe on the store: conditional "
+            "(conditional writes, refused on a store that ignores them) or lease (a lock object with a fencing "
+            "check, weaker). Defaults to None: the TLRAY_STORAGE_LOCKING variable, else conditional."
+        ),
     )
     data: DataSpec = Field(description="Datasets.")
     model: ModelSpec = Field(description="Model.")
@@ -60,6 +71,24 @@ class Spec(_Section):
 
     # Not part of the YAML: the folder relative paths in `run.upstream` resolve against.
     _base_dir: str = "."
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storage_mapping(cls, data: Any) -> Any:
+        """``storage: {uri: s3://b/p, locking: lease}`` is ``storage: s3://b/p`` with ``storage_locking: lease``."""
+        if not isinstance(data, dict) or not isinstance(data.get("storage"), dict):
+            return data
+        given = dict(data["storage"])
+        unknown = sorted(set(given) - {"uri", "locking"})
+        if unknown or "uri" not in given:
+            raise ValueError(
+                "storage as a mapping takes the keys uri (required) and locking, e.g. "
+                f"{{uri: s3://bucket/prefix, locking: lease}}. Received: {given!r}"
+            )
+        data = {**data, "storage": given["uri"]}
+        if "locking" in given:
+            data["storage_locking"] = given["locking"]
+        return data
 
     @field_validator("storage")
     @classmethod

@@ -3,8 +3,8 @@
 root) a probe object is created twice, then replaced with a stale ETag; both repeats must be refused.
 The answer is cached per endpoint and scope for the life of the process.
 
-Where they are ignored, tl-ray refuses to claim or build unless ``TLRAY_STORAGE_LOCKING=lease`` opts in
-to ``FencedLock``, which is weaker (its docstring says how).
+Where they are ignored, tl-ray refuses to claim or build unless the spec's ``storage.locking: lease`` (or
+``TLRAY_STORAGE_LOCKING=lease``) opts in to ``FencedLock``, which is weaker (its docstring says how).
 """
 
 from __future__ import annotations
@@ -28,14 +28,30 @@ WAIT_S = 120.0
 _STALE_ETAG = '"00000000000000000000000000000000"'
 _probed: dict[tuple, tuple[bool, bool]] = {}
 _probe_lock = threading.Lock()
+_chosen: str | None = None  # the spec's storage_locking, set by use_locking
+
+
+def use_locking(value: str | None) -> None:
+    """Sets this process's locking from a spec's ``storage_locking``; it wins over ``TLRAY_STORAGE_LOCKING``.
+
+    Args:
+        value: ``"conditional"``, ``"lease"``, or None to leave the choice to the variable.
+    """
+    global _chosen
+    if value is not None and value not in LOCKING_CHOICES:
+        raise StorageError(f"storage.locking must be one of {list(LOCKING_CHOICES)}. Received: {value!r}.")
+    _chosen = value
 
 
 def locking_setting() -> str:
-    """``TLRAY_STORAGE_LOCKING``: ``conditional`` (the default) or ``lease``.
+    """The spec's ``storage.locking`` if set (``use_locking``), else ``TLRAY_STORAGE_LOCKING``: ``conditional``
+    (the default) or ``lease``.
 
     Raises:
-        StorageError: another value is set.
+        StorageError: the variable holds another value.
     """
+    if _chosen is not None:
+        return _chosen
     value = os.environ.get("TLRAY_STORAGE_LOCKING", "").strip().lower() or "conditional"
     if value not in LOCKING_CHOICES:
         raise StorageError(f"TLRAY_STORAGE_LOCKING must be one of {list(LOCKING_CHOICES)}. Received: {value!r}.")
@@ -49,7 +65,7 @@ def mode(scope: str) -> str:
         scope: an ``s3://`` folder, e.g. a registry root; the probe object is written in it.
 
     Raises:
-        StorageError: the store ignores conditional writes and ``TLRAY_STORAGE_LOCKING`` is not ``lease``.
+        StorageError: the store ignores conditional writes and the locking setting is not ``lease``.
     """
     honours_none_match, honours_match = probe(scope)
     if honours_none_match and honours_match:
@@ -62,7 +78,7 @@ def mode(scope: str) -> str:
         f"the store at {s3.endpoint_name()} ignores {ignored}: a probe object under {scope!r} was "
         "overwritten where the store should have refused it, so registry versions, alias moves and feature-cache "
         "builds cannot be claimed safely there; nothing was written. Use a store that honours conditional writes "
-        "(AWS S3 does), or set TLRAY_STORAGE_LOCKING=lease to use a lock object with a fencing check instead "
+        "(AWS S3 does), or set the spec's storage.locking: lease (or TLRAY_STORAGE_LOCKING=lease) to use a lock object with a fencing check instead "
         "(weaker: see the storage section of cluster/README.md)."
     )
 
@@ -86,7 +102,7 @@ def _probe(scope: str) -> tuple[bool, bool]:
 
 
 class FencedLock:
-    """The lock object ``<scope>/.tlray-lock.json`` for ``TLRAY_STORAGE_LOCKING=lease``, held around one
+    """The lock object ``<scope>/.tlray-lock.json`` for ``lease`` locking, held around one
     read-compare-write, with ``check()`` right before the write.
 
     Written plainly, read back after ``SETTLE_S`` (the last writer wins) and read again by ``check()`` (the
@@ -116,7 +132,7 @@ class FencedLock:
                 if (self._holder() or {}).get("token") == self.token:
                     return self
             time.sleep(random.uniform(0.02, 0.2))  # polling the holder's lock
-        raise StorageError(f"lock {self.uri!r} stayed held for over {WAIT_S:.0f} s (TLRAY_STORAGE_LOCKING=lease). "
+        raise StorageError(f"lock {self.uri!r} stayed held for over {WAIT_S:.0f} s (lease locking). "
                            "If no tl-ray process holds it, delete the object and retry.")
 
     def check(self) -> None:

@@ -44,6 +44,7 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
     from ray import tune
 
     name = experiment or spec.name
+    store.use_locking(spec.storage_locking)
     connect_ray()
     spec = with_cluster_gpus(spec)
     if spec.tune.stages:

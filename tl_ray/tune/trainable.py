@@ -154,6 +154,7 @@ def train_worker(spec_dict: dict) -> None:
     import ray.train
 
     spec = validate(spec_dict)
+    store.use_locking(spec.storage_locking)
     configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker))
     with TrainReporter() as reporter:
         train(spec, reporter, callbacks=fault_callbacks(spec, ray.train.get_context().get_world_rank()))
@@ -238,6 +239,7 @@ def tune_trial(config: dict, base_spec: dict) -> None:
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
     spec = validate(apply_overrides(base_spec, overrides), source="trial spec")
+    store.use_locking(spec.storage_locking)
     if spec.train.workers > 1:
         from ray import tune
 
