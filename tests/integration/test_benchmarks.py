@@ -92,3 +92,10 @@ def test_bench_readback(tmp_path):
     assert "with read-back s  without s  ratio  added requests (per run)" in out
     for row in ("\ningest ", "\npromotion "):
         assert row in out
+
+
+def test_bench_promotion(sweep_store):
+    out = run_benchmark("bench_promotion.py", "--store", sweep_store)
+    for row in ("\na sweep's pick (promoted by tl-ray run) ", "\nb grid's best by validation ",
+                "\nc grid's best on test (hindsight) ", "\na vs b: "):
+        assert row in out
