@@ -97,10 +97,15 @@ def test_optuna_refuses_grid_dimensions():
 
 
 def test_the_same_spec_and_tune_seed_draw_the_same_trials():
-    """The quickstart's sweep (a conditional LP-FT dimension included) through the search algorithm a sweep uses:
-    the same trials on every run, whatever NumPy's global state; another tune.seed draws others."""
+    """The quickstart's sweep (a conditional LP-FT dimension included) as ``tune.Tuner`` runs it: Tune first
+    swaps non-primitive values for placeholders that each trial resolves (``tune.run``, then the controller),
+    then the search draws. The same trials on every run, whatever NumPy's global state; another tune.seed
+    draws others."""
+    import copy
+
     import numpy as np
     from ray import tune
+    from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders, resolve_placeholders
 
     from tl_ray.tune.space import to_param_space
     from tl_ray.tune.tuner import _search_alg
@@ -110,17 +115,20 @@ def test_the_same_spec_and_tune_seed_draw_the_same_trials():
     def trials(seed: int, global_seed: int) -> list[dict]:
         spec = load_spec("jobs/quickstart/target.yaml", overrides={"tune.seed": seed})
         np.random.seed(global_seed)
+        resolvers = create_resolvers_map()
+        config = inject_placeholders(copy.deepcopy(to_param_space(spec.tune.space)), resolvers)
         search = _search_alg(spec)
         search.add_configurations({"sweep": {"run": "tlray_seed_probe", "num_samples": spec.tune.num_samples,
-                                             "config": to_param_space(spec.tune.space)}})
+                                             "config": config}})
         out = []
         while (trial := search.next_trial()) is not None:
+            resolve_placeholders(trial.config, resolvers)
             out.append(trial.config)
         return out
 
     first = trials(seed=0, global_seed=0)
     assert len(first) == 8 and trials(seed=0, global_seed=1) == first
-    assert any(c["train.recipe"] is not None for c in first)  # the conditional dimension was drawn
+    assert {c["train.recipe"] for c in first} == {None, "plain", "lp_ft"}  # the conditional dimension was drawn
     assert trials(seed=1, global_seed=0) != first
 
 

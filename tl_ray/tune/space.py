@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray.tune.search.sample import BaseSampler, Function
+from ray.tune.search.sample import BaseSampler, Domain
 
 from tl_ray.spec.space import Distribution, dependency_order, parse_space, pbt_dimensions
 
@@ -77,21 +77,30 @@ class _ConditionalSample:
 
 
 class _SeededCall(BaseSampler):
-    """Calls a conditional domain's body with the search's random state.
-
-    Ray calls a ``sample_from`` function without the generator's ``random_state``, so a draw inside it would
-    come from NumPy's global state and ``tune.seed`` would not repeat it; this sampler hands it on.
-    """
+    """Calls a conditional dimension's body with the search's random state."""
 
     def sample(self, domain, config=None, size=1, random_state=None):
         values = [domain.func(config, random_state) for _ in range(size)]
         return values if size > 1 else domain.cast(values[0])
 
 
-class _Conditional(Function):
-    """``tune.sample_from`` of a conditional dimension, drawn from the search's random state."""
+class _Conditional(Domain):
+    """A conditional dimension, drawn from the search's random state.
+
+    Not a ``tune.sample_from`` (``Function``): Tune replaces those with placeholders before the search sees
+    them and draws them per trial from an unseeded state (``ray.tune.impl.placeholder``, Ray 2.60), so
+    ``tune.seed`` would not repeat them and a resumed trial would draw its value again. Tune's variant
+    generator samples any other ``Domain`` with its own random state, after the fields it reads.
+    """
 
     default_sampler_cls = _SeededCall
+
+    def __init__(self, func: _ConditionalSample):
+        self.func = func
+
+    @property
+    def domain_str(self):
+        return f"{self.func.dist}"
 
 
 @dataclass(frozen=True)
