@@ -11,8 +11,9 @@ from pathlib import Path
 from tl_ray import store
 from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
+from tl_ray.tune import fail_fast
 from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers_output
-from tl_ray.tune.driver_log import driver_log, shown_path
+from tl_ray.tune.driver_log import LOG_NAME, driver_log, shown_path
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
@@ -198,6 +199,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     the experiment folder (``tl_ray.tune.driver_log``).
 
     Raises:
+        ConfigError, DataError, StorageError, RegistryError: a trial failed on it; the sweep stopped there
+            (``tl_ray.tune.fail_fast``).
         SweepInterrupted: Ctrl-C stopped the sweep before every trial finished.
     """
     from ray import tune
@@ -224,7 +227,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     if not verbose():  # Tune's newer console prints its header boxes even at verbose=0; its older one is silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     start = time.perf_counter()
-    with driver_log(log_folder), quiet_ray_resume_hint():
+    with driver_log(log_folder) as log, quiet_ray_resume_hint():
         if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
             tuner = tune.Tuner.restore(
                 exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
@@ -233,6 +236,11 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             tuner = _new_tuner(spec, name, trainable, param_space, storage_path, fs, num_samples=num_samples,
                                search=search, callbacks=(progress, *callbacks))
         grid = tuner.fit()
+    stopped = fail_fast.found()
+    if stopped:  # an error every retry would meet: said once, its traceback in the log
+        trial_id, error = stopped
+        where = store.join(log_folder, LOG_NAME) if store.is_s3(log_folder) else log
+        raise type(error)(f"{error} (trial {trial_id}; the sweep stopped, its traceback is in {where})")
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), planned)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
@@ -248,11 +256,12 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
 
 def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path: str, fs, *,
                num_samples: int | None, search: bool, callbacks: tuple):
-    """A new Tune experiment of ``trainable``."""
+    """A new Tune experiment; ``FailFast`` stops it at the first error that retrying cannot fix."""
     from ray import tune
 
     limit = _max_concurrent(spec)
     search_alg = _search_alg(spec, limit) if search else None
+    stopper = fail_fast.FailFast()
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -276,7 +285,8 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
                 checkpoint_score_order=spec.tune.mode,
             ),
             verbose=1 if verbose() else 0,
-            callbacks=list(callbacks),
+            callbacks=[callbacks[0], stopper, *callbacks[1:]],
+            stop=stopper,
         ),
     )
 
