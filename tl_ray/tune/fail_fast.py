@@ -58,10 +58,13 @@ def _trial_exception(trial) -> BaseException | None:
     from ray import cloudpickle
 
     path = trial.pickled_error_file
-    if not path or not os.path.isfile(path):
-        return trial.get_pickled_error()
-    with open(path, "rb") as f:
-        return cloudpickle.load(f)
+    try:
+        if not path or not os.path.isfile(path):
+            return trial.get_pickled_error()
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - an error this process cannot unpickle is not one of tl-ray's: Tune goes on
+        return None
 
 
 class FailFast(tune.Callback, tune.Stopper):
