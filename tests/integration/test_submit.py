@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from processes import kill_group
+from tiny_specs import write_tiny_spec
 from tl_ray.cli import main
 
 pytestmark = pytest.mark.integration
@@ -59,23 +59,7 @@ def ray_head(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory, fashion_dir):
-    from tl_ray.data.ingest import ingest_fashion_mnist
-
-    root = tmp_path_factory.mktemp("job")
-    store = root / "store"
-    ingest_fashion_mnist(str(store / "datasets/t/train"), path=str(fashion_dir), classes=[0, 1], per_class=40,
-                         validation_to=str(store / "datasets/t/val"), validation_per_class=20)
-    spec = {
-        "name": "submitted",
-        "storage": str(store),
-        "data": {"train": "datasets/t/train", "validation": "datasets/t/val"},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
-                  "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
-        "train": {"epochs": 1, "batch_size": 20, "steps_per_epoch": 2},
-    }
-    path = root / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path, store
+    return write_tiny_spec(tmp_path_factory.mktemp("job"), fashion_dir, "submitted")
 
 
 def cli(capsys, *argv):

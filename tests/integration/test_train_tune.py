@@ -87,6 +87,8 @@ def test_tiny_asha_sweep_then_promotions_accepted_and_refused(ray_cluster, datas
     assert {f.rsplit("/", 1)[-1] for f in report.files} == {"trials.txt", "trials.csv", "objective.png", "learning_curves.png",
                                                           "params.png", "parallel.png"}
     assert all(storage.read_bytes(f)[:4] == b"\x89PNG" for f in report.files if f.endswith(".png"))
+    # The sweep's full log, written locally, was copied next to the trials (the report read past it).
+    assert "tl-ray sweep s3://" in storage.read_text(storage.join(spec.storage, "experiments", "sweep", "tl-ray.log"))
 
     everything = sorted((c for r in result.rows for c in r.checkpoints), key=lambda c: c[1])
     best_uri, worst_uri = everything[0][0], everything[-1][0]

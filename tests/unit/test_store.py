@@ -45,6 +45,8 @@ def test_missing_objects_and_bad_schemes_are_storage_errors_naming_the_uri(tmp_p
     with pytest.raises(StorageError, match="unsupported scheme"):
         store.exists("gs://bucket/x")
     assert store.list_dir(str(tmp_path / "nothing")) == [] and not store.exists(str(tmp_path / "nothing"))
+    (tmp_path / "file.log").write_text("x")
+    assert store.list_dir(str(tmp_path / "file.log")) == []  # as on S3: nothing is under a file's name
 
 
 def test_conditional_writes_on_a_local_folder(tmp_path):

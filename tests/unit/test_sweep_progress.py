@@ -21,6 +21,6 @@ def test_one_line_per_ended_trial_naming_early_stops_and_the_leader(capsys):
     assert capsys.readouterr().out.splitlines() == [
         "[tune] 1/3 trial b stopped by the scheduler after 1 epoch: val_loss 0.4000; best so far val_loss 0.4000 (b)",
         "[tune] 2/3 trial a done after 3 epochs: val_loss 0.5000; best so far val_loss 0.4000 (b)",
-        "[tune] 3/3 trial c failed (its cause is said after the table; the traceback is in its error.txt): "
+        "[tune] 3/3 trial c failed (its cause is said below; its traceback is in the full log and its error.txt): "
         "val_loss 1.0000; best so far val_loss 0.4000 (b)",
     ]

@@ -187,12 +187,16 @@ def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, 
 
 
 def list_dir(uri: str) -> list[str]:
-    """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist."""
+    """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist or is a file (as
+    on S3, where nothing is under an object's name)."""
     if s3.is_s3(uri):
         return objects.list_names(uri)
     fs, path = filesystem(uri)
     with reported(uri, "list"):
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except NotADirectoryError:
+            return []
     return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
 

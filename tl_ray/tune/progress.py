@@ -1,7 +1,8 @@
 """tl-ray's own sweep console: a header, one line per trial that ends, and a progress bar on a terminal.
 
-Tune's status tables and result boxes are off unless ``tl-ray -v``; each trial's own output (TensorFlow,
-Ray Train) is written to ``stdout``/``stderr`` files in its trial folder of the experiment.
+Tune's status tables and result boxes are off unless ``tl-ray -v``; they and the driver's other logging go to
+``tl-ray.log`` of the experiment folder (``tl_ray.tune.driver_log``). Each trial's own output (TensorFlow, Ray
+Train) stays in Ray's logs unless ``tl-ray -v``.
 """
 
 from __future__ import annotations
@@ -29,14 +30,7 @@ class SweepProgress(tune.Callback):
         return a > b if self.mode == "max" else a < b
 
     def setup(self, **info) -> None:
-        import logging
-
         from tqdm import tqdm
-
-        from tl_ray.tune.cluster import verbose
-
-        if not verbose():  # each failed trial's traceback goes to its error.txt; this callback names its cause
-            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
 
         # A bar only where a person watches: a pipe or a CI log gets the lines alone.
         self._bar = tqdm(total=self.total, unit="trial", desc="trials ended", file=sys.stderr,
@@ -76,7 +70,7 @@ class SweepProgress(tune.Callback):
         self._ended(trial, f"{how} {epochs} epoch{'s' if epochs != 1 else ''}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._ended(trial, "failed (its cause is said after the table; the traceback is in its error.txt)")
+        self._ended(trial, "failed (its cause is said below; its traceback is in the full log and its error.txt)")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._bar is not None:

@@ -8,9 +8,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tl_ray import store
 from tl_ray.errors import ConfigError, TrialError
 from tl_ray.spec import Spec
+from tl_ray.tune import fail_fast
 from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers_output
+from tl_ray.tune.driver_log import LOG_NAME, driver_log, shown_path
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
@@ -192,7 +195,13 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
     (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling;
     ``callbacks`` are more Ray Tune callbacks, after tl-ray's progress lines (a new run only: a
-    restored experiment keeps the callbacks it was saved with).
+    restored experiment keeps the callbacks it was saved with). The driver's logging goes to ``tl-ray.log`` of
+    the experiment folder (``tl_ray.tune.driver_log``).
+
+    Raises:
+        ConfigError, DataError, StorageError, RegistryError: a trial failed on it; the sweep stopped there
+            (``tl_ray.tune.fail_fast``).
+        SweepInterrupted: Ctrl-C stopped the sweep before every trial finished.
     """
     from ray import tune
 
@@ -208,49 +217,30 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
         )
     exp_path = f"{storage_path.rstrip('/')}/{name}"
+    log_folder = store.join(spec.storage, "experiments", folder[0] if folder else name)  # a staged sweep's top
     total = (num_samples or spec.tune.num_samples) * (1 if search and spec.tune.search == "optuna"
                                                       else _grid_points(param_space))
     print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
-          f"each {_resources_text(spec)}; experiment {exp_path}; {workers_output()}", flush=True)
+          f"each {_resources_text(spec)}; experiment {exp_path}; full log {shown_path(log_folder)}; "
+          f"{workers_output()}", flush=True)
     progress = SweepProgress(spec.tune.metric, spec.tune.mode, total, spec.train.epochs)
     if not verbose():  # Tune's newer console prints its header boxes even at verbose=0; its older one is silent
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     start = time.perf_counter()
-    if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-        tuner = tune.Tuner.restore(
-            exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
-        )
-    else:
-        limit = _max_concurrent(spec)
-        search_alg = _search_alg(spec, limit) if search else None
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=spec.tune.metric,
-                mode=spec.tune.mode,
-                num_samples=num_samples or spec.tune.num_samples,
-                scheduler=_scheduler(spec),
-                search_alg=search_alg,
-                max_concurrent_trials=None if _is_generator(search_alg) else limit,
-                reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
-            ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage_path,
-                storage_filesystem=fs,
-                failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=spec.tune.keep_checkpoints or None,
-                    checkpoint_score_attribute=spec.tune.metric,
-                    checkpoint_score_order=spec.tune.mode,
-                ),
-                verbose=1 if verbose() else 0,
-                callbacks=[progress, *callbacks],
-            ),
-        )
-    with quiet_ray_resume_hint():
+    with driver_log(log_folder) as log, quiet_ray_resume_hint():
+        if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+            tuner = tune.Tuner.restore(
+                exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
+            )
+        else:
+            tuner = _new_tuner(spec, name, trainable, param_space, storage_path, fs, num_samples=num_samples,
+                               search=search, callbacks=(progress, *callbacks))
         grid = tuner.fit()
+    stopped = fail_fast.found()
+    if stopped:  # an error every retry would meet: said once, its traceback in the log
+        trial_id, error = stopped
+        where = store.join(log_folder, LOG_NAME) if store.is_s3(log_folder) else log
+        raise type(error)(f"{error} (trial {trial_id}; the sweep stopped, its traceback is in {where})")
     planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), planned)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
@@ -262,6 +252,43 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         row.stage = stage
         result.rows.append(row)
     return result
+
+
+def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path: str, fs, *,
+               num_samples: int | None, search: bool, callbacks: tuple):
+    """A new Tune experiment; ``FailFast`` stops it at the first error that retrying cannot fix."""
+    from ray import tune
+
+    limit = _max_concurrent(spec)
+    search_alg = _search_alg(spec, limit) if search else None
+    stopper = fail_fast.FailFast()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.tune.metric,
+            mode=spec.tune.mode,
+            num_samples=num_samples or spec.tune.num_samples,
+            scheduler=_scheduler(spec),
+            search_alg=search_alg,
+            max_concurrent_trials=None if _is_generator(search_alg) else limit,
+            reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.tune.keep_checkpoints or None,
+                checkpoint_score_attribute=spec.tune.metric,
+                checkpoint_score_order=spec.tune.mode,
+            ),
+            verbose=1 if verbose() else 0,
+            callbacks=[callbacks[0], stopper, *callbacks[1:]],
+            stop=stopper,
+        ),
+    )
 
 
 def _resources_text(spec: Spec) -> str:

@@ -1,0 +1,97 @@
+"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver, in ``tl-ray.log`` of the
+experiment folder.
+
+The console shows tl-ray's own lines; the log keeps the rest, each failed trial's traceback included (Tune
+logs it as the trial fails). Tune's own ``log_to_file`` is not used: it breaks trials on reused actors.
+
+Example:
+
+>>> with driver_log("./tlray-store/experiments/fashion-20261204-101500") as path:
+...     tuner.fit()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from tl_ray import store
+from tl_ray.errors import StorageError
+from tl_ray.tune.cluster import verbose, workers_output
+
+LOG_NAME = "tl-ray.log"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Loggers that do not pass their records to the root logger; the file handler is attached to each.
+_OWN_HANDLERS = ("ray", "ray.data", "tensorflow")
+
+
+def log_path(experiment_uri: str) -> Path:
+    """Where the driver writes the log of ``experiment_uri``: in the folder itself for a local store; for an
+    S3 store a local file (``~/.cache/tl-ray/logs/<experiment>/``) copied into the folder at the end."""
+    if store.is_s3(experiment_uri):
+        return store.local_cache_dir("logs", experiment_uri.rstrip("/").rsplit("/", 1)[-1]) / LOG_NAME
+    _, path = store.filesystem(experiment_uri)
+    return Path(path) / LOG_NAME
+
+
+def shown_path(experiment_uri: str) -> str:
+    """The log's path as the sweep's header names it."""
+    local = log_path(experiment_uri)
+    if store.is_s3(experiment_uri):
+        return f"{local} (copied to {store.join(experiment_uri, LOG_NAME)} at the end)"
+    return str(local)
+
+
+class _QuietTune(logging.Filter):
+    """Keeps Ray Tune's records off the console (they stay in the log) unless ``tl-ray -v``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("ray.tune") or record.levelno >= logging.CRITICAL
+
+
+@contextlib.contextmanager
+def driver_log(experiment_uri: str) -> Iterator[Path]:
+    """Appends the driver's logging to ``tl-ray.log`` of ``experiment_uri`` while the block runs; yields the
+    local file. On an S3 store the file is copied into the experiment folder at the end, also when the block
+    raises (a failed copy is said on stderr and leaves the local file).
+
+    Args:
+        experiment_uri: the experiment folder (local path or ``s3://`` URI).
+    """
+    path = log_path(experiment_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tl-ray sweep {experiment_uri}; {workers_output()}\n")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in _OWN_HANDLERS if not logging.getLogger(n).propagate]
+    quiet = _QuietTune()
+    consoles = [] if verbose() else [h for h in logging.getLogger("ray").handlers
+                                     if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for logger in loggers:
+        logger.addHandler(handler)
+    for h in consoles:
+        h.addFilter(quiet)
+    try:
+        yield path
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        for h in consoles:
+            h.removeFilter(quiet)
+        handler.close()
+        if store.is_s3(experiment_uri):
+            copy_log(path, experiment_uri)
+
+
+def copy_log(path: Path, experiment_uri: str) -> None:
+    """Copies the local log ``path`` to ``tl-ray.log`` of ``experiment_uri``; a failure is said on stderr (the
+    sweep's own outcome matters more than its log's copy)."""
+    try:
+        store.write_bytes(store.join(experiment_uri, LOG_NAME), path.read_bytes())
+    except StorageError as exc:
+        print(f"warning: the full log stays at {path}: {exc}", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Stops a sweep at the first trial error that retrying cannot fix.
+
+Tune retries a failed trial ``train.max_failures`` times whatever it raised. A trial that fails on a
+``ConfigError``, ``DataError``, ``StorageError`` or ``RegistryError`` would fail the same way on every retry
+and on every other trial: :class:`FailFast` stops the experiment as that trial fails, before its retry
+starts, and the sweep driver raises the error.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+
+from tl_ray.errors import ConfigError, DataError, RegistryError, StorageError, TLRayError
+
+DETERMINISTIC = (ConfigError, DataError, StorageError, RegistryError)
+
+# What the running experiment's FailFast found: (trial id, error). Tune runs a resumed experiment with the
+# callbacks it saved (a copy of the caller's object), so the finding is kept here, in the driver's process.
+_found: list[tuple[str, TLRayError]] = []
+
+
+def root_cause(exc: BaseException | None) -> TLRayError | None:
+    """The tl-ray error under the wrappers Ray puts around a trial's exception: ``RayTaskError`` (its
+    ``cause``), Ray Train's ``WorkerGroupError`` (each worker's failure) and ``ControllerError``, and
+    chained exceptions; None when there is none."""
+    from ray.exceptions import RayTaskError
+
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TLRayError) and not isinstance(e, RayTaskError):
+            return e
+        # A worker's exception comes back in Ray Train's UserExceptionWithTraceback, which keeps it as _base_exc.
+        todo += [getattr(e, "cause", None), getattr(e, "_base_exc", None), getattr(e, "controller_failure", None),
+                 *(getattr(e, "worker_failures", None) or {}).values(), e.__cause__, e.__context__]
+    return None
+
+
+def deterministic_error(exc: BaseException | None) -> TLRayError | None:
+    """The error retrying cannot fix under ``exc`` (a fresh copy, without Ray's traceback), else None."""
+    cause = root_cause(exc)
+    return type(cause)(cause.message) if isinstance(cause, DETERMINISTIC) else None
+
+
+def found() -> tuple[str, TLRayError] | None:
+    """(trial id, error) that stopped the last experiment, else None."""
+    return _found[0] if _found else None
+
+
+def _trial_exception(trial) -> BaseException | None:
+    """The exception of the trial's latest failure: its ``error.pkl`` in the driver's copy of the trial folder
+    (``Trial.get_pickled_error`` reads the store's copy, which Tune syncs later)."""
+    import os
+
+    from ray import cloudpickle
+
+    path = trial.pickled_error_file
+    try:
+        if not path or not os.path.isfile(path):
+            return trial.get_pickled_error()
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 - an error this process cannot unpickle is not one of tl-ray's: Tune goes on
+        return None
+
+
+class FailFast(tune.Callback, tune.Stopper):
+    """A Tune callback and stopper: at a trial's error (about to be retried, or final), finds the error's root
+    cause and, when it is deterministic, stops every trial and starts no more.
+
+    Tune handles the failure, then asks its stopper, then starts trials: a retry queued for the failed trial
+    is stopped before it runs. Pass the same object as ``RunConfig(callbacks=[...], stop=...)``.
+
+    Example:
+
+    >>> fail_fast = FailFast()
+    >>> tune.RunConfig(callbacks=[fail_fast], stop=fail_fast)
+    """
+
+    def setup(self, **info) -> None:
+        _found.clear()
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._check(trial)
+
+    def _check(self, trial) -> None:
+        if _found:
+            return
+        error = deterministic_error(_trial_exception(trial))
+        if error is not None:
+            _found.append((trial.trial_id, error))
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return bool(_found)
