@@ -16,6 +16,10 @@ instead of its 7×7×2,048 map — flattened, float32) and ``label``,
 shard for shard and row for row the image dataset it was computed from, so the
 reader streams it with the same sharding and the same per-epoch shuffle.
 
+The build runs the backbone in batches sized by a memory budget (``build_batch_size``),
+writes each batch's rows into the current shard as it goes, uploads a shard once it is
+full, and shows a progress bar over images on a terminal.
+
 One builder per key: the first trial to create ``_building.json`` (a
 conditional write, If-None-Match on S3) computes the entry; trials wanting the
 same key meanwhile wait for its manifest, which is written last. A builder that
@@ -32,10 +36,11 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -49,7 +54,11 @@ LOCK_NAME = "_building.json"
 FORMAT_VERSION = 1
 STALE_S = 180.0  # a builder refreshes its lock after every shard; an older lock is a dead builder's
 WAIT_S = 3600.0
-BATCH = 256
+BATCH = 256  # the most images per build batch
+MEMORY_MIB = 1024  # activations a build batch may take (build_batch_size)
+# Per image, a build holds about this many times its widest layer's output: that layer's input and output,
+# the next layer's output and the allocator's slack (fitted to MobileNetV2's measured peaks, RESULTS.md).
+ACTIVATION_FACTOR = 4
 
 
 @dataclass
@@ -147,10 +156,12 @@ def key_id(key: dict) -> str:
     return storage.sha256_bytes(json.dumps(key, sort_keys=True).encode())[:24]
 
 
-def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, log=print, events=None) -> CacheEntry:
+def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, log=print, events=None,
+                    budget_mib: float = MEMORY_MIB) -> CacheEntry:
     """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
 
     ``events``: told ``on_cache_build_begin`` / ``on_cache_wait_begin`` (``tl_ray.train.callbacks``).
+    ``budget_mib``: MiB of activations a build batch may take (``build_batch_size``).
 
     Raises:
         DataError: the dataset is missing or corrupt (from the reader).
@@ -171,7 +182,7 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                 if events:
                     events.on_cache_build_begin()
                 log(f"feature cache: building {uri} for {dataset_uri}")
-                _build(spec, dataset_uri, weights_file, key, uri, lease)
+                _build(spec, dataset_uri, weights_file, key, uri, lease, budget_mib)
             finally:
                 lease.release()
             return CacheEntry(uri, key, "built", time.monotonic() - start)
@@ -201,56 +212,138 @@ def _extractor(spec: Spec, num_classes: int, weights_file: str | None):
     return keras.Model(model.inputs, model.get_layer("pool").output, name="feature_extractor")
 
 
-def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lease: storage.Lease) -> None:
+def _layers(model):
+    """Every layer of ``model``, nested models' layers in their place."""
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+        else:
+            yield layer
+
+
+def build_batch_size(model, budget_mib: float = MEMORY_MIB, *, limit: int = BATCH) -> int:
+    """Images per batch of a cache build, so that ``model``'s activations stay within ``budget_mib``.
+
+    The estimate per image is ``ACTIVATION_FACTOR`` times the largest float32 layer output: in inference,
+    TensorFlow frees a tensor once its last consumer has run, so the peak follows the widest layer
+    rather than the sum of all layers. The cache build's peak memory is then flat in the dataset size
+    and bounded by the budget at any image size.
+
+    Args:
+        model: the feature extractor (a built Keras model).
+        budget_mib: MiB of activations a batch may take. Defaults to ``MEMORY_MIB``.
+        limit: the most images per batch. Defaults to ``BATCH``.
+
+    Returns:
+        A batch size between 1 and ``limit``.
+
+    Raises:
+        ConfigError: ``budget_mib`` is not a positive number.
+
+    Example:
+
+    >>> build_batch_size(_extractor(spec, 5, weights_file))  # mobilenet_v2, alpha 1.0, 224x224
+    54
+    """
+    if isinstance(budget_mib, bool) or not isinstance(budget_mib, (int, float)) or not budget_mib > 0:
+        raise ConfigError(f"the feature cache's build budget must be a positive number of MiB. "
+                          f"Received: {budget_mib!r}.")
+    widest = 0
+    for layer in _layers(model):
+        outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+        for out in outputs:
+            widest = max(widest, math.prod(int(d) for d in out.shape[1:]))
+    per_image = ACTIVATION_FACTOR * 4 * max(widest, 1)
+    return max(1, min(limit, int(budget_mib * 2**20 // per_image)))
+
+
+class _ShardSink:
+    """Writes feature rows as they come: one Parquet row group per batch, each shard holding the rows of
+    the image shard it mirrors; a shard is uploaded as soon as it is full and then dropped."""
+
+    def __init__(self, uri: str, rows: list[int], width: int, on_shard):
+        import pyarrow as pa
+
+        self.uri, self.rows, self.width, self.on_shard = uri, rows, width, on_shard
+        self.shards: list[Shard] = []
+        self.schema = pa.schema([("features", pa.list_(pa.float32(), width)), ("label", pa.int32())])
+        self._out = self._writer = None
+        self._held = 0
+
+    def add(self, x, y) -> None:
+        """Appends feature rows ``x`` ``[n, width]`` and their labels ``y`` ``[n]``."""
+        while len(y):
+            if len(self.shards) == len(self.rows):
+                raise DataError(f"feature cache {self.uri}: the dataset yielded more rows than its manifest holds.")
+            room = self.rows[len(self.shards)] - self._held
+            self._write(x[:room], y[:room])
+            x, y = x[room:], y[room:]
+            if self._held == self.rows[len(self.shards)]:
+                self._close()
+
+    def _write(self, x, y) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._out = pa.BufferOutputStream()
+            self._writer = pq.ParquetWriter(self._out, self.schema, compression="none", write_page_checksum=True)
+        values = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), type=pa.float32()), self.width)
+        self._writer.write_table(pa.table({"features": values, "label": pa.array(y, type=pa.int32())},
+                                          schema=self.schema))
+        self._held += len(y)
+
+    def _close(self) -> None:
+        self._writer.close()
+        data = self._out.getvalue().to_pybytes()
+        self._out = self._writer = None
+        name = f"part-{len(self.shards):05d}.parquet"
+        storage.write_bytes(storage.join(self.uri, name), data)
+        storage.check_size(storage.join(self.uri, name), data)
+        self.shards.append(Shard(name, self._held, storage.sha256_bytes(data), len(data)))
+        self._held = 0
+        self.on_shard(sum(s.rows for s in self.shards))
+
+    def finish(self) -> list[Shard]:
+        """The shards written.
+
+        Raises:
+            DataError: the rows yielded do not fill the manifest's shards.
+        """
+        if len(self.shards) != len(self.rows) or self._held:
+            raise DataError(f"feature cache {self.uri}: the dataset yielded rows that do not match its manifest's "
+                            "shards.")
+        return self.shards
+
+
+def _build(spec: Spec, dataset_uri: str, weights_file: str | None, key: dict, uri: str, lease: storage.Lease,
+           budget_mib: float = MEMORY_MIB) -> None:
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import tensorflow as tf
 
     from tl_ray.data.reader import batches, make_dataset
+    from tl_ray.data.writer import Progress
 
     source = read_manifest(dataset_uri)
     started = time.perf_counter()
     # A stale entry folder (a dead builder's shards) is overwritten shard by shard; the manifest comes last.
     extractor = _extractor(spec, len(source.class_names), weights_file)
     feature_shape = [int(v) for v in extractor.output_shape[1:]]
-    width = int(np.prod(feature_shape))
     infer = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
-    ds = make_dataset(dataset_uri, image_size=tuple(spec.data.image_size), batch_size=BATCH)
-    pending_x: list[np.ndarray] = []
-    pending_y: list[np.ndarray] = []
-    shards: list[Shard] = []
-    held = 0
-
-    def flush(rows: int) -> None:
-        x = np.concatenate(pending_x)
-        y = np.concatenate(pending_y)
-        out_x, out_y = x[:rows], y[:rows]
-        pending_x[:] = [x[rows:]]
-        pending_y[:] = [y[rows:]]
-        values = pa.FixedSizeListArray.from_arrays(pa.array(out_x.reshape(-1), type=pa.float32()), width)
-        table = pa.table({"features": values, "label": pa.array(out_y, type=pa.int32())})
-        buf = io.BytesIO()
-        pq.write_table(table, buf, row_group_size=1024, compression="none", write_page_checksum=True)
-        data = buf.getvalue()
-        name = f"part-{len(shards):05d}.parquet"
-        storage.write_bytes(storage.join(uri, name), data)
-        storage.check_size(storage.join(uri, name), data)
-        shards.append(Shard(name, rows, storage.sha256_bytes(data), len(data)))
-        lease.renew({"host": socket.gethostname(), "pid": os.getpid(), "rows": sum(s.rows for s in shards)})
-
-    for images, labels in batches(ds):
-        pending_x.append(infer(images).numpy().astype(np.float32, copy=False))
-        pending_y.append(labels.numpy())
-        held += len(labels)
-        while len(shards) < len(source.shards) and held >= source.shards[len(shards)].rows:
-            rows = source.shards[len(shards)].rows
-            flush(rows)
-            held -= rows
-    if len(shards) != len(source.shards) or held:
-        raise DataError(f"feature cache: {dataset_uri} yielded rows that do not match its manifest's shards.")
+    ds = make_dataset(dataset_uri, image_size=tuple(spec.data.image_size),
+                      batch_size=build_batch_size(extractor, budget_mib))
+    sink = _ShardSink(uri, [s.rows for s in source.shards], int(np.prod(feature_shape)),
+                      lambda rows: lease.renew({"host": socket.gethostname(), "pid": os.getpid(), "rows": rows}))
+    # A bar only where a person watches: a trial's stderr is a file.
+    bar = Progress(source.num_rows, f"feature cache {key_id(key)}", enabled=sys.stderr.isatty())
+    try:
+        for images, labels in batches(ds):
+            sink.add(infer(images).numpy().astype(np.float32, copy=False).reshape(len(labels), -1), labels.numpy())
+            bar.update(len(labels))
+    finally:
+        bar.close()
     manifest = Manifest(
-        "parquet", source.num_rows, list(source.class_names), None, shards,
+        "parquet", source.num_rows, list(source.class_names), None, sink.finish(),
         {"kind": "features", "feature_shape": feature_shape, "key": key, "dataset_uri": dataset_uri,
          "built_by": f"{socket.gethostname()}:{os.getpid()}", "build_seconds": round(time.perf_counter() - started, 2),
          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

@@ -51,6 +51,13 @@ def test_bench_sweep_cache(sweep_store):
         assert line in out
 
 
+def test_bench_sweep_cache_224(sweep_store):
+    out = run_benchmark("bench_sweep.py", "cache", "--size", "224", "--store", sweep_store)
+    for line in ("a naive (no cache, FIFO): ", "b cache + ASHA: ", "b vs a: same 2 configurations",
+                 "fixed batch of 256 (before): batch 256, peak RSS ", "budget 1024 MiB (now): batch 54, peak RSS "):
+        assert line in out
+
+
 def test_bench_sweep_overhead(sweep_store, tmp_path):
     out = run_benchmark("bench_sweep.py", "overhead", "--store", sweep_store, "--json", str(tmp_path / "out.json"))
     assert "run                           wall s ideal s wall/ideal vs plain  trial peak RSS first -> last" in out
