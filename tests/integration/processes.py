@@ -1,10 +1,14 @@
-"""Helpers for tests that start processes of their own (a sweep's driver, `ray start --block`)."""
+"""Helpers for tests that start processes of their own (a sweep's driver, `ray start --block`, a benchmark)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -25,3 +29,24 @@ def kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:  # the group is gone already
         pass
     proc.wait()
+
+
+def run_benchmark(script: str, *args: str, tmpdir: Path | None = None, timeout: float = 900) -> str:
+    """Runs ``benchmarks/<script> --smoke ARGS`` from the repository root; returns its stdout.
+
+    The script imports this checkout's tl_ray and starts a local Ray of its own (no ``RAY_ADDRESS``); it
+    runs in a session of its own, so that a timeout takes its Ray and S3 server processes with it.
+    ``tmpdir``: its temporary files go there (for a script with no store option and no Ray).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    if tmpdir:
+        env["TMPDIR"] = str(tmpdir)
+    proc = subprocess.Popen([sys.executable, f"benchmarks/{script}", "--smoke", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, f"{script} exited with {proc.returncode}\n{out[-4000:]}\n{err[-4000:]}"
+    return out
