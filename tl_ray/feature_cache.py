@@ -248,11 +248,14 @@ def build_batch_size(model, budget_mib: float = MEMORY_MIB, *, limit: int = BATC
     if isinstance(budget_mib, bool) or not isinstance(budget_mib, (int, float)) or not budget_mib > 0:
         raise ConfigError(f"the feature cache's build budget must be a positive number of MiB. "
                           f"Received: {budget_mib!r}.")
-    widest = 0
+    # A layer of a nested model built for any image size (the preprocessing's) has no sizes: it is as wide as
+    # the image, which the model's input gives.
+    widest = math.prod(int(d) for d in model.inputs[0].shape[1:])
     for layer in _layers(model):
         outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
         for out in outputs:
-            widest = max(widest, math.prod(int(d) for d in out.shape[1:]))
+            if None not in out.shape[1:]:
+                widest = max(widest, math.prod(int(d) for d in out.shape[1:]))
     per_image = ACTIVATION_FACTOR * 4 * max(widest, 1)
     return max(1, min(limit, int(budget_mib * 2**20 // per_image)))
 

@@ -43,6 +43,18 @@ def test_batch_size_follows_the_budget(nested):
     assert features.build_batch_size(model, 1e-9) == 1  # at least one image
 
 
+def test_batch_size_of_a_nested_layer_built_for_any_image_size():
+    """A nested model on inputs of any size (as the preprocessing of caffe-mode backbones is) counts as wide as
+    the model's input; the rest is measured as before."""
+    inputs = keras.Input((8, 8, 3))
+    any_size = keras.Input((None, None, 3))
+    shift = keras.Model(any_size, keras.layers.Rescaling(1.0, offset=-1.0)(any_size))
+    conv = keras.layers.Conv2D(4, 3, padding="same")(shift(inputs))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(conv))
+    per_image_mib = features.ACTIVATION_FACTOR * 4 * 8 * 8 * 4 / 2**20
+    assert features.build_batch_size(model, 10 * per_image_mib, limit=256) == 10
+
+
 @pytest.mark.parametrize("budget", [0, -1, True, "1024"])
 def test_batch_size_refuses_a_bad_budget(budget):
     with pytest.raises(ConfigError, match=f"positive number of MiB. Received: {budget!r}"):
