@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,19 @@ def run_benchmark(script: str, *args: str, tmpdir: Path | None = None, timeout: 
         kill_group(proc)
     assert proc.returncode == 0, f"{script} exited with {proc.returncode}\n{out[-4000:]}\n{err[-4000:]}"
     return out
+
+
+def free_port() -> int:
+    """A loopback port free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_ray_ports() -> list[str]:
+    """`ray start` options for the ports every raylet on this host would otherwise share (defaults like 52365):
+    Ray clusters of tests that run at the same time would take each other's, and a head whose job agent
+    cannot bind refuses jobs ("No available agent")."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            "--min-worker-port=0", "--max-worker-port=0"]

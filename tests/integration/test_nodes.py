@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import kill_group
+from processes import free_port, kill_group, own_ray_ports
 from tl_ray.spec import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -168,19 +168,6 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another(node_cluste
 
 
 # -- a real `ray start` head and a second raylet -------------------------------------
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_ports() -> list[str]:
-    """Ports every raylet on this host would otherwise share (defaults like 52365, 10001)."""
-    return [f"--dashboard-agent-listen-port={_port()}", f"--dashboard-agent-grpc-port={_port()}",
-            f"--runtime-env-agent-port={_port()}", f"--metrics-export-port={_port()}",
-            "--min-worker-port=0", "--max-worker-port=0"]
-
-
 # Lists the cluster's alive nodes once all (argv[1]) raylets have joined: {node_id: its tlray_* resource}.
 NODES = """
 import json, sys, time, ray
@@ -216,7 +203,7 @@ def _ray_start(tmp_path, labels: list[str]):
 
     ray_exe = shutil.which("ray", path=os.path.dirname(sys.executable))
     temp_dir = tempfile.mkdtemp(prefix="tlr-", dir="/tmp")
-    gcs_port = _port()
+    gcs_port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     env.pop("RAY_AUTH_TOKEN_PATH", None)
@@ -226,9 +213,9 @@ def _ray_start(tmp_path, labels: list[str]):
     common = ["--block", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     commands = {
         "head": [ray_exe, "start", "--head", f"--port={gcs_port}", "--include-dashboard=false",
-                 f"--ray-client-server-port={_port()}", '--resources={"tlray_head": 1}', *common, *_own_ports()],
+                 f"--ray-client-server-port={free_port()}", '--resources={"tlray_head": 1}', *common, *own_ray_ports()],
         "second": [ray_exe, "start", f"--address=127.0.0.1:{gcs_port}", '--resources={"tlray_second": 1}',
-                   *common, *_own_ports()],
+                   *common, *own_ray_ports()],
     }
     procs: dict[str, subprocess.Popen] = {}
     logs = {}

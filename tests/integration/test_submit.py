@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from processes import kill_group
+from processes import free_port, kill_group, own_ray_ports
 from tiny_specs import write_tiny_spec
 from tl_ray.cli import main
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +24,7 @@ def ray_head(tmp_path_factory):
     from tl_ray.submit import client
 
     ray_exe = shutil.which("ray", path=os.path.dirname(sys.executable))
-    gcs, dash = _port(), _port()
+    gcs, dash = free_port(), free_port()
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
     # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: the head goes at once when the module is done, instead of
     # draining itself for 30 s.
@@ -39,7 +32,8 @@ def ray_head(tmp_path_factory):
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     proc = subprocess.Popen(
         [ray_exe, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
+         f"--ray-client-server-port={free_port()}", *own_ray_ports()],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -115,5 +109,5 @@ def test_stop_a_running_job(ray_head, tiny_spec, capsys):
 
 def test_unreachable_address_and_bad_command(tiny_spec, capsys):
     path, _ = tiny_spec
-    code, _, err = cli(capsys, "submit", str(path), "--address", f"http://127.0.0.1:{_port()}")
+    code, _, err = cli(capsys, "submit", str(path), "--address", f"http://127.0.0.1:{free_port()}")
     assert code == 7 and "cannot reach the Ray job API" in err
