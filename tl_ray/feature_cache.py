@@ -149,6 +149,8 @@ def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:
         "dataset": read_manifest(dataset_uri).digest,
         "augment": "off",
         "dtype": "float32",
+        # Only when set, so entries cached before the field existed keep their key.
+        **({"feature_layer": spec.model.feature_layer} if spec.model.feature_layer else {}),
     }
 
 

@@ -246,7 +246,7 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
         "metrics": dict(trial_metrics or {}), "gate": gate, "spec": spec.to_dict(),
         "image_size": list(spec.data.image_size), "class_names": manifest.class_names,
         "backbone": spec.model.backbone, "backbone_args": spec.model.backbone_args,
-        "data_manifest": manifest.digest, "parent": parent,
+        "feature_layer": spec.model.feature_layer, "data_manifest": manifest.digest, "parent": parent,
     }
     with tempfile.TemporaryDirectory(prefix="tlray-export-") as tmp:
         export_model(challenger, Path(tmp))

@@ -194,3 +194,38 @@ def test_batchnorm_momentum_override_reaches_every_backbone_batchnorm():
     model = build_model(spec, 3, (32, 32))
     bns = [l for l in model.get_layer("backbone").layers if isinstance(l, keras.layers.BatchNormalization)]
     assert bns and all(l.momentum == 0.9 for l in bns)
+
+
+CUT = "block_13_expand_relu"
+
+
+def test_feature_layer_cuts_the_backbone_and_survives_a_save(tmp_path):
+    model = build_model(spec(feature_layer=CUT, freeze={"mode": "fine_tune", "unfreeze_top": 5}), 3, SIZE, seed=0)
+    backbone = model.get_layer("backbone")
+    assert backbone.layers[-1].name == CUT
+    assert not any(layer.name.startswith("block_14") for layer in backbone.layers)
+    assert model.get_layer("pool").output.shape[-1] == backbone.get_layer(CUT).output.shape[-1]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images(), verbose=0), model.predict(images(), verbose=0), atol=1e-6)
+
+
+def test_feature_layer_takes_weights_of_a_whole_or_cut_backbone(tmp_path):
+    whole = build_model(spec(freeze={"mode": "full"}), 3, SIZE, seed=4)
+    cut = build_model(spec(feature_layer=CUT), 3, SIZE, seed=6)
+    whole.save(tmp_path / "whole.keras")
+    cut.save(tmp_path / "cut.keras")
+    for source, name in ((whole, "whole.keras"), (cut, "cut.keras")):
+        model = build_model(spec(weights="registry://base:production", feature_layer=CUT), 5, SIZE,
+                            weights_file=str(tmp_path / name), seed=5)
+        ours = model.get_layer("backbone").get_layer(CUT.replace("_relu", ""))
+        np.testing.assert_array_equal(ours.kernel.numpy(),
+                                      source.get_layer("backbone").get_layer(ours.name).kernel.numpy())
+    # a cut backbone cannot fill a whole one
+    with pytest.raises(ConfigError, match="model.feature_layer to those of the registered model"):
+        build_model(spec(weights="registry://base:production"), 3, SIZE, weights_file=str(tmp_path / "cut.keras"))
+
+
+def test_unknown_feature_layer_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model.feature_layer must name a layer .*Did you mean 'block_13_expand_relu'"):
+        build_model(spec(feature_layer="block_13_expand_rel"), 3, SIZE)

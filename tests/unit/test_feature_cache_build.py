@@ -108,3 +108,13 @@ def test_progress_bar_counts_every_image(spec, monkeypatch):
     monkeypatch.setattr(writer, "Progress", Recorder)
     build(spec, monkeypatch, 4)
     assert [(bar.total, bar.n) for bar in bars] == [(21, 21)]
+
+
+def test_a_cut_backbone_has_its_own_entry_of_its_own_width(spec, monkeypatch):
+    monkeypatch.setattr(features, "build_batch_size", lambda model, budget_mib: 256)
+    data = spec.resolve(spec.data.train)
+    cut = validate({**spec.to_dict(), "model": {**spec.to_dict()["model"], "feature_layer": "block_13_expand_relu"}})
+    assert "feature_layer" not in features.feature_key(spec, data, None)  # older entries keep their key
+    assert features.key_id(features.feature_key(cut, data, None)) != features.key_id(features.feature_key(spec, data, None))
+    x, _, _ = load_rows(features.ensure_features(cut, data, None, log=lambda *a: None).uri)
+    assert x.shape[1] == 192  # block_13_expand_relu's channels at alpha 0.35, pooled

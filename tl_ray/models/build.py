@@ -4,7 +4,8 @@ The model every tl-ray stage trains, exports and serves::
 
     image (float32 0..255 RGB, H x W x 3)
       -> preprocess                    the family's preprocess_input, from stock Keras layers
-      -> backbone                      nested keras.applications model, include_top=False
+      -> backbone                      nested keras.applications model, include_top=False,
+                                       cut at model.feature_layer when set
       -> pool                          avg | max | flatten
       -> [Dropout, Dense(relu)] * n    model.head.dense
       -> Dropout                       model.head.dropout
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import keras
 
-from tl_ray.errors import ConfigError, StorageError
+from tl_ray.errors import ConfigError, StorageError, did_you_mean
 from tl_ray.models.backbones import Backbone, get_backbone
 from tl_ray.models.freeze import apply_freeze
 from tl_ray.models.preprocess import preprocessing_layer
@@ -178,8 +179,24 @@ def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, wei
                 f"model.backbone_args {args}: {text} Fix model.backbone_args or data.image_size."
             ) from None
         raise
-    if kind == "file" and not weights_file.endswith(".keras"):
+    weights_h5 = kind == "file" and not weights_file.endswith(".keras")
+    if weights_h5:
         load_backbone_weights(base, weights_file, what=what)
-    elif kind in ("file", "registry"):
-        transfer_backbone_weights(base, weights_file, source=spec.weights, what=what)
-    return base
+    cut = _cut(base, backbone, spec.feature_layer) if spec.feature_layer else base
+    if kind in ("file", "registry") and not weights_h5:
+        # The saved backbone may be whole or cut at the same layer; both share their layers with ``cut``.
+        transfer_backbone_weights([base, cut], weights_file, source=spec.weights, what=what)
+    return cut
+
+
+def _cut(base: keras.Model, backbone: Backbone, layer_name: str) -> keras.Model:
+    """``base`` up to ``layer_name`` (``model.feature_layer``), as a model named ``backbone`` sharing its layers."""
+    names = [layer.name for layer in base.layers]
+    if layer_name not in names:
+        starts = sorted(backbone.block_starts(names).values())
+        block_ends = [names[i - 1] for i in starts[1:]] + [names[-1]]
+        raise ConfigError(
+            f"model.feature_layer must name a layer of backbone {backbone.name!r}. Received: {layer_name!r}."
+            f"{did_you_mean(layer_name, names)} Its blocks end at {block_ends}."
+        )
+    return keras.Model(base.inputs, base.get_layer(layer_name).output, name="backbone")

@@ -164,13 +164,15 @@ def load_backbone_weights(backbone, path: str, *, what: str) -> None:
         )
 
 
-def transfer_backbone_weights(backbone, model_path: str, *, source: str, what: str) -> None:
-    """Copies the weights of the nested ``backbone`` of a saved tl-ray model into ``backbone``.
+def transfer_backbone_weights(backbones, model_path: str, *, source: str, what: str) -> None:
+    """Copies the weights of the nested ``backbone`` of a saved tl-ray model into one of ``backbones``.
 
-    The two backbones must have the same layers and variable shapes.
+    The saved backbone must have the same layers and variable shapes as one of them.
 
     Args:
-        backbone: the freshly built backbone model.
+        backbones: the freshly built backbone model, or a list of candidates sharing their
+            layers (the whole backbone and its cut at ``model.feature_layer``); the first
+            that matches receives the weights.
         model_path: local ``model.keras`` of a tl-ray model.
         source: the ``model.weights`` value, for messages.
         what: description of the target for messages.
@@ -180,20 +182,24 @@ def transfer_backbone_weights(backbone, model_path: str, *, source: str, what: s
     """
     from tl_ray.models.export import load_model
 
+    candidates = backbones if isinstance(backbones, (list, tuple)) else [backbones]
     saved = load_model(model_path)
     src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
     entry = backbone_of(saved)
     src_name = entry.name if entry is not None else "unknown"
-    theirs, ours = _signature(src), _signature(backbone)
-    if theirs != ours:
-        first = next((f"{a} there, {b} here" for a, b in zip(theirs, ours) if a != b),
-                     f"{len(theirs)} layers there, {len(ours)} here")
-        raise ConfigError(
-            f"model.weights {source!r} holds a {src_name} backbone that does not match the requested {what} "
-            f"(first difference: {first}). Set model.backbone and model.backbone_args to those of the "
-            "registered model, or use weights: imagenet / none."
-        )
-    backbone.set_weights(src.get_weights())
+    theirs = _signature(src)
+    for backbone in candidates:
+        if _signature(backbone) == theirs:
+            backbone.set_weights(src.get_weights())
+            return
+    ours = _signature(candidates[-1])
+    first = next((f"{a} there, {b} here" for a, b in zip(theirs, ours) if a != b),
+                 f"{len(theirs)} layers there, {len(ours)} here")
+    raise ConfigError(
+        f"model.weights {source!r} holds a {src_name} backbone that does not match the requested {what} "
+        f"(first difference: {first}). Set model.backbone, model.backbone_args and model.feature_layer to "
+        "those of the registered model, or use weights: imagenet / none."
+    )
 
 
 def _signature(model) -> list[tuple[str, tuple]]:

@@ -119,6 +119,15 @@ class ModelSpec(_Section):
         default="imagenet",
         description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.",
     )
+    feature_layer: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Cut the backbone at this layer: its output is the feature map the head pools, e.g. "
+            "'block_13_expand_relu' (mobilenet_v2). Earlier layers are less specific to the source task, which "
+            "helps when source and target differ or images are small. Default: the backbone's last layer."
+        ),
+    )
     head: HeadSpec = Field(default_factory=HeadSpec, description="Classification head.")
     batchnorm_momentum: float | None = Field(
         default=None,
