@@ -45,7 +45,7 @@ def spec_for(store: Path, name: str, **train) -> dict:
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"batch_size": 16, "steps_per_epoch": 1, **train},
-        "tune": {"num_samples": 1, "scheduler": "fifo"},
+        "tune": {"num_samples": 1, "scheduler": "fifo", "checkpoint_on": "every"},
     }
 
 

@@ -52,7 +52,7 @@ def write_spec(tmp_path: Path, fashion_dir: Path, epochs: int) -> tuple[Path, Pa
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"epochs": epochs, "batch_size": 20, "steps_per_epoch": 2},
-        "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1,
+        "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1, "checkpoint_on": "every",
                  "space": {"train.learning_rate": "grid([0.001, 0.002, 0.003])"}},
     }
     spec_path = tmp_path / "spec.yaml"

@@ -207,7 +207,7 @@ def test_optuna_sweep_resumes_with_its_searcher_history_and_trial_count(tmp_path
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"epochs": 2, "batch_size": 20, "steps_per_epoch": 2},
-        "tune": {"num_samples": num_samples, "scheduler": "fifo", "search": "optuna", "seed": 7,
+        "tune": {"num_samples": num_samples, "scheduler": "fifo", "search": "optuna", "seed": 7, "checkpoint_on": "every",
                  "max_concurrent_trials": 1,
                  "space": {"train.learning_rate": "loguniform(0.0005, 0.005)",
                            "model.head.dropout": "uniform(0.0, 0.3)"}},

@@ -58,7 +58,7 @@ def spec_dict(store: str, name: str, **train) -> dict:
         "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
                   "head": {"dropout": 0.0}, "freeze": {"mode": "fine_tune", "unfreeze_top": 5}},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 1e-2, "steps_per_epoch": 2, **train},
-        "tune": {"num_samples": 1, "scheduler": "fifo", "metric": "loss", "mode": "min"},
+        "tune": {"num_samples": 1, "scheduler": "fifo", "metric": "loss", "mode": "min", "checkpoint_on": "every"},
     }
 
 

@@ -21,10 +21,14 @@ def test_improvement_writes_only_epochs_that_beat_the_best_checkpoint(mode, valu
     assert out == written
 
 
-@pytest.mark.parametrize("settings", [{},  # every: the default
+@pytest.mark.parametrize("settings", [{"checkpoint_on": "every"},
                                       {"scheduler": "pbt", "space": {"train.learning_rate": "uniform(0.1, 0.2)"}}])
 def test_every_and_pbt_write_each_due_checkpoint(settings):
     assert writes_checkpoint(TuneSpec(**settings), 0.1, 0.9)
+
+
+def test_improvement_is_the_default():
+    assert not writes_checkpoint(TuneSpec(), 0.1, 0.9)
 
 
 def test_an_epoch_without_the_metric_writes_its_checkpoint():

@@ -59,12 +59,12 @@ class TuneSpec(_Section):
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     checkpoint_on: Literal["improvement", "every"] = Field(
-        default="every",
+        default="improvement",
         description=(
-            "every: a trial writes each due checkpoint (every train.checkpoint_every epochs and the last). "
-            "improvement: only those whose tune.metric beats the trial's best checkpoint, which is what promotion "
-            "and staged sweeps use (a resumed trial restarts from its best epoch, not its latest); trials that "
-            "decline or plateau write few. Scheduler pbt checkpoints every due epoch whatever this says (its "
+            "improvement: a trial writes a due checkpoint (every train.checkpoint_every epochs and the last) only "
+            "when its tune.metric beats the trial's best checkpoint, which is what promotion and staged sweeps use "
+            "(a resumed trial restarts from its best epoch, not its latest); trials that decline or plateau write "
+            "few. every: each due checkpoint. Scheduler pbt checkpoints every due epoch whatever this says (its "
             "exploits copy a trial's latest checkpoint)."
         ),
     )
