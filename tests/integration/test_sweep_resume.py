@@ -119,8 +119,9 @@ def test_staged_sweep_interrupted_in_its_second_stage_resumes_without_rerunning_
         # Learning rates too small to move any prediction in two steps: both heads score the same,
         # and the tie decides which goes on. One trial at a time, so the second head reports last and
         # comes first in the resumed sweep's rows (Tune restores trials newest result first).
+        # Every epoch checkpointed, so the held trial resumes from epoch 2 (improvement would keep epoch 1).
         "tune": {
-            "num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1,
+            "num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1, "checkpoint_on": "every",
             "space": {"train.learning_rate": "grid([1.0e-6, 2.0e-6])"},
             "stages": [
                 {"name": "heads", "freeze": {"mode": "feature_extraction"}, "epochs": 1},
