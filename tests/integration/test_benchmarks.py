@@ -1,4 +1,4 @@
-"""Smoke runs of the sweep benchmarks (cache, overhead, promotion): each at its tiny size (``--smoke``) exits 0
+"""Smoke runs of the sweep benchmarks (cache, overhead, scale, promotion): each at its tiny size (``--smoke``) exits 0
 and prints its table; test_bench_training.py and test_bench_io.py hold the others.
 
 Figures are never checked: at this size, on a shared machine, they mean nothing.
@@ -36,6 +36,13 @@ def test_bench_sweep_overhead(sweep_store, tmp_path):
     assert "run                           wall s ideal s wall/ideal vs plain  trial peak RSS first -> last" in out
     for row in ("a reused actors (default)", "b a new actor per trial", "c plain (no Ray)"):
         assert f"\n{row} " in out
+
+
+def test_bench_sweep_scale(sweep_store):
+    out = run_benchmark("bench_sweep.py", "scale", "--store", sweep_store)
+    for row in ("random + ASHA", "optuna + ASHA", "\nwall / ideal (goal <= 1.3) ", "\ndriver peak RSS MiB at ",
+                "\nsnapshot bottleneck warnings (goal 0) ", "\ntl-ray report s (goal <= 10) ", "\nOptuna TPE suggestion "):
+        assert row in out
 
 
 def test_bench_promotion(sweep_store):
