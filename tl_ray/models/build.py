@@ -185,7 +185,8 @@ def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, wei
     cut = _cut(base, backbone, spec.feature_layer) if spec.feature_layer else base
     if kind in ("file", "registry") and not weights_h5:
         # The saved backbone may be whole or cut at the same layer; both share their layers with ``cut``.
-        transfer_backbone_weights([base, cut], weights_file, source=spec.weights, what=what)
+        transfer_backbone_weights([base] if cut is base else [base, cut], weights_file, source=spec.weights,
+                                  what=what)
     return cut
 
 

@@ -164,15 +164,15 @@ def load_backbone_weights(backbone, path: str, *, what: str) -> None:
         )
 
 
-def transfer_backbone_weights(backbones, model_path: str, *, source: str, what: str) -> None:
+def transfer_backbone_weights(backbones: list, model_path: str, *, source: str, what: str) -> None:
     """Copies the weights of the nested ``backbone`` of a saved tl-ray model into one of ``backbones``.
 
     The saved backbone must have the same layers and variable shapes as one of them.
 
     Args:
-        backbones: the freshly built backbone model, or a list of candidates sharing their
-            layers (the whole backbone and its cut at ``model.feature_layer``); the first
-            that matches receives the weights.
+        backbones: the freshly built backbone models that may receive the weights, sharing their
+            layers (the whole backbone and its cut at ``model.feature_layer``); the first that
+            matches receives them.
         model_path: local ``model.keras`` of a tl-ray model.
         source: the ``model.weights`` value, for messages.
         what: description of the target for messages.
@@ -182,17 +182,16 @@ def transfer_backbone_weights(backbones, model_path: str, *, source: str, what: 
     """
     from tl_ray.models.export import load_model
 
-    candidates = backbones if isinstance(backbones, (list, tuple)) else [backbones]
     saved = load_model(model_path)
     src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
     entry = backbone_of(saved)
     src_name = entry.name if entry is not None else "unknown"
     theirs = _signature(src)
-    for backbone in candidates:
+    for backbone in backbones:
         if _signature(backbone) == theirs:
             backbone.set_weights(src.get_weights())
             return
-    ours = _signature(candidates[-1])
+    ours = _signature(backbones[-1])
     first = next((f"{a} there, {b} here" for a, b in zip(theirs, ours) if a != b),
                  f"{len(theirs)} layers there, {len(ours)} here")
     raise ConfigError(
