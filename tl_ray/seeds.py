@@ -1,19 +1,8 @@
 """Transferred vs from scratch over seeds: the runs `tl-ray run` trains after the sweep (``run.seeds``).
 
-The sweep's best configuration and the from-scratch baseline each train once per seed
-offset ``i`` in ``0..N-1`` (``train.seed`` and ``data.seed`` are the spec's plus ``i``:
-another initialisation, dropout and shuffle order; the same datasets and epochs). Each run
-keeps its best-validation checkpoint, as a sweep's trial does, and is scored on
-``data.test``. :class:`SeedComparison` holds the runs and gives the figures `tl-ray run`
-prints, the PNG it writes into the experiment's report folder, the record it adds to the
-promoted version's registry metadata, and the seed it promotes: the transferred run with
-the best validation metric (``tune.metric``), never chosen on test accuracy.
-
-Example:
-
->>> comparison = SeedComparison("val_accuracy", "max", transferred=[...], scratch=[...])
->>> print("\\n".join(comparison.lines()))
-[seeds] transferred: test accuracy 0.8120 ± 0.0061 over 3 seeds (0.8060, 0.8180, 0.8120)
+Each configuration trains once per seed offset ``i`` (added to ``train.seed`` and ``data.seed``), keeps its
+best-validation checkpoint and is scored on ``data.test``. The seed promoted is the transferred run with the
+best validation metric, never chosen on test accuracy.
 """
 
 from __future__ import annotations
@@ -26,20 +15,9 @@ from tl_ray.errors import TrialError
 from tl_ray.spec import Spec, apply_overrides, validate
 from tl_ray.spec.space import trial_overrides
 
-SEED_KEYS = ("train.seed", "data.seed")
-
-
 @dataclass
 class SeedRun:
-    """One seed's run.
-
-    Attributes:
-        seed: the offset ``i`` added to the spec's ``train.seed`` and ``data.seed``.
-        val_metric: best ``tune.metric`` over its epochs (None: the run failed).
-        test_accuracy: accuracy of that epoch's checkpoint on ``data.test`` (None: the run failed).
-        trial_id: its Ray Tune trial.
-        checkpoint: URI of that checkpoint.
-    """
+    """One seed's run: its best ``tune.metric``, that epoch's checkpoint and test accuracy (None: failed)."""
 
     seed: int
     val_metric: float | None
@@ -54,7 +32,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def seed_overrides(spec: Spec, params: dict, seed: int) -> dict:
-    """Dotted overrides of one seed's run of a configuration: its sampled fields, then the seeds moved by ``seed``."""
+    """Overrides of one seed's run of a configuration: its sampled fields, the seeds moved by ``seed``."""
     return {**trial_overrides(spec.tune.space, params),
             "train.seed": spec.train.seed + seed, "data.seed": spec.data.seed + seed}
 

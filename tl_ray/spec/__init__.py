@@ -1,15 +1,6 @@
-"""The experiment spec: one YAML file, validated by pydantic.
+"""The experiment spec: pydantic models of the YAML file, loading, and ``--set a.b=c`` overrides.
 
-Every setting of a tl-ray experiment lives here, typed, constrained and
-described. Unknown keys are rejected. Any field can be overridden from the
-command line with ``--set a.b=c``; the same dotted names are what
-``tune.space`` searches over.
-
-Example:
-
->>> spec = load_spec("jobs/quickstart/target.yaml", overrides=["train.epochs=2"])
->>> spec.train.epochs
-2
+Unknown keys are rejected; the dotted names ``--set`` takes are also what ``tune.space`` searches over.
 """
 
 from tl_ray.spec._base import DEFAULT_STORE, PositiveInt

@@ -33,10 +33,8 @@ class RunSpec(_Section):
         ge=1,
         le=100,
         description=(
-            "After the sweep, train its best configuration (and, with compare_from_scratch, the from-scratch "
-            "baseline) this many times, train.seed and data.seed being 0..N-1 added to the spec's, and report mean "
-            "± std of their test accuracy; the seed with the best validation metric is promoted. 1: promote the "
-            "sweep's best trial."
+            "Retrain the sweep's best configuration (and the from-scratch baseline) with 0..N-1 added to "
+            "train.seed and data.seed, report mean ± std test accuracy, promote the best by validation."
         ),
     )
 
@@ -56,9 +54,8 @@ class Spec(_Section):
     storage_locking: Literal["conditional", "lease"] | None = Field(
         default=None,
         description=(
-            "How registry claims, alias moves and feature-cache builds are made safe on the store: conditional "
-            "(conditional writes, refused on a store that ignores them) or lease (a lock object with a fencing "
-            "check, weaker). Defaults to None: the TLRAY_STORAGE_LOCKING variable, else conditional."
+            "How registry and feature-cache writes are made safe: conditional writes (refused by a store "
+            "ignoring them) or lease (a lock object, weaker). None: $TLRAY_STORAGE_LOCKING or conditional."
         ),
     )
     data: DataSpec = Field(description="Datasets.")
@@ -93,8 +90,7 @@ class Spec(_Section):
     @field_validator("storage")
     @classmethod
     def _absolute_local_store(cls, value: str) -> str:
-        # Ray runs trials and replicas in other working directories: a relative
-        # local store is pinned to where the spec was loaded.
+        # Ray runs trials and replicas in other working directories: pin a relative store to this one.
         if "://" in value:
             return value
         return os.path.abspath(os.path.expanduser(value))
@@ -115,9 +111,8 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _space_values_fit_their_fields(self) -> "Spec":
-        """Every value a ``tune.space`` dimension can give (its listed values, a range's ends) is one its field
-        takes: a sweep with one that is not would find out trial by trial. (PBT's perturbations, which scale a
-        value by 0.8 or 1.2, can still leave a range: the trial's spec refuses such a value.)"""
+        """Every value a ``tune.space`` dimension can give (listed values, a range's ends) is one its field
+        takes, so a bad space fails here rather than trial by trial."""
         dims = parse_space(self.tune.space)
         base = self.model_dump(mode="json")
         base["tune"]["space"] = {}
@@ -151,9 +146,7 @@ class Spec(_Section):
 
     @model_validator(mode="after")
     def _seeds_and_recipe_fit(self) -> "Spec":
-        """Rules across sections. ``run.seeds`` > 1 scores seeds on data.test and retrains one configuration (not
-        a staged sweep's chain). ``train.recipe: lp_ft`` fine-tunes under model.freeze in its second phase, makes
-        phases of its own (not with tune.stages), and ASHA must not judge it in its probe."""
+        """Rules across sections for ``run.seeds`` > 1 and ``train.recipe: lp_ft`` (set or searched)."""
         if self.run.seeds > 1 and not self.data.test:
             raise ValueError(f"run.seeds ({self.run.seeds}) reports test accuracy over seeds: set data.test, or "
                              "run.seeds: 1")
@@ -191,8 +184,7 @@ class Spec(_Section):
         return self
 
     def phases(self) -> list[PhaseSpec]:
-        """The phases one trial trains: ``train.phases``, or the two ``train.recipe: lp_ft`` stands for
-        (none: one phase of model.freeze at train.learning_rate)."""
+        """``train.phases``, or the two ``train.recipe: lp_ft`` stands for (empty: one model.freeze phase)."""
         if self.train.recipe == "lp_ft":
             return self.train.lp_ft_phases(self.model.freeze)
         return list(self.train.phases)

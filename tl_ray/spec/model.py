@@ -22,12 +22,10 @@ BACKBONE_NAMES = (
 
 
 class HeadSpec(_Section):
-    """The new classification head on top of the backbone.
+    """The new head: pooling, ``[Dropout, Dense(relu)]`` per ``dense`` width, Dropout, ``predictions``.
 
-    Layers, in order: pooling, then ``[Dropout, Dense(relu)]`` for each ``dense`` width, then Dropout, then the
-    ``predictions`` layer. ``model.weights`` gives the backbone's weights only, also when it names a registered
-    model: the head starts from random weights (seeded by ``train.seed``) unless ``train.init_from`` warm-starts
-    the whole model.
+    ``model.weights`` gives the backbone's weights only (also from a registered model): the head starts from
+    random weights (seeded by ``train.seed``) unless ``train.init_from`` warm-starts the whole model.
     """
 
     pooling: Literal["avg", "max", "flatten"] = Field(

@@ -1,25 +1,12 @@
-"""Search-space expressions of ``tune.space``, parsed without Ray.
+"""Search-space expressions of ``tune.space``, parsed without Ray (``tl_ray.tune.space`` converts them).
 
-Each entry maps a dotted spec field to an expression:
+An entry maps a dotted spec field to a plain value or an expression whose arguments are YAML literals:
 
     uniform(LOW, HIGH)  loguniform(LOW, HIGH)  quniform(LOW, HIGH, Q)
     randint(LOW, HIGH)  choice([A, B, ...])    grid([A, B, ...])
 
-or to a plain value (fixed for every trial). Arguments are YAML literals, so
-``choice([feature_extraction, fine_tune])`` and ``grid([[64], [128, 64]])`` work.
-
-An entry may be conditional: ``{when: {FIELD: VALUE or [VALUES]}, sample: EXPR}``
-is sampled only in trials where every named field of the space took one of
-the listed values; in other trials it is absent (the spec's default applies).
-A list in ``when`` lists alternatives, so a list-valued choice is matched
-with ``[[64], [128, 64]]``.
-
-    model.freeze.mode: choice([feature_extraction, fine_tune])
-    model.freeze.unfreeze_top: {when: {model.freeze.mode: fine_tune}, sample: "randint(10, 60)"}
-
-This module is the one place that parses the space, without Ray: the spec
-validates ``tune.space`` with it, and ``tl_ray.tune.space`` turns the parsed
-space into Ray Tune's ``param_space`` and an Optuna define-by-run function.
+A conditional entry ``{when: {FIELD: VALUE or [VALUES]}, sample: EXPR}`` is sampled only in trials where every
+named field took a listed value, absent otherwise; a list in ``when`` lists alternatives (``[[64], [128]]``).
 """
 
 from __future__ import annotations
@@ -40,11 +27,7 @@ _CALL = re.compile(r"^\s*(?P<kind>[a-z_]+)\s*\((?P<args>.*)\)\s*$", re.S)
 
 @dataclass(frozen=True)
 class Distribution:
-    """One parsed search dimension.
-
-    ``when`` holds the conditions of a conditional dimension: pairs of
-    (dotted field of the space, the values it may take), all of which must hold.
-    """
+    """One parsed search dimension; ``when``: (field, allowed values) pairs that must all hold."""
 
     kind: str
     args: tuple
@@ -79,8 +62,7 @@ class Distribution:
         return low <= value <= high
 
     def extremes(self) -> list[Any]:
-        """Values that bound what sampling can give: every listed value, or a range's two ends (the highest a
-        half-open range can give)."""
+        """Every listed value, or a range's two ends (the highest a half-open range can give)."""
         kind, args = self.kind, self.args
         if kind == "fixed":
             return [args[0]]
@@ -238,10 +220,8 @@ def dependency_order(dists: dict[str, Distribution]) -> list[str]:
 def pbt_dimensions(space: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(what PBT may mutate, what it leaves alone because of conditions).
 
-    PBT mutates searched dimensions that neither are conditional nor gate one:
-    mutating either would leave a trial's config with a value its condition
-    rules out, or without one it needs. They are still sampled for each
-    trial's start, and exploited trials copy them from the donor.
+    Mutating a conditional dimension or one that gates another would leave a trial with a value its
+    condition rules out, or without one it needs; those are only sampled at the start and copied on exploit.
     """
     dists = parse_space(space)
     gating = {field for d in dists.values() for field, _ in d.when}

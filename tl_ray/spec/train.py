@@ -50,10 +50,8 @@ class LRScheduleSpec(_Section):
 class TrainSpec(_Section):
     """One trial's training: data-parallel under tf.distribute.
 
-    The learning rate actually used is ``learning_rate`` (or a phase's) times
-    ``lr_scaling`` applied to ``batch_size / base_batch_size``: ``none`` → 1,
-    ``linear`` → ratio (Goyal et al. 2017), ``sqrt`` → sqrt(ratio) (a common
-    rule for Adam), times the ``lr_schedule`` factor of the current step.
+    The rate used is ``learning_rate`` (or a phase's) times ``lr_scaling`` of ``batch_size / base_batch_size``
+    (none: 1, linear: the ratio, sqrt: its square root), times the ``lr_schedule`` factor of the step.
     """
 
     epochs: PositiveInt = Field(default=5, description="Passes over the training data.")
@@ -76,18 +74,14 @@ class TrainSpec(_Section):
     )
     gpus_per_worker: Annotated[float, Field(ge=0.0)] | Literal["auto"] = Field(
         default="auto",
-        description=(
-            "GPUs reserved for each worker. auto: 1 when the cluster has GPUs when the sweep starts, else 0 "
-            "(on an autoscaling cluster whose GPU nodes start on demand, set a number)."
-        ),
+        description="GPUs per worker. auto: 1 if the cluster has GPUs as the sweep starts, else 0.",
     )
     head_trial_gpus: float | None = Field(
         default=None,
         ge=0.0,
         description=(
-            "GPUs of a single-worker trial that only trains a head on cached features (base frozen, augmentation "
-            "off), e.g. 0 to run such trials on CPUs next to GPU fine-tuning trials, or 0.25 to share a GPU. "
-            "Unset: gpus_per_worker."
+            "GPUs of a single-worker trial that only trains a head on cached features, e.g. 0 (CPUs) or 0.25 "
+            "(a shared GPU). Unset: gpus_per_worker."
         ),
     )
     cpu_devices: int = Field(
@@ -113,10 +107,8 @@ class TrainSpec(_Section):
     recipe: Literal["plain", "lp_ft"] = Field(
         default="plain",
         description=(
-            "plain: train.phases, else model.freeze for every epoch. lp_ft: LP-FT (Kumar et al., ICLR 2022), "
-            "shorthand for two train.phases: a probe of train.probe_epochs that trains the head alone on the "
-            "frozen base's cached features (augmentation off) at train.learning_rate, then the epochs left under "
-            "model.freeze (mode fine_tune) at train.learning_rate x train.finetune_lr_factor, starting from the probe."
+            "plain: train.phases, else model.freeze throughout. lp_ft (LP-FT): a probe of train.probe_epochs "
+            "on cached features, then the epochs left under model.freeze at the rate x finetune_lr_factor."
         ),
     )
     probe_epochs: PositiveInt = Field(
@@ -153,9 +145,8 @@ class TrainSpec(_Section):
     feature_cache: Literal["auto", "off"] = Field(
         default="auto",
         description=(
-            "auto: epochs with the base frozen (freeze.mode feature_extraction) and augmentation off train the "
-            "head on the backbone's outputs, computed once per backbone/weights/size/dataset and kept in the "
-            "store (tl-ray cache list); off: run the base on every step."
+            "auto: epochs with the base frozen and augmentation off train the head on the backbone's "
+            "outputs, computed once and kept in the store (tl-ray cache list); off: run the base every step."
         ),
     )
     init_from: str | None = Field(

@@ -37,10 +37,7 @@ class TuneSpec(_Section):
     mode: Literal["max", "min"] = Field(default="max", description="Whether the metric is maximised.")
     scheduler: Literal["asha", "hyperband", "median", "pbt", "fifo"] = Field(
         default="asha",
-        description=(
-            "asha: async successive halving; hyperband; median: median stopping rule; "
-            "pbt: population-based training (exploits copy a better trial's checkpoint); fifo: no early stopping."
-        ),
+        description="asha, hyperband, median (stopping rule), pbt (population-based training) or fifo.",
     )
     search: Literal["random", "optuna"] = Field(
         default="random",
@@ -61,37 +58,31 @@ class TuneSpec(_Section):
     checkpoint_on: Literal["improvement", "every"] = Field(
         default="improvement",
         description=(
-            "improvement: a trial writes a due checkpoint (every train.checkpoint_every epochs and the last) only "
-            "when its tune.metric beats the trial's best checkpoint, which is what promotion and staged sweeps use "
-            "(a resumed trial restarts from its best epoch, not its latest); trials that decline or plateau write "
-            "few. every: each due checkpoint. Scheduler pbt checkpoints every due epoch whatever this says (its "
-            "exploits copy a trial's latest checkpoint)."
+            "improvement: write a due checkpoint (see train.checkpoint_every) only when tune.metric beats "
+            "the trial's best one (a resumed trial restarts from its best epoch); every: each due one. pbt "
+            "always writes every due one (its exploits copy a trial's latest checkpoint)."
         ),
     )
     max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
     reuse_actors: bool = Field(
         default=True,
         description=(
-            "Single-worker trials: Tune hands a finished trial's actor (TensorFlow imported and started) to the "
-            "next trial with the same resources, which frees the previous trial's Keras state first. false: a new "
-            "Ray actor per trial (a worker start and a TensorFlow import each; all its memory returns to the system)."
+            "Single-worker trials: hand a finished trial's actor (TensorFlow up) to the next trial, which "
+            "frees the previous trial's Keras state first. false: a new actor per trial (memory freed)."
         ),
     )
     space: dict[str, Any] = Field(
         default_factory=dict,
         description=(
             "Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value; or a "
-            "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled only where every "
-            "named field of the space took a listed value (absent otherwise; pbt never mutates conditional "
-            "dimensions nor the fields their conditions test)."
+            "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled where they hold."
         ),
     )
     stages: list[StageSpec] = Field(
         default_factory=list,
         description=(
-            "Staged sweep: num_samples trials of the first stage (typically heads on cached features), then the "
-            "best `keep` fraction of each stage goes on to the next (e.g. fine-tuning the top blocks, then deeper), "
-            "each warm-starting from its parent's best checkpoint. Empty: one ordinary sweep."
+            "Staged sweep: num_samples trials of the first stage, then the best `keep` fraction of each "
+            "stage goes on to the next, warm-starting from its parent's best checkpoint. Empty: no stages."
         ),
     )
 

@@ -1,10 +1,6 @@
-"""The inputs of a trial's phases that train the head on cached features.
+"""Inputs of the phases that train the head on the backbone's cached outputs (``tl_ray.feature_cache``).
 
-A phase with the base frozen and augmentation off trains the head on the backbone's
-outputs, computed once and kept in the store (``tl_ray.feature_cache``). ``CachedInputs``
-finds or builds the entries for the trial's datasets, builds the head on their
-feature shape, and holds small entries in memory (``MemoryRows``), so every epoch
-streams them without reading the store again.
+Small entries are held in memory (``MemoryRows``): every epoch streams them without reading the store.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from tl_ray.spec import Spec
 
 
 def open_dataset(source, **kwargs):
-    """``make_dataset`` for a dataset URI; the same batches from rows held in memory (``MemoryRows``)."""
+    """``make_dataset`` for a dataset URI, or the same batches from a ``MemoryRows``."""
     if isinstance(source, MemoryRows):
         return source.dataset(**kwargs)
     from tl_ray.data.reader import make_dataset
@@ -24,10 +20,9 @@ def open_dataset(source, **kwargs):
 class MemoryRows:
     """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
 
-    A process keeps the entries it read (up to ``MAX_BYTES`` in all, the newest), so a reused
-    trial process (a reused Tune actor) reads an entry once for all its trials. Entries never
-    change once their manifest exists, and the manifest's digest is part of the key. The datasets that
-    stream an entry unshuffled (validation) are kept with it too: the process's next trials reuse them.
+    The process keeps the newest entries (``MAX_BYTES`` in all) and their unshuffled datasets, so a reused
+    Tune actor reads an entry once for all its trials: entries never change once their manifest (whose digest
+    is in the key) exists.
     """
 
     MAX_BYTES = 512 * 2**20
@@ -64,8 +59,8 @@ class MemoryRows:
 class CachedInputs:
     """The head-on-features model and cached datasets for the phases that can use them.
 
-    ``model`` is the full model when the trial built one (the head then shares its
-    layers); without it, ``head`` builds the head alone on the entries' feature shape.
+    ``model`` is the full model when the trial built one (the head then shares its layers); without it,
+    ``head`` builds the head alone on the entries' feature shape.
     """
 
     def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int, events=None):
@@ -112,8 +107,7 @@ class CachedInputs:
         return self._recipe
 
     def for_phase(self, phase, train_uri: str, val_uri: str | None):
-        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase (its ``freeze`` and
-        ``augment``)."""
+        """``(model to step, train dataset, validation dataset, on the cache)`` for a phase."""
         from tl_ray import feature_cache
 
         use, why = feature_cache.usable(self.spec, phase.freeze, phase.augment)

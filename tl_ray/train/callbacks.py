@@ -1,17 +1,9 @@
 """A Keras-like callback surface for tl-ray's own training loop.
 
-The loop calls ``on_train_begin``, then per phase ``on_phase_begin``, per
-epoch ``on_epoch_begin`` / ``on_epoch_end(epoch, logs)``, per step
-``on_step_begin(step)``, and finally ``on_train_end``. A callback stops
-training by setting ``loop.stop_training = True`` (as Keras' ``model.stop_training``).
-Callbacks see the loop through ``set_loop``: ``loop.model``, ``loop.optimizer``,
-``loop.steps_per_epoch``, ``loop.phase_lr`` (the phase's scaled base rate).
-
-Example:
-
->>> callbacks = callbacks_from_spec(spec.train)
->>> [type(c).__name__ for c in callbacks]
-['LearningRateSchedule', 'EarlyStopping']
+Hooks, in order: ``on_train_begin``; per phase ``on_phase_begin``; per epoch ``on_epoch_begin`` and
+``on_epoch_end(epoch, logs)``; per step ``on_step_begin(step)``; ``on_train_end``. A callback sees the loop
+through ``set_loop`` (``model``, ``optimizer``, ``steps_per_epoch``, ``phase_lr``: the phase's scaled rate)
+and stops training by setting ``loop.stop_training = True``.
 """
 
 from __future__ import annotations
@@ -52,41 +44,36 @@ class CallbackList(Callback):
     def __init__(self, callbacks=()):
         self.callbacks = list(callbacks)
 
-    def set_loop(self, loop) -> None:
+    def _each(self, hook: str, *args) -> None:
         for c in self.callbacks:
-            c.set_loop(loop)
+            getattr(c, hook)(*args)
+
+    def set_loop(self, loop) -> None:
+        self._each("set_loop", loop)
 
     def on_train_begin(self) -> None:
-        for c in self.callbacks:
-            c.on_train_begin()
+        self._each("on_train_begin")
 
     def on_phase_begin(self, phase: int, first_epoch: int, epochs: int) -> None:
-        for c in self.callbacks:
-            c.on_phase_begin(phase, first_epoch, epochs)
+        self._each("on_phase_begin", phase, first_epoch, epochs)
 
     def on_epoch_begin(self, epoch: int) -> None:
-        for c in self.callbacks:
-            c.on_epoch_begin(epoch)
+        self._each("on_epoch_begin", epoch)
 
     def on_step_begin(self, step: int) -> None:
-        for c in self.callbacks:
-            c.on_step_begin(step)
+        self._each("on_step_begin", step)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        for c in self.callbacks:
-            c.on_epoch_end(epoch, logs)
+        self._each("on_epoch_end", epoch, logs)
 
     def on_train_end(self, logs: dict) -> None:
-        for c in self.callbacks:
-            c.on_train_end(logs)
+        self._each("on_train_end", logs)
 
     def on_cache_build_begin(self) -> None:
-        for c in self.callbacks:
-            c.on_cache_build_begin()
+        self._each("on_cache_build_begin")
 
     def on_cache_wait_begin(self) -> None:
-        for c in self.callbacks:
-            c.on_cache_wait_begin()
+        self._each("on_cache_wait_begin")
 
 
 class EarlyStopping(Callback):
@@ -99,8 +86,7 @@ class EarlyStopping(Callback):
         min_delta: smallest change counted as improvement. Defaults to 0.
 
     Raises:
-        ValueError: bad ``mode``, negative ``patience`` or ``min_delta``; or, at
-            the end of an epoch, ``monitor`` missing from the logs.
+        ValueError: bad ``mode``, negative ``patience`` or ``min_delta``, or ``monitor`` not in the logs.
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 3, min_delta: float = 0.0):

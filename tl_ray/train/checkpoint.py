@@ -1,22 +1,9 @@
-"""Trial checkpoints: the model, the optimizer state and the loop state.
+"""Trial checkpoints: ``model.keras`` (or ``head.weights.h5``), ``optimizer.npz`` and ``state.json``.
 
-A checkpoint folder holds ``model.keras`` (the full model, which promotion
-exports), ``optimizer.npz`` (every optimizer variable, in order) and
-``state.json`` (epoch, metrics, the Tune trial that wrote it and a digest of
-the model weights). Ray Train/Tune upload the folder to the spec's storage;
-resuming rebuilds the model from the spec and loads both.
-
-A trial that only trains a head on cached features (its base frozen throughout,
-see ``tl_ray.feature_cache``) never builds the backbone: its checkpoints hold
-``head.weights.h5`` instead of ``model.keras``, and ``state.json`` records under
-``head_of`` how to rebuild the full model (the model spec, classes, image size,
-seed and the digest of the backbone's weights, which did not change while the
-head trained). ``checkpoint_model`` returns the full model for either kind;
-restores and warm starts move head weights between the kinds by layer name.
-
-A restore keeps the learning rate the restoring trial was built with: under
-PBT the restoring trial is another one (the exploiting trial, with a mutated
-``train.learning_rate``), and the donor's rate must not overwrite its own.
+A trial that trains only a head on cached features never builds the backbone: its checkpoints hold the head's
+weights, and ``state.json`` records under ``head_of`` how to rebuild the full model around it (model spec,
+classes, image size, seed, digest of the backbone's weights). ``checkpoint_model`` returns the full model for
+either kind. A restore keeps the restoring trial's learning rate: under PBT the donor's must not overwrite it.
 """
 
 from __future__ import annotations
@@ -37,11 +24,8 @@ def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_o
     """Writes a checkpoint into ``folder`` (created if needed) and returns it.
 
     Args:
-        folder: where to write.
-        model: the full model, or the head alone when ``head_of`` is given.
-        optimizer: the optimizer whose variables are saved.
+        model: the full model, or the head alone when ``head_of`` (``head_recipe``) is given.
         state: loop state (epoch, metrics, trial id), written to ``state.json``.
-        head_of: for a head alone, how to rebuild the full model (see ``head_recipe``). Defaults to None.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,10 +42,8 @@ def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_o
 
 
 def head_recipe(spec, num_classes: int, feature_shape, backbone_weights: str) -> dict:
-    """What ``checkpoint_model`` needs to rebuild the full model around a saved head.
-
-    ``backbone_weights`` is ``tl_ray.feature_cache.backbone_weights_digest`` of the weights the features came from.
-    """
+    """What ``checkpoint_model`` needs to rebuild the full model around a saved head (``backbone_weights``:
+    the digest of the weights the features came from)."""
     return {"model": spec.model.model_dump(mode="json"), "num_classes": int(num_classes),
             "feature_shape": [int(v) for v in feature_shape], "image_size": [int(v) for v in spec.data.image_size],
             "seed": spec.train.seed, "storage": spec.storage, "backbone_weights": backbone_weights}
@@ -72,11 +54,7 @@ def is_head_only(folder: str | Path) -> bool:
 
 
 def load_model_weights(folder: str | Path, model) -> None:
-    """Loads a checkpoint's weights into ``model``, the full model or the head alone, whichever the checkpoint holds.
-
-    Raises:
-        ValueError: the checkpoint's layers do not fit ``model``'s.
-    """
+    """Loads either kind of checkpoint into the full model or the head alone (ValueError: other layers)."""
     folder = Path(folder)
     if not is_head_only(folder):
         if _is_head(model):
@@ -98,8 +76,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
 
     Args:
         folder: a local checkpoint folder.
-        storage_root: the store that the backbone's weights resolve against. Defaults to the
-            store recorded in the checkpoint.
+        storage_root: the store the backbone's weights resolve against. Defaults to the checkpoint's.
 
     Raises:
         StorageError: the backbone's weights cannot be fetched.
@@ -134,11 +111,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
 
 
 def copy_head_weights(source, target) -> None:
-    """Copies the weights of the head's layers (``head_*``, ``predictions``) from one model to another by name.
-
-    Raises:
-        ValueError: a head layer is missing from ``source`` or its weights have other shapes.
-    """
+    """Copies the head's layers (``head_*``, ``predictions``) by name (ValueError: one missing or unlike)."""
     names = [layer.name for layer in target.layers if _is_head_layer(layer.name)]
     have = {layer.name: layer for layer in source.layers}
     missing = [n for n in names if n not in have]
@@ -181,14 +154,11 @@ def _load_full(folder: Path):
 def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
     """Loads model weights and optimizer state from ``folder``; returns the saved state.
 
-    The optimizer's learning-rate variables keep their current values (the
-    restoring trial's own rate); iterations and slots are loaded.
+    The learning-rate variables keep the restoring trial's own rate; iterations and slots are loaded.
 
     Args:
-        folder: a checkpoint folder written by ``save_checkpoint``.
         model: the rebuilt model, or the head alone (either kind of checkpoint loads into either).
-        optimizer: the optimizer to load, or None to load the weights only (a
-            checkpoint written at the end of a phase, when the next phase
+        optimizer: the optimizer to load, or None for the weights only (a phase boundary: the next phase
             starts with a fresh optimizer).
 
     Raises:
@@ -210,11 +180,11 @@ def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
     for var, value in zip(variables, values):
         if id(var) not in keep:
             var.assign(value)
-    return json.loads((folder / STATE_FILE).read_text())
+    return read_state(folder)
 
 
 def _learning_rate_variables(optimizer) -> list:
-    """The learning-rate variables among ``optimizer.variables`` (a LossScaleOptimizer has its own and its inner one's)."""
+    """The learning-rate variables (a LossScaleOptimizer has its own and its inner one's)."""
     import keras
 
     found = []
@@ -240,19 +210,15 @@ def read_state(folder: str | Path) -> dict:
 
 
 def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) -> str:
-    """Loads the model weights of a checkpoint folder (local or in the store) into ``model``.
+    """Loads the model weights of a checkpoint folder (local or in the store) into ``model`` (full or head).
 
     Args:
-        model: the full model, or the head alone.
-        checkpoint_uri: a checkpoint folder, local or in the store.
-        backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of the weights ``model``'s backbone
-            was built with; a head-only checkpoint trained over other weights is refused. Defaults
-            to None (not checked).
+        backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of ``model``'s backbone weights; a
+            head-only checkpoint trained over others is refused. Defaults to None (not checked).
 
     Raises:
         StorageError: the checkpoint cannot be fetched.
-        ConfigError: its model does not match the spec's (another backbone or head, or a head
-            trained over other backbone weights).
+        ConfigError: its model does not fit the spec's (another backbone or head, or other backbone weights).
     """
     import tempfile
 

@@ -1,25 +1,9 @@
-"""The training loop of one trial worker: one path for every strategy.
+"""The training loop of one trial worker: one path for every strategy (no Ray here).
 
-``train()`` builds the model inside the strategy's scope, streams this
-worker's part of the shards through ``distribute_datasets_from_function``,
-runs :class:`DistributedStep` for a fixed number of steps per epoch (the same
-on every worker, so collectives never wait on a worker that ran out of data),
-evaluates, and hands metrics plus (every ``train.checkpoint_every`` epochs) a
-checkpoint folder to a reporter (Ray Tune, Ray Train, or a plain list outside Ray).
-
-Recipes: ``train.phases`` (or the two ``train.recipe: lp_ft`` stands for) run
-in order, each with its freeze policy, a fresh optimizer built on that phase's
-trainable variables and a newly traced step
-(what the Keras guide's ``compile`` after changing ``trainable`` does). The
-learning rate is the phase's rate scaled to the global batch
-(``train.lr_scaling``) times the ``train.lr_schedule`` factor; callbacks
-(``tl_ray.train.callbacks``) set it and decide early stopping.
-
-Phases with the base frozen and augmentation off (``data.augment`` off, or the
-phase's ``augment: false``) train the head on the backbone's cached outputs
-(``tl_ray.feature_cache``). When every phase left does, the
-trial never builds the backbone: it trains ``build_head``'s head alone and
-checkpoints only the head (``tl_ray.train.checkpoint``).
+Every worker runs the same number of steps per epoch, so collectives never wait on one that ran out of data.
+Each phase (``Spec.phases``) gets its freeze policy, a fresh optimizer on its trainable variables and a newly
+traced step, as Keras' ``compile`` after changing ``trainable``. When every phase left trains on cached
+features (``tl_ray.feature_cache``), the trial builds and checkpoints the head alone.
 """
 
 from __future__ import annotations
@@ -36,7 +20,7 @@ from typing import Protocol
 from tl_ray.errors import ConfigError
 from tl_ray.spec import FreezeSpec, Spec
 from tl_ray.train.cached_inputs import CachedInputs, MemoryRows, open_dataset
-from tl_ray.train.runtime import intra_op_threads
+from tl_ray.train.runtime import intra_op_threads, worker_position
 
 
 class Reporter(Protocol):
@@ -71,8 +55,7 @@ class ListReporter:
 
 @dataclass(frozen=True)
 class Phase:
-    """Epochs ``[first_epoch, first_epoch + epochs)`` trained under one freeze policy and base rate
-    (``augment``: whether data.augment applies)."""
+    """Epochs ``[first_epoch, end)`` under one freeze policy and base rate (``augment``: data.augment on)."""
 
     first_epoch: int
     epochs: int
@@ -96,13 +79,6 @@ def plan_phases(spec: Spec) -> list[Phase]:
         out.append(Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate, p.augment))
         first += p.epochs
     return out
-
-
-def make_optimizer(train_spec, learning_rate: float | None = None, **kwargs):
-    """``tl_ray.train.optimizers.make_optimizer`` (imported lazily: this module stays Keras-free to import)."""
-    from tl_ray.train.optimizers import make_optimizer as make
-
-    return make(train_spec, learning_rate, **kwargs)
 
 
 def lr_scale(train_spec) -> float:
@@ -131,16 +107,6 @@ class LoopState:
         from tl_ray.train.optimizers import inner_optimizer
 
         return float(inner_optimizer(self.optimizer).learning_rate.numpy())
-
-
-def worker_position(strategy) -> tuple[int, int]:
-    """(this worker's index, number of workers) of a strategy."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 0, 1
-    spec = resolver.cluster_spec().as_dict()
-    n = len(spec.get("worker", [])) + len(spec.get("chief", []))
-    return (int(resolver.task_id or 0), n) if n > 1 else (0, 1)
 
 
 def class_weight_vector(spec: Spec, manifest, num_classes: int) -> list[float] | None:
@@ -184,7 +150,6 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
     """Trains the spec's model with this process's strategy; returns the last epoch's metrics.
 
     Args:
-        spec: the experiment spec.
         reporter: receives every epoch's metrics and checkpoints, and names the checkpoint to resume from.
         callbacks: extra ``tl_ray.train.callbacks.Callback`` objects, after the spec's own. Defaults to none.
 
@@ -247,9 +212,11 @@ class _Run:
         from tl_ray.train.checkpoint import read_state
 
         restore = self.reporter.restore_dir()
-        start_epoch = int(read_state(restore)["epoch"]) if restore is not None else 0
+        start_epoch = 0
         if restore is not None:
-            self.best_checkpointed = read_state(restore).get("metrics", {}).get(self.spec.tune.metric)
+            state = read_state(restore)
+            start_epoch = int(state["epoch"])
+            self.best_checkpointed = state.get("metrics", {}).get(self.spec.tune.metric)
         phases = [(i, p) for i, p in enumerate(plan_phases(self.spec)) if p.end > start_epoch]
         self.build([p for _, p in phases], warm_start_from=None if restore is not None else self.spec.train.init_from)
         metrics: dict = {}
@@ -292,6 +259,7 @@ class _Run:
         """The phase's optimizer (restored from ``restore``) and traced step; its train and validation data."""
         from tl_ray.models.freeze import apply_freeze
         from tl_ray.train.checkpoint import model_weights_digest, restore_checkpoint
+        from tl_ray.train.optimizers import make_optimizer
         from tl_ray.train.step import DistributedStep
 
         cfg, model = self.spec.train, self.loop.model
@@ -311,7 +279,6 @@ class _Run:
             # Which trial wrote the checkpoint (the donor after a PBT exploit).
             self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=model_weights_digest(model))
         self.loop.optimizer, self.loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
-        # Base frozen and no augmentation: the head trains on the backbone's cached outputs.
         self.augment = self.spec.data.augment if phase.augment else None
         net, phase_train, phase_val, on_cache = self.cached.for_phase(phase, self.train_uri, self.val_uri)
         self.extra["feature_cache"] = self.cached.statuses["train"] if on_cache else "off"
@@ -327,7 +294,7 @@ class _Run:
         return step, (phase_train, validation)
 
     def validation_data(self, phase_val):
-        """A function giving the validation dataset (None without one); in memory, one dataset for every epoch."""
+        """A function giving the validation dataset (None without one); in memory, the same every epoch."""
         if phase_val is None:
             return None
         # Cached features are small: large evaluation batches, few steps.
@@ -389,8 +356,7 @@ class _Run:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def report(self, metrics: dict, last: bool) -> None:
-        """Reports an epoch; rank 0 checkpoints every ``train.checkpoint_every`` epochs and at the last, with
-        ``tune.checkpoint_on: improvement`` only those that improve on the trial's best checkpoint."""
+        """Reports an epoch; rank 0 adds a checkpoint when one is due and ``improves``."""
         from tl_ray.train.checkpoint import save_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
@@ -404,7 +370,7 @@ class _Run:
             self.reporter.report(metrics, ckpt)
 
     def improves(self, metrics: dict) -> bool:
-        """Whether a due checkpoint is written (``writes_checkpoint``); records its metric if so."""
+        """``writes_checkpoint`` for this epoch; records its metric if so."""
         value = metrics.get(self.spec.tune.metric)
         if not writes_checkpoint(self.spec.tune, value, self.best_checkpointed):
             return False
@@ -414,9 +380,8 @@ class _Run:
 
 
 def writes_checkpoint(tune, value, best: float | None) -> bool:
-    """Whether a trial writes a due checkpoint whose ``tune.metric`` is ``value``, its best checkpoint's ``best``:
-    always, unless ``tune.checkpoint_on`` is improvement (and the scheduler not pbt) and ``value`` does not beat
-    ``best``. An epoch without the metric always does."""
+    """Whether a due checkpoint with metric ``value`` is written: not when ``tune.checkpoint_on`` is
+    improvement (scheduler not pbt) and a numeric ``value`` does not beat ``best``, the best checkpoint's."""
     if tune.checkpoint_on == "every" or tune.scheduler == "pbt" or not isinstance(value, (int, float)):
         return True
     return best is None or (value > best if tune.mode == "max" else value < best)

@@ -1,23 +1,10 @@
 """Optimizers for tl-ray's distributed step: pre-reduced gradients, per-variable rates, loss scaling.
 
-Two things a stock Keras 3 optimizer gets wrong under ``tf.distribute``, and
-how tl-ray avoids them:
-
-- Keras all-reduces gradients *inside* ``apply``, after its own clipping and
-  after ``LossScaleOptimizer``'s finiteness check, so ``global_clipnorm``
-  clips each replica's partial gradient and replicas may disagree on whether a
-  step overflowed. tl-ray's step all-reduces first, clips the global
-  gradient, then applies; the optimizers made here skip Keras' second
-  all-reduce (``_all_reduce_sum_gradients`` is the identity).
-- A gradient multiplier is not a learning-rate multiplier for Adam or RMSprop
-  (they are invariant to gradient scale). The discriminative rate is applied
-  to the learning rate inside ``update_step``, per variable, so it is exact
-  for every optimizer. (AdamW's decoupled weight decay keeps the base rate.)
-
-Example:
-
->>> opt = make_optimizer(spec.train, 1e-3, backbone_variables=bb_vars, backbone_lr_multiplier=0.1)
->>> opt.build(model.trainable_variables)
+Keras all-reduces gradients inside ``apply``, after its clipping and ``LossScaleOptimizer``'s finiteness
+check, so it would clip each replica's partial gradient and replicas could disagree on an overflow: tl-ray's
+step all-reduces and clips first, and these optimizers skip Keras' all-reduce. The discriminative rate
+multiplies the learning rate per variable in ``update_step``, not the gradient (Adam and RMSprop are invariant
+to its scale; AdamW's decoupled weight decay keeps the base rate).
 """
 
 from __future__ import annotations
@@ -72,12 +59,9 @@ def make_optimizer(
     """Creates (and, given ``trainable_variables``, builds) the optimizer of one training phase.
 
     Args:
-        train_spec: the ``train`` spec section (optimizer name, weight decay).
         learning_rate: the starting rate. Defaults to ``train_spec.learning_rate``.
         trainable_variables: variables to build the optimizer on. Defaults to None (unbuilt).
-        backbone_variables: trainable backbone variables that learn at
-            ``backbone_lr_multiplier`` times the rate. Defaults to none.
-        backbone_lr_multiplier: see above. Defaults to 1.
+        backbone_variables: they learn at ``backbone_lr_multiplier`` times the rate. Defaults to none.
         precision: ``mixed_float16`` wraps the optimizer in a ``LossScaleOptimizer``. Defaults to float32.
 
     Returns:

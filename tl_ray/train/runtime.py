@@ -1,9 +1,7 @@
 """TensorFlow process set-up inside (or outside) Ray: threads, devices, strategy.
 
-Ray sets ``OMP_NUM_THREADS=1`` in its workers and TensorFlow would otherwise
-size its pools from the whole machine, whatever Ray reserved. tl-ray sizes
-TensorFlow's intra-op pool from the CPUs Ray assigned to the process, before
-TensorFlow's runtime starts.
+TensorFlow would size its pools from the whole machine, whatever Ray reserved: the intra-op pool is sized from
+the CPUs Ray assigned, before TensorFlow's runtime starts.
 """
 
 from __future__ import annotations
@@ -72,9 +70,8 @@ def intra_op_threads() -> int:
 def make_strategy(workers: int, cpu_devices: int = 0):
     """The tf.distribute strategy for one trial worker.
 
-    ``workers > 1``: MultiWorkerMirroredStrategy (TF_CONFIG set by Ray Train).
-    Otherwise MirroredStrategy over the local GPUs, or over ``cpu_devices``
-    logical CPU devices, or OneDeviceStrategy on the CPU.
+    ``workers > 1``: MultiWorkerMirroredStrategy (TF_CONFIG set by Ray Train); else MirroredStrategy over the
+    local GPUs or ``cpu_devices`` logical CPUs, else OneDeviceStrategy on the CPU.
     """
     import tensorflow as tf
 
@@ -87,3 +84,13 @@ def make_strategy(workers: int, cpu_devices: int = 0):
     if cpu_devices > 1 and len(cpus) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in cpus[:cpu_devices]])
     return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def worker_position(strategy) -> tuple[int, int]:
+    """(this worker's index, number of workers) of a strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    n = len(spec.get("worker", [])) + len(spec.get("chief", []))
+    return (int(resolver.task_id or 0), n) if n > 1 else (0, 1)

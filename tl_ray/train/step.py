@@ -1,19 +1,9 @@
-"""tl-ray's one distributed train and eval step, used by every strategy.
+"""tl-ray's one distributed train and eval step, for OneDevice, Mirrored and MultiWorkerMirrored strategies.
 
-Keras 3 ``Model.fit`` fails under MultiWorkerMirroredStrategy with more than
-one worker, so tl-ray owns the step: ``strategy.run`` of a replica function
-that averages the per-example loss over the GLOBAL batch
-(``tf.nn.compute_average_loss``), all-reduces the gradients, clips their
-global norm, applies them, and returns sums that are reduced across replicas.
-The same object serves OneDevice, Mirrored and MultiWorkerMirrored strategies.
-
-Heads (read from the model's ``predictions`` layer):
-
-- binary: one sigmoid unit, int labels 0/1, binary cross-entropy;
-- multi-class: softmax over K, int labels, categorical cross-entropy;
-- multi-label: K sigmoid units, multi-hot float labels ``[B, K]`` (int labels
-  ``[B]`` are taken as one-hot rows), binary cross-entropy per class averaged
-  over classes; "accuracy" is per-label.
+Keras 3 ``Model.fit`` fails under MultiWorkerMirroredStrategy with more than one worker, hence this step: the
+loss is averaged over the GLOBAL batch, gradients are all-reduced, then clipped, then applied. Heads (read
+from the ``predictions`` layer): binary (one sigmoid unit, labels 0/1), multi-class (softmax, int labels),
+multi-label (K sigmoid units, multi-hot ``[B, K]`` labels or int ``[B]`` as one-hot; accuracy is per label).
 """
 
 from __future__ import annotations
@@ -22,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from tl_ray.train.runtime import worker_position
 
 _PACKED = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=32 * 2**20)
 
@@ -43,14 +34,11 @@ class DistributedStep:
 
     Args:
         strategy: a tf.distribute strategy; model and optimizer were built in its scope.
-        model: a Keras 3 model with softmax (K > 2), sigmoid (1 unit) or
-            multi-label sigmoid (K units) outputs.
-        optimizer: a Keras 3 optimizer built on ``model.trainable_variables``.
-            One from ``tl_ray.train.optimizers.make_optimizer`` takes gradients the
-            step already all-reduced (needed for ``clip_norm``); a stock one
-            all-reduces them itself.
+        model: a Keras 3 model with softmax (K > 2), sigmoid (1 unit) or multi-label sigmoid (K units) output.
+        optimizer: built on ``model.trainable_variables``. One from ``tl_ray.train.optimizers.make_optimizer``
+            takes gradients the step all-reduced (needed for ``clip_norm``); a stock one all-reduces itself.
         global_batch_size: examples per step across all replicas.
-        label_smoothing: label smoothing of the cross-entropy. Defaults to 0.
+        label_smoothing: of the cross-entropy. Defaults to 0.
         class_weights: per-class loss weights, length K (2 for a binary head). Defaults to None.
         clip_norm: clip the all-reduced gradients to this global norm. Defaults to None.
         jit_compile: XLA-compile the forward and backward pass. Defaults to False.
@@ -91,7 +79,6 @@ class DistributedStep:
         self._train = tf.function(self._train_distributed, autograph=False)
         self._eval = tf.function(self._eval_local, reduce_retracing=True, autograph=False)
 
-    # -- losses -------------------------------------------------------------
     def per_example_loss(self, labels, probs):
         """Weighted cross-entropy of each example, ``[B]``."""
         smoothing = self.label_smoothing
@@ -128,7 +115,11 @@ class DistributedStep:
             pred = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(labels, (-1,)), tf.int32)), tf.float32))
 
-    # -- train --------------------------------------------------------------
+    def _sums(self, labels, probs, per_example):
+        """[loss sum, correct, examples] of one replica's batch."""
+        count = tf.cast(tf.shape(per_example)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_example), self.correct(labels, probs), count])
+
     def _loss_and_grads(self, images, labels):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
@@ -161,13 +152,7 @@ class DistributedStep:
                 it = iter(clipped)
                 grads = [None if g is None else next(it) for g in grads]
         self.optimizer.apply_gradients(zip(grads, variables))
-        return tf.stack(
-            [
-                tf.reduce_sum(per_example),
-                self.correct(labels, probs),
-                tf.cast(tf.shape(per_example)[0], tf.float32),
-            ]
-        )
+        return self._sums(labels, probs, per_example)
 
     def _train_distributed(self, dist_batch):
         images, labels = dist_batch
@@ -178,23 +163,14 @@ class DistributedStep:
         """One optimisation step; returns [loss sum, correct, examples] over all replicas."""
         return self._train(dist_batch)
 
-    # -- eval ---------------------------------------------------------------
     def _eval_local(self, images, labels):
         probs = tf.cast(self.model(images, training=False), tf.float32)
-        per_example = self.per_example_loss(labels, probs)
-        return tf.stack(
-            [
-                tf.reduce_sum(per_example),
-                self.correct(labels, probs),
-                tf.cast(tf.shape(per_example)[0], tf.float32),
-            ]
-        )
+        return self._sums(labels, probs, self.per_example_loss(labels, probs))
 
     def evaluate(self, local_dataset, num_workers: int = 1) -> dict[str, float]:
         """Loss and accuracy over ``local_dataset`` (this worker's part), summed over workers.
 
-        Every worker evaluates its own part without collectives (parts may differ
-        in length), then one all-reduce adds the sums.
+        Parts may differ in length: each worker evaluates without collectives, then one all-reduce adds sums.
         """
         sums = np.zeros(3, dtype=np.float64)
         for images, labels in local_dataset:
@@ -209,7 +185,7 @@ class DistributedStep:
         """Sums one vector across workers (each worker contributes once)."""
         strategy = self.strategy
         local = tf.constant(values, dtype=tf.float64)
-        per_worker = strategy.num_replicas_in_sync // max(1, _num_workers(strategy))
+        per_worker = strategy.num_replicas_in_sync // worker_position(strategy)[1]
 
         def value_fn(ctx):
             first = ctx.replica_id_in_sync_group % per_worker == 0
@@ -217,11 +193,3 @@ class DistributedStep:
 
         dist = strategy.experimental_distribute_values_from_function(value_fn)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, dist, axis=None).numpy()
-
-
-def _num_workers(strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))

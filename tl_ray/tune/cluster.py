@@ -1,4 +1,4 @@
-"""Joining a Ray cluster: the one in ``RAY_ADDRESS``, the one this node belongs to, or a new local one."""
+"""Joining a Ray cluster (``RAY_ADDRESS``, else a new local one) and resolving GPU settings on it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,8 @@ def verbose() -> bool:
 
 
 def connect_ray() -> None:
-    """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one.
-
-    Never attaches to whatever Ray instance happens to run on the machine.
-    """
-    import os
-
+    """Joins the cluster in ``RAY_ADDRESS`` (set inside Ray Jobs), else starts a local one; never attaches to
+    whatever Ray instance happens to run on the machine."""
     import ray
 
     if not ray.is_initialized():
@@ -40,43 +36,9 @@ def workers_output() -> str:
     return f"workers' output in {where} (tl-ray -v shows it here)"
 
 
-def join_running_cluster() -> None:
-    """Joins the running cluster in ``RAY_ADDRESS``, else the one this node belongs to (``ray start``); never
-    starts one.
-
-    Raises:
-        ClusterError: no cluster there.
-    """
-    import os
-
-    import ray
-
-    address = os.environ.get("RAY_ADDRESS", "")
-    address = address if address and address != "local" and not address.startswith("http") else "auto"
-    if address == "auto":  # the cluster the last `ray start` here recorded: Ray retries a dead one for minutes
-        # Ray's only private call in tl-ray, checked against Ray 2.60: no public API reads the address
-        # `ray start` recorded, and ray.init("auto") on a stale one retries for minutes before failing.
-        from ray._private.services import find_bootstrap_address
-
-        found = find_bootstrap_address(None)
-        if found:
-            check_reachable(found, source="the address the last `ray start` on this node recorded")
-    else:
-        check_reachable(address)
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    except (ConnectionError, RuntimeError) as exc:
-        raise ClusterError(f"no running Ray cluster at {address!r} ({exc}). Start one with `ray start --head`, "
-                           "or set RAY_ADDRESS to its address (host:6379).") from None
-
-
-def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRESS") -> None:
-    """Fails fast when ``address`` (``host:port`` of a cluster's GCS) does not answer; Ray itself would retry
-    for minutes.
-
-    Raises:
-        ClusterError: nothing listens there.
-    """
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raises ClusterError at once when ``address`` (``RAY_ADDRESS``, ``host:port`` of a cluster's GCS) does
+    not answer: Ray itself would retry for minutes."""
     import socket
 
     host, _, port = address.rpartition(":")
@@ -85,11 +47,8 @@ def check_reachable(address: str, timeout: float = 5.0, source: str = "RAY_ADDRE
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()  # [::1]:6379 too
     except OSError as exc:
-        if source == "RAY_ADDRESS":
-            raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
-                               "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
-        raise ClusterError(f"no Ray cluster answers at {address!r}, {source} ({exc}). Start a cluster (`ray start "
-                           "--head`), or set RAY_ADDRESS to a running cluster's address.") from None
+        raise ClusterError(f"no Ray cluster answers at RAY_ADDRESS={address!r} ({exc}). Start it (`ray start "
+                           "--head`), fix RAY_ADDRESS, or unset it to run on a local Ray.") from None
 
 
 def with_cluster_gpus(spec, out=print):

@@ -1,13 +1,7 @@
-"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver, in ``tl-ray.log`` of the
-experiment folder.
+"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver, in ``tl-ray.log``.
 
-The console shows tl-ray's own lines; the log keeps the rest, each failed trial's traceback included (Tune
-logs it as the trial fails). Tune's own ``log_to_file`` is not used: it breaks trials on reused actors.
-
-Example:
-
->>> with driver_log("./tlray-store/experiments/fashion-20261204-101500") as path:
-...     tuner.fit()
+The console shows tl-ray's own lines; the log keeps the rest, failed trials' tracebacks included. Tune's own
+``log_to_file`` is not used: it breaks trials on reused actors.
 """
 
 from __future__ import annotations
@@ -30,8 +24,8 @@ _OWN_HANDLERS = ("ray", "ray.data", "tensorflow")
 
 
 def log_path(experiment_uri: str) -> Path:
-    """Where the driver writes the log of ``experiment_uri``: in the folder itself for a local store; for an
-    S3 store a local file (``~/.cache/tl-ray/logs/<experiment>/``) copied into the folder at the end."""
+    """In the experiment folder on a local store; on S3 a local file (``~/.cache/tl-ray/logs/<experiment>/``)
+    copied into the folder at the end."""
     if store.is_s3(experiment_uri):
         return store.local_cache_dir("logs", experiment_uri.rstrip("/").rsplit("/", 1)[-1]) / LOG_NAME
     _, path = store.filesystem(experiment_uri)
@@ -56,11 +50,10 @@ class _QuietTune(logging.Filter):
 @contextlib.contextmanager
 def driver_log(experiment_uri: str) -> Iterator[Path]:
     """Appends the driver's logging to ``tl-ray.log`` of ``experiment_uri`` while the block runs; yields the
-    local file. On an S3 store the file is copied into the experiment folder at the end, also when the block
-    raises (a failed copy is said on stderr and leaves the local file).
+    local file, which on S3 is copied into the experiment folder at the end, also when the block raises.
 
-    Args:
-        experiment_uri: the experiment folder (local path or ``s3://`` URI).
+    >>> with driver_log("./tlray-store/experiments/fashion-20261204-101500") as path:
+    ...     tuner.fit()
     """
     path = log_path(experiment_uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +82,8 @@ def driver_log(experiment_uri: str) -> Iterator[Path]:
 
 
 def copy_log(path: Path, experiment_uri: str) -> None:
-    """Copies the local log ``path`` to ``tl-ray.log`` of ``experiment_uri``; a failure is said on stderr (the
-    sweep's own outcome matters more than its log's copy)."""
+    """Copies the local log to the experiment folder; a failure is only said on stderr (the sweep's outcome
+    matters more)."""
     try:
         store.write_bytes(store.join(experiment_uri, LOG_NAME), path.read_bytes())
     except StorageError as exc:

@@ -1,9 +1,7 @@
 """Stops a sweep at the first trial error that retrying cannot fix.
 
-Tune retries a failed trial ``train.max_failures`` times whatever it raised. A trial that fails on a
-``ConfigError``, ``DataError``, ``StorageError`` or ``RegistryError`` would fail the same way on every retry
-and on every other trial: :class:`FailFast` stops the experiment as that trial fails, before its retry
-starts, and the sweep driver raises the error.
+Tune retries a failed trial ``train.max_failures`` times whatever it raised; a ``ConfigError``, ``DataError``,
+``StorageError`` or ``RegistryError`` would fail every retry and every other trial the same way.
 """
 
 from __future__ import annotations
@@ -20,9 +18,8 @@ _found: list[tuple[str, TLRayError]] = []
 
 
 def root_cause(exc: BaseException | None) -> TLRayError | None:
-    """The tl-ray error under the wrappers Ray puts around a trial's exception: ``RayTaskError`` (its
-    ``cause``), Ray Train's ``WorkerGroupError`` (each worker's failure) and ``ControllerError``, and
-    chained exceptions; None when there is none."""
+    """The tl-ray error under Ray's wrappers (``RayTaskError``, Ray Train's ``WorkerGroupError`` and
+    ``ControllerError``) and chained exceptions; None when there is none."""
     from ray.exceptions import RayTaskError
 
     todo, seen = [exc], set()
@@ -51,8 +48,8 @@ def found() -> tuple[str, TLRayError] | None:
 
 
 def _trial_exception(trial) -> BaseException | None:
-    """The exception of the trial's latest failure: its ``error.pkl`` in the driver's copy of the trial folder
-    (``Trial.get_pickled_error`` reads the store's copy, which Tune syncs later)."""
+    """The trial's latest exception, from the driver's copy of ``error.pkl`` (``Trial.get_pickled_error``
+    reads the store's, which Tune syncs later)."""
     import os
 
     from ray import cloudpickle
@@ -68,13 +65,8 @@ def _trial_exception(trial) -> BaseException | None:
 
 
 class FailFast(tune.Callback, tune.Stopper):
-    """A Tune callback and stopper: at a trial's error (about to be retried, or final), finds the error's root
-    cause and, when it is deterministic, stops every trial and starts no more.
-
-    Tune handles the failure, then asks its stopper, then starts trials: a retry queued for the failed trial
-    is stopped before it runs. Pass the same object as ``RunConfig(callbacks=[...], stop=...)``.
-
-    Example:
+    """A Tune callback and stopper: at a trial's error whose root cause is deterministic, stops every trial
+    and starts no more (Tune asks its stopper before it starts the failed trial's retry).
 
     >>> fail_fast = FailFast()
     >>> tune.RunConfig(callbacks=[fail_fast], stop=fail_fast)

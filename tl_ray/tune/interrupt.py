@@ -1,14 +1,12 @@
-"""An interrupted sweep: how the driver tells it from a finished one.
+"""An interrupted sweep, told from a finished one.
 
-On the first Ctrl-C (SIGINT) Ray Tune saves the experiment state, stops the
-trials and returns from ``Tuner.fit()`` as if the sweep had ended; it raises
-nothing. ``run_sweep`` counts the trials the saved state leaves unfinished and
-raises :class:`SweepInterrupted`, so nothing downstream (promotion,
-``tl-ray run``) treats a partial sweep as a finished one.
+On the first Ctrl-C Ray Tune saves the experiment and returns from ``Tuner.fit()`` as if the sweep had ended;
+``run_tuner`` then raises :class:`SweepInterrupted`, so nothing downstream treats a partial sweep as finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from tl_ray.errors import TLRayError
@@ -18,9 +16,8 @@ class SweepInterrupted(TLRayError):
     """The sweep stopped before every trial finished; its state is saved and it can be resumed.
 
     Args:
-        experiment: the experiment folder name.
-        experiment_path: where Tune saved the experiment.
-        unfinished: trials not finished (running, pending or not created yet).
+        experiment: the experiment folder name; ``experiment_path``: where Tune saved it.
+        unfinished: trials running, pending or not created yet.
         stage: the stage of a staged sweep that was running.
     """
 
@@ -42,8 +39,7 @@ class SweepInterrupted(TLRayError):
 def saved_trial_statuses(experiment_path: str, filesystem=None) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues), by trial id.
 
-    Not the ResultGrid's statuses: after an interrupt Tune marks the trials it
-    stops TERMINATED in memory, but saves the state before stopping them.
+    Not the ResultGrid's: after an interrupt Tune saves the state, then marks the trials TERMINATED in memory.
     """
     from ray.tune import ExperimentAnalysis
 
@@ -52,11 +48,8 @@ def saved_trial_statuses(experiment_path: str, filesystem=None) -> dict[str, str
 
 
 def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> int:
-    """Trials neither finished nor errored, plus trials of the sweep not created yet.
-
-    ``planned`` is how many trials the experiment runs (default: the spec's sweep; a later
-    stage of a staged sweep runs one trial per promoted parent).
-    """
+    """Trials neither finished nor errored, plus those of the ``planned`` trials (default: the spec's sweep's)
+    not created yet."""
     from tl_ray.spec.space import grid_size
 
     if planned is None:
@@ -65,21 +58,17 @@ def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> i
     return len(statuses) - settled + max(planned - len(statuses), 0)
 
 
-class quiet_ray_resume_hint:
-    """Context manager dropping Tune's "Resume experiment with: Tuner.restore(...)" warning.
+@contextlib.contextmanager
+def quiet_ray_resume_hint():
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" warning: for a tl-ray sweep the command line
+    prints the resume command that works (``tl-ray tune SPEC --resume``)."""
+    logger = logging.getLogger("ray.tune.tune")
 
-    The command line prints its own resume command (``tl-ray tune SPEC --resume``),
-    which is the one that works for a tl-ray sweep.
-    """
-
-    def __enter__(self):
-        self._logger = logging.getLogger("ray.tune.tune")
-        self._logger.addFilter(self._drop)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._logger.removeFilter(self._drop)
-
-    @staticmethod
-    def _drop(record: logging.LogRecord) -> bool:
+    def drop(record: logging.LogRecord) -> bool:
         return "has been interrupted" not in record.getMessage()
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

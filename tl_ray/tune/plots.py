@@ -1,16 +1,12 @@
-"""The sweep report's PNG plots, legible at hundreds of trials.
+"""The sweep report's PNG plots, legible at hundreds of trials (no Ray here).
 
-``objective.png``: each trial's best metric in the order the trials started, with the best-so-far line.
-``params.png``: one panel per searched parameter, each trial's best metric against its value.
-``parallel.png``: parallel coordinates of the parameters and the metric, the top trials in colour.
-``learning_curves.png``: the metric epoch by epoch, for the top trials only.
-
-The trials are ``tl_ray.tune.report.TrialSummary`` objects (name, params, history, started, best()); the top
-ones are drawn in colour, the rest in light grey. No Ray here.
+``objective.png``, ``params.png``, ``parallel.png`` and ``learning_curves.png`` of
+``tl_ray.tune.report.TrialSummary`` objects; the top trials in colour, the rest in light grey.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -19,14 +15,11 @@ TOP = "#d95f02"
 
 
 def write_plots(trials: list, top: list, metric: str, mode: str, out_dir: Path) -> list[Path]:
-    """Writes the four plots into ``out_dir`` and returns their paths (params and parallel need parameters).
+    """Writes the plots into the local ``out_dir``; returns their paths (params and parallel need parameters).
 
     Args:
-        trials: every trial.
-        top: the trials to draw in colour (and the only learning curves), best first.
-        metric: the result column ranked on.
-        mode: ``max`` or ``min``.
-        out_dir: a local folder.
+        top: the trials drawn in colour (and the only learning curves), best first.
+        metric: the result column ranked on; ``mode``: ``max`` or ``min``.
     """
     import matplotlib
 
@@ -59,12 +52,9 @@ def _objective(plt, trials, top, metric, mode):
         tops = {id(t) for t in top}
         xs, ys = [p[0] for p in scored], [p[1] for p in scored]
         ax.scatter(xs, ys, s=10, c=[TOP if id(p[2]) in tops else GREY for p in scored], zorder=2)
-        pick = max if mode == "max" else min
-        best, line = None, []
-        for y in ys:
-            best = y if best is None else pick(best, y)
-            line.append(best)
-        ax.step(xs, line, where="post", color="black", linewidth=1.5, label=f"best so far: {best:.4g}", zorder=3)
+        line = list(itertools.accumulate(ys, max if mode == "max" else min))
+        ax.step(xs, line, where="post", color="black", linewidth=1.5, label=f"best so far: {line[-1]:.4g}",
+                zorder=3)
         ax.scatter([], [], s=10, c=TOP, label=f"top {len(top)}")
         ax.legend(loc="lower right" if mode == "max" else "upper right")
     ax.set_xlabel("trial (in the order they started)")
@@ -165,8 +155,8 @@ def _number(x) -> bool:
 
 
 def _log_scale(xs: list) -> bool:
-    """A wide positive range whose values were drawn log-uniformly: their median nearer the range's geometric
-    middle than its arithmetic one (a learning rate, not a dropout drawn from 0 to 0.5)."""
+    """A wide positive range whose median is nearer its geometric middle than its arithmetic one (drawn
+    log-uniformly, as a learning rate)."""
     if not xs or min(xs) <= 0 or max(xs) / min(xs) < 20:
         return False
     median, low, high = sorted(xs)[len(xs) // 2], min(xs), max(xs)
@@ -179,8 +169,7 @@ def _categories(values: list) -> list[str]:
 
 
 def _scale(values: list) -> tuple[list[float], list[tuple[float, str]]]:
-    """Values mapped to [0, 1] (a log scale for wide positive ranges; categories by their sorted index), and
-    the axis's labels as (position, text). Missing values (a conditional dimension) go just below 0."""
+    """Values mapped to [0, 1] (missing ones just below 0), and the axis's labels as (position, text)."""
     present = [v for v in values if v is not None]
     if present and all(_number(v) for v in present):
         f = (lambda v: math.log10(v)) if _log_scale(present) else float

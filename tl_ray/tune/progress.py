@@ -1,8 +1,6 @@
-"""tl-ray's own sweep console: a header, one line per trial that ends, and a progress bar on a terminal.
+"""tl-ray's own sweep console: one line per trial that ends, and a progress bar on a terminal.
 
-Tune's status tables and result boxes are off unless ``tl-ray -v``; they and the driver's other logging go to
-``tl-ray.log`` of the experiment folder (``tl_ray.tune.driver_log``). Each trial's own output (TensorFlow, Ray
-Train) stays in Ray's logs unless ``tl-ray -v``.
+Tune's tables and the driver's other logging go to ``tl-ray.log`` (``driver_log``) unless ``tl-ray -v``.
 """
 
 from __future__ import annotations
@@ -12,12 +10,8 @@ from ray import tune
 
 
 class SweepProgress(tune.Callback):
-    """Prints one line per trial that ends (its best objective so far, or why it failed) and the best trial
-    of the sweep so far; a progress bar of ended trials on a terminal.
-
-    The objective of a trial is its best reported value of the metric, the epoch whose checkpoint the
-    sweep's table and the promotion use.
-    """
+    """Prints one line per trial that ends (its best metric, the epoch promotion uses, or that it failed) and
+    the sweep's best so far; a progress bar of ended trials on a terminal."""
 
     def __init__(self, metric: str, mode: str, total: int | None, epochs: int):
         # No printing function kept: Tune saves its callbacks with the experiment's state (pickled).

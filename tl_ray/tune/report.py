@@ -1,13 +1,5 @@
-"""The sweep report: a table of trials and PNG plots, written next to the experiment.
-
-Reads what Ray Tune stored for each trial (``params.json``, ``result.json``)
-from the store, local or S3, and writes into the experiment folder's ``report/``:
-``trials.txt`` (the best trials, 20 by default), ``trials.csv`` (every trial) and the
-plots of ``tl_ray.tune.plots`` (objective over trials, parameters, parallel
-coordinates, the top trials' learning curves). Tune's own TensorBoard event files
-sit in each trial's folder.
-
-Example:
+"""The sweep report: ``trials.txt`` (the best trials), ``trials.csv`` (every trial) and the plots of
+``tl_ray.tune.plots``, from what Ray Tune stored for each trial, written into ``<experiment>/report/``.
 
 >>> report = build_report("./tlray-store/experiments/fashion-transfer-20261125-083335", "val_accuracy", "max")
 >>> print(report.table)
@@ -64,26 +56,21 @@ class Report:
 
 
 def load_trials(experiment_uri: str) -> list[TrialSummary]:
-    """Every trial folder of an experiment with its parameters and reported rows.
-
-    A staged sweep's folder holds one experiment per stage; their trials come stage by stage.
-    """
+    """Every trial folder of an experiment with its parameters and rows (a staged sweep's stage by stage)."""
     listing = store.list_dir(experiment_uri)
-    names = [n for n in listing if is_trial_dir(n)]
-    if not names:
-        stages = [n for n in listing
-                  if any(is_trial_dir(t) for t in store.list_dir(store.join(experiment_uri, n)))]
-        if stages:
-            # Stage folders sort by their first trial's start, which is the order they ran in.
-            found = [(stage, _load(store.join(experiment_uri, stage), stage)) for stage in stages]
-            found.sort(key=lambda item: min((t.started for t in item[1]), default=0.0))
-            return [t for _, trials in found for t in trials]
-    if not names:
+    if any(is_trial_dir(n) for n in listing):
+        return _load(experiment_uri, "", listing)
+    stages = [n for n in listing
+              if any(is_trial_dir(t) for t in store.list_dir(store.join(experiment_uri, n)))]
+    if not stages:
         raise ConfigError(
             f"no trials under {experiment_uri!r}. Name an experiment folder of the store's experiments/, "
             "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store"
         )
-    return _load(experiment_uri, "", listing)
+    # Stage folders sort by their first trial's start, which is the order they ran in.
+    found = [_load(store.join(experiment_uri, stage), stage) for stage in stages]
+    found.sort(key=lambda trials: min((t.started for t in trials), default=0.0))
+    return [t for trials in found for t in trials]
 
 
 def is_trial_dir(name: str) -> bool:
@@ -92,8 +79,7 @@ def is_trial_dir(name: str) -> bool:
 
 
 def _saved_statuses(experiment_uri: str, listing: list[str]) -> dict[str, str]:
-    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none
-    (``listing``: the names in the experiment folder)."""
+    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
     if not any(n.startswith("experiment_state") for n in listing):
@@ -106,8 +92,7 @@ def _saved_statuses(experiment_uri: str, listing: list[str]) -> dict[str, str]:
 
 
 def _latest_per_epoch(rows: list[dict]) -> list[dict]:
-    """One row per ``training_iteration``, the last written: a trial restored from a checkpoint after a resume
-    reports the epochs after it again, in the same ``result.json``."""
+    """One row per ``training_iteration``, the last: a resumed trial reports its later epochs again."""
     if not all("training_iteration" in r for r in rows):
         return rows
     return sorted({r["training_iteration"]: r for r in rows}.values(), key=lambda r: r["training_iteration"])
@@ -177,10 +162,9 @@ def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: i
         shown[t.stage] = shown.get(t.stage, 0) + 1
         if shown[t.stage] > top:
             continue
-        rows.append([t.name, *([t.stage] if staged else []), *(_fmt(t.params.get(k)) for k in keys),
-                     _fmt(t.best(metric, mode)), str(t.epochs), f"{t.wall_time_s:.0f}", status])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
+        rows.append([t.name, *([t.stage] if staged else []), *(fmt(t.params.get(k)) for k in keys),
+                     fmt(t.best(metric, mode)), str(t.epochs), f"{t.wall_time_s:.0f}", status])
+    lines = text_table(head, rows)
     if len(rows) < len(trials):
         counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("done", "stopped early", "error", "no results")
                            if statuses.count(s))
@@ -204,10 +188,17 @@ def _csv(trials: list[TrialSummary], metric: str, mode: str) -> str:
     return out.getvalue()
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A table cell: ``-`` for None, 4 significant digits for a float."""
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def text_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a table whose columns are padded to their widest cell."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
+    return ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *rows]]
 
 
 def build_report(
@@ -217,13 +208,11 @@ def build_report(
     """Writes the table, ``trials.csv`` and the plots into ``<experiment>/report/`` and returns them.
 
     Args:
-        experiment_uri: the experiment folder (local path or URI).
         metric: the result column trials are ranked by.
         mode: ``max`` or ``min``. Defaults to ``"max"``.
-        planned_epochs: one number, or one per stage of a staged sweep; tells stopped trials from finished
-            ones. Defaults to None (a trial with results is done).
-        top: trials the table lists (per stage) and the learning curves draw, best first; every trial is in
-            ``trials.csv`` and the other plots. Defaults to 20.
+        planned_epochs: one number, or one per stage; tells stopped trials from finished ones. Defaults to
+            None (a trial with results is done).
+        top: trials the table lists (per stage) and the learning curves draw. Defaults to 20.
 
     Raises:
         ConfigError: the folder holds no trials, or ``top`` is below 1.

@@ -1,10 +1,5 @@
-"""``tune.space`` as Ray Tune and Optuna take it.
-
-The space is parsed (and validated) by :mod:`tl_ray.spec.space`; this module
-turns the parsed dimensions into Ray Tune's ``param_space``
-(:func:`to_param_space`), an Optuna define-by-run function
-(:func:`optuna_space`) and PBT's explore function (:class:`KeepInRange`).
-"""
+"""``tune.space`` (parsed by ``tl_ray.spec.space``) as Ray Tune's ``param_space``, an Optuna define-by-run
+function, and PBT's explore function."""
 
 from __future__ import annotations
 
@@ -61,8 +56,7 @@ class _ConditionalSample:
         from ray.tune.search.sample import Domain
         from ray.tune.search.variant_generator import RecursiveDependencyError
 
-        # Ray passes the experiment spec (the trial's config under "config"), its
-        # values partly resolved; an unresolved field is still a Domain.
+        # Ray passes the trial's config (under "config") partly resolved: an unresolved field is a Domain.
         config = dict.get(spec, "config", spec) if isinstance(spec, dict) else spec
         values = {}
         for key, _ in self.dist.when:
@@ -87,10 +81,8 @@ class _SeededCall(BaseSampler):
 class _Conditional(Domain):
     """A conditional dimension, drawn from the search's random state.
 
-    Not a ``tune.sample_from`` (``Function``): Tune replaces those with placeholders before the search sees
-    them and draws them per trial from an unseeded state (``ray.tune.impl.placeholder``, Ray 2.60), so
-    ``tune.seed`` would not repeat them and a resumed trial would draw its value again. Tune's variant
-    generator samples any other ``Domain`` with its own random state, after the fields it reads.
+    Not a ``tune.sample_from``: Tune draws those per trial from an unseeded state, so ``tune.seed`` would not
+    repeat them and a resumed trial would draw again. Tune samples other ``Domain``s with the search's state.
     """
 
     default_sampler_cls = _SeededCall
@@ -118,11 +110,8 @@ class OptunaSpace:
 
 
 def to_param_space(space: dict[str, Any]) -> dict[str, Any]:
-    """Ray Tune's ``param_space``: a flat mapping keyed by the dotted names.
-
-    A conditional dimension is a ``tune.sample_from`` that reads the fields it
-    depends on from the trial's config and gives None where its condition fails.
-    """
+    """Ray Tune's ``param_space``, keyed by the dotted names; a conditional dimension gives None where its
+    condition fails."""
     return {key: to_tune(dist) for key, dist in parse_space(space).items()}
 
 
@@ -135,10 +124,8 @@ def optuna_space(space: dict[str, Any]) -> OptunaSpace:
 class KeepInRange:
     """PBT's ``custom_explore_fn``: a perturbed value brought back into what its dimension can give.
 
-    PBT multiplies a range's value by 0.8 or 1.2 (and truncates an integer), which can carry it past the
-    range's ends, where the field may refuse it (a dropout of 1.08), failing the exploiting trial. A value
-    past an end is set to that end (the highest a half-open range gives); a ``quniform`` value goes to its
-    step, a ``randint`` value stays an integer.
+    PBT's x0.8 or x1.2 can carry a value past a range's end, where its field may refuse it (a dropout of
+    1.08): it is set to that end; a ``quniform`` value goes to its step, a ``randint`` one stays an integer.
     """
 
     def __init__(self, space: dict[str, Any]):

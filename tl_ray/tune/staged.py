@@ -1,23 +1,9 @@
-"""Staged sweeps: unfreezing as the budget that early stopping promotes along.
+"""Staged sweeps (``tune.stages``): unfreezing as the budget that early stopping promotes along.
 
-``tune.stages`` lists stages, typically::
-
-    tune:
-      num_samples: 16
-      stages:
-        - {name: heads, freeze: {mode: feature_extraction}, epochs: 6}
-        - {name: top,   freeze: {mode: fine_tune, from_block: block_15}, epochs: 4, keep: 0.25, lr_factor: 0.1}
-        - {name: deep,  freeze: {mode: fine_tune, from_block: block_11}, epochs: 4, keep: 0.5,  lr_factor: 0.05}
-
-The first stage samples ``num_samples`` trials from ``tune.space`` and trains
-heads only, on cached backbone features when augmentation is off
-(``tl_ray.feature_cache``), under the spec's scheduler. Each later stage takes the
-best ``keep`` fraction of the previous stage's trials (by their best
-``tune.metric``), and runs each once more with the stage's freeze policy,
-warm-starting from that trial's best checkpoint (``train.init_from``) at the
-stage's learning rate. Every stage is an experiment folder
-``<store>/experiments/<sweep>/<stage>``; ``--resume`` continues each in turn
-without rerunning finished trials.
+The first stage samples ``num_samples`` trials from ``tune.space`` (typically heads on cached features) under
+the spec's scheduler. Each later stage runs the best ``keep`` fraction of the previous stage's trials once
+more with its own freeze policy, warm-starting from each trial's best checkpoint at the stage's learning rate.
+Each stage is an experiment folder ``<store>/experiments/<sweep>/<stage>``; ``--resume`` continues them.
 """
 
 from __future__ import annotations
@@ -45,9 +31,8 @@ def stage_spec(spec: Spec, stage: StageSpec) -> Spec:
 def promoted(rows: list[TrialRow], keep: float, mode: str) -> list[TrialRow]:
     """The best ``ceil(keep * n)`` of the rows that have a checkpoint (at least one), best first.
 
-    Equal metrics go by trial id, not by the rows' order: a resumed sweep gets the previous
-    stage's rows in another order (Tune restores trials newest result first), and must promote
-    the same trials its interrupted stage was started with.
+    Ties go by trial id, not the rows' order: a resumed sweep gets the rows in another order and must promote
+    the same trials as before.
     """
     scored = sorted((r for r in rows if r.metric is not None and r.checkpoint), key=lambda r: r.trial_id)
     scored.sort(key=lambda r: r.metric, reverse=mode == "max")  # stable: ties stay in trial id order
@@ -64,6 +49,17 @@ def stage_overrides(spec: Spec, stage: StageSpec, parent: TrialRow) -> dict:
 def stage_trial(config: dict, base_spec: dict, parents: dict[str, dict]) -> None:
     """Trial function of a later stage: the parent's parameters, warm-started from its checkpoint."""
     tune_trial(parents[config[PARENT_KEY]], base_spec)
+
+
+def run_children(base: Spec, name: str, children: dict[str, dict], source: str, **kwargs) -> SweepResult:
+    """One trial of ``base`` per named set of dotted overrides, each validated before any starts."""
+    from ray import tune
+
+    for key, values in children.items():
+        validate(apply_overrides(base.to_dict(), values), source=f"{source} {key}")
+    trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=children)
+    space = {PARENT_KEY: tune.grid_search(sorted(children))}
+    return run_tuner(base, name, trainable, space, num_samples=1, search=False, **kwargs)
 
 
 def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
@@ -90,12 +86,8 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
                 raise TrialError(f"stage {spec.tune.stages[index - 1].name!r} of sweep {name!r} left no trial with a "
                                  f"checkpoint and '{spec.tune.metric}' to promote to stage {stage.name!r}. {errors}")
             overrides = {p.trial_id: stage_overrides(spec, stage, p) for p in parents}
-            for key, values in overrides.items():
-                validate(apply_overrides(base.to_dict(), values), source=f"stage {stage.name} trial from {key}")
-            trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=overrides)
-            space = {PARENT_KEY: tune.grid_search(sorted(overrides))}
-            result = run_tuner(base, stage.name, trainable, space, resume=resume, folder=(name,), num_samples=1,
-                               search=False, stage=stage.name)
+            result = run_children(base, stage.name, overrides, f"stage {stage.name} trial from",
+                                  resume=resume, folder=(name,), stage=stage.name)
             by_id = {p.trial_id: p for p in parents}
             for row in result.rows:
                 parent = by_id.get(str(row.params.get(PARENT_KEY, "")))

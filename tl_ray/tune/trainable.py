@@ -1,11 +1,8 @@
 """The Ray Tune trainable: a trial of the spec, reported to Tune or through Ray Train.
 
-``train.workers == 1`` trains in the Tune trial's actor under MirroredStrategy or
-OneDeviceStrategy; with ``tune.reuse_actors`` Tune hands a finished trial's actor to
-the next trial, which frees the previous trial's Keras state first.
-``train.workers > 1`` launches Ray Train V2's ``TensorflowTrainer``
-(MultiWorkerMirroredStrategy through TF_CONFIG) from inside the trial and reports
-back to Tune through ``TuneReportCallback``.
+``train.workers == 1`` trains in the trial's actor (reused across trials with ``tune.reuse_actors``);
+``train.workers > 1`` launches Ray Train's ``TensorflowTrainer`` from the trial, which reports through
+``TuneReportCallback``.
 """
 
 from __future__ import annotations
@@ -25,13 +22,10 @@ THREAD_EXIT_TIMEOUT_S = 120  # how long a reused actor waits for its previous tr
 
 
 class _RestoreCopy:
-    """The checkpoint Ray hands a restarting trial, copied into a folder of this reporter's own.
+    """The checkpoint Ray hands a restarting trial, copied into this reporter's own folder (removed on exit).
 
-    ``Checkpoint.to_directory()`` downloads into a temporary folder named after the checkpoint's id, and
-    copies of a checkpoint share that id: two trials exploiting the same PBT donor at once, or the workers of
-    one trial, would download into one folder, a later download rewriting the files an earlier trial is
-    reading. Each reporter downloads into a folder of its own and removes it when its trial ends (used as a
-    context manager).
+    ``Checkpoint.to_directory()`` downloads into a folder named after the checkpoint's id, which copies share:
+    two trials exploiting one PBT donor, or one trial's workers, would rewrite the files another is reading.
     """
 
     _copy: Path | None = None
@@ -70,9 +64,8 @@ def private_copy(checkpoint) -> Path:
 class TuneReporter(_RestoreCopy):
     """Reports a single-worker trial to Ray Tune.
 
-    ``trial_id`` is the Tune trial's id, which the loop writes into each
-    checkpoint's state so a restored checkpoint names the trial that wrote it
-    (after a PBT exploit, the donor).
+    The loop writes ``trial_id`` into each checkpoint, so a restored one names the trial that wrote it (after
+    a PBT exploit, the donor).
     """
 
     @property
@@ -81,20 +74,15 @@ class TuneReporter(_RestoreCopy):
 
         return tune.get_context().get_trial_id()
 
-    @property
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
 
         import ray
 
-        # The node of each epoch (a trial restarted elsewhere shows where it moved), and the GPUs Ray gave the
-        # trial beside those its process sees.
-        metrics = dict(metrics, node_id=self.node_id, gpu_ids=",".join(map(str, ray.get_gpu_ids())),
+        # Each epoch's node (a restarted trial shows where it moved), and Ray's GPUs beside those the process
+        # sees.
+        metrics = dict(metrics, node_id=ray.get_runtime_context().get_node_id(),
+                       gpu_ids=",".join(map(str, ray.get_gpu_ids())),
                        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
@@ -112,8 +100,7 @@ class TrainReporter(_RestoreCopy):
         import ray
         import ray.train
 
-        # Where the worker group sits (rank 0's metrics are the ones Tune keeps): how
-        # many nodes its placement group spans (PACK: 1 where it fits) and this node.
+        # Where the worker group sits (Tune keeps rank 0's): how many nodes it spans (PACK: 1 where it fits).
         metrics = dict(metrics, group_nodes=_group_nodes(), node_id=ray.get_runtime_context().get_node_id())
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
@@ -229,9 +216,9 @@ def fault_callbacks(spec: Spec, rank: int = 0) -> list:
 
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
-    # Before Tune hands this actor to another trial it waits TUNE_FUNCTION_THREAD_TIMEOUT_S (Tune's default: 2 s)
-    # for this thread to end, and fails that trial if it has not: on a busy node the thread's exit alone has
-    # taken 8 s. Tune reads the variable in this process when it resets the actor.
+    # Before Tune reuses this actor it waits this long for the trial's thread to end (default 2 s), failing
+    # the next trial if it has not: on a busy node the exit alone can take longer. Tune reads it in this
+    # process.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_EXIT_TIMEOUT_S))
     from tl_ray.spec import apply_overrides
     from tl_ray.spec.space import trial_overrides

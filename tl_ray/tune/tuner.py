@@ -16,6 +16,7 @@ from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers
 from tl_ray.tune.driver_log import LOG_NAME, driver_log, shown_path
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
+from tl_ray.tune.report import fmt, text_table
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
 
 
@@ -55,32 +56,15 @@ class SweepResult:
         keys = sorted({k for r in self.rows for k in r.params})
         staged = any(r.stage for r in self.rows)
         head = ["trial", *(["stage", "from"] if staged else []), *keys, self.metric, "epochs", "status"]
-        body = []
-        for r in self.rows:
-            vals = [_fmt(r.params.get(k)) for k in keys]
-            where = [r.stage, r.parent or "-"] if staged else []
-            body.append([r.trial_id, *where, *vals, _fmt(r.metric), str(r.epochs), r.status])
-        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
-        return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+        body = [[r.trial_id, *([r.stage, r.parent or "-"] if staged else []),
+                 *(fmt(r.params.get(k)) for k in keys), fmt(r.metric), str(r.epochs), r.status]
+                for r in self.rows]
+        return "\n".join(text_table(head, body))
 
 
 def trial_resources(spec: Spec, config: dict | None = None) -> dict:
-    """What one trial asks Ray for; ``config`` is the trial's sampled fields.
-
-    A single-worker trial that only trains a head on cached features (base frozen in every
-    phase, augmentation off) asks for ``train.head_trial_gpus`` GPUs instead of
-    ``train.gpus_per_worker``: with 0 it runs on CPUs, next to GPU fine-tuning trials.
-    """
+    """What one trial (``config``: its sampled fields) asks Ray for; a single-worker trial that only trains a
+    head on cached features asks for ``train.head_trial_gpus`` GPUs instead of ``train.gpus_per_worker``."""
     if config:
         from tl_ray.spec import apply_overrides, validate
 
@@ -91,9 +75,8 @@ def trial_resources(spec: Spec, config: dict | None = None) -> dict:
         if gpus:
             res["GPU"] = gpus
         return res
-    # The trial only drives its Ray Train worker group. It asks for a little memory,
-    # not CPU: a fraction of a CPU held on a worker node would keep a whole worker
-    # group (whole CPUs, whole GPUs) from fitting there.
+    # The trial only drives its Ray Train worker group: a fraction of a CPU held on a worker node would keep
+    # a whole group (whole CPUs, whole GPUs) from fitting there.
     return {"memory": 64 * 2**20}
 
 
@@ -173,18 +156,11 @@ def _search_alg(spec: Spec, max_concurrent: int | None = None):
         ) from None
     from tl_ray.tune.space import optuna_space
 
-    # A define-by-run space (conditional dimensions are drawn only where their
-    # condition holds); Tune's param_space is then empty, so metric and mode go here.
+    # A define-by-run space: Tune's param_space is then empty, so metric and mode go here.
     return OptunaSearch(
         space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
         seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
     )
-
-
-def _is_generator(search_alg) -> bool:
-    from ray.tune.search import BasicVariantGenerator
-
-    return isinstance(search_alg, BasicVariantGenerator)
 
 
 def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
@@ -192,11 +168,9 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
               callbacks: tuple = ()) -> SweepResult:
     """Runs one Ray Tune experiment ``<store>/experiments/<folder...>/<name>`` of ``trainable``.
 
-    ``spec`` gives the metric, scheduler, resources and failure policy; ``num_samples``
-    (default ``tune.num_samples``) and ``search`` (use ``tune.search``) shape the sampling;
-    ``callbacks`` are more Ray Tune callbacks, after tl-ray's progress lines (a new run only: a
-    restored experiment keeps the callbacks it was saved with). The driver's logging goes to ``tl-ray.log`` of
-    the experiment folder (``tl_ray.tune.driver_log``).
+    Args:
+        num_samples: defaults to ``tune.num_samples``; ``search``: whether to use ``tune.search``.
+        callbacks: more Ray Tune callbacks (a new run only: a restored one keeps those it was saved with).
 
     Raises:
         ConfigError, DataError, StorageError, RegistryError: a trial failed on it; the sweep stopped there
@@ -258,6 +232,7 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
                num_samples: int | None, search: bool, callbacks: tuple):
     """A new Tune experiment; ``FailFast`` stops it at the first error that retrying cannot fix."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     limit = _max_concurrent(spec)
     search_alg = _search_alg(spec, limit) if search else None
@@ -271,7 +246,7 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
             num_samples=num_samples or spec.tune.num_samples,
             scheduler=_scheduler(spec),
             search_alg=search_alg,
-            max_concurrent_trials=None if _is_generator(search_alg) else limit,
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else limit,
             reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
         ),
         run_config=tune.RunConfig(
@@ -313,16 +288,13 @@ def _row(spec: Spec, res) -> TrialRow:
         epochs = int(df["training_iteration"].max()) if "training_iteration" in df else len(df)
     # The last result counts too: after PBT exploits, a trial's result file can miss rows.
     epochs = max(epochs, int((res.metrics or {}).get("epoch", 0) or 0))
-    # Every checkpointed epoch with its metric: Tune-managed checkpoints for
-    # single-worker trials, paths reported through TuneReportCallback otherwise.
-    scored: list[tuple[str, float]] = []
-    for ckpt, m in res.best_checkpoints or []:
-        if m.get(metric) is not None:
-            scored.append((checkpoint_uri(spec, ckpt.path), float(m[metric])))
+    # Every checkpointed epoch with its metric: Tune's for single-worker trials, else TuneReportCallback's.
+    scored = [(checkpoint_uri(spec, ckpt.path), float(m[metric]))
+              for ckpt, m in res.best_checkpoints or [] if m.get(metric) is not None]
     if not scored and df is not None and "checkpoint_path" in df and metric in df:
-        for path, value in zip(df["checkpoint_path"], df[metric]):
-            if isinstance(path, str) and value == value:
-                scored.append((checkpoint_uri(spec, path), float(value)))
+        scored = [(checkpoint_uri(spec, path), float(value))
+                  for path, value in zip(df["checkpoint_path"], df[metric])
+                  if isinstance(path, str) and value == value]
     best_value = checkpoint = None
     if scored:
         pick = max if mode == "max" else min
