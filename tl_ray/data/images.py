@@ -1,7 +1,5 @@
-"""Image preprocessing shared by training (the reader) and serving: the one place pixels are made.
-
-Both paths produce float32 ``[H, W, 3]`` in 0..255, resized bilinearly, so a
-model sees the same input in training and in production. TensorFlow only, no Ray.
+"""Image preprocessing shared by training (the reader) and serving: the one place pixels are made, so a
+model sees the same input (float32 ``[H, W, 3]`` in 0..255, resized bilinearly) in training and production.
 """
 
 from __future__ import annotations
@@ -13,23 +11,11 @@ from tl_ray.errors import DataError
 
 
 def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Decodes one encoded image (PNG, JPEG, BMP or GIF) into model input.
-
-    Grey images become RGB (the grey value in all three channels) and alpha is
-    dropped; libpng/libjpeg do both when asked for 3 channels. Works inside a
-    parallel ``tf.data`` map.
-
-    Args:
-        encoded: scalar ``tf.string`` tensor of file bytes.
-        image_size: ``(height, width)`` to resize to (bilinear).
-
-    Returns:
-        float32 tensor ``[height, width, 3]`` with values in 0..255.
+    """Decodes one encoded image (PNG, JPEG, BMP or GIF; a scalar ``tf.string``) into float32
+    ``[height, width, 3]`` in 0..255. Grey becomes RGB and alpha is dropped.
 
     Raises:
         tf.errors.InvalidArgumentError: when run on bytes that are not an image.
-
-    Example:
 
     >>> decode_image(tf.constant(png_bytes), (32, 32)).shape
     TensorShape([32, 32, 3])
@@ -42,20 +28,11 @@ def decode_image(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 
 
 def prepare_array(x, image_size: tuple[int, int]) -> np.ndarray:
-    """Turns raw pixel arrays into model input, exactly as ``decode_image`` does for files.
-
-    Args:
-        x: array-like of shape ``(N, H, W)``, ``(N, H, W, 1)`` or ``(N, H, W, 3)``, values 0..255.
-        image_size: ``(height, width)`` to resize to (bilinear).
-
-    Returns:
-        float32 array ``[N, height, width, 3]`` in 0..255.
+    """Turns raw pixels ``(N, H, W)``, ``(N, H, W, 1)`` or ``(N, H, W, 3)`` in 0..255 into float32
+    ``[N, height, width, 3]`` model input, exactly as ``decode_image`` does for files.
 
     Raises:
-        DataError: the shape is none of the above, the values are not numbers, or they
-            fall outside 0..255.
-
-    Example:
+        DataError: the shape is none of the above, the values are not numbers, or they fall outside 0..255.
 
     >>> prepare_array(np.zeros((2, 28, 28), np.uint8), (32, 32)).shape
     (2, 32, 32, 3)

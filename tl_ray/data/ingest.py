@@ -1,36 +1,22 @@
-"""Ingest: a source (Fashion-MNIST IDX files or a folder of images) becomes Parquet or TFRecord shards plus a manifest.
-
-Parquet shards ``part-00000.parquet``, ... hold the columns ``image`` (encoded
-PNG or JPEG bytes) and ``label`` (int32) in row groups of ~1024 rows, so readers
-stream; TFRecord shards ``part-00000.tfrecord``, ... hold one ``tf.train.Example``
-per image. Images are read, checked and encoded on a thread pool (``workers``)
-with a progress bar; a shard closes at ``rows_per_shard`` rows or
-``target_shard_mb`` MiB. Each shard is written atomically and recorded in a
-progress file, so an interrupted ingest re-run with the same arguments keeps the
-shards that verify and continues after them. The manifest goes last: a folder
-without one is not a dataset.
+"""Ingest: a source (Fashion-MNIST IDX files or a folder of images) becomes Parquet or TFRecord shards plus a
+manifest, written last (``writer`` has the shard layout and how a re-run resumes).
 
 Every ingest takes these options:
 
 - ``seed``: seed of the choice and of the row order. Defaults to 0.
 - ``rows_per_shard``: a shard closes at this many rows. Defaults to 4096.
-- ``overwrite``: replace a dataset already at a target (the old one is removed before writing).
-  Defaults to False.
+- ``overwrite``: replace a dataset already at a target (the old one is removed first). Defaults to False.
 - ``format``: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
 - ``target_shard_mb``: a shard also closes when its images reach this many MiB. Defaults to 64.
 - ``workers``: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
 - ``progress``: show a progress bar on stderr (tqdm when installed). Defaults to False.
 
 and returns its report, ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards,
-class_counts, digest}, "validation": {...}, "skipped": [...]}``: re-run after a failure with the same
-arguments, an ingest keeps the shards it finished (``resumed_shards``) and continues after them.
-
-Example:
+class_counts, digest}, "validation": {...}, "skipped": [...]}``.
 
 >>> ingest_fashion_mnist("s3://bucket/store/datasets/fm-train", classes=[0, 1, 7], per_class=500,
-...                      validation_to="s3://bucket/store/datasets/fm-val", validation_per_class=100,
-...                      format="tfrecord")
-{'class_names': ['T-shirt/top', 'Trouser', 'Sneaker'], 'format': 'tfrecord', 'train': {'uri': ..., 'rows': 1500, ...}, ...}
+...                      validation_to="s3://bucket/store/datasets/fm-val", validation_per_class=100)
+{'class_names': ['T-shirt/top', 'Trouser', 'Sneaker'], 'format': 'parquet', 'train': {...}, ...}
 """
 
 from __future__ import annotations
@@ -66,8 +52,7 @@ def _check_positive(**values) -> None:
 
 
 def _targets(to: str, validation_to: str | None, overwrite: bool) -> dict[str, str]:
-    """Each role's target; refuses targets that hold a dataset, unless ``overwrite``. Cheap, so it runs before
-    any reading."""
+    """Each role's target; refuses targets that hold a dataset, unless ``overwrite``."""
     targets = {"train": to} if validation_to is None else {"train": to, "validation": validation_to}
     if validation_to == to:
         raise ConfigError(f"the training and validation targets must differ. Received: {[to, validation_to]}.")
@@ -112,19 +97,14 @@ def _safe(load: Callable, key):
         return exc
 
 
-def _write_shards(role: str, to: str, items: list[tuple], load: Callable, names: list[str], source: dict,
-                  written: list[str], *, fmt: str, rows_per_shard: int, target_shard_mb: float, workers: int,
-                  skip_bad: bool, progress: bool) -> tuple[ShardWriter, Manifest]:
-    """Writes one target's shards, resuming a matching unfinished run; returns its writer and its manifest,
-    still to be written."""
-    plan = {
-        "format": fmt,
-        "rows_per_shard": rows_per_shard,
-        "target_shard_mb": target_shard_mb,
-        "source": source,
-        "items": hashlib.sha256(json.dumps(items).encode()).hexdigest(),
-    }
-    writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan, written)
+def _write_shards(role: str, to: str, items: list[tuple], load: Callable, names: list[str], source: dict, *,
+                  fmt: str, rows_per_shard: int, target_shard_mb: float, workers: int, skip_bad: bool,
+                  progress: bool) -> tuple[ShardWriter, Manifest]:
+    """Writes one target's shards, resuming a matching unfinished run; returns its writer and its manifest
+    (not yet written)."""
+    plan = dict(format=fmt, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, source=source,
+                items=hashlib.sha256(json.dumps(items).encode()).hexdigest())
+    writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan)
     bar = Progress(len(items), f"ingest {role} -> {to}", initial=writer.resume_from, enabled=progress)
     todo = range(writer.resume_from, len(items))
     try:
@@ -144,24 +124,14 @@ def _write_shards(role: str, to: str, items: list[tuple], load: Callable, names:
 
 def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng: np.random.Generator,
                     load: Callable, names: list[str], source: dict, *, overwrite: bool, **options) -> dict:
-    """Writes every target's picks, then every manifest; returns the ingest's report.
-
-    Args:
-        targets: the dataset URI of each role (``train``, ``validation``).
-        picks: each role's ``(key, label)`` pairs; ``load(key)`` gives ``(encoded image, shape)``.
-        rng: the generator that chose the picks; it also orders each role's rows.
-        names: the class names, by label.
-        source: what the manifests record of the source (each adds its role).
-        overwrite: remove the datasets at the targets first.
-        **options: ``fmt``, ``rows_per_shard``, ``target_shard_mb``, ``workers``, ``skip_bad``, ``progress``.
-    """
+    """Writes every target's picks (each role's ``(key, label)`` pairs; ``load(key)`` gives ``(encoded image,
+    shape)``), then every manifest; returns the ingest's report. ``options`` go to ``_write_shards``."""
     if overwrite:
         _remove_old(list(targets.values()))
     # Rows in a seeded random order, so classes mix across shards.
     ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
-    written: list[str] = []
     datasets = [
-        _write_shards(role, to, ordered[role], load, names, {**source, "role": role}, written, **options)
+        _write_shards(role, to, ordered[role], load, names, {**source, "role": role}, **options)
         for role, to in targets.items()
     ]
     report: dict = {"class_names": names, "format": options["fmt"]}
@@ -175,14 +145,11 @@ def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng:
             raise
         published.append(writer.to)
         writer.remove_progress()
-        report[role] = {
-            "uri": writer.to,
-            "rows": manifest.num_rows,
-            "shards": len(manifest.shards),
-            "resumed_shards": writer.resumed,
-            "class_counts": {manifest.class_names[k]: v for k, v in sorted(writer.class_counts.items())},
-            "digest": manifest.digest,
-        }
+        report[role] = dict(
+            uri=writer.to, rows=manifest.num_rows, shards=len(manifest.shards), resumed_shards=writer.resumed,
+            class_counts={manifest.class_names[k]: v for k, v in sorted(writer.class_counts.items())},
+            digest=manifest.digest,
+        )
     report["skipped"] = sorted(uri for writer, _ in datasets for uri in writer.skipped)
     return report
 
@@ -228,22 +195,18 @@ def ingest_fashion_mnist(
     format: str = "parquet",  # noqa: A002 - the CLI's --format
     target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, workers: int | None = None, progress: bool = False,
 ) -> dict:
-    """Ingests Fashion-MNIST from its gzipped IDX files.
+    """Ingests Fashion-MNIST from its gzipped IDX files; returns the report (module docstring).
 
     Args:
         to: target dataset folder (local path or ``s3://``).
         path: folder of the IDX files. Defaults to /usr/share/datasets/fashion-mnist.
         split: ``"train"`` or ``"test"``. Defaults to "train".
         classes: Fashion-MNIST class ids to keep; labels become 0..K-1 in this order. Defaults to all 10.
-        per_class: images per class, chosen with a seeded RNG. Defaults to all (minus validation).
+        per_class: images per class. Defaults to all (minus validation).
         validation_to: also write a validation dataset here, from images of the same split that
             training did not take. Defaults to None.
         validation_per_class: validation images per class. Defaults to all images training left.
-        seed, rows_per_shard, overwrite, format, target_shard_mb, workers, progress: as for every
-            ingest (module docstring).
-
-    Returns:
-        The ingest's report (module docstring); ``skipped`` is empty.
+        Other options: as for every ingest (module docstring).
 
     Raises:
         ConfigError: an unknown class id or an invalid count.
@@ -300,10 +263,8 @@ def ingest_folder(
     overwrite: bool = False, format: str = "parquet",  # noqa: A002 - the CLI's --format
     target_shard_mb: float = DEFAULT_TARGET_SHARD_MB, workers: int | None = None, progress: bool = False,
 ) -> dict:
-    """Ingests a folder with one sub-folder of images (PNG, JPEG, BMP, GIF) per class.
-
-    Class names are the sorted sub-folder names, as in ``keras.utils.image_dataset_from_directory``.
-    Images are read in a bounded window on a thread pool, so the folder need not fit in memory.
+    """Ingests a folder with one sub-folder of images (PNG, JPEG, BMP, GIF) per class, named as sub-folders
+    sort; returns the report (module docstring). The folder need not fit in memory.
 
     Args:
         src: the image folder (local path or ``s3://``).
@@ -311,14 +272,10 @@ def ingest_folder(
         validation_to: also write a validation dataset here. Defaults to None.
         validation_fraction: share of each class (0 < f < 1) that goes to validation; needs
             ``validation_to``. Defaults to None.
-        per_class: training images per class, chosen with a seeded RNG. Defaults to all.
+        per_class: training images per class. Defaults to all.
         skip_bad: leave undecodable images out (listed under "skipped") instead of failing.
             Defaults to False.
-        seed, rows_per_shard, overwrite, format, target_shard_mb, workers, progress: as for every
-            ingest (module docstring).
-
-    Returns:
-        The ingest's report (module docstring).
+        Other options: as for every ingest (module docstring).
 
     Raises:
         ConfigError: invalid counts, or only one of validation_to / validation_fraction.

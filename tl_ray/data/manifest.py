@@ -1,18 +1,6 @@
-"""The dataset manifest: what a dataset folder holds, written last so it marks the folder whole.
-
-A dataset is a folder (local or ``s3://``) of Parquet or TFRecord shards plus
-``_manifest.json``, which names the format.
-Ingest writes every shard first and the manifest last, so a folder without a
-manifest is not a dataset. The manifest's ``digest`` identifies the data a model
-was trained on.
-
-Example:
-
->>> m = read_manifest("s3://bucket/store/datasets/fmnist-train")
->>> m.num_rows, m.class_names[:2]
-(3000, ['T-shirt/top', 'Trouser'])
->>> verify("s3://bucket/store/datasets/fmnist-train")
-[]
+"""The dataset manifest: ``_manifest.json`` lists a dataset folder's Parquet or TFRecord shards and names
+their format. It is written last, so a folder without one is not a dataset; its ``digest`` identifies
+the data a model was trained on.
 """
 
 from __future__ import annotations
@@ -32,14 +20,7 @@ SHARD_SUFFIX = {"parquet": ".parquet", "tfrecord": ".tfrecord"}
 
 @dataclass
 class Shard:
-    """One data file of a dataset.
-
-    Args:
-        path: file name relative to the dataset folder, e.g. ``part-00000.parquet`` or ``part-00000.tfrecord``.
-        rows: number of examples in the file.
-        sha256: hex digest of the file's bytes.
-        bytes: size of the file in bytes.
-    """
+    """One data file of a dataset: its name in the dataset folder, rows, sha256 and size in bytes."""
 
     path: str
     rows: int
@@ -52,8 +33,7 @@ class Manifest:
     """Describes a dataset folder.
 
     Args:
-        format: storage format of the shards: ``"parquet"`` or ``"tfrecord"``; the reader picks by it.
-        num_rows: examples across all shards.
+        format: ``"parquet"`` or ``"tfrecord"``.
         class_names: label ``i`` is ``class_names[i]``.
         image_shape: ``[H, W, C]`` of the stored images when all are equal, else None.
         shards: the data files, in dataset order.
@@ -75,14 +55,10 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, where: str = "manifest") -> "Manifest":
-        """Parses a manifest.
-
-        Args:
-            text: the JSON text.
-            where: what to call the manifest in errors (its URI). Defaults to "manifest".
+        """Parses a manifest; ``where`` (its URI) is named in errors.
 
         Raises:
-            DataError: the text is not JSON or lacks a required field.
+            DataError: the text is not JSON, lacks a required field or is inconsistent.
         """
         try:
             data = json.loads(text)
@@ -93,12 +69,10 @@ class Manifest:
         try:
             shards = [Shard(**s) for s in data["shards"]]
             manifest = cls(
-                format=str(data["format"]),
-                num_rows=int(data["num_rows"]),
+                format=str(data["format"]), num_rows=int(data["num_rows"]),
                 class_names=[str(c) for c in data["class_names"]],
                 image_shape=list(data["image_shape"]) if data.get("image_shape") is not None else None,
-                shards=shards,
-                source=dict(data.get("source") or {}),
+                shards=shards, source=dict(data.get("source") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(
@@ -133,9 +107,6 @@ def has_manifest(uri: str) -> bool:
 def read_manifest(uri: str) -> Manifest:
     """Reads ``<uri>/_manifest.json``.
 
-    Args:
-        uri: the dataset folder, a local path or ``s3://bucket/prefix``.
-
     Raises:
         DataError: there is no manifest (so no dataset) at ``uri``, or it is malformed.
         StorageError: the store cannot be reached.
@@ -150,21 +121,13 @@ def read_manifest(uri: str) -> Manifest:
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:
-    """Writes the manifest atomically, read back on S3; call it after every shard is written.
-
-    Raises:
-        StorageError: the store cannot be written, or does not read the manifest back as written
-            (it is then removed: the folder is no dataset).
-    """
+    """Writes the manifest atomically (read back on S3); call it after every shard is written."""
     store.publish_text(manifest_uri(uri), manifest.to_json())
 
 
 def count_rows(data: bytes, fmt: str, name: str) -> int:
-    """Rows in one shard's bytes, checking the format's own integrity (Parquet footer, TFRecord CRCs).
-
-    Raises:
-        DataError: the bytes are not a readable shard of ``fmt``; names ``name`` and the offset.
-    """
+    """Rows in one shard's bytes, checking the format's own integrity (Parquet footer, TFRecord CRCs);
+    DataError when they are not a readable shard of ``fmt``."""
     if fmt == "tfrecord":
         from tl_ray.data.tfrecord import RecordParser
 
@@ -182,12 +145,7 @@ def count_rows(data: bytes, fmt: str, name: str) -> int:
 
 
 def verify(uri: str) -> list[str]:
-    """Re-checks every shard's size, sha256 and row count against the manifest.
-
-    TFRecord shards also have every record's CRC checked.
-
-    Args:
-        uri: the dataset folder.
+    """Re-checks every shard's size, sha256, row count (and TFRecord CRCs) against the manifest.
 
     Returns:
         One line per problem found; an empty list means the dataset is intact.
@@ -195,11 +153,6 @@ def verify(uri: str) -> list[str]:
     Raises:
         DataError: there is no readable manifest at ``uri``.
         StorageError: the store cannot be reached.
-
-    Example:
-
-    >>> verify("s3://bucket/store/datasets/fm-train")
-    []
     """
     manifest = read_manifest(uri)
     problems = []

@@ -1,21 +1,10 @@
 """The one dataset reader: Parquet or TFRecord shards in a store, streamed into ``tf.data``.
 
-The manifest names the format. A Python generator only moves bytes (``shards``
-reads one row group or one chunk of records at a time over ``tl_ray.store``,
-resuming where it stopped after a transient store error); parsing, decoding,
-augmentation, batching and prefetching run in TensorFlow's parallel pipeline.
-Nothing loads the whole dataset, and memory stays flat as the dataset grows.
+A Python generator only moves bytes (``shards``); parsing, decoding, augmentation and batching run in
+TensorFlow's parallel pipeline, so memory stays flat as the dataset grows. Errors raised in the generator
+reach the caller wrapped in ``tf.errors.UnknownError``: iterate with ``batches(ds)`` to get them back.
 
-Errors found while streaming (a missing, truncated or inconsistent shard, a CRC
-mismatch) are raised in the generator as ``DataError`` naming the shard URI and
-the offset; a store that stays unreachable as ``StorageError``. TensorFlow wraps
-them in ``tf.errors.UnknownError`` whose message keeps the original text.
-Iterate with ``batches(ds)`` to get the ``DataError`` back.
-
-Example:
-
->>> ds = make_dataset("s3://bucket/store/datasets/fm-train", image_size=(32, 32), batch_size=64,
-...                   shuffle=True, epoch=3, worker_index=0, num_workers=2)
+>>> ds = make_dataset("s3://bucket/store/datasets/fm-train", image_size=(32, 32), batch_size=64, shuffle=True)
 >>> for images, labels in batches(ds):
 ...     ...
 """
@@ -23,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import math
-
 import re
 
 import numpy as np
@@ -46,12 +34,23 @@ def dataset_info(uri: str) -> Manifest:
     return read_manifest(uri)
 
 
-def _plan(manifest: Manifest, worker_index: int, num_workers: int) -> tuple[list[int], bool]:
-    """Shard indices this worker reads, and whether it must also filter rows by global index."""
+def _plan(manifest: Manifest, worker_index: int, num_workers: int, shuffle: bool = False,
+          seed: int = 0) -> tuple[list[int], bool]:
+    """Shard indices this worker reads (permuted with ``seed`` when shuffling), and whether it must also
+    filter rows by global index."""
     n = len(manifest.shards)
     if n >= num_workers:
-        return list(range(worker_index, n, num_workers)), False
-    return list(range(n)), num_workers > 1
+        shard_ids, by_row = list(range(worker_index, n, num_workers)), False
+    else:
+        shard_ids, by_row = list(range(n)), num_workers > 1
+    if shuffle:
+        shard_ids = [shard_ids[i] for i in np.random.default_rng(seed).permutation(len(shard_ids))]
+    return shard_ids, by_row
+
+
+def _offsets(manifest: Manifest) -> np.ndarray:
+    """The global index of each shard's first row, then the row count."""
+    return np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
 
 
 def worker_rows(manifest: Manifest, worker_index: int = 0, num_workers: int = 1) -> int:
@@ -65,35 +64,20 @@ def worker_rows(manifest: Manifest, worker_index: int = 0, num_workers: int = 1)
 def read_order(manifest: Manifest, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                worker_index: int = 0, num_workers: int = 1) -> np.ndarray:
     """Global row indices one worker reads, in the order ``make_dataset`` streams them before its
-    shuffle buffer: its shards (permuted per epoch when shuffling), rows filtered by worker."""
-    shard_ids, by_row = _plan(manifest, worker_index, num_workers)
-    if shuffle:
-        shard_ids = [shard_ids[i] for i in np.random.default_rng(seed + epoch).permutation(len(shard_ids))]
-    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
-    rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in shard_ids]) if shard_ids else np.zeros(0, np.int64)
+    shuffle buffer."""
+    shard_ids, by_row = _plan(manifest, worker_index, num_workers, shuffle, seed + epoch)
+    start = _offsets(manifest)
+    rows = np.concatenate([np.zeros(0, np.int64), *(np.arange(start[i], start[i + 1]) for i in shard_ids)])
     return rows[rows % num_workers == worker_index] if by_row else rows
 
 
 def in_memory_dataset(
-    values: np.ndarray,
-    labels: np.ndarray,
-    manifest: Manifest,
-    *,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    epoch: int = 0,
-    shuffle_buffer: int = 2048,
-    worker_index: int = 0,
-    num_workers: int = 1,
-    drop_remainder: bool = False,
-    repeat: bool = False,
+    values: np.ndarray, labels: np.ndarray, manifest: Manifest, *, batch_size: int, shuffle: bool = False,
+    seed: int = 0, epoch: int = 0, shuffle_buffer: int = 2048, worker_index: int = 0, num_workers: int = 1,
+    drop_remainder: bool = False, repeat: bool = False,
 ) -> tf.data.Dataset:
-    """``make_dataset`` over rows already in memory (a small feature-cache entry), in the same order.
-
-    The same rows reach the same shuffle buffer with the same seed, so the batches equal
-    ``make_dataset``'s; only reading and decoding are skipped.
-    """
+    """``make_dataset`` over rows already in memory (a small feature-cache entry): the same batches, in the
+    same order, without reading or decoding."""
     _check_args((1, 1), batch_size, worker_index, num_workers, shuffle_buffer)
     order = read_order(manifest, shuffle=shuffle, seed=seed, epoch=epoch, worker_index=worker_index,
                        num_workers=num_workers)
@@ -104,21 +88,13 @@ def in_memory_dataset(
         ds = ds.repeat()
     x, y = tf.convert_to_tensor(values), tf.convert_to_tensor(labels)
 
-    # Rows gathered a batch at a time (the same batches as gathering each row, then batching). Traced
-    # as written: converting its source would cost more than the function itself.
+    # Gathered a batch at a time (the same batches as per row); autograph would cost more than the function.
     @tf.autograph.experimental.do_not_convert
     def gather(i):
         return tf.gather(x, i), tf.gather(y, i)
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     return _prefetched(ds)
-
-
-def _batched(ds: tf.data.Dataset, batch_size: int, drop_remainder: bool, repeat: bool) -> tf.data.Dataset:
-    """Repeat, batch and ``_prefetched``."""
-    if repeat:
-        ds = ds.repeat()
-    return _prefetched(ds.batch(batch_size, drop_remainder=drop_remainder))
 
 
 def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -130,11 +106,8 @@ def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def load_rows(uri: str) -> tuple[np.ndarray, np.ndarray, Manifest]:
-    """Every row of a feature-cache dataset as ``(features float32 [N, *shape], labels int32 [N], manifest)``.
-
-    Raises:
-        DataError: a shard is missing, truncated or corrupt.
-    """
+    """Every row of a feature-cache dataset as ``(features float32 [N, *shape], labels int32 [N], manifest)``;
+    DataError when a shard is missing, truncated or corrupt."""
     manifest = read_manifest(uri)
     shape = feature_shape(manifest)
     if shape is None:
@@ -171,7 +144,7 @@ def _parse_examples(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _encoded_rows(uri: str, manifest: Manifest, shard_ids: list[int], keep) -> tf.data.Dataset:
     """``(image bytes, label)`` per example, read shard by shard in ``shard_ids`` order."""
-    offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])]).astype(np.int64)
+    offsets = _offsets(manifest)
     if manifest.format == "tfrecord":
 
         def records():
@@ -223,14 +196,11 @@ def _rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, height: int, 
     cos, sin = tf.cos(angle), tf.sin(angle)
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     # Maps each output pixel back to the input pixel it samples.
-    transform = tf.stack(
-        [cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0]
-    )[None, :]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform, output_shape=tf.constant([height, width]),
+    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform[None, :], output_shape=tf.constant([height, width]),
         fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-    )
-    return out[0]
+    )[0]
 
 
 def augmentation_on(augment) -> bool:
@@ -240,61 +210,36 @@ def augmentation_on(augment) -> bool:
 
 
 def make_dataset(
-    uri: str,
-    *,
-    image_size: tuple[int, int],
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    epoch: int = 0,
-    shuffle_buffer: int = 2048,
-    worker_index: int = 0,
-    num_workers: int = 1,
-    drop_remainder: bool = False,
-    repeat: bool = False,
-    augment=None,
+    uri: str, *, image_size: tuple[int, int], batch_size: int, shuffle: bool = False, seed: int = 0,
+    epoch: int = 0, shuffle_buffer: int = 2048, worker_index: int = 0, num_workers: int = 1,
+    drop_remainder: bool = False, repeat: bool = False, augment=None,
 ) -> tf.data.Dataset:
     """Streams a Parquet or TFRecord dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
 
-    A feature-cache dataset (``tl_ray.feature_cache``) streams ``(features float32 [B, *feature_shape], labels)``
-    instead, in the same order as the image dataset it was computed from (same shards, same shuffle).
+    A feature-cache dataset streams ``(features float32 [B, *feature_shape], labels)`` instead, in the order
+    of the image dataset it was computed from.
 
-    Sharding across workers: with at least as many shards as workers, worker ``i``
-    reads shards ``i, i+n, ...``; otherwise every worker reads every shard and keeps
-    the rows whose global index ``% n == i``. Either way each example is seen by
-    exactly one worker once per pass. ``tf.distribute`` auto-sharding is turned off.
+    With at least as many shards as workers, worker ``i`` reads shards ``i, i+n, ...``; otherwise every
+    worker reads every shard and keeps the rows whose global index ``% n == i``. Either way each example
+    is seen by exactly one worker once per pass.
 
     Args:
-        uri: the dataset folder (holding ``_manifest.json``).
-        image_size: ``(height, width)`` images are resized to.
         batch_size: examples per batch (per worker).
-        shuffle: shuffle shard order and examples. Defaults to False.
-        seed: shuffle and augmentation seed. Defaults to 0.
+        shuffle: shuffle shard order and examples (``seed`` also seeds augmentation). Defaults to False.
         epoch: added to the seed, so each epoch has its own reproducible order. Defaults to 0.
-        shuffle_buffer: examples held by the shuffle buffer. Defaults to 2048.
-        worker_index: this worker's index. Defaults to 0.
-        num_workers: how many workers share the dataset. Defaults to 1.
-        drop_remainder: drop a last, smaller batch. Defaults to False.
         repeat: repeat forever (the same shard order; the buffer reshuffles). Defaults to False.
-        augment: an ``AugmentSpec`` (flip, crop, contrast), applied when any is on. Defaults to None.
-
-    Returns:
-        A batched, prefetched ``tf.data.Dataset``.
+        augment: an ``AugmentSpec``, applied when any augmentation is on. Defaults to None.
 
     Raises:
         ConfigError: invalid sizes or worker index.
-        DataError: no dataset at ``uri`` (at once); a missing, truncated or corrupt shard, or one
-            whose row count differs from the manifest (while iterating, wrapped by TensorFlow; see
-            ``batches``), naming the shard and the offset.
-        StorageError: the store is unreachable (at once), or stays unreachable for
-            ``store.files.READ_RETRY_TIMEOUT_S`` while streaming (transient errors are retried and the
-            read resumes where it stopped, so every example is still seen exactly once).
+        DataError: no dataset at ``uri``; or, while iterating (see ``batches``), a missing, truncated or
+            corrupt shard.
+        StorageError: the store is unreachable, or stays unreachable for
+            ``store.files.READ_RETRY_TIMEOUT_S`` while streaming.
     """
     _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer)
     manifest = read_manifest(uri)
-    shard_ids, by_row = _plan(manifest, worker_index, num_workers)
-    if shuffle:
-        shard_ids = [shard_ids[i] for i in np.random.default_rng(seed + epoch).permutation(len(shard_ids))]
+    shard_ids, by_row = _plan(manifest, worker_index, num_workers, shuffle, seed + epoch)
 
     def keep(rows: np.ndarray) -> np.ndarray:
         return rows % num_workers == worker_index if by_row else np.ones(len(rows), dtype=bool)
@@ -318,7 +263,9 @@ def make_dataset(
         )
     else:
         ds = ds.map(lambda image, label: (decode_image(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
-    return _batched(ds, batch_size, drop_remainder, repeat)
+    if repeat:
+        ds = ds.repeat()
+    return _prefetched(ds.batch(batch_size, drop_remainder=drop_remainder))
 
 
 _WRAPPED = re.compile(r"\b(DataError|StorageError): (.*?)(?:\nTraceback|\n\n|$)", re.S)
@@ -333,21 +280,11 @@ def as_tlray_error(exc: tf.errors.OpError) -> Exception:
 
 
 def batches(ds: tf.data.Dataset):
-    """Iterates ``ds``, re-raising errors from the reader's generator as ``DataError``/``StorageError``.
-
-    Raises:
-        DataError: a shard is missing, truncated or inconsistent; the message names its URI.
-        StorageError: the store became unreachable while streaming.
-    """
-    iterator = iter(ds)
-    while True:
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        except tf.errors.OpError as exc:
-            err = as_tlray_error(exc)
-            if err is exc:
-                raise
-            raise err from None
-        yield item
+    """Iterates ``ds``, re-raising errors from the reader's generator as ``DataError``/``StorageError``."""
+    try:
+        yield from ds
+    except tf.errors.OpError as exc:
+        err = as_tlray_error(exc)
+        if err is exc:
+            raise
+        raise err from None

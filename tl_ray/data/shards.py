@@ -1,17 +1,6 @@
-"""Shard streams: the rows of one Parquet or TFRecord shard, read in chunks, resumed after outages.
-
-Each reader yields record batches of one shard and checks it as it goes: the
-file size against the manifest (a truncated file is named with the byte offset
-where it ends), Parquet page CRCs, TFRecord record CRCs, and the row count.
-
-Reads from an object store go through ``store.retry_read``: a transient error
-(connection refused or reset, 5xx, throttling) re-opens the file and re-reads
-from the same byte offset (TFRecord) or row group (Parquet), so the rows a
-reader yields are exactly the shard's rows, once each, however often the store
-went away. A store that stays away raises ``StorageError`` after
-``store.files.READ_RETRY_TIMEOUT_S``.
-
-No TensorFlow here: these generators only move bytes.
+"""Shard streams: the rows of one Parquet or TFRecord shard, read in chunks and checked as they go (size,
+page or record CRCs, row count). A transient store error re-opens the file and re-reads from the same
+byte offset (TFRecord) or row group (Parquet), so each row is yielded exactly once. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -40,11 +29,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class ShardFile:
-    """A random-access shard file that re-opens itself after transient store errors.
-
-    Args:
-        dataset_uri: the dataset folder (named in hints).
-        shard: the manifest entry.
+    """A random-access shard file of the dataset ``dataset_uri`` that re-opens itself after transient errors.
 
     Raises:
         DataError: the shard is missing, or its size differs from the manifest (truncated or changed).
@@ -52,10 +37,10 @@ class ShardFile:
     """
 
     def __init__(self, dataset_uri: str, shard: Shard):
-        self.dataset_uri = dataset_uri
         self.shard = shard
         self.uri = store.join(dataset_uri, shard.path)
         self._file = None
+        self.hint = f"Check it with `tl-ray data verify {dataset_uri}` and re-ingest the dataset."
         self.size = self._retry(lambda: self.handle().size(), "size")
         if self.size != shard.bytes:
             state = "truncated" if self.size < shard.bytes else "larger than ingest wrote"
@@ -63,10 +48,6 @@ class ShardFile:
                 f"shard {self.uri!r} is {state}: it holds {self.size} bytes, the manifest says {shard.bytes} "
                 f"(data ends at byte offset {self.size}). {self.hint}"
             )
-
-    @property
-    def hint(self) -> str:
-        return f"Check it with `tl-ray data verify {self.dataset_uri}` and re-ingest the dataset."
 
     def handle(self):
         """The open pyarrow file, opened on first use and after a reset."""
@@ -101,18 +82,15 @@ class ShardFile:
         self.reset()
 
 
-def parquet_batches(
-    dataset_uri: str, shard: Shard, first_row: int, keep: Keep, value_column: str = "image"
-) -> Iterator[tuple]:
+def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
+                    value_column: str = "image") -> Iterator[tuple]:
     """Yields ``(values[n], labels int32[n])`` per row group of a Parquet shard.
 
     Args:
-        dataset_uri: the dataset folder.
-        shard: the manifest entry.
         first_row: the dataset-wide index of the shard's first row (``keep`` sees global indices).
         keep: ``keep(global_rows) -> bool mask`` of the rows this worker reads.
-        value_column: ``"image"`` (encoded images, yielded as an object array of bytes) or
-            ``"features"`` (fixed-size float32 vectors of a feature cache, yielded as float32 ``[n, d]``).
+        value_column: ``"image"`` (encoded images, as an object array) or ``"features"`` (a feature
+            cache's float32 vectors, as ``[n, d]``).
 
     Raises:
         DataError: the shard is missing, truncated, fails a page CRC, or its row count differs from
@@ -145,14 +123,11 @@ def parquet_batches(
             # A whole row group per attempt: after an outage it is re-read from its start, and
             # nothing of it was yielded yet, so no row repeats or goes missing.
             table = store.retry_read(
-                file.uri,
-                lambda: parquet().read_row_group(group, columns=[value_column, "label"]),
-                what=f"row group {group}",
-                on_retry=reset,
+                file.uri, lambda: parquet().read_row_group(group, columns=[value_column, "label"]),
+                what=f"row group {group}", on_retry=reset,
             )
             labels = table.column("label").to_numpy().astype(np.int32)
-            rows = np.arange(first_row + done, first_row + done + len(labels))
-            mask = keep(rows)
+            mask = keep(np.arange(first_row + done, first_row + done + len(labels)))
             done += len(labels)
             if mask.any():
                 yield _values(table.column(value_column), len(labels))[mask], labels[mask]
@@ -178,40 +153,25 @@ def _values(chunked: pa.ChunkedArray, rows: int) -> np.ndarray:
 
 
 def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep) -> Iterator[np.ndarray]:
-    """Yields serialized ``tf.train.Example`` records (object arrays) of a TFRecord shard.
-
-    The file is fetched in ``READ_CHUNK_BYTES`` ranged reads, the next one in flight while the
-    current one is parsed, so the first batch never waits for the whole shard.
-
-    Args:
-        dataset_uri: the dataset folder.
-        shard: the manifest entry.
-        first_row: the dataset-wide index of the shard's first record.
-        keep: ``keep(global_rows) -> bool mask`` of the records this worker reads.
-
-    Raises:
-        DataError: the shard is missing, truncated, fails a record CRC, or holds a different number of
-            records than the manifest says; names the shard, the record and its byte offset.
-        StorageError: the store stayed unreachable.
-    """
+    """Yields serialized ``tf.train.Example`` records (object arrays) of a TFRecord shard, fetched in
+    ``READ_CHUNK_BYTES`` ranged reads with the next one in flight; arguments and errors as for
+    ``parquet_batches``."""
     file = ShardFile(dataset_uri, shard)
     parser = RecordParser(file.uri)
     pending: list[bytes] = []
 
-    def flush():
-        rows = np.arange(first_row + parser.records - len(pending), first_row + parser.records)
-        mask = keep(rows)
+    def flush() -> Iterator[np.ndarray]:
+        mask = keep(np.arange(first_row + parser.records - len(pending), first_row + parser.records))
         out = np.asarray(pending, dtype=object)[mask] if mask.any() else None
         pending.clear()
-        return out
+        if out is not None:
+            yield out
 
-    starts = range(0, file.size, READ_CHUNK_BYTES)
-    # One chunk read ahead on a helper thread, so network time overlaps parsing.
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tlray-readahead")
     ahead = None
     try:
         ahead = pool.submit(file.read_at, 0, READ_CHUNK_BYTES) if file.size else None
-        for start in starts:
+        for start in range(0, file.size, READ_CHUNK_BYTES):
             chunk = ahead.result()
             nxt = start + READ_CHUNK_BYTES
             ahead = pool.submit(file.read_at, nxt, READ_CHUNK_BYTES) if nxt < file.size else None
@@ -222,14 +182,9 @@ def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep)
                 )
             pending += parser.feed(chunk)
             if len(pending) >= RECORDS_PER_YIELD:
-                out = flush()
-                if out is not None:
-                    yield out
+                yield from flush()
         parser.finish()
-        if pending:
-            out = flush()
-            if out is not None:
-                yield out
+        yield from flush()
     finally:
         if ahead is not None:
             ahead.cancel()

@@ -1,8 +1,5 @@
-"""Ingest sources: Fashion-MNIST IDX files and folders of images, read through tl_ray.store.
-
-No TensorFlow here: images are checked and encoded with Pillow, so ingest
-starts fast.
-"""
+"""Ingest sources: Fashion-MNIST IDX files and folders of images, read through tl_ray.store. Images are
+checked and encoded with Pillow, not TensorFlow, so ingest starts fast."""
 
 from __future__ import annotations
 
@@ -17,16 +14,7 @@ from tl_ray.errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -62,15 +50,8 @@ def _read_idx(uri: str, magic: int, ndim: int) -> np.ndarray:
 
 
 def load_fashion_mnist(path: str = FASHION_MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Reads one split of the gzipped Fashion-MNIST IDX files.
-
-    Args:
-        path: folder (local or ``s3://``) holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
-            Defaults to /usr/share/datasets/fashion-mnist.
-        split: ``"train"`` (60,000 images) or ``"test"`` (10,000). Defaults to "train".
-
-    Returns:
-        ``(images uint8 [N, 28, 28], labels uint8 [N])``.
+    """``(images uint8 [N, 28, 28], labels uint8 [N])`` of one split (``"train"`` or ``"test"``) of the
+    gzipped Fashion-MNIST IDX files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` in ``path``.
 
     Raises:
         ConfigError: ``split`` is not train or test.
@@ -94,17 +75,9 @@ def load_fashion_mnist(path: str = FASHION_MNIST_DIR, split: str = "train") -> t
 
 
 def list_image_folder(src: str) -> tuple[list[str], list[list[str]]]:
-    """Lists a folder with one sub-folder per class, like ``keras.utils.image_dataset_from_directory``.
-
-    Args:
-        src: the folder (local or ``s3://``).
-
-    Returns:
-        ``(class_names, files)``: class names are the sorted sub-folder names, and
-        ``files[i]`` are the image URIs (any depth) of class ``i``, sorted.
-
-    Raises:
-        DataError: ``src`` holds no class sub-folders with images, or a class folder holds no images.
+    """``(class_names, files)`` of a folder with one sub-folder per class, like Keras'
+    ``image_dataset_from_directory``: the sorted sub-folder names, and ``files[i]`` the sorted image URIs
+    (any depth) of class ``i``. DataError when there are no class folders or one holds no images.
     """
     by_class: dict[str, list[str]] = {}
     for rel in store.list_files(src):
@@ -143,12 +116,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
 def normalise_image(data: bytes, name: str) -> tuple[bytes, list[int]]:
     """Checks an image file decodes and returns ``(stored bytes, [H, W, C])``.
 
-    PNG (grey, RGB, RGBA) and baseline JPEG (grey, RGB) are kept as they are;
-    anything else (BMP, GIF, palette or 16-bit PNG, CMYK JPEG, ...) is converted
-    to an 8-bit PNG that TensorFlow decodes the same way everywhere.
-
-    Raises:
-        DataError: the file cannot be decoded; the message names ``name``.
+    PNG (grey, RGB, RGBA) and baseline JPEG (grey, RGB) are kept as they are; anything else is converted
+    to an 8-bit PNG that TensorFlow decodes the same way everywhere. DataError when it cannot be decoded.
     """
     from PIL import Image, UnidentifiedImageError
 

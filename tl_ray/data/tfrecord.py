@@ -1,22 +1,7 @@
-"""TFRecord without TensorFlow: ``tf.train.Example`` encoding, record framing and a CRC-checked parser.
-
-A TFRecord file is a sequence of records, each framed as::
+"""TFRecord without TensorFlow (which cannot read ``s3://``): ``tf.train.Example`` encoding, record framing
+and a CRC-checked parser. Each record is framed as (little-endian)::
 
     uint64 length | uint32 masked_crc32c(length) | data[length] | uint32 masked_crc32c(data)
-
-(little-endian). TensorFlow 2.21 cannot read ``s3://``, so tl-ray frames and
-parses records itself: ingest writes them without importing TensorFlow, and the
-reader parses a byte stream it fetched in chunks, checking both CRCs of every
-record. Each ``data`` is a serialized ``tf.train.Example`` with the conventional
-keys ``image/encoded``, ``image/class/label``, ``image/height``, ``image/width``
-and ``image/channels``.
-
-Example:
-
->>> data = frame(encode_example(png_bytes, 3, [28, 28, 1]))
->>> parser = RecordParser("part-00000.tfrecord")
->>> [bytes(r) for r in parser.feed(data)] == [encode_example(png_bytes, 3, [28, 28, 1])]
-True
 """
 
 from __future__ import annotations
@@ -63,14 +48,11 @@ def frame(data: bytes) -> bytes:
 
 def _varint(value: int) -> bytes:
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -87,13 +69,8 @@ def _int64_feature(value: int) -> bytes:
 
 
 def encode_example(image: bytes, label: int, shape: list[int]) -> bytes:
-    """A serialized ``tf.train.Example`` for one image, byte-identical to TensorFlow's own encoding.
-
-    Args:
-        image: the encoded image file (PNG or JPEG bytes).
-        label: the class index.
-        shape: ``[height, width, channels]`` of the image.
-    """
+    """A serialized ``tf.train.Example`` for one encoded image of ``shape`` ``[H, W, C]``, byte-identical to
+    TensorFlow's own encoding."""
     features = {
         "image/channels": _int64_feature(int(shape[2]) if len(shape) > 2 else 1),
         LABEL_KEY: _int64_feature(int(label)),
@@ -110,13 +87,8 @@ def encode_example(image: bytes, label: int, shape: list[int]) -> bytes:
 class RecordParser:
     """Splits a TFRecord byte stream, fed in chunks of any size, into CRC-checked records.
 
-    ``offset`` is the byte offset of the first record not yet returned, so a reader
-    that loses its connection resumes the stream there (and ``records`` counts the
-    records returned): nothing is returned twice or skipped.
-
-    Args:
-        name: the shard's URI, named in errors.
-        offset: byte offset of the stream's first byte in the file. Defaults to 0.
+    ``offset`` is the byte offset of the first record not yet returned (a reader that loses its
+    connection resumes there); ``records`` counts the records returned. ``name`` is named in errors.
     """
 
     def __init__(self, name: str, offset: int = 0):
@@ -131,12 +103,7 @@ class RecordParser:
         return len(self._buf)
 
     def feed(self, chunk) -> list[bytes]:
-        """Adds the next bytes of the stream; returns the records they complete.
-
-        Raises:
-            DataError: a record's length or data CRC does not match; names the shard, the record and
-                its byte offset.
-        """
+        """Adds the next bytes of the stream; returns the records they complete (DataError on a bad CRC)."""
         self._buf += chunk
         buf = self._buf
         out: list[bytes] = []
@@ -162,11 +129,7 @@ class RecordParser:
         return out
 
     def finish(self) -> None:
-        """Checks the stream ended on a record boundary.
-
-        Raises:
-            DataError: bytes are left over (the file is truncated inside a record).
-        """
+        """Raises DataError unless the stream ended on a record boundary (else it is truncated)."""
         if self._buf:
             raise DataError(
                 f"shard {self.name!r} is truncated inside record {self.records} at byte offset {self.offset} "

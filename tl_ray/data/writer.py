@@ -1,17 +1,8 @@
-"""Shard writing for ingest: Parquet or TFRecord shards of a target size, resumable, with a progress bar.
+"""Shard writing for ingest: Parquet or TFRecord shards ``part-00000.<ext>`` of a target size, resumable.
 
-``ShardWriter`` turns a stream of encoded images into shards ``part-00000.<ext>``,
-each written atomically, and records every finished shard (its sha256, row count
-and the input position it ends at) in ``_ingest_progress.json`` beside the
-shards, rewritten atomically after each shard. A re-run of the same ingest (same
-plan: inputs, order, format and shard sizes) verifies the recorded shards
-against their sha256 and resumes after the last good one instead of rewriting
-them. The manifest is still written last, by the caller, and the progress file
-is removed after it.
-
-``ordered_map`` runs the per-image work (read, check, encode) on a thread pool
-and hands results back in input order, so shards are the same however many
-workers ran.
+Each shard is written atomically and recorded (sha256, rows, the input position it ends at) in
+``_ingest_progress.json``. A re-run of the same plan (inputs, order, format, sizes) keeps the recorded
+shards that still match their sha256 and resumes after them. The caller writes the manifest last.
 """
 
 from __future__ import annotations
@@ -41,30 +32,21 @@ def progress_uri(to: str) -> str:
     return store.join(to, PROGRESS_NAME)
 
 
-def plan_id(plan: dict) -> str:
-    """A stable id of everything that decides the shards' contents."""
-    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` on ``workers`` threads, in input order, holding at most ``4 * workers`` in flight."""
+    """``map(fn, items)`` on ``workers`` threads, in input order (so shards do not depend on ``workers``),
+    holding at most ``4 * workers`` in flight."""
     if workers <= 1:
         yield from map(fn, items)
         return
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tlray-ingest")
     window: collections.deque = collections.deque()
-    it = iter(items)
     try:
-        for item in it:
+        for item in items:
             window.append(pool.submit(fn, item))
             if len(window) >= 4 * workers:
-                break
+                yield window.popleft().result()
         while window:
-            done = window.popleft().result()
-            nxt = next(it, window)  # the deque itself marks the end: it is never an item
-            if nxt is not window:
-                window.append(pool.submit(fn, nxt))
-            yield done
+            yield window.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -106,25 +88,20 @@ class ShardWriter:
     """Writes shards of one dataset, resuming a matching earlier, unfinished run.
 
     Args:
-        to: the dataset folder.
-        fmt: ``"parquet"`` or ``"tfrecord"``.
-        rows_per_shard: a shard closes at this many rows...
-        target_shard_mb: ...or when its encoded images reach this many MiB, whichever comes first.
-        plan: what decides the shards' contents (inputs in order, format, sizes); a progress file
-            with another plan is discarded, with its shards.
-        written: every URI this writer wrote is appended here.
+        rows_per_shard: a shard closes at this many rows, or when its images reach ``target_shard_mb`` MiB.
+        plan: what decides the shards' contents; a progress file with another plan is discarded, with its
+            shards.
 
     Attributes:
         resume_from: input position to continue from (0 for a fresh run).
         resumed: shards kept from the earlier run.
     """
 
-    def __init__(self, to: str, fmt: str, rows_per_shard: int, target_shard_mb: float, plan: dict, written: list):
+    def __init__(self, to: str, fmt: str, rows_per_shard: int, target_shard_mb: float, plan: dict):
         self.to, self.fmt = to, fmt
         self.rows_per_shard = rows_per_shard
         self.target_bytes = int(target_shard_mb * 2**20)
-        self.written = written
-        self.plan = plan_id(plan)
+        self.plan = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
         self.entries: list[dict] = []  # one per finished shard, as in the progress file
         self._reset_open()
         self.resumed = self._load_progress()
@@ -140,7 +117,7 @@ class ShardWriter:
         self._skipped: list[str] = []
 
     def _load_progress(self) -> int:
-        """Keeps the recorded shards that still match their sha256, in order, up to the first that does not."""
+        """Keeps the recorded shards that still match their sha256, up to the first that does not."""
         where = progress_uri(self.to)
         if not store.exists(where):
             return 0
@@ -187,19 +164,13 @@ class ShardWriter:
         name = f"part-{len(self.entries):05d}{SHARD_SUFFIX[self.fmt]}"
         data = self._encode()
         uri = store.join(self.to, name)
-        self.written.append(uri)
         store.write_bytes(uri, data)
         store.check_size(uri, data)
-        self.entries.append({
-            "path": name,
-            "rows": len(self._labels),
-            "sha256": store.sha256_bytes(data),
-            "bytes": len(data),
-            "end": end,
-            "class_counts": {str(k): v for k, v in sorted(self._counts.items())},
-            "shapes": sorted(list(s) for s in self._shapes),
-            "skipped": self._skipped,
-        })
+        self.entries.append(dict(
+            path=name, rows=len(self._labels), sha256=store.sha256_bytes(data), bytes=len(data), end=end,
+            class_counts={str(k): v for k, v in sorted(self._counts.items())},
+            shapes=sorted(list(s) for s in self._shapes), skipped=self._skipped,
+        ))
         self._reset_open()
         progress = {"plan": self.plan, "format": self.fmt, "shards": self.entries}
         store.write_text(progress_uri(self.to), json.dumps(progress, indent=1) + "\n")
@@ -207,10 +178,8 @@ class ShardWriter:
     def _encode(self) -> bytes:
         if self.fmt == "tfrecord":
             return b"".join(self._records)
-        table = pa.table({
-            "image": pa.array(self._images, type=pa.binary()),
-            "label": pa.array(self._labels, type=pa.int32()),
-        })
+        table = pa.table({"image": pa.array(self._images, type=pa.binary()),
+                          "label": pa.array(self._labels, type=pa.int32())})
         buf = io.BytesIO()
         # Images are already compressed; Parquet compression would only cost CPU on every read.
         # Page checksums let the reader name a corrupt page instead of decoding garbage.

@@ -1,7 +1,5 @@
-"""The store: local paths, ``file://`` and ``s3://bucket/prefix`` behind one set of calls (``files``, over
-``objects`` and ``s3``, the one client factory), published objects read back (``readback``), and conditional
-writes, proven to be honoured (``locking``), with leases that let processes sharing a store agree on who
-writes what."""
+"""The store: local paths, ``file://`` and ``s3://bucket/prefix`` behind one set of calls, with read-back of
+published objects, conditional writes (proven to be honoured) and leases."""
 
 from tl_ray.store.conditional import create_exclusive, delete_if, read_tagged, write_if
 from tl_ray.store.files import (

@@ -1,12 +1,8 @@
-"""Conditional writes on the store: the compare-and-swap that registry versions, aliases and leases rest on.
+"""Conditional writes: the compare-and-swap that registry versions, aliases and leases rest on.
 
-On S3, ``If-None-Match: *`` (create only if absent) and ``If-Match: <ETag>`` (replace only the object
-that was read); S3 answers 412 PreconditionFailed (or 409 ConditionalRequestConflict while another
-conditional write to the key is in flight) and writes nothing. Not every S3-compatible store honours
-them, so the first conditional write under a scope proves that it does (``locking.mode``), and every
-write is read back. On a local folder, a hard link (which fails if the name exists) creates if absent,
-and an ``fcntl.flock`` on a sibling lock file guards read-compare-replace. The tag of a local file is
-the sha256 of its bytes.
+On S3, ``If-None-Match: *`` / ``If-Match: <ETag>`` (support proven by ``locking.mode``), every write read
+back. Locally, a hard link creates if absent and an ``fcntl.flock`` guards read-compare-replace; the tag of
+a local file is the sha256 of its bytes.
 """
 
 from __future__ import annotations
@@ -37,17 +33,9 @@ def create_exclusive(uri: str, data: bytes, *, scope: str | None = None) -> bool
 
 
 def write_if(uri: str, data: bytes, tag: str | None, *, scope: str | None = None) -> bool:
-    """Writes ``data`` only if ``uri`` still holds the object ``tag`` came from (None: only if absent).
-
-    Args:
-        uri: the object.
-        data: its new bytes.
-        tag: from ``read_tagged``; None to create only if absent.
-        scope: on S3, the folder whose conditional-write support is probed (once per process), e.g. the
-            registry root. Defaults to the object's folder.
-
-    Returns:
-        True when written (and, on S3, read back); False when the object changed (or appeared) since it was read.
+    """Writes ``data`` only if ``uri`` still holds the object ``tag`` (from ``read_tagged``) came from; with
+    ``tag`` None, only if absent. True when written (and, on S3, read back); False when the object changed.
+    ``scope``: on S3, the folder whose conditional-write support is probed. Defaults to the object's folder.
 
     Raises:
         StorageError: the store cannot be reached or written, ignores conditional writes (without
@@ -85,7 +73,7 @@ def delete_if(uri: str, tag: str, *, scope: str | None = None) -> bool:
 
 
 def _leased(uri: str, tag: str | None, scope: str | None, write) -> bool:
-    """``write()`` under the scope's ``FencedLock`` if ``uri`` still has ``tag``: ``TLRAY_STORAGE_LOCKING=lease``."""
+    """``write()`` under the scope's ``FencedLock`` if ``uri`` still has ``tag`` (lease locking)."""
     with locking.FencedLock(scope or posixpath.dirname(uri)) as lock:
         if read_tagged(uri)[1] != tag:
             return False
@@ -97,9 +85,7 @@ def _leased(uri: str, tag: str | None, scope: str | None, write) -> bool:
 @contextmanager
 def _locked(path: Path):
     # One lock file per object, never deleted: deleting it would let two writers lock different inodes.
+    # Closing the file releases the lock.
     with open(path.with_name(f".{path.name}.lock"), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield

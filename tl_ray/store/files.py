@@ -1,8 +1,5 @@
-"""Store URIs (local paths, ``file://``, ``s3://bucket/prefix``) and what they hold: read (riding out
-outages), listed, deleted, copied down, and written atomically. A local file or folder is built aside
-(``staging``) and renamed into place (``publish_local``); on S3 an object is one PUT through the boto3
-client (``objects``), never visible half-written, and a folder's marker file goes last, read back:
-readers treat a folder without it as absent. Streamed reads (shards) go through pyarrow.
+"""Store URIs (local paths, ``file://``, ``s3://bucket/prefix``): read (riding out outages), listed,
+deleted, copied, and written atomically (locally built aside and renamed; on S3 one PUT per object).
 """
 
 from __future__ import annotations
@@ -25,8 +22,7 @@ import pyarrow.fs as pafs
 from tl_ray.errors import StorageError
 from tl_ray.store import objects, readback, s3
 
-# A streaming read (a shard being read through an epoch) keeps retrying a store that went away
-# for this long, on top of the client's own retries, then fails with StorageError.
+# A streaming read keeps retrying a store that went away for this long, on top of the client's retries.
 READ_RETRY_TIMEOUT_S = 60.0
 READ_RETRY_BACKOFF_S = (0.1, 4.0)  # first and largest pause between attempts (full jitter)
 # S3 error codes that retrying cannot fix.
@@ -73,15 +69,13 @@ def storage_error(uri: str, exc: Exception, action: str) -> StorageError:
 
 @contextmanager
 def reported(uri: str, action: str, *, missing: bool = False):
-    """Raises the OS and pyarrow errors of the block as ``storage_error``s; with ``missing``, a
-    missing file as "``uri`` does not exist"."""
+    """Raises the OS and pyarrow errors of the block as ``storage_error``s (with ``missing``, a missing
+    file as "does not exist")."""
     try:
         yield
-    except FileNotFoundError as exc:
-        if missing:
-            raise StorageError(f"{uri!r} does not exist.") from None
-        raise storage_error(uri, exc, action) from None
     except (OSError, pa.ArrowException) as exc:
+        if missing and isinstance(exc, FileNotFoundError):
+            raise StorageError(f"{uri!r} does not exist.") from None
         raise storage_error(uri, exc, action) from None
 
 
@@ -126,11 +120,8 @@ def open_input_stream(uri: str):
 
 
 def is_transient(uri: str, exc: BaseException) -> bool:
-    """True when ``exc`` from reading ``uri`` may go away on retry (network, 5xx, throttling).
-
-    Only object-store errors are transient: a local file that fails to read is broken, and
-    a missing object or a refused credential stays so.
-    """
+    """True when ``exc`` from reading ``uri`` may go away on retry (network, 5xx, throttling): only
+    object-store errors, and not a missing object or a refused credential."""
     if not s3.is_s3(uri) or not isinstance(exc, (OSError, pa.ArrowException)):
         return False
     if isinstance(exc, (FileNotFoundError, PermissionError)):
@@ -140,22 +131,15 @@ def is_transient(uri: str, exc: BaseException) -> bool:
 
 
 def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, on_retry=None):
-    """Runs ``attempt()`` until it succeeds, retrying transient store errors with capped backoff.
+    """Returns ``attempt()``, retrying transient store errors with capped, jittered backoff.
 
-    The client's own retry strategy (``S3_MAX_ATTEMPTS``) runs inside each attempt; this outer
-    loop rides out longer outages (a restarting server) and gives up after ``timeout_s``.
-    ``attempt`` must be idempotent: callers pass the offset to resume from, so a retried read
-    neither skips nor repeats data.
+    This rides out outages longer than the client's own retries. ``attempt`` must be idempotent (resume
+    from a given offset), so a retried read neither skips nor repeats data.
 
     Args:
-        uri: the object being read, named in logs and errors.
-        attempt: a callable doing one read.
         what: what is being read, e.g. ``"bytes 0..8388608"``, for logs and errors.
         timeout_s: give up after this many seconds. Defaults to ``READ_RETRY_TIMEOUT_S``.
         on_retry: called with the exception before each retry (e.g. to reopen a handle). Defaults to None.
-
-    Returns:
-        What ``attempt()`` returns.
 
     Raises:
         StorageError: the store stayed unreachable for ``timeout_s``; names ``uri`` and ``what``.
@@ -187,8 +171,7 @@ def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, 
 
 
 def list_dir(uri: str) -> list[str]:
-    """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist or is a file (as
-    on S3, where nothing is under an object's name)."""
+    """Names directly under ``uri`` (files and folders), sorted; empty when it does not exist or is a file."""
     if s3.is_s3(uri):
         return objects.list_names(uri)
     fs, path = filesystem(uri)
@@ -230,11 +213,8 @@ def delete(uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
-    """Copies the tree at ``uri`` into ``local_dir`` and returns it.
-
-    On S3 each object is read only if it still has the ETag it was listed with: one replaced in between
-    is a StorageError, never a copy mixing two versions.
-    """
+    """Copies the tree at ``uri`` into ``local_dir`` and returns it; on S3, an object replaced after the
+    listing is a StorageError, never a copy mixing two versions."""
     local_dir = Path(local_dir)
     if s3.is_s3(uri):
         listed = objects.list_objects(uri)
@@ -262,8 +242,7 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
 
 @contextmanager
 def staging(folder: str | Path) -> Iterator[Path]:
-    """A scratch path in ``folder`` (beside the destination, so the move is a rename) to build a file or
-    folder under; whatever is still there when the block exits is deleted."""
+    """A scratch path in ``folder`` (beside the destination, so the move is a rename), deleted on exit."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     tmp = Path(folder) / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
@@ -274,10 +253,7 @@ def staging(folder: str | Path) -> Iterator[Path]:
 
 
 def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) -> bool:
-    """Moves the finished file or folder ``staged`` onto ``dest`` in one step, replacing what is there.
-
-    With ``exclusive``, hard-links it there instead, which fails (False) if ``dest`` exists.
-    """
+    """Renames ``staged`` onto ``dest``; with ``exclusive``, hard-links it (False if ``dest`` exists)."""
     if not exclusive:
         os.replace(staged, dest)
         return True
@@ -294,10 +270,9 @@ def write_bytes(uri: str, data: bytes) -> None:
         objects.put(uri, data)
         return
     fs, path = filesystem(uri)
-    with reported(uri, "write"):
-        with staging(os.path.dirname(path)) as tmp:
-            tmp.write_bytes(data)
-            publish_local(tmp, path)
+    with reported(uri, "write"), staging(os.path.dirname(path)) as tmp:
+        tmp.write_bytes(data)
+        publish_local(tmp, path)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -306,12 +281,7 @@ def write_text(uri: str, text: str) -> None:
 
 
 def publish_bytes(uri: str, data: bytes) -> None:
-    """Writes ``data`` to ``uri`` atomically and, on S3, reads it back (``readback``).
-
-    Raises:
-        StorageError: the store cannot be written, or keeps other bytes than were sent (the object is
-            then removed).
-    """
+    """Writes ``data`` to ``uri`` atomically and, on S3, reads it back (``readback``)."""
     write_bytes(uri, data)
     if s3.is_s3(uri):
         readback.check_written(uri, data)
@@ -323,12 +293,8 @@ def publish_text(uri: str, text: str) -> None:
 
 
 def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> None:
-    """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last, read back on S3.
-
-    Raises:
-        StorageError: the store cannot be written, or the marker does not read back as written (the
-            files uploaded are then removed: nothing is published).
-    """
+    """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last, read back on S3
+    (readers treat a folder without it as absent; on a failed read-back the upload is removed)."""
     local_dir = Path(local_dir)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     if not s3.is_s3(uri):

@@ -11,14 +11,8 @@ from tl_ray.store.conditional import create_exclusive, delete_if, read_tagged, w
 class Lease:
     """An exclusive claim on ``uri``, kept by renewing it and broken by a waiter once it goes stale.
 
-    Nothing expires on the store: a waiter breaks the lease once it has seen it unchanged for
-    ``stale_s`` by its own clock, so the clocks of holder and waiter need not agree.
-
-    Args:
-        uri: the lease object, e.g. ``.../_building.json``.
-        stale_s: seconds without a renewal after which a waiter breaks the lease.
-        scope: on S3, the folder whose conditional-write support is probed (``tl_ray.store.locking``).
-            Defaults to the lease's folder.
+    A waiter breaks the lease once it has seen it unchanged for ``stale_s`` by its own clock, so the
+    clocks of holder and waiter need not agree. ``scope``: as for ``write_if``.
     """
 
     def __init__(self, uri: str, *, stale_s: float, scope: str | None = None):

@@ -1,10 +1,7 @@
 """Conditional writes proven, not assumed: some S3-compatible stores accept ``If-None-Match`` and
-``If-Match`` and ignore them. Before the first conditional write under a scope (a registry or cache
-root) a probe object is created twice, then replaced with a stale ETag; both repeats must be refused.
-The answer is cached per endpoint and scope for the life of the process.
-
-Where they are ignored, tl-ray refuses to claim or build unless the spec's ``storage.locking: lease`` (or
-``TLRAY_STORAGE_LOCKING=lease``) opts in to ``FencedLock``, which is weaker (its docstring says how).
+``If-Match`` and ignore them, so each scope is probed once per process. Where they are ignored, only
+``storage.locking: lease`` (or ``TLRAY_STORAGE_LOCKING=lease``) allows writing, under the weaker
+``FencedLock``.
 """
 
 from __future__ import annotations
@@ -32,11 +29,8 @@ _chosen: str | None = None  # the spec's storage_locking, set by use_locking
 
 
 def use_locking(value: str | None) -> None:
-    """Sets this process's locking from a spec's ``storage_locking``; it wins over ``TLRAY_STORAGE_LOCKING``.
-
-    Args:
-        value: ``"conditional"``, ``"lease"``, or None to leave the choice to the variable.
-    """
+    """Sets this process's locking (``"conditional"``, ``"lease"``, or None to leave it to
+    ``TLRAY_STORAGE_LOCKING``) from a spec's ``storage_locking``."""
     global _chosen
     if value is not None and value not in LOCKING_CHOICES:
         raise StorageError(f"storage.locking must be one of {list(LOCKING_CHOICES)}. Received: {value!r}.")
@@ -44,12 +38,8 @@ def use_locking(value: str | None) -> None:
 
 
 def locking_setting() -> str:
-    """The spec's ``storage.locking`` if set (``use_locking``), else ``TLRAY_STORAGE_LOCKING``: ``conditional``
-    (the default) or ``lease``.
-
-    Raises:
-        StorageError: the variable holds another value.
-    """
+    """The spec's ``storage.locking`` if set (``use_locking``), else ``TLRAY_STORAGE_LOCKING`` (default
+    ``conditional``); raises StorageError for another value."""
     if _chosen is not None:
         return _chosen
     value = os.environ.get("TLRAY_STORAGE_LOCKING", "").strip().lower() or "conditional"
@@ -59,14 +49,8 @@ def locking_setting() -> str:
 
 
 def mode(scope: str) -> str:
-    """How conditional writes under ``scope`` are made: ``"conditional"`` or ``"lease"``.
-
-    Args:
-        scope: an ``s3://`` folder, e.g. a registry root; the probe object is written in it.
-
-    Raises:
-        StorageError: the store ignores conditional writes and the locking setting is not ``lease``.
-    """
+    """How conditional writes under the ``s3://`` folder ``scope`` are made: ``"conditional"`` or ``"lease"``;
+    StorageError when the store ignores them and the locking setting is not ``lease``."""
     honours_none_match, honours_match = probe(scope)
     if honours_none_match and honours_match:
         return "conditional"
@@ -93,6 +77,7 @@ def probe(scope: str) -> tuple[bool, bool]:
 
 
 def _probe(scope: str) -> tuple[bool, bool]:
+    # A fresh object is created twice, then replaced with a stale ETag: both repeats must be refused.
     uri = f"{scope.rstrip('/')}/.tlray-probe-{uuid.uuid4().hex[:12]}"
     try:
         objects.put(uri, b"1", IfNoneMatch="*")  # a fresh key: the store must take it
@@ -103,11 +88,10 @@ def _probe(scope: str) -> tuple[bool, bool]:
 
 class FencedLock:
     """The lock object ``<scope>/.tlray-lock.json`` for ``lease`` locking, held around one
-    read-compare-write, with ``check()`` right before the write.
+    read-compare-write, with ``check()`` (the fencing check) right before the write.
 
-    Written plainly, read back after ``SETTLE_S`` (the last writer wins) and read again by ``check()`` (the
-    fencing check). Weaker than conditional writes: two writers whose requests straddle the pause or the
-    check can both proceed, and a holder stalled past ``LOCK_TTL_S`` loses the lock by the wall clock.
+    Weaker than conditional writes: two writers whose requests straddle the ``SETTLE_S`` pause or the check
+    can both proceed, and a holder stalled past ``LOCK_TTL_S`` loses the lock by the wall clock.
     """
 
     def __init__(self, scope: str):

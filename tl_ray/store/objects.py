@@ -1,11 +1,5 @@
 """Object requests on S3 through the one boto3 client, each failure turned into a StorageError that names
-the object, the endpoint, the cause and the fix.
-
-Listing does not trust the store's delimiter support: names are cut at the first '/' below the prefix
-whatever the store answers, and a delimited listing is checked against a flat page of the same prefix
-(``list_names``), so stores that ignore ``Delimiter`` or return
-missing or partial ``CommonPrefixes`` list folders all the same.
-"""
+the object, the endpoint, the cause and the fix. Listings do not trust the store's ``Delimiter`` support."""
 
 from __future__ import annotations
 
@@ -64,11 +58,9 @@ def _call(uri: str, action: str, method: str, refused: tuple[str, ...] = (), **k
     bucket, key = bucket_key(uri)
     try:
         return getattr(client(), method)(Bucket=bucket, Key=key, **kwargs)
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code")) in refused:
+    except (ClientError, BotoCoreError) as exc:
+        if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in refused:
             return None
-        raise s3_error(uri, exc, action) from None
-    except BotoCoreError as exc:
         raise s3_error(uri, exc, action) from None
 
 
@@ -78,16 +70,8 @@ def put(uri: str, body, **conditions) -> dict | None:
 
 
 def get(uri: str, if_match: str | None = None, refused: tuple[str, ...] = ABSENT) -> tuple[bytes, str] | None:
-    """``(bytes, ETag)`` of the object at ``uri``; None when absent (or the store answers a ``refused`` code).
-
-    Args:
-        uri: the object.
-        if_match: the ETag the object must still have (from a listing). Defaults to any.
-        refused: error codes that mean None. Defaults to the object being absent.
-
-    Raises:
-        StorageError: the store cannot be read, or the object no longer has ETag ``if_match``.
-    """
+    """``(bytes, ETag)`` of the object at ``uri``; None when the store answers a ``refused`` code (absent).
+    StorageError when the store cannot be read, or the object no longer has ETag ``if_match``."""
     from botocore.exceptions import BotoCoreError
 
     for attempt in range(S3_MAX_ATTEMPTS):
@@ -131,9 +115,7 @@ def list_objects(uri: str) -> list[tuple[str, str, int]]:
 def list_names(uri: str) -> list[str]:
     """Names of the files and folders directly under ``uri``, sorted; empty when there is none.
 
-    Each delimited answer is checked against the first page of a flat listing of the same prefix (one
-    request more); a name the delimited answer missed turns this process to flat listings (slower on
-    large folders).
+    A name a delimited listing missed (seen in a flat page) turns this process to flat listings.
     """
     endpoint, cut = endpoint_url(), _cut(uri)
     if _delimiter_works.get(endpoint) is False:

@@ -1,11 +1,8 @@
-"""Read-back: an object tl-ray publishes on S3 (a manifest, a version's metadata, an alias, a lease) counts as
-written only once one GET returns the very bytes that were sent.
+"""Read-back: an object published on S3 counts as written only once a GET returns the bytes sent.
 
-A store can answer 200 to a PUT and keep something else: one that does not decode ``aws-chunked``
-uploads keeps the chunk framing (``283\\r\\n{...``) inside the object. A mismatch deletes what was
-written, when it is still there, and raises a StorageError that names the object, the endpoint,
-the likely cause and the setting that fixes it. Local files are renamed into place whole and need
-no read-back.
+A store can answer 200 to a PUT and keep something else (e.g. ``aws-chunked`` framing inside the object).
+A mismatch deletes the object and raises a StorageError naming the likely cause and fix. Local files are
+renamed into place whole and need no read-back.
 """
 
 from __future__ import annotations
@@ -23,17 +20,9 @@ ENABLED = True
 
 
 def check_written(uri: str, data: bytes, etag: str | None = None) -> None:
-    """Reads ``uri`` back and compares it with ``data``; deletes it and raises when they differ.
-
-    Args:
-        uri: the ``s3://`` object just written.
-        data: the bytes sent.
-        etag: the ETag the PUT returned. When given, an object replaced since by another writer
-            (a later alias move) is not read and counts as written. Defaults to None.
-
-    Raises:
-        StorageError: the object is missing or holds other bytes.
-    """
+    """Reads the ``s3://`` object ``uri`` back; deletes it and raises StorageError when it is missing or
+    differs from ``data``. With the PUT's ``etag``, an object since replaced by another writer counts as
+    written."""
     if not ENABLED:
         return
     found = objects.get(uri, if_match=etag, refused=objects.ABSENT + objects.CONFLICT)
@@ -49,8 +38,8 @@ def check_written(uri: str, data: bytes, etag: str | None = None) -> None:
 
 
 def check_size(uri: str, data: bytes) -> None:
-    """For a large object (a shard): one HEAD comparing the stored size with ``len(data)``, which catches a
-    store keeping upload framing without reading the object back; deletes it and raises when they differ."""
+    """For a large object (a shard): a HEAD comparing the stored size with ``len(data)`` (catches kept upload
+    framing without a full read); deletes it and raises when they differ."""
     if not ENABLED or not uri.startswith("s3://"):
         return
     stored = (objects.head(uri) or {}).get("ContentLength")

@@ -1,16 +1,10 @@
 """S3 connections: one boto3 client for every object request, pyarrow's ``S3FileSystem`` for streamed reads.
 
-Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), so the
-same code talks to S3, MinIO, Ceph RGW, R2, B2, Wasabi, GCS's interoperability API or a test server.
-
-Checksums. boto3 (1.36 and later) and the AWS C++ SDK inside pyarrow add a CRC checksum to every
-upload by default; the C++ SDK sends it as a trailer of an ``aws-chunked`` body, which a store that
-does not decode that encoding keeps inside the object. So on a custom endpoint tl-ray asks both
-SDKs to checksum only when an operation requires it (``when_required``): writes are plain bodies.
-On AWS's own endpoint the SDK default (``when_supported``) stays. Integrity does not rest on the
-transport checksum either way: every JSON object tl-ray publishes is read back, and manifests and
-registry metadata carry the sha256 of every file. The standard variables
-``AWS_REQUEST_CHECKSUM_CALCULATION`` and ``AWS_RESPONSE_CHECKSUM_VALIDATION`` override the choice.
+Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``). On a custom
+endpoint both SDKs checksum uploads only ``when_required``: the C++ SDK in pyarrow otherwise sends an
+``aws-chunked`` body, which a store that does not decode it keeps inside the object. Integrity rests on
+read-back and sha256s instead. ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION``
+override the choice.
 """
 
 from __future__ import annotations
@@ -58,14 +52,9 @@ def endpoint_name() -> str:
 
 
 def checksum_settings() -> dict[str, str]:
-    """``request_checksum_calculation`` and ``response_checksum_validation`` in force for the endpoint.
-
-    Each comes from its standard AWS variable when set, else ``when_required`` on a custom endpoint and
-    ``when_supported`` on AWS's own.
-
-    Raises:
-        StorageError: a variable holds something other than ``when_supported`` or ``when_required``.
-    """
+    """``request_checksum_calculation`` and ``response_checksum_validation`` in force: each from its AWS
+    variable when set (StorageError unless a ``CHECKSUM_CHOICES`` value), else ``when_required`` on a custom
+    endpoint and ``when_supported`` on AWS's own."""
     default = "when_required" if endpoint_url() else "when_supported"
     out = {}
     for setting, variable in _CHECKSUM_VARIABLES.items():
@@ -79,12 +68,8 @@ def checksum_settings() -> dict[str, str]:
 
 
 def export_checksum_settings() -> None:
-    """Puts ``checksum_settings`` in the environment, where the C++ SDK inside pyarrow reads them each time a
-    filesystem is made (pyarrow has no option for them), unless the user set the variables.
-
-    Done on import too: a Ray worker that unpickles a filesystem after importing tl-ray gets them. Nothing
-    is exported for AWS's own endpoint, where tl-ray's choice is the SDK's default.
-    """
+    """Puts ``checksum_settings`` in the environment (unless the user set them), where pyarrow's C++ SDK
+    reads them (pyarrow has no option). Also run on import, for Ray workers that unpickle a filesystem."""
     if not endpoint_url():
         return
     for setting, value in checksum_settings().items():
@@ -112,8 +97,7 @@ def arrow_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
 
 
 def client():
-    """The boto3 S3 client of the current endpoint and settings, made once per process: every boto3 call
-    goes through it."""
+    """The boto3 S3 client of the current endpoint and settings, made once per process."""
     settings = checksum_settings()
     credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"))
     return _client(endpoint_url(), os.getpid(), settings["request_checksum_calculation"],
