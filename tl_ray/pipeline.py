@@ -1,21 +1,22 @@
 """The end-to-end job and the stage drivers the CLI calls.
 
-``run_pipeline`` chains: ingest (when the datasets are missing) → the upstream
-source model (when its registry alias does not resolve) → the transfer sweep →
-promotion → test accuracy (and a from-scratch baseline) → serving, with the
-accuracy measured through the live HTTP endpoint. Each stage reuses what an
-earlier run left in the store.
+``run_pipeline`` chains ingest → upstream model → sweep → promotion → test accuracy → serving (the
+accuracy measured again over HTTP); each stage reuses what an earlier run left in the store.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from tl_ray import store
-from tl_ray.errors import ConfigError, RegistryError
+from tl_ray.errors import ConfigError, RegistryError, error_summary
+from tl_ray.registry.store import Registry
+from tl_ray.seeds import SeedComparison, SeedRun, scratch_overrides, scratch_spec, seed_overrides
 from tl_ray.spec import Spec, load_spec
 
 Out = Callable[[str], None]
@@ -28,16 +29,14 @@ def ensure_ray() -> None:
     connect_ray()
 
 
-def _manifest_exists(uri: str) -> bool:
-    return store.exists(store.join(uri, "_manifest.json"))
-
-
 def ensure_data(spec: Spec, out: Out = print) -> None:
     """Ingests the spec's datasets from ``data.source`` when they are not in the store."""
     from tl_ray.data import ingest
 
     wanted = {"train": spec.data.train, "validation": spec.data.validation, "test": spec.data.test}
-    missing = [k for k, v in wanted.items() if v and not _manifest_exists(spec.resolve(v))]
+    missing = [
+        k for k, v in wanted.items() if v and not store.exists(store.join(spec.resolve(v), "_manifest.json"))
+    ]
     if not missing:
         out(f"[data] reusing {', '.join(spec.resolve(v) for v in wanted.values() if v)}")
         return
@@ -48,22 +47,19 @@ def ensure_data(spec: Spec, out: Out = print) -> None:
             "Ingest it first (tl-ray data ingest ... --to URI) or add a data.source recipe."
         )
     store.ensure_bucket(spec.storage)
+    validation = spec.resolve(spec.data.validation) if spec.data.validation else None
+    train = dict(per_class=src.train_per_class, validation_to=validation, seed=src.seed, overwrite=True)
     if src.kind != "fashion-mnist":
         if "train" in missing or "validation" in missing:
-            report = ingest.ingest_folder(
-                src.path, spec.resolve(spec.data.train), per_class=src.train_per_class,
-                validation_to=spec.resolve(spec.data.validation) if spec.data.validation else None,
-                validation_fraction=0.2 if spec.data.validation else None, seed=src.seed, overwrite=True,
-            )
+            report = ingest.ingest_folder(src.path, spec.resolve(spec.data.train),
+                                          validation_fraction=0.2 if validation else None, **train)
             out(f"[data] ingested {src.path}: {_rows(report)}")
         return
     path = src.path or ingest.FASHION_MNIST_DIR
     if "train" in missing or "validation" in missing:
         report = ingest.ingest_fashion_mnist(
             spec.resolve(spec.data.train), path=path, split="train", classes=src.classes,
-            per_class=src.train_per_class,
-            validation_to=spec.resolve(spec.data.validation) if spec.data.validation else None,
-            validation_per_class=src.validation_per_class, seed=src.seed, overwrite=True,
+            validation_per_class=src.validation_per_class, **train,
         )
         out(f"[data] ingested fashion-mnist train split: {_rows(report)}")
     if "test" in missing:
@@ -94,11 +90,10 @@ def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
 
 def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, out: Out = print):
     """Runs the sweep, prints its table and (optionally) promotes the best trial."""
+    from tl_ray.tune.report import build_report
     from tl_ray.tune.sweep import preflight, run_sweep
 
     if promote and spec.promote is not None:
-        from tl_ray.registry.store import Registry
-
         Registry(spec.storage).check_writable()  # before the sweep, not after it
     preflight(spec)  # what every trial would fail on, said once before any starts
     ensure_ray()
@@ -109,8 +104,6 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     out(result.table())
     best = result.best
     out(f"[tune] best trial {best.trial_id}: {spec.tune.metric}={best.metric:.4f} ({result.wall_time_s:.0f}s)")
-    from tl_ray.tune.report import build_report
-
     exp_uri = store.join(spec.storage, "experiments", experiment)
     planned = {st.name: st.epochs for st in spec.tune.stages} if spec.tune.stages else spec.train.epochs
     report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=planned)
@@ -119,17 +112,14 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
     sync = f"aws s3 sync {exp_uri} ./{experiment}, then " if store.is_s3(exp_uri) else ""
     out(f"[tune] curves in TensorBoard: {sync}tensorboard --logdir {'./' + experiment if sync else exp_uri}  "
         "(pip install 'tl-ray[tensorboard]')")
-    promotion = None
-    if promote:
-        promotion = promote_row(spec, best)
+    promotion = promote_row(spec, best) if promote else None
+    if promotion is not None:
         out(f"[promote] {promotion.message()}")
     return result, promotion
 
 
 def latest_experiment(spec: Spec) -> str:
     """The newest sweep of ``spec.name`` in the store (what ``--resume`` continues)."""
-    import re
-
     pattern = re.compile(rf"^{re.escape(spec.name)}-\d{{8}}-\d{{6}}$")
     found = sorted(n for n in store.list_dir(store.join(spec.storage, "experiments")) if pattern.match(n))
     if not found:
@@ -146,8 +136,6 @@ def promote_row(spec: Spec, row):
 
     parent = None
     if spec.model.weights.startswith("registry://"):
-        from tl_ray.registry.store import Registry
-
         name, version = Registry(spec.storage).resolve(spec.model.weights)
         parent = f"{name}:v{version}"
     with tempfile.TemporaryDirectory(prefix="tlray-best-") as tmp:
@@ -158,8 +146,6 @@ def promote_row(spec: Spec, row):
 
 def ensure_upstream(spec: Spec, out: Out = print) -> None:
     """Trains and registers the model ``model.weights`` names, if it is not registered yet."""
-    from tl_ray.registry.store import Registry
-
     if not spec.model.weights.startswith("registry://"):
         return
     try:
@@ -184,8 +170,6 @@ def test_accuracy(spec: Spec, model) -> float:
 
 def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
     """Trains the same network from random weights on the same data; returns its test accuracy."""
-    from tl_ray.seeds import scratch_spec
-
     out("[baseline] training the same network from scratch on the same images")
     row = train_once(scratch_spec(spec), experiment=f"{spec.name}-scratch-{int(time.time())}", out=out)
     return checkpoint_test_accuracy(spec, row.checkpoint)
@@ -201,12 +185,10 @@ def checkpoint_test_accuracy(spec: Spec, checkpoint: str) -> float:
 
 
 def seeds_and_promote(spec: Spec, best, experiment: str, out: Out = print):
-    """Trains the sweep's best configuration (and, with ``run.compare_from_scratch``, the from-scratch baseline)
-    on ``run.seeds`` seeds, promotes the transferred seed with the best validation metric and records the
-    comparison in its registry metadata and in the experiment's report folder; returns (comparison, promotion).
+    """Trains the sweep's best configuration (and, with ``run.compare_from_scratch``, the from-scratch
+    baseline) on ``run.seeds`` seeds and promotes the transferred seed with the best validation metric;
+    the comparison goes into its registry metadata and the report folder. Returns (comparison, promotion).
     """
-    from tl_ray.registry.store import Registry
-    from tl_ray.seeds import SeedComparison, SeedRun, scratch_overrides, seed_overrides
     from tl_ray.tune.sweep import run_variants
 
     n = spec.run.seeds
@@ -241,22 +223,9 @@ def seeds_and_promote(spec: Spec, best, experiment: str, out: Out = print):
     return comparison, promotion
 
 
-def serve_model(spec: Spec, ref: str | None = None) -> tuple[str, str]:
-    """Starts the Serve application for ``ref`` (default promote.name:alias); returns (url, ref)."""
-    from tl_ray.serving import app
-
-    if ref is None:
-        if spec.promote is None:
-            raise ConfigError("serving needs --model NAME:ALIAS or a promote section naming the model.")
-        ref = f"{spec.promote.name}:{spec.promote.alias}"
-    ensure_ray()
-    url = app.run(spec.storage, ref, spec.serve, blocking=False)
-    return url, ref
-
-
 def serve_forever(storage: str, ref: str, serve_spec, out: Out = print, follow: bool = False) -> None:
-    """Serves ``ref`` of the registry in ``storage`` until SIGTERM or Ctrl-C, then answers the requests in flight
-    and stops (``tl_ray.serving.process``); with ``follow``, swaps to the new version whenever the alias moves."""
+    """Serves ``ref`` until SIGTERM or Ctrl-C, then answers the requests in flight and stops; with ``follow``,
+    swaps to the new version whenever the alias moves."""
     from tl_ray.serving import app
     from tl_ray.serving.process import StopSignals, serve_until
 
@@ -272,8 +241,6 @@ def serve_forever(storage: str, ref: str, serve_spec, out: Out = print, follow: 
 
 def http_accuracy(url: str, spec: Spec, batch: int = 64) -> float:
     """Accuracy on the test set, every image sent through the live endpoint as JSON."""
-    import sys
-
     import numpy as np
     from tqdm import tqdm
 
@@ -312,7 +279,6 @@ def _seed_figures(comparison) -> dict:
 def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> dict:
     """The whole job; returns the figures it printed."""
     from tl_ray.models.export import load_model
-    from tl_ray.registry.store import Registry
 
     t0 = time.perf_counter()
     out(f"[run] {spec.name}: store {spec.storage}")
@@ -333,8 +299,6 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
     figures = {"promoted": f"{promotion.name}:v{promotion.version}", "accepted": promotion.accepted}
     failed = [r for r in result.rows if r.status == "ERROR"]
     if failed:  # the job goes on with the trials that finished; it ends with exit 8 (tl-ray run)
-        from tl_ray.errors import error_summary
-
         figures.update(failed_trials=len(failed), trials=len(result.rows))
         for r in failed:
             out(f"[tune] trial {r.trial_id} ended in ERROR: {error_summary(r.error)}")
@@ -348,7 +312,9 @@ def run_pipeline(spec: Spec, keep_serving: bool = False, out: Out = print) -> di
             figures["scratch_test_accuracy"] = from_scratch_baseline(spec, out)
             out(f"[test] from scratch on the same images: {figures['scratch_test_accuracy']:.4f}")
     if spec.run.serve:
-        url, ref = serve_model(spec)
+        from tl_ray.serving import app
+
+        url = app.run(spec.storage, ref, spec.serve)
         if spec.data.test:
             figures["http_test_accuracy"] = http_accuracy(url, spec)
             out(f"[serve] {ref} at {url}/predict: test accuracy over HTTP {figures['http_test_accuracy']:.4f}")

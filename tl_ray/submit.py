@@ -1,15 +1,8 @@
 """Submitting tl-ray commands to a Ray cluster through Ray's Job Submission SDK.
 
-``submit()`` packs the spec (and the upstream specs it names) into the job's
-working directory, ships tl-ray itself either as source (``py_modules``) or as a
-pinned pip requirement, forwards storage credentials by name, and starts
-``python -m tl_ray.cli COMMAND SPEC`` on the cluster. Credentials travel in the
-job's runtime environment; only their names are ever printed.
-
-Example:
-
->>> job_id = submit("jobs/quickstart/target.yaml", "http://head:8265", command="tune",
-...                 env_names=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+The job runs ``python -m tl_ray.cli COMMAND SPEC`` in a working directory holding the spec and the
+upstream specs it names, with tl-ray shipped as source or as a pinned pip requirement. Credentials travel
+by name in the job's runtime environment; only their names are ever printed.
 """
 
 from __future__ import annotations
@@ -35,8 +28,8 @@ DEFAULT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 
 def _auth_headers() -> dict[str, str]:
-    """Ray's token (token authentication is on by default since Ray 2.59), from
-    ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    """Ray's token (its token authentication is on by default), from ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
     token = os.environ.get("RAY_AUTH_TOKEN")
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not token and path.is_file():
@@ -64,6 +57,7 @@ def _first_line(exc: Exception) -> str:
 
 def _stage_specs(spec_path: Path, dest: Path) -> str:
     """Copies the spec and every upstream spec it names into ``dest``; returns the spec's name there."""
+    root = spec_path.resolve().parent
     seen: set[Path] = set()
     todo = [spec_path.resolve()]
     while todo:
@@ -72,8 +66,7 @@ def _stage_specs(spec_path: Path, dest: Path) -> str:
             continue
         seen.add(path)
         spec = load_spec(path)  # validates before anything leaves this machine
-        rel = path.relative_to(spec_path.resolve().parent) if path.is_relative_to(spec_path.resolve().parent) else path.name
-        target = dest / rel
+        target = dest / (path.relative_to(root) if path.is_relative_to(root) else path.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
         if spec.run.upstream:
@@ -121,6 +114,11 @@ def submit(
     Raises:
         ConfigError: bad command, package or spec.
         ClusterError: the cluster cannot be reached or rejects the job.
+
+    Example:
+
+    >>> job_id = submit("jobs/quickstart/target.yaml", "http://head:8265", command="tune",
+    ...                 env_names=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     """
     if command not in COMMANDS:
         raise ConfigError(f"submit command must be one of {list(COMMANDS)}. Received: {command!r}.")
@@ -188,10 +186,8 @@ def follow(address: str, job_id: str, out: Callable[[str], None] = print) -> str
 
 
 def list_jobs(address: str) -> list[dict]:
-    rows = []
-    for job in client(address).list_jobs():
-        rows.append({"id": job.submission_id or job.job_id, "status": str(job.status).split(".")[-1],
-                     "entrypoint": job.entrypoint, "start": job.start_time})
+    rows = [{"id": job.submission_id or job.job_id, "status": str(job.status).split(".")[-1],
+             "entrypoint": job.entrypoint, "start": job.start_time} for job in client(address).list_jobs()]
     return sorted(rows, key=lambda r: r["start"] or 0)
 
 

@@ -1,16 +1,11 @@
 """Fault-injection callbacks for tl-ray's own resume, node-loss and feature-cache tests.
 
-Inert unless ``TLRAY_TEST_HOOK_DIR`` is set; the trainable (``tl_ray.tune.trainable``) then adds
-:class:`PauseAfterEpoch` to the loop's callbacks. With ``D/<experiment>/pause_after_epoch`` holding N,
-each worker of that experiment, once it has reported epoch N, writes its Ray node's id to
-``D/<experiment>/node.<rank>`` and then its pid to ``D/<experiment>/pid.<rank>``, and waits there to be
-killed (a real ``os.kill`` of the pid, or the removal of the node, from the test). A worker restarted from
-the checkpoint finds its pid file already written and carries on. ``N SUFFIX`` holds only the trial whose
-Tune trial id ends with SUFFIX (e.g. ``2 _00002``).
-
-With ``D/hold_cache_build`` present, a feature-cache builder holding its lock waits until another process
-has started waiting for the same entry (``D/cache_waiter``), so a test sees two trials want one entry at
-the same time.
+Inert unless ``TLRAY_TEST_HOOK_DIR`` (D) is set, when the trainable adds :class:`PauseAfterEpoch`.
+With ``D/<experiment>/pause_after_epoch`` holding N (or ``N SUFFIX``: only the trial whose id ends with
+SUFFIX), each worker that has reported epoch N writes its node id to ``D/<experiment>/node.<rank>``, then
+its pid to ``pid.<rank>``, and waits to be killed; restarted from the checkpoint, it finds its pid file
+and carries on. With ``D/hold_cache_build``, a feature-cache builder holding its lock waits until another
+process waits for the same entry (``D/cache_waiter``).
 """
 
 from __future__ import annotations

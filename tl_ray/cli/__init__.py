@@ -1,14 +1,5 @@
 """The ``tl-ray`` command line: parse, call the package, print.
 
-    tl-ray data ingest fashion-mnist --to ./tlray-store/datasets/src --classes 0,1,2,3,4
-    tl-ray data inspect ./tlray-store/datasets/src
-    tl-ray train jobs/quickstart/source.yaml --set train.epochs=1
-    tl-ray tune jobs/quickstart/target.yaml --promote
-    tl-ray models list
-    tl-ray serve jobs/quickstart/target.yaml
-    tl-ray predict http://127.0.0.1:8000 shoe.png
-    tl-ray run jobs/quickstart/target.yaml
-
 Each command group is a module here that adds its subcommands to the parser. TensorFlow and Ray are
 imported only by the commands that need them.
 """

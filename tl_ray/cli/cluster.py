@@ -10,9 +10,8 @@ from tl_ray.cli._common import add_output, add_spec, print_json
 def cmd_submit(args) -> int:
     from tl_ray import submit
 
-    env_names = args.env if args.env else None
     job_id = submit.submit(args.spec, args.address, command=args.job_command, overrides=args.set,
-                           package=args.package, pip_requirement=args.pip, env_names=env_names)
+                           package=args.package, pip_requirement=args.pip, env_names=args.env or None)
     if not args.no_wait:  # as `ray job submit`: stream the logs, exit non-zero unless the job succeeded
         print(f"{job_id} {submit.follow(args.address, job_id)}")
     return 0
@@ -80,10 +79,10 @@ def add_commands(sub) -> None:
     ):
         p = jobs.add_parser(name, help=helptext)
         p.add_argument("--address", default=address, help="the cluster's job API")
-        if name != "list":
-            p.add_argument("job_id")
         if name == "list":
             add_output(p)
+        else:
+            p.add_argument("job_id")
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
         p.set_defaults(func=func)

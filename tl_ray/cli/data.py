@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from tl_ray.cli._common import add_output
+from tl_ray.cli._common import add_output, print_json
 
 
 def _ints(text: str) -> list[int]:
@@ -30,7 +29,7 @@ def cmd_data_ingest(args) -> int:
         report = ingest.ingest_folder(
             args.source, args.to, validation_fraction=args.validation_fraction, skip_bad=args.skip_bad, **common
         )
-    print(json.dumps(report, indent=2, default=str))
+    print_json(report)
     return 0
 
 

@@ -43,21 +43,20 @@ def _listing(reg, names: list[str]) -> list[dict]:
 
 def cmd_models_list(args) -> int:
     reg = _registry(args)
-    names = [args.name] if args.name else reg.names()
+    listing = _listing(reg, [args.name] if args.name else reg.names())
     if args.output == "json":
-        print_json(_listing(reg, names))
+        print_json(listing)
         return 0
-    if not names:
+    if not listing:
         print(f"no models in {reg.root}")
-    for name in names:
-        aliases = reg.aliases(name)
-        print(f"{name}  aliases: " + (", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"))
-        for v in reg.versions(name):
-            meta = reg.metadata(name, v)
-            tags = ",".join(sorted(a for a, ver in aliases.items() if ver == v))
-            gate = meta.get("gate", {})
+    for model in listing:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(model["aliases"].items()))
+        print(f"{model['name']}  aliases: {aliases or 'none'}")
+        for v in model["versions"]:
+            gate = v["gate"]
             verdict = "" if "accepted" not in gate else ("gate: accepted" if gate["accepted"] else "gate: refused")
-            print(f"  v{v:<4} {gate.get('metric', '')}={_num(gate.get('challenger'))}  {verdict:<15} {tags}")
+            print(f"  v{v['version']:<4} {gate.get('metric', '')}={_num(gate.get('challenger'))}  {verdict:<15} "
+                  f"{','.join(v['aliases'])}")
     return 0
 
 
@@ -136,7 +135,6 @@ def cmd_models_export(args) -> int:
 def cmd_weights_stage(args) -> int:
     import yaml
 
-    from tl_ray.errors import ConfigError
     from tl_ray.models.weights import stage_backbone_weights
 
     backbone_args = {}

@@ -1,26 +1,10 @@
 """The Ray Serve application: build it, run it, and swap the model it serves without downtime.
 
-Routes (under the application's route prefix):
-
-- ``POST /predict``: ``application/json`` ``{"instances": [...]}``, the bytes of
-  one PNG/JPEG image, or ``multipart/form-data`` with one image per part;
-  answers ``{"predictions": [...], "model": "name:vN"}``.
-- ``GET /healthz``: ``{"status": "ok", "model": "name:vN", "swap_error": ...}``.
-- ``GET /metadata``: the version's metadata.json plus batching statistics.
-- ``GET /openapi.json``, ``GET /docs``: the OpenAPI description.
-- ``GET /canary`` (with ``serve.canary``): the split, window figures and any rollback.
-
-The application is deployed declaratively, exactly like ``serve deploy
-serve/config.yaml``: ``import_path: tl_ray.serving.app:build_app`` plus args,
-and the version each ModelReplica deployment serves in its ``user_config``. Because the
-args do not change when the alias moves, ``update`` is a lightweight redeploy:
-Serve calls ``reconfigure`` on the running replicas (see ``server.py``).
-
-Example:
-
->>> url = run("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))
->>> update("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))  # after a promotion
-'fashion-transfer:v4'
+Routes: ``POST /predict`` (JSON ``{"instances": [...]}``, one PNG/JPEG body, or multipart images),
+``GET /healthz``, ``GET /metadata``, ``GET /openapi.json``, ``GET /docs`` and, with ``serve.canary``,
+``GET /canary``. The application is deployed declaratively, as ``serve deploy serve/config.yaml`` does,
+with each deployment's version in its ``user_config``: the args stay the same when the alias moves, so
+``update`` is a lightweight redeploy in which Serve calls ``reconfigure`` on the running replicas.
 """
 
 from __future__ import annotations
@@ -31,12 +15,18 @@ import threading
 import time
 from typing import Any, Callable
 
+import ray
 from ray import serve
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ApplicationStatus, ServeDeploySchema
 
+from tl_ray import store
 from tl_ray.errors import ConfigError, RegistryError, ServingError
+from tl_ray.registry.store import Registry
+from tl_ray.serving.predictor import Predictor
 from tl_ray.serving.router import CanaryRouter
 from tl_ray.serving.server import ModelIngress, ModelReplica
-from tl_ray.spec import ServeSpec
+from tl_ray.spec import ServeSpec, load_spec
 
 logger = logging.getLogger(__name__)
 IMPORT_PATH = "tl_ray.serving.app:build_app"
@@ -45,9 +35,14 @@ PRODUCTION, CANARY = "ModelReplica", "ModelReplicaCanary"
 __all__ = ["ModelReplica", "ModelIngress", "CanaryRouter", "bind", "build_app", "run", "update", "follow"]
 
 
+def _absolute(storage: str) -> str:
+    """Replicas may run in another folder, or on another node."""
+    return storage if store.is_absolute(storage) else os.path.abspath(storage)
+
+
 def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
-    """The ModelReplica deployment ``name`` serving ``ref``; with ``ingress``, a ModelIngress (Serve allows one
-    FastAPI ingress per application, so behind the canary router the replicas have no HTTP routes)."""
+    """The deployment ``name`` serving ``ref``; a ModelIngress with ``ingress`` (Serve allows one FastAPI
+    ingress per application, so behind the canary router the replicas have no HTTP routes)."""
     auto = serve_spec.autoscaling
     return (ModelIngress if ingress else serve.deployment(ModelReplica)).options(
         name=name,
@@ -55,15 +50,8 @@ def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
         # A stopping replica checks for requests still in flight this often (Serve's default: 2 s).
         graceful_shutdown_wait_loop_s=0.5,
         logging_config={"enable_access_log": serve_spec.access_log},
-        autoscaling_config={
-            "min_replicas": auto.min_replicas,
-            "initial_replicas": max(1, auto.min_replicas),
-            "max_replicas": auto.max_replicas,
-            "target_ongoing_requests": auto.target_ongoing_requests,
-            "upscale_delay_s": auto.upscale_delay_s,
-            "downscale_delay_s": auto.downscale_delay_s,
-            "look_back_period_s": auto.look_back_period_s,
-        },
+        # AutoscalingSpec's fields are Serve's autoscaling_config keys.
+        autoscaling_config={**auto.model_dump(), "initial_replicas": max(1, auto.min_replicas)},
         # Room for one batch being predicted while the next one fills.
         max_ongoing_requests=2 * serve_spec.max_batch_size,
         ray_actor_options={"num_cpus": serve_spec.cpus_per_replica},
@@ -77,8 +65,6 @@ def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str
     Raises:
         RegistryError: ``ref`` (or the canary alias) names no version.
     """
-    from tl_ray.registry.store import Registry
-
     registry = Registry(storage)
     name, version = registry.resolve(ref)
     refs = {PRODUCTION: f"{name}:v{version}"}
@@ -96,19 +82,16 @@ def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str
 
 
 def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
-    """The application for ``ref``: a ModelIngress, or a CanaryRouter over two ModelReplica deployments with
-    ``serve.canary``.
+    """The application for ``ref``: a ModelIngress, or with ``serve.canary`` a CanaryRouter over two
+    ModelReplica deployments.
 
-    The alias is resolved here into each deployment's default ``user_config``;
-    ``run``/``update`` override it with the version resolved when they deploy.
+    The versions resolved here are only each deployment's default ``user_config``: ``run`` and ``update``
+    override them with the versions they resolve when they deploy.
 
     Raises:
         RegistryError: ``ref`` names no model, alias or version in ``storage``.
     """
-    from tl_ray import store
-
-    if not store.is_absolute(storage):  # replicas may run in another folder, or on another node
-        storage = os.path.abspath(storage)
+    storage = _absolute(storage)
     refs = resolve_refs(storage, ref, serve_spec)
     name = refs[PRODUCTION].split(":")[0]
     settings = serve_spec.model_dump(mode="json")
@@ -124,22 +107,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for Serve config files (``import_path: tl_ray.serving.app:build_app``).
 
     Args:
-        args: ``spec`` (a spec YAML whose ``storage``, ``serve`` and
-            ``promote`` give the defaults), ``storage`` and ``model`` (required
-            without ``spec``; ``model`` defaults to the spec's promote name and
-            alias), and any ``ServeSpec`` field to override, e.g.
-            ``max_batch_size: 16`` or ``autoscaling: {max_replicas: 4}``.
+        args: ``spec`` (a spec YAML whose ``storage``, ``serve`` and ``promote`` give the defaults),
+            ``storage`` and ``model`` (required without ``spec``), and any ``ServeSpec`` field to
+            override, e.g. ``max_batch_size: 16`` or ``autoscaling: {max_replicas: 4}``.
 
     Raises:
         ConfigError: an unknown key, a missing storage or model, or an invalid setting.
     """
-    storage, model, serve_spec = _settings(args)
-    return bind(storage, model, serve_spec)
-
-
-def _settings(args: dict[str, Any]) -> tuple[str, str, ServeSpec]:
-    from tl_ray.spec import load_spec
-
     args, given = dict(args), sorted(args)
     allowed = {"spec", "storage", "model"} | set(ServeSpec.model_fields)
     unknown = sorted(set(args) - allowed)
@@ -165,42 +139,35 @@ def _settings(args: dict[str, Any]) -> tuple[str, str, ServeSpec]:
         serve_spec = ServeSpec.model_validate({**settings, **args})
     except ValueError as exc:
         raise ConfigError(f"serve application args are invalid: {exc}") from None
-    return storage, model, serve_spec
+    return bind(storage, model, serve_spec)
 
 
 # -- deploying ----------------------------------------------------------------------
-def _app_config(storage: str, ref: str, serve_spec: ServeSpec, name: str, refs: dict[str, str]) -> dict:
-    return {
+def _app_configs() -> dict:
+    """The controller's config of each declaratively deployed application, by name."""
+    return ray.get(_get_global_client()._controller.get_app_configs.remote())
+
+
+def _deploy(storage: str, ref: str, serve_spec: ServeSpec, name: str, refs: dict[str, str]) -> None:
+    """Deploys the application ``name`` serving ``refs`` declaratively, beside the other live applications."""
+    app = {
         "name": name,
         "route_prefix": serve_spec.route_prefix,
         "import_path": IMPORT_PATH,
         "args": {"storage": storage, "model": ref, **serve_spec.model_dump(mode="json", exclude={"host", "port"})},
         "deployments": [{"name": dep, "user_config": {"model": r}} for dep, r in refs.items()],
     }
-
-
-def _apply(app: dict, serve_spec: ServeSpec) -> None:
-    """Deploys ``app`` declaratively beside the other declaratively deployed applications."""
-    import ray
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    client = _get_global_client()
-    # The other live applications stay as they are. The controller's config checkpoint can still
-    # hold deleted ones (serve.delete), so only those Serve reports as present are kept.
+    # The controller's config checkpoint can still hold deleted applications (serve.delete), so only
+    # those Serve reports as present are kept.
     live = {n for n, a in serve.status().applications.items() if a.status != "DELETING"}
-    current = ray.get(client._controller.get_app_configs.remote())
-    apps = [c.model_dump(exclude_unset=True) for n, c in current.items() if n != app["name"] and n in live] + [app]
+    apps = [c.model_dump(exclude_unset=True) for n, c in _app_configs().items() if n != name and n in live]
     config = ServeDeploySchema.model_validate(
-        {"http_options": {"host": serve_spec.host, "port": serve_spec.port}, "applications": apps}
+        {"http_options": {"host": serve_spec.host, "port": serve_spec.port}, "applications": [*apps, app]}
     )
-    client.deploy_apps(config)
+    _get_global_client().deploy_apps(config)
 
 
 def _wait_running(name: str, timeout_s: float) -> None:
-    from ray.serve.schema import ApplicationStatus
-    from ray.serve.context import _get_global_client
-
     client, deadline = _get_global_client(), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = client.get_serve_status(name).app_status
@@ -218,7 +185,7 @@ def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, n
     Args:
         storage: the store root holding the registry.
         ref: ``name``, ``name:alias`` or ``name:vN``; resolved to a version here (``update`` re-resolves).
-        serve_spec: batching, limits, autoscaling, canary, auth, CPUs, host, port and route prefix.
+        serve_spec: the ``serve`` section of the spec.
         blocking: keep serving until Ctrl-C instead of returning. Defaults to False.
         name: the Serve application name. Defaults to "tl-ray".
 
@@ -229,16 +196,13 @@ def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, n
     Example:
 
     >>> url = run("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))
-    >>> requests.get(url + "/healthz").json()["model"]
-    'fashion-transfer:v3'
+    >>> update("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))  # after a promotion
+    {'ModelReplica': 'fashion-transfer:v4'}
     """
-    from tl_ray import store
-
-    if not store.is_absolute(storage):
-        storage = os.path.abspath(storage)
+    storage = _absolute(storage)
     refs = resolve_refs(storage, ref, serve_spec)
     serve.start(http_options={"host": serve_spec.host, "port": serve_spec.port})
-    _apply(_app_config(storage, ref, serve_spec, name, refs), serve_spec)
+    _deploy(storage, ref, serve_spec, name, refs)
     _wait_running(name, timeout_s=180)
     host = "127.0.0.1" if serve_spec.host in ("0.0.0.0", "::", "") else serve_spec.host
     url = f"http://{host}:{serve_spec.port}{serve_spec.route_prefix.rstrip('/')}"
@@ -257,24 +221,18 @@ def update(
 
     Args:
         storage, ref, serve_spec, name: as given to ``run``.
-        preflight: load and check the new version in this process first, so a
-            version that cannot load never reaches the replicas. Defaults to True.
+        preflight: load and check the new version in this process first, so a version that cannot
+            load never reaches the replicas. Defaults to True.
         timeout_s: how long the replicas may take to swap. Defaults to 120.
 
     Returns:
         ``{deployment: "name:vN"}`` now served.
 
     Raises:
-        ServingError: the new version failed to load (in the preflight or on a
-            replica); the application keeps serving the old one, and the
-            refusal is recorded as a registry event.
+        ServingError: the new version failed to load (in the preflight or on a replica); the application
+            keeps serving the old one, and the refusal is recorded as a registry event.
     """
-    from tl_ray import store
-    from tl_ray.registry.store import Registry
-    from tl_ray.serving.predictor import Predictor
-
-    if not store.is_absolute(storage):
-        storage = os.path.abspath(storage)
+    storage = _absolute(storage)
     refs = resolve_refs(storage, ref, serve_spec)
     served = served_refs(name)
     if refs == served:
@@ -295,22 +253,19 @@ def update(
                 Predictor.load(storage, r)  # sha256 check, safe_mode load, shape checks
             except Exception as exc:  # noqa: BLE001 - whatever it is, the replicas must not get it
                 raise refuse(dep, f"{type(exc).__name__}: {exc}") from None
-    _apply(_app_config(storage, ref, serve_spec, name, refs), serve_spec)
+    _deploy(storage, ref, serve_spec, name, refs)
     failure = _wait_swapped(name, changed, timeout_s)
     if failure is not None:
         dep, why = failure
         # Back to what was served, so replicas started later (autoscaling) do not try the broken version.
-        _apply(_app_config(storage, ref, serve_spec, name, {**refs, **served}), serve_spec)
+        _deploy(storage, ref, serve_spec, name, {**refs, **served})
         raise refuse(dep, why)
     return refs
 
 
 def served_refs(name: str) -> dict[str, str]:
     """``{deployment: "name:vN"}`` from the running application's user_configs."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    config = ray.get(_get_global_client()._controller.get_app_configs.remote()).get(name)
+    config = _app_configs().get(name)
     if config is None:
         raise ServingError(f"no Serve application named {name!r} is running; start it with run() first.")
     return {d.name: d.user_config["model"] for d in config.deployments if d.user_config}
@@ -349,11 +304,9 @@ def follow(
     storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", out: Callable[[str], None] = print,
     stop: threading.Event | None = None,
 ) -> None:
-    """Watches the registry and swaps the application whenever ``ref``'s alias (or the canary's) moves, until
-    ``stop`` is set (never, without one).
+    """Swaps the application whenever ``ref``'s alias (or the canary's) moves, until ``stop`` is set.
 
-    A refused swap is printed once and the watch goes on; the old version keeps
-    serving until the alias moves again.
+    A refused swap is printed once and the old version keeps serving until the alias moves again.
     """
     stop = stop or threading.Event()
     refused: dict[str, str] | None = None

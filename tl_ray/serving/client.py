@@ -1,13 +1,8 @@
-"""A small HTTP client for the tl-ray prediction endpoint.
-
-Example:
-
->>> predict_files("http://127.0.0.1:8000", ["shirt.png"])
-[{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
-"""
+"""A small HTTP client for the tl-ray prediction endpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +27,25 @@ def predict_files(url: str, paths: list[str], timeout: float = 30, token: str | 
 
     Raises:
         ServingError: a file cannot be read, the server cannot be reached, or it refuses the request.
+
+    Example:
+
+    >>> predict_files("http://127.0.0.1:8000", ["shirt.png"])
+    [{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
     """
-    bodies = []
+    files = []
     for path in paths:
         try:
             body = Path(path).read_bytes()
         except OSError as exc:
             raise ServingError(f"cannot read image {str(path)!r}: {exc.strerror}.") from None
-        bodies.append((Path(path).name, body, CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")))
+        content_type = CONTENT_TYPES.get(Path(path).suffix.lower(), "application/octet-stream")
+        files.append((Path(path).name, body, content_type))
     if multipart:
-        files = [("files", b) for b in bodies]
-        return _post(url, None, None, timeout, what=f"{len(paths)} files", token=token, files=files)
+        what = f"{len(paths)} files"
+        return _post(url, None, None, timeout, what=what, token=token, files=[("files", f) for f in files])
     out = []
-    for (name, body, content_type), path in zip(bodies, paths):
+    for (_, body, content_type), path in zip(files, paths):
         out.extend(_post(url, body, content_type, timeout, what=str(path), token=token))
     return out
 
@@ -55,8 +56,6 @@ def predict_instances(url: str, array, timeout: float = 30, token: str | None = 
     Raises:
         ServingError: the server cannot be reached or refuses the request.
     """
-    import json
-
     body = json.dumps({"instances": np.asarray(array).tolist()}).encode()
     return _post(url, body, "application/json", timeout, what=f"{len(array)} instances", token=token)
 

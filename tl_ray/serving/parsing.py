@@ -1,17 +1,9 @@
 """Request bodies into pixel batches: JSON ``{"instances": [...]}``, one PNG/JPEG image, or a multipart batch.
 
-A malformed body raises ``RequestError`` with a 4xx status and one message that names the
-place (``instances[2][0][1]``), the rule, what was received and the fix. The JSON path holds
-against bodies that break naive parsers: arrays nested thousands of levels deep, integers of
-thousands of digits, exponents past the float range, ``NaN``/``Infinity`` literals, bytes that
-are not UTF-8, ragged rows and values that are not numbers. The checks that walk the values
-in Python run only once numpy has refused an instance, so a valid request pays for
-``json.loads`` and ``np.array`` alone.
-
-Example:
-
->>> parse_body(b'{"instances": [[[0, 255], [255, 0]]]}', "application/json", (32, 32), max_instances=8).shape
-(1, 32, 32, 3)
+A malformed body, however hostile (deep nesting, huge integers, NaN, non-UTF-8, ragged rows), raises one
+``RequestError`` naming the place (``instances[2][0][1]``), the rule, what was received and the fix. The
+checks that walk values in Python run only once numpy has refused an instance, so a valid request pays
+for ``json.loads`` and ``np.array`` alone.
 """
 
 from __future__ import annotations
@@ -34,6 +26,8 @@ _IMAGE_LEVELS = "an image is [H][W] or [H][W][C]: rows of pixels, each pixel a n
 _OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 30, 30
+_short = _SHORT.repr  # a bounded repr, however large or deep the value
+_EXPECTED = {"application/json": _JSON_SHAPE, "multipart/form-data": "one PNG or JPEG file per form part"}
 
 
 class RequestError(ServingError):
@@ -59,7 +53,6 @@ def parse_body(
     """Turns a request body into a float32 batch ``[N, H, W, 3]`` of pixels 0..255, resized to ``image_size``.
 
     Args:
-        body: the request body.
         content_type: the Content-Type header (parameters such as charset are ignored).
         image_size: the model's ``(height, width)``.
         max_instances: the most instances (or multipart files) one request may carry.
@@ -82,7 +75,8 @@ def parse_body(
             "or several images as multipart/form-data.",
         )
     if not body:
-        raise RequestError(400, f"request body is empty; expected {_expected(media)}.")
+        expected = _EXPECTED.get(media, "the bytes of one PNG or JPEG image")
+        raise RequestError(400, f"request body is empty; expected {expected}.")
     if media in JSON_TYPES:
         image = next((kind for magic, kind in _MAGIC.items() if body.startswith(magic)), None)
         if image is not None:
@@ -163,8 +157,8 @@ def _loads(body: bytes):
 
 
 def _nesting(body: bytes) -> tuple[int, int]:
-    """(deepest nesting of ``[`` and ``{``, its byte offset), for the error message only: brackets inside
-    strings count too. In 1 MiB chunks, so a hostile 16 MiB body costs little memory."""
+    """(deepest nesting of ``[`` and ``{``, its byte offset), for the error message only (brackets inside
+    strings count too); in 1 MiB chunks, so a hostile 16 MiB body costs little memory."""
     codes = np.frombuffer(body, np.uint8)
     deepest, where, depth, step = 0, 0, 0, 1 << 20
     for start in range(0, len(codes), step):
@@ -320,19 +314,6 @@ def _parse_multipart(body: bytes, content_type: str, image_size: tuple[int, int]
         except RequestError as exc:
             raise RequestError(exc.status, f"multipart part {i} ({label!r}): {exc.message}") from None
     return np.concatenate(images)
-
-
-def _expected(media: str) -> str:
-    if media in JSON_TYPES:
-        return _JSON_SHAPE
-    if media in MULTIPART_TYPES:
-        return "one PNG or JPEG file per form part"
-    return "the bytes of one PNG or JPEG image"
-
-
-def _short(value) -> str:
-    """A bounded repr: a few items and levels, however large or deep ``value`` is."""
-    return _SHORT.repr(value)
 
 
 def _first_line(exc: Exception) -> str:

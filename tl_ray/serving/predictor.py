@@ -1,14 +1,7 @@
 """A registry model behind a request parser: bytes in, class probabilities out.
 
-No Ray here: the Serve deployment in ``server.py`` wraps a ``Predictor``, and the
-same object runs in a notebook or a unit test. Request bodies are parsed in ``parsing.py``.
-
-Example:
-
->>> predictor = Predictor.load("./tlray-store", "fashion-transfer:production")
->>> batch = predictor.parse(open("shirt.png", "rb").read(), "image/png", max_instances=256)
->>> predictor.format(predictor.predict(batch))
-[{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
+No Ray here: the Serve deployment in ``server.py`` wraps a ``Predictor``, and the same object runs in a
+notebook or a unit test.
 """
 
 from __future__ import annotations
@@ -25,13 +18,10 @@ __all__ = ["Predictor", "RequestError", "configure_threads"]
 
 
 def configure_threads(cpus: float) -> int:
-    """Sizes TensorFlow's thread pools to a CPU allotment; call before TensorFlow runs anything.
+    """Sizes TensorFlow's thread pools to a CPU allotment; returns the intra-op thread count.
 
-    Ray sets ``OMP_NUM_THREADS=1`` in its workers, and TensorFlow would
-    otherwise size its pools to every core of the node.
-
-    Returns:
-        The intra-op thread count chosen.
+    Call it before TensorFlow runs anything: Ray sets ``OMP_NUM_THREADS=1`` in its workers, and TensorFlow
+    would otherwise size its pools to every core of the node.
     """
     threads = max(1, int(round(cpus)))
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -47,14 +37,19 @@ class Predictor:
 
     Args:
         model_dir: a registry version folder holding ``model.keras``.
-        metadata: its ``metadata.json`` (needs ``name``, ``version``,
-            ``image_size`` and ``class_names``).
-        chunk_size: the most images run through the model at once, so a
-            large batch of large images does not exhaust memory. Defaults to 256.
+        metadata: its ``metadata.json`` (needs ``name``, ``version``, ``image_size`` and ``class_names``).
+        chunk_size: the most images run through the model at once, so a large batch of large images does
+            not exhaust memory. Defaults to 256.
 
     Raises:
-        ServingError: the metadata lacks a required key, or the model's input
-            or output does not match it.
+        ServingError: the metadata lacks a required key, or the model's input or output does not match it.
+
+    Example:
+
+    >>> predictor = Predictor.load("./tlray-store", "fashion-transfer:production")
+    >>> batch = predictor.parse(open("shirt.png", "rb").read(), "image/png", max_instances=256)
+    >>> predictor.format(predictor.predict(batch))
+    [{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
     """
 
     def __init__(self, model_dir: Path, metadata: dict, chunk_size: int = 256):
@@ -112,37 +107,21 @@ class Predictor:
         )
         return model, forward
 
-    # -- requests -----------------------------------------------------------
     def parse(
         self, body: bytes, content_type: str | None, max_instances: int, max_body_bytes: int | None = None
     ) -> np.ndarray:
-        """Turns a request body into a float32 batch ``[N, H, W, 3]`` of pixels 0..255 at the model's size.
-
-        Accepts ``application/json`` ``{"instances": [...]}`` where each
-        instance is a nested list of shape H×W, H×W×1 or H×W×3 (any size; it
-        is resized), the raw bytes of one PNG or JPEG image
-        (``image/png``, ``image/jpeg``, ``application/octet-stream``), or a
-        ``multipart/form-data`` batch with one PNG or JPEG file per part
-        (``tl_ray.serving.parsing``).
-
-        Args:
-            body: the request body.
-            content_type: the Content-Type header (parameters such as charset are ignored).
-            max_instances: the most instances one request may carry.
-            max_body_bytes: the largest body accepted. Defaults to no limit.
+        """A float32 batch ``[N, H, W, 3]`` of pixels 0..255 at the model's size (see ``parsing.parse_body``).
 
         Raises:
             RequestError: 400 malformed body, 413 too large, 415 unsupported content type.
         """
         return parse_body(body, content_type, self.image_size, max_instances, max_body_bytes)
 
-    # -- prediction ---------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch ``[N, H, W, 3]``: ``[N, K]`` (softmax) or ``[N, 1]`` (sigmoid).
 
         Raises:
-            ServingError: the model answered NaN or infinite probabilities (a broken
-                model, not a bad request: the server answers 500).
+            ServingError: NaN or infinite probabilities (a broken model, not a bad request: answered 500).
         """
         batch = np.asarray(batch, dtype=np.float32)
         chunks = [
@@ -166,9 +145,7 @@ class Predictor:
             probs = np.concatenate([1.0 - probs, probs], axis=1)
         out = []
         for row in probs:
-            class_id = int(np.argmax(row))
-            out.append(
-                {"class": self.class_names[class_id], "class_id": class_id, "probabilities": row.tolist()}
-            )
+            i = int(np.argmax(row))
+            out.append({"class": self.class_names[i], "class_id": i, "probabilities": row.tolist()})
         return out
 

@@ -1,19 +1,9 @@
 """The lifetime of a serving process (``tl-ray serve``): serve until SIGTERM or Ctrl-C, then drain and stop.
 
-Kubernetes and systemd stop a process with SIGTERM, and SIGKILL it after a grace period. Left to
-Ray, the driver answers SIGTERM with a native stack dump and exit status 15, and
-``serve.shutdown()`` stops the HTTP proxies at once, dropping the requests they carry. Here the
-first SIGTERM or SIGINT deletes the application instead (``serve.delete``): each replica
-finishes the requests it holds, up to the deployment's ``graceful_shutdown_timeout_s``, while the
-proxies stay up to deliver the answers; then Serve shuts down (unless other applications still
-run on the cluster) and the process exits 0. A second signal stops at once (KeyboardInterrupt).
-
-Example:
-
->>> ray.init()                          # first: ray.init installs signal handlers of its own
->>> with StopSignals() as stop:
-...     url = app.run(storage, "fashion-transfer:production", serve_spec)
-...     serve_until(stop, storage, "fashion-transfer:production", serve_spec)
+Left to Ray, SIGTERM (how Kubernetes and systemd stop a process) dumps a native stack and exits 15, and
+``serve.shutdown()`` drops the requests the proxies carry. Here the first signal deletes the application
+instead: each replica answers what it holds (up to ``graceful_shutdown_timeout_s``) while the proxies stay
+up to deliver it, then the process exits 0. A second signal stops at once (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -28,10 +18,15 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
-    """A context in which SIGTERM and SIGINT ask the process to stop (``event`` is set) instead of killing
-    it; a second signal raises KeyboardInterrupt. Leaving the context restores the previous handlers.
+    """A context in which SIGTERM and SIGINT set ``event`` instead of killing the process; a second signal
+    raises KeyboardInterrupt. Enter it in the main thread, after ``ray.init`` (which installs handlers of its
+    own); leaving it restores the previous handlers.
 
-    Enter it in the main thread, after ``ray.init``.
+    Example:
+
+    >>> with StopSignals() as stop:
+    ...     url = app.run(storage, "fashion-transfer:production", serve_spec)
+    ...     serve_until(stop, storage, "fashion-transfer:production", serve_spec)
     """
 
     def __init__(self):
@@ -59,8 +54,8 @@ def serve_until(
     stop: StopSignals, storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray",
     out: Callable[[str], None] = print, follow: bool = False,
 ) -> None:
-    """Keeps the running application ``name`` serving (swapping versions with ``follow``, see
-    ``app.follow``) until ``stop`` is set, then drains it and stops Serve."""
+    """Keeps the application ``name`` serving (with ``follow``, see ``app.follow``) until ``stop`` is set,
+    then drains it."""
     from tl_ray.serving import app
 
     if follow:

@@ -1,13 +1,10 @@
 """CanaryRouter: the ingress that splits traffic between the production and canary ModelReplica deployments.
 
-A fraction ``serve.canary.weight`` of requests goes to the canary deployment,
-the rest to production. The router keeps each side's answers over a sliding
-window (``window_s``); once the window holds ``min_requests`` canary answers
-and the canary's 5xx rate exceeds ``max_error_rate`` or its p99 latency
-exceeds ``max_p99_ms``, it rolls back: every request goes to production from
-then on, the canary alias moves back (or is removed) in the registry, and an
-event records the figures. 4xx answers are the client's fault and never
-count against the canary.
+A share ``serve.canary.weight`` of requests goes to the canary. Once the sliding window (``window_s``)
+holds ``min_requests`` canary answers and their 5xx rate exceeds ``max_error_rate`` or their p99 latency
+``max_p99_ms``, the router rolls back: every request goes to production from then on, the canary alias
+moves back (or is removed) in the registry, and an event records the figures. 4xx answers are the
+client's fault and never count against the canary.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures.
@@ -109,10 +106,7 @@ class CanaryRouter:
         latency_ms = (time.perf_counter() - started) * 1000
         self.served[target] += 1
         self.routed.inc(tags={"target": target, "status": f"{status // 100}xx"})
-        if status < 500 or target == "production":
-            self.windows[target].add(status < 500, latency_ms)
-        else:
-            self.windows[target].add(False, latency_ms)
+        self.windows[target].add(status < 500, latency_ms)
         if target == "canary" and self.rolled_back is None:
             await self._judge()
         return answer if status == 200 else error(status, answer["error"])

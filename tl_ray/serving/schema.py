@@ -1,8 +1,7 @@
 """The HTTP contract of the prediction endpoint: pydantic models for OpenAPI, errors and auth.
 
-``/predict`` reads the raw body itself (JSON, image bytes or multipart), so
-FastAPI cannot infer its request schema; ``PREDICT_OPENAPI`` describes every
-accepted content type instead, and ``PREDICT_RESPONSES`` the answers.
+``/predict`` reads the raw body itself, so FastAPI cannot infer its request schema: ``PREDICT_OPENAPI``
+describes every accepted content type instead, and ``PREDICT_RESPONSES`` the answers.
 """
 
 from __future__ import annotations
@@ -83,8 +82,8 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused once it passes ``limit`` bytes: up front when Content-Length says so, else
-    as soon as a chunked upload (which has no Content-Length) has sent more, without reading the rest.
+    """The request body, refused up front when Content-Length passes ``limit``, else (a chunked upload) as
+    soon as more has arrived, without reading the rest.
 
     Raises:
         RequestError: 413 over ``limit``.

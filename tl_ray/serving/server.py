@@ -1,17 +1,11 @@
-"""ModelReplica: one replica of the Ray Serve deployment that serves a registry version; ModelIngress: the
-same with the HTTP routes (``/predict``, ...).
+"""ModelReplica: one replica of the Serve deployment that serves a registry version; ModelIngress: the same
+with the HTTP routes.
 
-The version a replica serves comes from the deployment's ``user_config``
-(``{"model": "name:vN"}``), not its constructor, so moving ``production``
-is a lightweight redeploy: Serve calls ``reconfigure`` on the running
-replicas, each loads the new version beside the old one (sha256-checked,
-``safe_mode``), warms it up and swaps it in, answering requests with the old
-version all the while. A version that fails to load is refused: the replica
-keeps the old one and reports the failure at ``/healthz`` and ``status()``.
-
-Requests are parsed and validated in the handler, so a bad request gets a
-4xx ``{"error": ...}`` and never reaches the model; valid ones from many
-concurrent requests are concatenated by ``@serve.batch``.
+A replica's version comes from the deployment's ``user_config`` (``{"model": "name:vN"}``), not its
+constructor, so moving an alias is a lightweight redeploy: in ``reconfigure`` each replica loads the new
+version beside the old one, warms it up and swaps it in, answering with the old one all the while. A
+version that fails to load is refused: the old one keeps serving and ``/healthz`` reports the failure.
+Requests are parsed in the handler, so a bad one gets a 4xx and never reaches ``@serve.batch``.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures.
@@ -29,14 +23,7 @@ from ray.serve import metrics
 from tl_ray.serving.parsing import RequestError
 from tl_ray.serving.predictor import Predictor, configure_threads
 from tl_ray.serving.schema import (
-    PREDICT_OPENAPI,
-    PREDICT_RESPONSES,
-    ErrorResponse,
-    Health,
-    check_auth,
-    error,
-    load_token,
-    read_body,
+    PREDICT_OPENAPI, PREDICT_RESPONSES, ErrorResponse, Health, check_auth, error, load_token, read_body
 )
 from tl_ray.spec import ServeSpec
 
@@ -117,10 +104,7 @@ class _Metrics:
 
 
 class ModelReplica:
-    """One replica: a Predictor for the registry version its ``user_config`` names.
-
-    Called through handles (``infer``, ``status``), deployed as is behind the canary router;
-    ``ModelIngress`` adds the HTTP routes.
+    """One replica: a Predictor for the registry version its ``user_config`` names, called through handles.
 
     Args:
         storage: the store root holding the registry.
@@ -221,8 +205,7 @@ class ModelReplica:
 @serve.deployment  # app.py sets its name, replicas and user_config
 @serve.ingress(api)
 class ModelIngress(ModelReplica):
-    """A ModelReplica with the HTTP routes ``/predict``, ``/healthz``, ``/metadata`` and ``/openapi.json``:
-    the application's ingress when no canary router stands in front."""
+    """A ModelReplica with the HTTP routes: the ingress when no canary router stands in front."""
 
     @api.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(self, request: Request):
