@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -26,8 +27,6 @@ def add_output(p: argparse.ArgumentParser) -> None:
 
 
 def print_json(value) -> None:
-    import json
-
     print(json.dumps(value, indent=2, default=str))
 
 

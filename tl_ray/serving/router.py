@@ -64,10 +64,8 @@ class CanaryRouter:
     """Routes ``/predict`` to production or canary by weight; rolls the canary back on bad figures.
 
     Args:
-        production: handle of the production ModelReplica deployment.
-        canary: handle of the canary ModelReplica deployment.
-        storage: the store root (the rollback moves the canary alias there).
-        model: the model name.
+        production, canary: handles of the two ModelReplica deployments.
+        storage, model: the store root and the model name (a rollback moves the canary alias there).
         serve_settings: a ``ServeSpec`` as a dict, with ``canary`` set.
     """
 
