@@ -1,8 +1,6 @@
-"""One exception hierarchy for tl-ray.
+"""One exception hierarchy for tl-ray, rooted at ``TLRayError``.
 
-Every error carries a single human message that names the thing at fault, the
-rule it broke, what was received and how to fix it. The classes keep their
-message in ``args`` only, so they pickle across Ray process boundaries.
+Each error carries one message in ``args`` only, so it pickles across Ray process boundaries.
 """
 
 
@@ -65,8 +63,7 @@ class TrialError(TLRayError):
 
 
 def error_summary(error: str | None) -> str:
-    """What a trial's error says, without the traceback Ray wraps it in: its last exception line and the lines
-    of message after it."""
+    """A trial's error without Ray's traceback: its last exception line and the message lines after it."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
     named = [i for i, line in enumerate(lines) if line.split(":")[0].endswith(("Error", "Exception"))]
     return " ".join(lines[named[-1]:] if named else lines[-1:])[:300] or "no error message"

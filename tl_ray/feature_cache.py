@@ -1,33 +1,14 @@
 """The feature cache: a frozen backbone's outputs, computed once and shared by every trial.
 
-When a trial's base is frozen (``model.freeze.mode: feature_extraction``) and
-augmentation is off, every epoch of every trial would run the same backbone on
-the same images. tl-ray runs it once per key instead and trains heads on the
-stored outputs::
+When the base is frozen and augmentation is off, every epoch of every trial would run the same backbone on
+the same images; tl-ray runs it once per key (``feature_key``) and trains heads on the stored outputs. An
+entry, ``<store>/cache/features/<key id>/``, is a tl-ray dataset whose shards hold the pooled, flattened
+float32 ``features`` and the ``label`` of the image dataset's rows, shard for shard and row for row, so the
+reader streams it with the same sharding and per-epoch shuffle. Anything that changes the features changes
+the key, so an entry is never served stale.
 
-    key = sha256(backbone, backbone_args, weights digest, preprocess_input, head pooling,
-                 image size, data manifest digest, augmentation off, float32)
-    <store>/cache/features/<key[:24]>/    a dataset: _manifest.json + part-NNNNN.parquet
-
-A cache entry is an ordinary tl-ray dataset whose Parquet shards hold a
-``features`` column (the backbone's output after the head's pooling layer —
-avg or max pooling stores one vector per image, ResNet-50's 2,048 floats
-instead of its 7×7×2,048 map — flattened, float32) and ``label``,
-shard for shard and row for row the image dataset it was computed from, so the
-reader streams it with the same sharding and the same per-epoch shuffle.
-
-The build runs the backbone in batches sized by a memory budget (``build_batch_size``),
-writes each batch's rows into the current shard as it goes, uploads a shard once it is
-full, and shows a progress bar over images on a terminal.
-
-One builder per key: the first trial to create ``_building.json`` (a
-conditional write, If-None-Match on S3) computes the entry; trials wanting the
-same key meanwhile wait for its manifest, which is written last. A builder that
-dies stops refreshing its lock; a waiter takes over once the lock has not
-changed for ``STALE_S``. A changed weights file, backbone, preprocessing, size
-or dataset gives another key, so an entry is never served stale.
-
-Example:
+One builder per key: the first trial to create ``_building.json`` (a conditional write) builds the entry;
+others wait for its manifest, written last, and take over once the lock has not changed for ``STALE_S``.
 
 >>> entry = ensure_features(spec, spec.resolve(spec.data.train), weights_file)
 >>> entry.uri, entry.status
@@ -46,7 +27,7 @@ from dataclasses import dataclass
 
 from tl_ray import store as storage  # `store` names a store root in this module
 from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
-from tl_ray.errors import ConfigError, DataError, StorageError
+from tl_ray.errors import ConfigError, DataError, StorageError, did_you_mean
 from tl_ray.spec import FreezeSpec, Spec
 
 CACHE_DIR = "cache/features"
@@ -57,7 +38,7 @@ WAIT_S = 3600.0
 BATCH = 256  # the most images per build batch
 MEMORY_MIB = 1024  # activations a build batch may take (build_batch_size)
 # Per image, a build holds about this many times its widest layer's output: that layer's input and output,
-# the next layer's output and the allocator's slack (fitted to MobileNetV2's measured peaks, RESULTS.md).
+# the next layer's output and the allocator's slack (fitted to MobileNetV2's measured peaks).
 ACTIVATION_FACTOR = 4
 
 
@@ -65,12 +46,8 @@ ACTIVATION_FACTOR = 4
 class CacheEntry:
     """A cache entry as ``ensure_features`` found or made it.
 
-    Attributes:
-        uri: the entry's dataset folder.
-        key: the fields the entry is keyed by.
-        status: ``"built"`` (this process computed it), ``"waited"`` (another builder did, while this
-            process waited) or ``"read"`` (it was there already).
-        seconds: time spent building or waiting.
+    ``status`` is ``"built"`` (here), ``"waited"`` (for another builder) or ``"read"`` (it was there already);
+    ``seconds`` is the time spent building or waiting.
     """
 
     uri: str
@@ -78,19 +55,14 @@ class CacheEntry:
     status: str
     seconds: float = 0.0
 
-    @property
-    def bytes(self) -> int:
-        """Size of the entry's shards."""
-        return sum(s.bytes for s in read_manifest(self.uri).shards)
-
 
 def cache_root(store: str) -> str:
     return storage.join(store, CACHE_DIR)
 
 
 def usable(spec: Spec, freeze: FreezeSpec, augment: bool = True) -> tuple[bool, str]:
-    """Whether a phase with ``freeze`` trains on cached features, and why not (``augment``: whether the phase
-    applies data.augment; ``train.phases[].augment``)."""
+    """Whether a phase with ``freeze`` (applying data.augment if ``augment``) trains on cached features, and
+    why not."""
     if spec.train.feature_cache == "off":
         return False, "train.feature_cache is off"
     if freeze.mode != "feature_extraction":
@@ -125,7 +97,7 @@ _digests: dict[tuple, str] = {}
 
 
 def _file_digest(path: str) -> str:
-    """sha256 of a local weights file, once per (path, size, mtime) in this process (a trial asks several times)."""
+    """sha256 of a local weights file, once per (path, size, mtime) in this process."""
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _digests:
@@ -134,7 +106,7 @@ def _file_digest(path: str) -> str:
 
 
 def feature_key(spec: Spec, dataset_uri: str, weights_file: str | None) -> dict:
-    """The fields a cache entry is keyed by (see the module docstring)."""
+    """The fields a cache entry is keyed by: whatever changes the features."""
     from tl_ray.models.backbones import get_backbone
 
     backbone = get_backbone(spec.model.backbone)
@@ -162,15 +134,13 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                     budget_mib: float = MEMORY_MIB) -> CacheEntry:
     """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
 
-    ``events``: told ``on_cache_build_begin`` / ``on_cache_wait_begin`` (``tl_ray.train.callbacks``).
-    ``budget_mib``: MiB of activations a build batch may take (``build_batch_size``).
+    ``events`` is told ``on_cache_build_begin`` / ``on_cache_wait_begin`` (``tl_ray.train.callbacks``);
+    ``budget_mib`` goes to ``build_batch_size``.
 
     Raises:
-        DataError: the dataset is missing or corrupt (from the reader).
-        StorageError: the store is unreachable.
-        StorageError: another builder holds the lock for longer than ``WAIT_S``.
+        DataError: the dataset is missing or corrupt.
+        StorageError: the store is unreachable, or another builder holds the lock for longer than ``WAIT_S``.
     """
-
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
     lease = storage.Lease(storage.join(uri, LOCK_NAME), stale_s=STALE_S, scope=cache_root(spec.storage))
@@ -224,25 +194,14 @@ def _layers(model):
 
 
 def build_batch_size(model, budget_mib: float = MEMORY_MIB, *, limit: int = BATCH) -> int:
-    """Images per batch of a cache build, so that ``model``'s activations stay within ``budget_mib``.
+    """Images per batch (1 to ``limit``) of a cache build, so that ``model``'s activations fit ``budget_mib``.
 
     The estimate per image is ``ACTIVATION_FACTOR`` times the largest float32 layer output: in inference,
-    TensorFlow frees a tensor once its last consumer has run, so the peak follows the widest layer
-    rather than the sum of all layers. The cache build's peak memory is then flat in the dataset size
-    and bounded by the budget at any image size.
-
-    Args:
-        model: the feature extractor (a built Keras model).
-        budget_mib: MiB of activations a batch may take. Defaults to ``MEMORY_MIB``.
-        limit: the most images per batch. Defaults to ``BATCH``.
-
-    Returns:
-        A batch size between 1 and ``limit``.
+    TensorFlow frees a tensor once its last consumer has run, so the peak follows the widest layer rather
+    than the sum of all layers.
 
     Raises:
         ConfigError: ``budget_mib`` is not a positive number.
-
-    Example:
 
     >>> build_batch_size(_extractor(spec, 5, weights_file))  # mobilenet_v2, alpha 1.0, 224x224
     54
@@ -263,8 +222,8 @@ def build_batch_size(model, budget_mib: float = MEMORY_MIB, *, limit: int = BATC
 
 
 class _ShardSink:
-    """Writes feature rows as they come: one Parquet row group per batch, each shard holding the rows of
-    the image shard it mirrors; a shard is uploaded as soon as it is full and then dropped."""
+    """Writes feature rows as they come, one Parquet row group per batch, into shards that mirror the image
+    shards; a shard is uploaded as soon as it is full and then dropped."""
 
     def __init__(self, uri: str, rows: list[int], width: int, on_shard):
         import pyarrow as pa
@@ -310,11 +269,7 @@ class _ShardSink:
         self.on_shard(sum(s.rows for s in self.shards))
 
     def finish(self) -> list[Shard]:
-        """The shards written.
-
-        Raises:
-            DataError: the rows yielded do not fill the manifest's shards.
-        """
+        """The shards written; DataError if the rows yielded do not fill the manifest's shards."""
         if len(self.shards) != len(self.rows) or self._held:
             raise DataError(f"feature cache {self.uri}: the dataset yielded rows that do not match its manifest's "
                             "shards.")
@@ -382,7 +337,7 @@ class EntryInfo:
 
 
 def list_entries(store: str) -> list[EntryInfo]:
-    """Every entry under the store's cache, complete or not (an entry without a manifest is partial)."""
+    """Every entry under the store's cache; one without a manifest is partial."""
     root = cache_root(store)
     out = []
     for name in storage.list_dir(root):
@@ -402,8 +357,6 @@ def list_entries(store: str) -> list[EntryInfo]:
 def purge(store: str, keys: list[str] | None = None) -> list[str]:
     """Deletes cache entries (all when ``keys`` is None); returns the ids deleted.
 
-    The manifest goes first, so a trial never reads a half-deleted entry.
-
     Raises:
         ConfigError: a key names no entry.
     """
@@ -411,11 +364,9 @@ def purge(store: str, keys: list[str] | None = None) -> list[str]:
     wanted = list(entries) if keys is None else keys
     unknown = [k for k in wanted if k not in entries]
     if unknown:
-        from tl_ray.errors import did_you_mean
-
         raise ConfigError(f"no feature-cache entry {unknown[0]!r} in {cache_root(store)}."
                           f"{did_you_mean(unknown[0], list(entries))} See `tl-ray cache list`.")
     for k in wanted:
-        storage.delete(storage.join(entries[k].uri, MANIFEST_NAME))
+        storage.delete(storage.join(entries[k].uri, MANIFEST_NAME))  # first: no trial reads half an entry
         storage.delete(entries[k].uri)
     return wanted

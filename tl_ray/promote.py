@@ -1,17 +1,9 @@
 """Promotion: export a trained checkpoint, register it, and move an alias only if it wins.
 
-The gate scores the challenger and the current alias holder on the same
-held-out dataset (``promote.holdout``; by default ``data.test``, else
-``data.validation`` with a warning, since the sweep selected on it) with the
-spec's metric. The alias moves only when the challenger is better by at least
-``promote.min_delta`` and, when ``promote.max_latency_ratio`` is set, its p50
-latency per batch is at most that multiple of the champion's. Either way the
-version is registered, with the decision, both scores and both latencies in
-its metadata, so a refused challenger can still be inspected or promoted by hand.
-
-The alias moves by compare-and-swap against the champion the gate measured:
-if a concurrent promotion moved it first, the gate runs again against the new
-champion, so two promotions never both win on stale evidence.
+The gate scores challenger and champion (the alias holder) on the same held-out dataset. The alias moves only
+when the challenger beats it by ``promote.min_delta`` and, with ``promote.max_latency_ratio``, is not too
+slow. The version is registered either way, with the verdict in its metadata. The alias moves by
+compare-and-swap against the champion measured; if another promotion moved it first, the gate runs again.
 """
 
 from __future__ import annotations
@@ -108,7 +100,8 @@ def better(a: float, b: float, mode: str, margin: float) -> bool:
 
 
 def holdout_uri(spec: Spec) -> tuple[str, list[str]]:
-    """The gate's dataset and any warning about it: promote.holdout, else data.test, else data.validation."""
+    """The gate's dataset and any warning about it: promote.holdout, else data.test, else data.validation
+    (optimistic: the sweep selected on it)."""
     if spec.promote is not None and spec.promote.holdout:
         return spec.resolve(spec.promote.holdout), []
     if spec.data.test:
@@ -126,8 +119,7 @@ def holdout_uri(spec: Spec) -> tuple[str, list[str]]:
 def p50_latency_ms(models: list, uri: str, image_size, batch_size: int, repeats: int) -> list[float]:
     """Median milliseconds per ``predict`` of one batch of ``batch_size`` holdout images, per model.
 
-    The models run interleaved (A, B, A, B, ...) after a warm-up, so a noisy
-    neighbour slows both alike rather than only the one that ran during it.
+    The models run interleaved after a warm-up, so a noisy neighbour slows all alike.
     """
     import tensorflow as tf
 
@@ -193,11 +185,8 @@ class _Gate:
         return gate
 
     def move_alias(self, version: int, current: int | None, gate: dict) -> dict:
-        """Points the alias at ``version`` if ``gate`` accepts it; returns the final verdict.
-
-        The move is a compare-and-swap against ``current``, the version the gate measured: if another
-        promotion moved the alias first, the gate judges again against the new holder.
-        """
+        """Points the alias at ``version`` if ``gate`` accepts it, by compare-and-swap against ``current``;
+        returns the final verdict."""
         name, alias = self.spec.promote.name, self.spec.promote.alias
         for attempt in range(5):
             if not gate["accepted"]:

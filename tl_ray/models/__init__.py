@@ -1,7 +1,6 @@
 """Models: the backbones table, preprocessing from stock Keras layers, build, freeze policies, weights and export.
 
-Importing this package (or ``tl_ray.models.backbones``) does not import
-TensorFlow; the names below load their module on first use.
+Importing this package (or ``tl_ray.models.backbones``) does not import TensorFlow: names load on first use.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
-"""The table of keras.applications backbones tl-ray can build.
+"""The table of keras.applications backbones tl-ray can build (importable without TensorFlow or Keras).
 
-This module stays importable without TensorFlow or Keras: Keras is imported
-only inside ``Backbone.build`` and ``Backbone.preprocess_fn``. The spec checks
-``model.backbone`` against the same names (``tl_ray.spec.model.BACKBONE_NAMES``).
-
-Sizes come from the installed Keras source (``keras/src/applications``): the
-``min_size`` each constructor passes to ``obtain_input_shape`` (or checks by
-hand, as MobileNetV3 does) and the resolution its ImageNet weights were
-trained at. RegNet (X/Y 002-320) is absent from Keras 3 (3.15 included: it was
-dropped in the move from tf.keras), so the table has no RegNet entries.
-
-Blocks: ``block_re`` captures the name of the block a backbone layer belongs
-to, so ``model.freeze.from_block`` can name where fine-tuning starts
-(``block_13`` for mobilenet_v2, ``conv5`` for ResNet, ``block6`` for
-EfficientNet, ``mixed9`` for InceptionV3, ``stage_3`` for ConvNeXt). For most
-families a block begins at its first named layer; for InceptionV3,
-InceptionResNetV2 and NASNet, whose inner layers carry automatic names, the
-named layer *ends* a block (``blocks_end``) and the next block begins right
-after it.
-
-Example:
+Its names must equal ``tl_ray.spec.model.BACKBONE_NAMES``. ``block_re`` names the block a layer belongs to,
+for ``model.freeze.from_block``; where inner layers carry automatic names (InceptionV3, InceptionResNetV2,
+NASNet) the named layer *ends* its block (``blocks_end``).
 
 >>> get_backbone("mobilenet_v2").min_size
 32
@@ -59,12 +42,8 @@ class Backbone:
         preprocess: dotted path of the family's ``preprocess_input``.
         min_size: smallest height/width Keras accepts.
         default_size: resolution of the ImageNet weights.
-        preprocess_mode: what ``preprocess_input`` does, in the terms of
-            ``keras.applications.imagenet_utils``: ``"caffe"`` (RGB to BGR, minus
-            the ImageNet mean), ``"tf"`` (to -1..1), ``"torch"`` (to 0..1, then the
-            ImageNet mean and std per channel) or ``"none"`` when the network
-            rescales its own input (MobileNetV3, EfficientNet, EfficientNetV2,
-            ConvNeXt) and expects 0..255 pixels.
+        preprocess_mode: ``"caffe"``, ``"tf"`` or ``"torch"`` as in ``keras.applications.imagenet_utils``, or
+            ``"none"`` when the network rescales its own 0..255 input.
         block_re: regex whose group 1 is the block name of a layer (``re.match``).
         blocks_end: True when matching layers end their block rather than begin it.
     """
@@ -100,9 +79,8 @@ class Backbone:
         Args:
             input_shape: ``(height, width, 3)``.
             weights: ``"imagenet"``, ``None`` or a local weights file. Defaults to None.
-            name: renames the model once built. The constructor keeps its own name
-                because EfficientNetV2 looks its block layout up by it. Defaults to
-                the Keras name.
+            name: renames the model once built (not before: EfficientNetV2 looks its block layout up by
+                its own name). Defaults to the Keras name.
             **kwargs: further constructor arguments, e.g. ``alpha=0.35``.
 
         Raises:
@@ -132,11 +110,7 @@ class Backbone:
         return model
 
     def block_starts(self, layer_names: list[str]) -> dict[str, int]:
-        """Where each block begins: ``{block name: index into layer_names}``, in network order.
-
-        Args:
-            layer_names: the backbone's ``[layer.name for layer in model.layers]``.
-        """
+        """Where each block begins in ``layer_names`` (the backbone's layer names): ``{block: index}``."""
         pattern = re.compile(self.block_re)
         first: dict[str, int] = {}
         last: dict[str, int] = {}
@@ -157,7 +131,7 @@ class Backbone:
         """Index of the first layer of ``block`` (a block name, or a layer-name prefix such as ``conv4_block3``).
 
         Raises:
-            ConfigError: no block or layer-name prefix matches; the message lists the blocks.
+            ConfigError: no block or layer-name prefix matches.
         """
         starts = self.block_starts(layer_names)
         if block in starts:
@@ -224,10 +198,7 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def get_backbone(name: str) -> Backbone:
-    """Looks up a backbone by its tl-ray name.
-
-    Args:
-        name: e.g. ``"mobilenet_v2"``.
+    """Looks up a backbone by its tl-ray name, e.g. ``"mobilenet_v2"``.
 
     Raises:
         ConfigError: ``name`` is not in ``BACKBONES``; the message suggests the closest name.
@@ -242,16 +213,9 @@ def get_backbone(name: str) -> Backbone:
 
 
 def backbone_of(model) -> Backbone | None:
-    """The backbone a ``build_model`` model holds, read from its name ``tlray_<backbone>``.
+    """The backbone of a ``build_model`` model (named ``tlray_<backbone>``), or None when it does not say.
 
-    Files written before the preprocessing was built from stock Keras layers
-    also name it on their ``preprocess`` layer (``BackbonePreprocess.backbone``).
-
-    Args:
-        model: a Keras model.
-
-    Returns:
-        The ``Backbone``, or None when the model does not say.
+    Older files also name it on their ``BackbonePreprocess`` layer.
     """
     layers = {layer.name: layer for layer in getattr(model, "layers", [])}
     legacy = getattr(layers.get("preprocess"), "backbone", None)

@@ -1,22 +1,12 @@
-"""build_model: backbone + preprocessing + classification head, with the freeze policy applied.
+"""build_model: the model every tl-ray stage trains, exports and serves::
 
-The model every tl-ray stage trains, exports and serves::
-
-    image (float32 0..255 RGB, H x W x 3)
-      -> preprocess                    the family's preprocess_input, from stock Keras layers
-      -> backbone                      nested keras.applications model, include_top=False,
-                                       cut at model.feature_layer when set
-      -> pool                          avg | max | flatten
-      -> [Dropout, Dense(relu)] * n    model.head.dense
-      -> Dropout                       model.head.dropout
-      -> predictions                   Dense(num_classes, softmax), or Dense(1, sigmoid) for 2 classes,
-                                       or Dense(num_classes, sigmoid) for model.head.multi_label
-
-Example:
+    image (float32 0..255 RGB) -> preprocess -> backbone (headless, cut at model.feature_layer when set)
+      -> pool (avg | max | flatten) -> [Dropout, Dense(relu)] * n -> Dropout
+      -> predictions: Dense(num_classes, softmax), Dense(1, sigmoid) for 2 classes, or
+         Dense(num_classes, sigmoid) for model.head.multi_label
 
 >>> from tl_ray.spec import ModelSpec
->>> model = build_model(ModelSpec(backbone="mobilenet_v2", weights="none"), 10, (32, 32))
->>> model.output_shape
+>>> build_model(ModelSpec(backbone="mobilenet_v2", weights="none"), 10, (32, 32)).output_shape
 (None, 10)
 """
 
@@ -43,35 +33,25 @@ def build_model(
     weights_file: str | None = None,
     seed: int | None = None,
 ) -> keras.Model:
-    """Builds the transfer-learning classifier described by ``model_spec``.
+    """Builds the uncompiled classifier ``model_spec`` describes, with ``apply_freeze`` applied.
 
     Args:
         model_spec: the ``model`` section of the spec.
         num_classes: number of labels; 2 gives a single sigmoid unit.
         image_size: ``(height, width)`` of the input images.
-        weights_file: local file for ``model.weights`` values that name a file
-            or the registry, as ``tl_ray.registry.weights.resolve_weights`` returns
-            it. Required for ``registry://`` and for store-relative paths.
-            Defaults to None.
-        seed: seeds Keras' global random generators before any variable is
-            created, so initial weights and dropout masks are reproducible.
-            Defaults to None (unseeded).
-
-    Returns:
-        An uncompiled ``keras.Model`` with ``apply_freeze`` already applied.
+        weights_file: the local file ``tl_ray.registry.weights.resolve_weights`` returns, required when
+            ``model.weights`` names a file or the registry. Defaults to None.
+        seed: seeds Keras' global random generators before any variable is created. Defaults to None.
 
     Raises:
-        ConfigError: unknown backbone, image smaller than the backbone's
-            minimum, fewer than 2 classes, bad backbone_args, or weights that
-            do not fit.
+        ConfigError: unknown backbone, image too small, fewer than 2 classes, bad backbone_args, or
+            weights that do not fit.
         StorageError: ImageNet weights cannot be downloaded.
     """
     backbone = get_backbone(model_spec.backbone)
     backbone.check_size(image_size)
     height, width = (int(v) for v in image_size)
-    if num_classes < 2:
-        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
-                          "Check the dataset's manifest.")
+    _check_classes(num_classes)
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
@@ -91,24 +71,15 @@ def build_model(
 
 
 def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = None):
-    """Adds pooling, the hidden Dense layers and the ``predictions`` layer on ``features``.
-
-    Args:
-        features: the backbone's output feature map.
-        head: the ``model.head`` spec section.
-        num_classes: number of labels; 2 gives ``Dense(1, sigmoid)``, and
-            ``head.multi_label`` gives ``Dense(num_classes, sigmoid)``.
-        seed: seed for the Dense initializers and the Dropout layers. Defaults to None.
-    """
+    """Adds pooling and the ``head_layers`` on ``features``, the backbone's output feature map."""
     return head_layers(POOLING[head.pooling](name="pool")(features), head, num_classes, seed=seed)
 
 
 def head_layers(pooled, head: HeadSpec, num_classes: int, *, seed: int | None = None):
     """The layers after pooling: ``[Dropout, Dense(relu)] * n``, Dropout, ``predictions``.
 
-    With a seed every Dense layer draws its initial kernel from its own seed, so the
-    head starts from the same weights whether or not a backbone was built before it
-    (``build_head`` builds it alone, for trials on cached features).
+    Each Dense layer's kernel has its own seed, so the head starts from the same weights whether or not a
+    backbone was built before it (``build_head``).
     """
 
     def kernel(i: int):
@@ -134,24 +105,24 @@ def build_head(head: HeadSpec, num_classes: int, feature_shape, *, seed: int | N
                name: str = "tlray_head") -> keras.Model:
     """The head alone, on pooled features of ``feature_shape``: the layers ``build_model`` puts after ``pool``.
 
-    Its layers carry the same names and, with the same seed, the same initial weights as
-    in the full model, so head weights move between the two by layer name.
-
-    Example:
+    Layer names and, with the same seed, initial weights equal the full model's, so weights move by name.
 
     >>> head = build_head(HeadSpec(dense=[64]), 5, [1280], seed=0)
     >>> [layer.name for layer in head.layers]
     ['features', 'head_dropout_0', 'head_dense_0', 'head_dropout', 'predictions']
     """
-    if num_classes < 2:
-        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
-                          "Check the dataset's manifest.")
+    _check_classes(num_classes)
     inputs = keras.Input(shape=tuple(int(v) for v in feature_shape), dtype="float32", name="features")
     return keras.Model(inputs, head_layers(inputs, head, num_classes, seed=seed), name=name)
 
 
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes. Received: num_classes={num_classes}. "
+                          "Check the dataset's manifest.")
+
+
 def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, weights_file: str | None):
-    """Builds the nested ``backbone`` model and loads its starting weights."""
     kind = weights_kind(spec.weights)
     args = dict(spec.backbone_args)
     what = f"{backbone.name} with backbone_args {args}"
@@ -191,7 +162,7 @@ def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, wei
 
 
 def _cut(base: keras.Model, backbone: Backbone, layer_name: str) -> keras.Model:
-    """``base`` up to ``layer_name`` (``model.feature_layer``), as a model named ``backbone`` sharing its layers."""
+    """``base`` up to ``layer_name`` (``model.feature_layer``), named ``backbone``, sharing its layers."""
     names = [layer.name for layer in base.layers]
     if layer_name not in names:
         starts = sorted(backbone.block_starts(names).values())

@@ -1,40 +1,11 @@
 """export_model, export_as and load_model: the one way tl-ray writes and reads a trained model.
 
-``export_model`` writes the two artifacts a registry version holds, side by side:
+A registry version holds ``model.keras`` (stock Keras layers only, so plain ``keras.saving.load_model`` with
+safe mode loads it where tl-ray is not installed) and ``saved_model/``, whose ``SIGNATURES`` both run the
+backbone's preprocessing inside, so neither can be fed wrongly preprocessed input; ``serving_bytes`` decodes
+and resizes images as the training reader does. ``export_as`` writes one model in one of ``FORMATS``, with an
+``export.json`` beside ``model.keras`` or in the SavedModel's ``assets.extra/``.
 
-- ``model.keras``: the Keras file. Its preprocessing is made of stock Keras
-  layers (``tl_ray.models.preprocess``), so it loads with plain
-  ``keras.saving.load_model(path)`` (safe mode on) where tl-ray is not installed.
-- ``saved_model/``: a TensorFlow SavedModel with the two signatures below.
-
-``export_as`` writes one model for another server, in one of ``FORMATS``:
-
-- ``keras``: ``DIR/model.keras``.
-- ``saved_model``: ``DIR/saved_model.pb``, ``DIR/variables/``.
-- ``tf_serving``: ``DIR/<name>/<version>/saved_model.pb``, TF Serving's model base
-  path layout (``--model_base_path=DIR/<name>``); the version folder appears
-  whole, by a rename, so a polling server never loads half of it.
-
-Each also writes ``export.json`` (name, version, class names, signatures):
-beside ``model.keras``, or in the SavedModel's ``assets.extra/``.
-
-SavedModel signatures (``SIGNATURES``), both running the backbone's
-``preprocess_input`` inside, so neither can be fed wrongly preprocessed input:
-
-- ``serving_default``: input ``image``, float32 ``[batch, H, W, 3]``, RGB pixel
-  values 0..255 at the model's image size (NHWC); output ``probabilities``,
-  float32 ``[batch, num_classes]``, or ``[batch, 1]`` = P(class 1) for a
-  2-class model (sigmoid; likewise per class for a multi-label head).
-- ``serving_bytes``: input ``image_bytes``, ``tf.string [batch]`` of encoded
-  PNG/JPEG/BMP/GIF files, decoded and resized bilinearly to H x W as the
-  training reader does (``tl_ray.data.images.decode_image``); output
-  ``probabilities`` as above.
-
-Example:
-
->>> files = export_model(model, Path("out"))
->>> sorted(files)[0]
-'model.keras'
 >>> export_as(model, "tf_serving", Path("/models"), name="fashion", version=3)["path"]
 '/models/fashion/3'
 """
@@ -70,13 +41,9 @@ TOLERANCE = 1e-4  # largest |difference| in probabilities export_as accepts betw
 
 
 def export_model(model: keras.Model, out_dir: Path) -> dict[str, str]:
-    """Writes ``model.keras`` and ``saved_model/`` into ``out_dir``.
+    """Writes ``model.keras`` and ``saved_model/`` into the local folder ``out_dir``, replacing an older one.
 
-    Args:
-        model: a model from ``build_model`` (single image input). One built with
-            the older ``BackbonePreprocess`` layer is written with stock layers.
-        out_dir: a local folder; created if missing. An older ``saved_model/``
-            in it is replaced.
+    ``model`` comes from ``build_model``; an older ``BackbonePreprocess`` layer is written as stock layers.
 
     Returns:
         ``{path relative to out_dir: sha256}`` for every file written.
@@ -104,7 +71,7 @@ def write_saved_model(model: keras.Model, path: Path) -> None:
     """Writes ``model`` as a SavedModel at ``path`` with the ``serving_default`` and ``serving_bytes`` signatures."""
     height, width, channels = model.input_shape[1:]
     # No track(model): add_endpoint tracks the variables the endpoints use, and a tl-ray model has no
-    # lookup tables, the one thing track() adds (its walk over every layer is most of the write's time).
+    # lookup tables, the one thing track() adds at the cost of a slow walk over every layer.
     archive = keras.export.ExportArchive()
     forward = archive.add_endpoint(
         name="serving_default",
@@ -113,17 +80,13 @@ def write_saved_model(model: keras.Model, path: Path) -> None:
     )
 
     def from_bytes(image_bytes):
-        # The reader's decode (any PNG/JPEG/BMP/GIF, grey → RGB, bilinear resize), then serving_default's
-        # traced graph (calling it again, rather than the model, saves tracing the model twice).
+        # Calling serving_default's traced graph, rather than the model, saves tracing the model twice.
         pixels = tf.map_fn(lambda b: decode_image(b, (height, width)), image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
         return forward(pixels)
 
-    archive.add_endpoint(
-        name="serving_bytes",
-        fn=from_bytes,
-        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-    )
+    archive.add_endpoint(name="serving_bytes", fn=from_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.write_out(str(path), verbose=False)
 
 
@@ -145,40 +108,35 @@ def portable_model(model: keras.Model) -> keras.Model:
 
 def _foreign_objects(config) -> list[str]:
     """Names of the serialized objects in ``config`` that do not come from Keras itself."""
+    if isinstance(config, (list, tuple)):
+        return [name for value in config for name in _foreign_objects(value)]
+    if not isinstance(config, dict):
+        return []
+    module, registered = config.get("module"), config.get("registered_name")
     found = []
-    if isinstance(config, dict):
-        module, registered = config.get("module"), config.get("registered_name")
-        if "class_name" in config and (">" in str(registered or "") or module and not module.startswith("keras")):
-            found.append(str(registered or f"{module}.{config['class_name']}"))
-        for value in config.values():
-            found += _foreign_objects(value)
-    elif isinstance(config, (list, tuple)):
-        for value in config:
-            found += _foreign_objects(value)
-    return found
+    if "class_name" in config and (">" in str(registered or "") or module and not module.startswith("keras")):
+        found.append(str(registered or f"{module}.{config['class_name']}"))
+    return found + [name for value in config.values() for name in _foreign_objects(value)]
 
 
 def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, version: int,
               class_names: list[str] | None = None, overwrite: bool = False) -> dict:
     """Writes ``model`` in the layout of ``fmt`` under ``out_dir``, checked against ``model``.
 
-    The export is loaded back (``keras.saving.load_model`` with safe mode, or
-    ``tf.saved_model.load``) and must give ``model``'s probabilities on random
-    images to within ``TOLERANCE``; an older model is compared as it was, before
-    ``portable_model`` rebuilt its preprocessing.
+    The export is loaded back and must give ``model``'s probabilities on random images to within
+    ``TOLERANCE``. It appears whole, by a rename, so a polling server never loads half of it.
 
     Args:
         model: a model from ``build_model``, e.g. a registry version's ``model.keras``.
-        fmt: one of ``FORMATS``: ``"keras"``, ``"saved_model"`` or ``"tf_serving"``.
-        out_dir: a local folder; for ``tf_serving`` the base folder that gets ``<name>/<version>/``.
-        name: the model's name (the registry name).
-        version: its version number (the registry version).
+        fmt: one of ``FORMATS``; ``tf_serving`` writes TF Serving's ``out_dir/<name>/<version>/`` layout.
+        out_dir: a local folder.
+        name: the model's (registry) name.
+        version: its (registry) version number.
         class_names: the label of each output column, recorded in ``export.json``. Defaults to none.
         overwrite: replace what is already at the destination. Defaults to False.
 
     Returns:
-        What ``export.json`` records, with ``path``: the folder written (``out_dir``,
-        or ``out_dir/<name>/<version>`` for ``tf_serving``) and ``max_abs_difference``.
+        What ``export.json`` records, with ``path`` (the folder written) and ``max_abs_difference``.
 
     Raises:
         ConfigError: ``fmt`` is unknown, or the destination is not empty and ``overwrite`` is False.
@@ -211,8 +169,7 @@ def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, v
 
 
 def _write(portable: keras.Model, source: keras.Model, folder: Path, info: dict) -> float:
-    """Writes ``portable`` in ``folder`` as ``info["format"]`` says, with its ``export.json``, and checks it
-    against ``source``; returns the largest difference in probabilities."""
+    """Writes ``portable`` and its ``export.json`` in ``folder``; returns its largest gap from ``source``."""
     x = np.random.default_rng(0).uniform(0, 255, (2, *source.input_shape[1:])).astype("float32")
     expected = np.asarray(source(x, training=False))
     if info["format"] == "keras":
@@ -234,14 +191,9 @@ def _write(portable: keras.Model, source: keras.Model, folder: Path, info: dict)
 
 
 def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
-    """Loads a ``.keras`` file written by tl-ray with ``safe_mode=True``.
+    """Loads a local ``model.keras`` written by tl-ray with ``safe_mode=True``; ``compile`` restores training.
 
-    Files of models built before the preprocessing was made of stock Keras
-    layers need ``BackbonePreprocess``, registered by this module's imports.
-
-    Args:
-        path: local ``model.keras`` path.
-        compile: also restore the training configuration. Defaults to False.
+    Older files need ``BackbonePreprocess``, registered by this module's imports.
 
     Raises:
         StorageError: the file does not exist.

@@ -1,26 +1,10 @@
 """Freeze policies: which part of the backbone trains, and in which mode it runs.
 
-- ``feature_extraction``: the backbone is frozen and runs in inference mode.
-- ``fine_tune``: part of the backbone trains, chosen by one of
-  ``unfreeze_top`` (the top k backbone layers that own weights,
-  BatchNormalization not counted), ``from_block`` (every layer from the
-  first layer of a named block on; see ``Backbone.block_re``) or ``pattern``
-  (layers whose name matches a regex). BatchNormalization layers stay frozen
-  and every backbone layer runs in inference mode (the Keras
-  transfer-learning recipe).
-- ``full``: every layer trains and the backbone follows the model's
-  ``training`` flag, so BatchNormalization learns batch statistics (training
-  from scratch).
-
-Why a pin is needed: ``build_model`` calls the backbone with
-``training=False``, but Keras 3 functional models forward the outer call's
-``training`` flag to every nested layer over that explicit value
-(``keras/src/models/functional.py``, ``operation_fn``). Frozen
-BatchNormalization is unaffected (Keras 3 runs a non-trainable BN in inference
-mode), but dropout inside a backbone (EfficientNet's drop-connect) would stay
-active. ``apply_freeze`` therefore stops the outer flag from reaching a frozen
-backbone. The pin lives on the Python object, not in the saved file: call
-``apply_freeze`` again after ``load_model`` before training further.
+``feature_extraction`` freezes the backbone; ``fine_tune`` trains the layers ``unfreeze_top``, ``from_block``
+or ``pattern`` choose, BatchNormalization excepted; ``full`` trains everything, and BatchNormalization learns
+batch statistics. Except in ``full`` the backbone is pinned to inference mode: Keras 3 forwards the outer
+``training`` flag over the backbone's ``training=False``, which would leave dropout inside it (EfficientNet's
+drop-connect) active. The pin is not saved: call ``apply_freeze`` again after ``load_model``.
 """
 
 from __future__ import annotations
@@ -37,15 +21,9 @@ FREEZE_MODES = ("feature_extraction", "fine_tune", "full")
 
 
 def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
-    """Sets trainable flags and the backbone's training mode for a freeze policy.
+    """Sets trainable flags and the backbone's training mode of a ``build_model`` model, in place.
 
-    Args:
-        model: a model from ``build_model`` (it holds a nested model named ``backbone``).
-        freeze: the ``model.freeze`` spec section.
-
-    Returns:
-        ``model``, changed in place. Recompile it (or rebuild the optimizer's
-        variable list) after changing the policy.
+    Recompile the returned ``model`` (or rebuild the optimizer's variable list) after changing the policy.
 
     Raises:
         ConfigError: ``model`` has no nested ``backbone``, or the mode is unknown.
@@ -104,9 +82,8 @@ def _fine_tuned_layers(model: keras.Model, backbone: keras.Model, freeze: Freeze
 def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
     """Sets ``trainable`` on ``layer`` and all its sublayers.
 
-    A plain ``layer.trainable = value`` is skipped by TensorFlow's attribute
-    tracking when the layer's own flag already equals ``value``, even if
-    sublayers differ; toggling forces the setter to run.
+    Toggling forces the setter to run: attribute tracking skips it when the layer's own flag already equals
+    ``value``, even if sublayers differ.
     """
     layer.trainable = not value
     layer.trainable = value

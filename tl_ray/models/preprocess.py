@@ -1,21 +1,10 @@
 """preprocessing_layer: the backbone's ``preprocess_input`` built from stock Keras layers.
 
-Every tl-ray model takes float32 RGB pixels in 0..255 and carries its
-preprocessing inside, so training, export and serving cannot disagree about
-it. The layer is made of Keras' own pieces (``Rescaling`` with per-channel
-scale and offset, ``keras.ops.flip`` for RGB to BGR, ``Identity``), so a
-``.keras`` file loads with plain ``keras.saving.load_model(path)`` (safe mode
-on) where tl-ray is not installed, and predicts the same probabilities.
+Every tl-ray model carries its preprocessing inside, so training, export and serving cannot disagree about
+it, and a ``.keras`` file loads with plain ``keras.saving.load_model`` where tl-ray is not installed.
+``BackbonePreprocess``, the custom layer of older files, stays registered so that they still load.
 
-``BackbonePreprocess``, the custom layer models were built with before, stays
-registered so their files still load in tl-ray; ``replace_legacy_preprocess``
-swaps it for the stock layers (``tl-ray models export`` and ``export_model``
-do so), which makes such a model portable too.
-
-Example:
-
->>> layer = preprocessing_layer("mobilenet_v2")
->>> float(layer(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
+>>> float(preprocessing_layer("mobilenet_v2")(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
 1.0
 """
 
@@ -35,18 +24,6 @@ TORCH_STD = (0.229, 0.224, 0.225)
 
 def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.layers.Layer:
     """The family's ``preprocess_input`` as a layer of stock Keras parts, for NHWC 0..255 RGB input.
-
-    - ``"tf"`` (MobileNet, MobileNetV2, ResNetV2, Xception, Inception, NASNet):
-      ``Rescaling(1/127.5, offset=-1)``.
-    - ``"torch"`` (DenseNet): ``Rescaling`` with per-channel scale ``1/(255*std)``
-      and offset ``-mean/std``.
-    - ``"caffe"`` (VGG, ResNet): a small functional model, ``keras.ops.flip`` on
-      the channel axis (RGB to BGR) then ``Rescaling(1, offset=-mean)``.
-    - ``"none"`` (MobileNetV3, EfficientNet(V2), ConvNeXt rescale inside the
-      network): ``Identity``.
-
-    The layer computes in float32 whatever the global dtype policy; the
-    backbone casts its output to its own compute dtype.
 
     Args:
         backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
@@ -77,11 +54,7 @@ def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.lay
 def replace_legacy_preprocess(model: keras.Model) -> keras.Model:
     """``model`` with a ``BackbonePreprocess`` layer swapped for ``preprocessing_layer``; else ``model`` itself.
 
-    Every other layer is shared with ``model`` (same weights), and each is
-    called as before (the backbone keeps ``training=False``).
-
-    Args:
-        model: a model from ``build_model``, possibly loaded from an older file.
+    Every other layer is shared with ``model`` and called as before (the backbone keeps ``training=False``).
     """
     legacy = [layer for layer in model.layers if isinstance(layer, BackbonePreprocess)]
     if not legacy:
@@ -92,14 +65,7 @@ def replace_legacy_preprocess(model: keras.Model) -> keras.Model:
 
 @keras.saving.register_keras_serializable(package="tl_ray")
 class BackbonePreprocess(keras.layers.Layer):
-    """Applies ``keras.applications.<family>.preprocess_input`` of one backbone (older files only).
-
-    Models are now built with ``preprocessing_layer``; this class stays
-    registered so that ``.keras`` files written with it still load in tl-ray.
-
-    Args:
-        backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
-        **kwargs: base ``Layer`` arguments such as ``name``.
+    """Applies one backbone's ``preprocess_input``; kept registered so that older ``.keras`` files load.
 
     Raises:
         ConfigError: ``backbone`` is not a known backbone name.

@@ -1,20 +1,7 @@
-"""Where a backbone's starting weights come from: ImageNet, none, a file, or the registry.
+"""Where a backbone's starting weights come from: ``model.weights`` is ``imagenet``, ``none``, a weights file
+(``.h5``, ``.weights.h5`` or a tl-ray ``.keras`` model; a path or URI) or ``registry://NAME:ALIAS``.
 
-``model.weights`` takes four forms:
-
-- ``imagenet``: Keras downloads (and caches in ``~/.keras/models``) the
-  ImageNet weights of the backbone.
-- ``none``: random initialisation (training from scratch).
-- a ``.h5`` / ``.weights.h5`` file of backbone weights, or a ``.keras`` tl-ray
-  model, as a store-relative path, local path, ``file://`` or ``s3://`` URI.
-  Files are fetched once per node into ``local_cache_dir("weights")`` and
-  named by their sha256, so every worker loads the same bytes.
-- ``registry://NAME:ALIAS``: the backbone of a registered tl-ray model.
-
-Models take the weights as a local file: ``tl_ray.registry.weights.resolve_weights``
-fetches a file or a registered model into the node's cache.
-
-Example:
+Models take the weights as a local file, which ``tl_ray.registry.weights.resolve_weights`` fetches.
 
 >>> weights_kind("registry://fashion-base:production")
 'registry'
@@ -24,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -39,17 +27,13 @@ REGISTRY_SCHEME = "registry://"
 def weights_kind(weights: str) -> WeightsKind:
     """Classifies a ``model.weights`` value.
 
-    Args:
-        weights: the spec value.
-
     Raises:
         ConfigError: the value is none of the four accepted forms.
     """
     if weights.lower() in ("imagenet", "none"):
         return weights.lower()  # type: ignore[return-value]
     if weights.startswith(REGISTRY_SCHEME):
-        ref = weights[len(REGISTRY_SCHEME):]
-        name, _, alias = ref.partition(":")
+        name, _, alias = weights[len(REGISTRY_SCHEME):].partition(":")
         if not name or not alias:
             raise ConfigError(
                 f"model.weights must name a registry model as registry://NAME:ALIAS. Received: {weights!r}. "
@@ -69,15 +53,11 @@ def _suffix(uri: str) -> str:
 
 
 def fetch_weights_file(uri: str) -> Path:
-    """Copies a weights file into the node's cache once and returns its local path.
+    """Copies the weights file at ``uri`` into the node's cache once; returns its local path.
 
-    The cached file is named ``<sha256><suffix>``. A small pointer keyed by the
-    URI, size and modification time lets later calls skip the download. The
-    copy is written under a temporary name, hashed and renamed, so concurrent
-    workers never read a half-written file.
-
-    Args:
-        uri: local path, ``file://`` or ``s3://`` URI of a weights file.
+    The copy is named by its sha256, so every worker loads the same bytes, and is renamed into place, so
+    concurrent workers never read a half-written file. A pointer keyed by the URI, size and modification time
+    lets later calls skip the download.
 
     Raises:
         StorageError: the file does not exist or cannot be read.
@@ -111,11 +91,7 @@ def fetch_weights_file(uri: str) -> Path:
 
 
 def save_backbone_weights(model, uri: str) -> str:
-    """Writes the backbone's weights as a Keras ``.weights.h5`` file to ``uri``.
-
-    Args:
-        model: a tl-ray model (its nested ``backbone`` is saved) or a bare backbone.
-        uri: destination ending in ``.weights.h5``: local path, ``file://`` or ``s3://``.
+    """Writes the weights of ``model``'s nested ``backbone``, or of a bare backbone, to ``uri``.
 
     Returns:
         The sha256 of the file written.
@@ -137,18 +113,11 @@ def save_backbone_weights(model, uri: str) -> str:
 
 
 def load_backbone_weights(backbone, path: str, *, what: str) -> None:
-    """Loads a ``.h5`` / ``.weights.h5`` file of backbone weights into ``backbone``.
-
-    Args:
-        backbone: the freshly built backbone model.
-        path: local weights file.
-        what: description of the target for messages, e.g. ``"mobilenet_v2 {'alpha': 0.35}"``.
+    """Loads a local ``.h5`` / ``.weights.h5`` file into ``backbone``; ``what`` describes it in messages.
 
     Raises:
         ConfigError: the file's weights do not fit the backbone.
     """
-    import warnings
-
     # Keras only warns when parts of a file match no layer; tl-ray treats a partial load as a mismatch.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -165,14 +134,11 @@ def load_backbone_weights(backbone, path: str, *, what: str) -> None:
 
 
 def transfer_backbone_weights(backbones: list, model_path: str, *, source: str, what: str) -> None:
-    """Copies the weights of the nested ``backbone`` of a saved tl-ray model into one of ``backbones``.
-
-    The saved backbone must have the same layers and variable shapes as one of them.
+    """Copies the nested ``backbone`` weights of the tl-ray model at ``model_path`` into one of ``backbones``.
 
     Args:
-        backbones: the freshly built backbone models that may receive the weights, sharing their
-            layers (the whole backbone and its cut at ``model.feature_layer``); the first that
-            matches receives them.
+        backbones: fresh backbones sharing their layers (whole and cut at ``model.feature_layer``);
+            the first with the same layers and variable shapes as the saved one receives the weights.
         model_path: local ``model.keras`` of a tl-ray model.
         source: the ``model.weights`` value, for messages.
         what: description of the target for messages.
@@ -206,12 +172,8 @@ def _signature(model) -> list[tuple[str, tuple]]:
     return [(type(layer).__name__, tuple(tuple(w.shape) for w in layer.weights)) for layer in model.layers]
 
 
-def _has_layer(model, name: str) -> bool:
-    return any(layer.name == name for layer in getattr(model, "layers", []))
-
-
 def _has_backbone(model) -> bool:
-    return _has_layer(model, "backbone")
+    return any(layer.name == "backbone" for layer in getattr(model, "layers", []))
 
 
 def _nested_backbone(model, *, where: str):
@@ -227,15 +189,13 @@ def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet"
                            backbone_args: dict | None = None) -> dict:
     """Builds a backbone and uploads its weights, so offline clusters can use ``model.weights: URI``.
 
-    Run it where the internet is reachable: ``weights="imagenet"`` downloads
-    Keras' ImageNet weights (into ``~/.keras/models``) before uploading them.
-
     Args:
         backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
         uri: destination ending in ``.weights.h5`` (local path or ``s3://``).
-        weights: ``"imagenet"`` or ``"none"`` (random weights, for tests). Defaults to "imagenet".
-        backbone_args: constructor arguments, which must equal the spec's
-            ``model.backbone_args``, e.g. ``{"alpha": 0.35}``. Defaults to none.
+        weights: ``"imagenet"`` (downloaded, so run where the internet is reachable) or ``"none"``
+            (random weights, for tests). Defaults to "imagenet".
+        backbone_args: constructor arguments; they must equal the spec's ``model.backbone_args``.
+            Defaults to none.
 
     Returns:
         ``{"uri", "sha256", "backbone", "backbone_args", "weights"}``.

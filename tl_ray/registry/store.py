@@ -1,23 +1,12 @@
-"""The versioned model registry, kept in object storage.
-
-Layout under ``<storage>/registry/<name>/``::
+"""The versioned model registry, kept in object storage under ``<storage>/registry/<name>/``::
 
     v1/model.keras  v1/saved_model/...  v1/metadata.json
     aliases/production.json      {"version": 1, "previous": [...], "updated": ...}
 
-A version exists once its ``metadata.json`` does: that file is written last,
-so a half-uploaded version is never listed or loaded. ``metadata.json``
-records the sha256 of every other file, and every fetch checks them.
-
-Version numbers are claimed with a create-if-absent write (``.claims/vN``)
-and aliases move by compare-and-swap on the alias file (S3 ``If-Match`` on its
-ETag, a file lock locally), so concurrent promotions never share a version
-and never lose an alias update. See ``tl_ray.store.conditional``: on S3 the
-first claim of a process proves that the store honours those conditions
-(or refuses, see ``tl_ray.store.locking``), and ``metadata.json`` and every
-alias file are read back before they count as written.
-
-Example:
+A version exists once its ``metadata.json``, written last, does; it records the sha256 of every other file,
+and every fetch checks them. Version numbers are claimed with a create-if-absent write (``.claims/vN``) and
+aliases move by compare-and-swap (``tl_ray.store.conditional``), so concurrent promotions never share a
+version and never lose an alias update.
 
 >>> reg = Registry("./tlray-store")
 >>> version = reg.publish("fashion", "/tmp/export", {"metrics": {"val_accuracy": 0.9}})
@@ -72,13 +61,11 @@ class Registry:
 
     def versions(self, name: str) -> list[int]:
         """Published versions of ``name``, ascending."""
-        out = []
-        for entry in store.list_dir(self.model_uri(name)):
-            if re.fullmatch(r"v\d+", entry) and store.exists(
-                store.join(self.model_uri(name), entry, METADATA)
-            ):
-                out.append(int(entry[1:]))
-        return sorted(out)
+        folder = self.model_uri(name)
+        return sorted(
+            int(entry[1:]) for entry in store.list_dir(folder)
+            if re.fullmatch(r"v\d+", entry) and store.exists(store.join(folder, entry, METADATA))
+        )
 
     def metadata(self, name: str, version: int) -> dict:
         uri = store.join(self.version_uri(name, version), METADATA)
@@ -102,10 +89,6 @@ class Registry:
         data, _ = self._read_alias(name, alias)
         return [] if data is None else list(data.get("previous", []))
 
-    def alias_record(self, name: str, alias: str) -> dict | None:
-        """The alias file as stored: version, previous versions, updated time and any note."""
-        return self._read_alias(name, alias)[0]
-
     def _alias_uri(self, name: str, alias: str) -> str:
         return store.join(self.model_uri(name), "aliases", f"{alias}.json")
 
@@ -126,9 +109,8 @@ class Registry:
         name, tag = m.group("name"), m.group("tag") or "production"
         versions = self.versions(name)
         if not versions:
-            known = self.names()
             raise RegistryError(
-                f"no model named {name!r} in the registry at {self.root}. Known models: {known}. "
+                f"no model named {name!r} in the registry at {self.root}. Known models: {self.names()}. "
                 "Run a sweep with a promote section first (tl-ray tune SPEC, tl-ray run SPEC)."
             )
         if re.fullmatch(r"v?\d+", tag):
@@ -146,8 +128,7 @@ class Registry:
 
     # -- writing ------------------------------------------------------------
     def check_writable(self) -> None:
-        """Proves that versions can be claimed here: on S3, that the store honours conditional writes (or
-        ``TLRAY_STORAGE_LOCKING=lease`` is set). Cached per process.
+        """Proves that, on S3, the store honours conditional writes (or leases are set). Cached per process.
 
         Raises:
             StorageError: the store ignores conditional writes, or cannot be reached or written.
@@ -158,9 +139,7 @@ class Registry:
     def publish(self, name: str, local_dir: str | Path, metadata: dict) -> int:
         """Uploads the files of ``local_dir`` as the next version of ``name``; returns its number.
 
-        ``metadata["files"]`` is filled with the sha256 of every file. The
-        version number is claimed before the upload, so two concurrent
-        publications get distinct versions.
+        ``metadata["files"]`` gets the sha256 of every file. The version number is claimed before the upload.
         """
         if not _NAME.match(name):
             raise RegistryError(
@@ -198,9 +177,8 @@ class Registry:
             name: the model.
             alias: e.g. ``production``, ``staging``, ``canary``.
             version: a published version.
-            expect: the version the alias must point at now (None: the alias must
-                not exist). Defaults to any: the move is retried on top of
-                whatever a concurrent writer left, so no update is lost.
+            expect: the version the alias must point at now (None: the alias must not exist). Defaults to
+                any: the move is retried on top of whatever a concurrent writer left.
             note: a reason recorded with the move. Defaults to none.
 
         Returns:
@@ -210,8 +188,9 @@ class Registry:
             AliasConflict: ``expect`` is given and the alias points elsewhere.
             RegistryError: ``version`` is not published.
         """
-        if version not in self.versions(name):
-            raise RegistryError(f"model {name!r} has no version v{version}. Known versions: {self.versions(name)}.")
+        versions = self.versions(name)
+        if version not in versions:
+            raise RegistryError(f"model {name!r} has no version v{version}. Known versions: {versions}.")
 
         def move(old: dict | None) -> dict:
             previous = [] if old is None else list(old.get("previous", [])) + [int(old["version"])]
@@ -305,30 +284,25 @@ class Registry:
         return chain
 
     def diff(self, ref_a: str, ref_b: str) -> dict:
-        """Metrics, gate, spec and lineage of two versions, with the spec fields that differ.
+        """Two versions side by side: ``{"a", "b", "metrics", "gate", "spec", "files_changed", "lineage"}``.
 
-        Returns:
-            ``{"a": "name:vN", "b": ..., "metrics": {key: [a, b]}, "gate": {...},
-            "spec": {dotted key: [a, b]} (only differing keys), "lineage": {"a": [...], "b": [...]}}``.
+        ``metrics``, ``gate`` and ``spec`` map dotted keys to ``[a, b]``; ``spec`` only the keys that differ.
         """
         (na, va), (nb, vb) = self.resolve(ref_a), self.resolve(ref_b)
         ma, mb = self.metadata(na, va), self.metadata(nb, vb)
 
-        def side_by_side(x: dict, y: dict, only_diff: bool) -> dict:
-            fx, fy = _flatten(x), _flatten(y)
+        def side_by_side(field: str, only_diff: bool = False) -> dict:
+            fx, fy = _flatten(ma.get(field, {})), _flatten(mb.get(field, {}))
             keys = sorted(set(fx) | set(fy))
             return {k: [fx.get(k), fy.get(k)] for k in keys if not only_diff or fx.get(k) != fy.get(k)}
 
         return {
             "a": f"{na}:v{va}",
             "b": f"{nb}:v{vb}",
-            "metrics": side_by_side(ma.get("metrics", {}), mb.get("metrics", {}), False),
-            "gate": side_by_side(ma.get("gate", {}), mb.get("gate", {}), False),
-            "spec": side_by_side(ma.get("spec", {}), mb.get("spec", {}), True),
-            "files_changed": sorted(
-                k for k in set(ma.get("files", {})) | set(mb.get("files", {}))
-                if ma.get("files", {}).get(k) != mb.get("files", {}).get(k)
-            ),
+            "metrics": side_by_side("metrics"),
+            "gate": side_by_side("gate"),
+            "spec": side_by_side("spec", only_diff=True),
+            "files_changed": sorted(side_by_side("files", only_diff=True)),
             "lineage": {"a": self.lineage(na, va), "b": self.lineage(nb, vb)},
         }
 

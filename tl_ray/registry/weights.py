@@ -8,22 +8,15 @@ from tl_ray.registry.store import Registry
 
 
 def resolve_weights(weights: str, storage_root: str) -> str | None:
-    """Turns ``model.weights`` into what ``build_model`` needs.
-
-    Args:
-        weights: the spec value.
-        storage_root: the store root that relative paths resolve against.
+    """``model.weights`` as ``build_model`` needs it; relative paths resolve against ``storage_root``.
 
     Returns:
-        ``"imagenet"``, ``None``, or the local path of a weights file or of a
-        registered ``model.keras``.
+        ``"imagenet"``, ``None``, or the local path of a weights file or of a registered ``model.keras``.
 
     Raises:
         ConfigError: ``weights`` has an unsupported form.
         StorageError: the file cannot be fetched.
         RegistryError: the registry reference does not exist.
-
-    Example:
 
     >>> resolve_weights("none", "./tlray-store") is None
     True
