@@ -315,11 +315,9 @@ def head_model(model):
     """The layers after the pooling layer, as a model on its output (weights shared with ``model``)."""
     import keras
 
-    names = [layer.name for layer in model.layers]
-    after = model.layers[names.index("pool") + 1:]
-    inputs = keras.Input(shape=model.get_layer("pool").output.shape[1:], name="features")
-    x = inputs
-    for layer in after:
+    pool = model.get_layer("pool")
+    x = inputs = keras.Input(shape=pool.output.shape[1:], name="features")
+    for layer in model.layers[model.layers.index(pool) + 1:]:
         x = layer(x)
     return keras.Model(inputs, x, name=f"{model.name}_head")
 

@@ -3,7 +3,8 @@
 The gate scores challenger and champion (the alias holder) on the same held-out dataset. The alias moves only
 when the challenger beats it by ``promote.min_delta`` and, with ``promote.max_latency_ratio``, is not too
 slow. The version is registered either way, with the verdict in its metadata. The alias moves by
-compare-and-swap against the champion measured; if another promotion moved it first, the gate runs again.
+compare-and-swap against the champion measured; if another promotion moved it first, the gate runs again,
+so two promotions never both win on stale evidence.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from tl_ray import store
 from tl_ray.errors import ConfigError
 from tl_ray.registry.store import AliasConflict, Registry
 from tl_ray.spec import Spec

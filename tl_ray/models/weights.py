@@ -48,10 +48,6 @@ def weights_kind(weights: str) -> WeightsKind:
     )
 
 
-def _suffix(uri: str) -> str:
-    return next(s for s in WEIGHTS_SUFFIXES if uri.endswith(s))
-
-
 def fetch_weights_file(uri: str) -> Path:
     """Copies the weights file at ``uri`` into the node's cache once; returns its local path.
 
@@ -84,7 +80,7 @@ def fetch_weights_file(uri: str) -> Path:
             for block in iter(lambda: src.read(8 * 2**20), b""):
                 digest.update(block)
                 out.write(block)
-        name = digest.hexdigest() + _suffix(uri)
+        name = digest.hexdigest() + next(s for s in WEIGHTS_SUFFIXES if uri.endswith(s))
         store.publish_local(tmp, cache / name)
     store.write_text(str(pointer), name)
     return cache / name
@@ -103,7 +99,7 @@ def save_backbone_weights(model, uri: str) -> str:
     if not uri.endswith(".weights.h5"):
         raise ConfigError(f"backbone weights are saved as Keras .weights.h5 files. Received: {uri!r}. "
                           "Name the destination e.g. s3://bucket/weights/mobilenet_v2.weights.h5.")
-    backbone = _nested_backbone(model, where="model") if _has_backbone(model) else model
+    backbone = model.get_layer("backbone") if _has_backbone(model) else model
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "backbone.weights.h5"
         backbone.save_weights(str(local))
@@ -134,14 +130,10 @@ def load_backbone_weights(backbone, path: str, *, what: str) -> None:
 
 
 def transfer_backbone_weights(backbones: list, model_path: str, *, source: str, what: str) -> None:
-    """Copies the nested ``backbone`` weights of the tl-ray model at ``model_path`` into one of ``backbones``.
+    """Copies the ``backbone`` weights of the tl-ray model at ``model_path`` into one of ``backbones``.
 
-    Args:
-        backbones: fresh backbones sharing their layers (whole and cut at ``model.feature_layer``);
-            the first with the same layers and variable shapes as the saved one receives the weights.
-        model_path: local ``model.keras`` of a tl-ray model.
-        source: the ``model.weights`` value, for messages.
-        what: description of the target for messages.
+    ``backbones`` share their layers (whole, and cut at ``model.feature_layer``); the first with the saved
+    one's layers and variable shapes receives the weights. ``source`` and ``what`` name both in messages.
 
     Raises:
         ConfigError: the saved model has no backbone, or its architecture differs.
@@ -150,8 +142,7 @@ def transfer_backbone_weights(backbones: list, model_path: str, *, source: str, 
 
     saved = load_model(model_path)
     src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
-    entry = backbone_of(saved)
-    src_name = entry.name if entry is not None else "unknown"
+    src_name = getattr(backbone_of(saved), "name", "unknown")
     theirs = _signature(src)
     for backbone in backbones:
         if _signature(backbone) == theirs:
