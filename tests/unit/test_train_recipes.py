@@ -331,3 +331,28 @@ def test_early_stopping_stops_the_loop(store):
     with pytest.raises(ValueError, match="not a metric of the loop"):
         stopper = EarlyStopping("val_nope")
         stopper.on_epoch_end(0, {"loss": 1.0})
+
+
+# -- one process, many trials ----------------------------------------------------------------
+def test_a_process_that_runs_trial_after_trial_keeps_no_traced_step_of_a_finished_trial():
+    import gc
+
+    from tl_ray.train.runtime import make_strategy
+
+    def live_graphs():
+        gc.collect()
+        return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
+
+    counts = []
+    for trial in range(4):
+        keras.backend.clear_session(free_memory=True)
+        strategy = make_strategy(workers=1)
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+            opt = make_optimizer(TrainSpec(optimizer="adam"), 1e-2, trainable_variables=model.trainable_variables)
+        step = DistributedStep(strategy, model, opt, 8)
+        x = np.random.default_rng(trial).normal(size=(8, 4)).astype("float32")
+        step.train_step((tf.constant(x), tf.constant(np.arange(8) % 3)))
+        del model, opt, step
+        counts.append(live_graphs())
+    assert counts[-1] == counts[1], f"traced graphs alive after each trial: {counts}"

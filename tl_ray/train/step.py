@@ -136,14 +136,10 @@ class DistributedStep:
         variables = self.model.trainable_variables
         probs, per_example, grads = self._grads(images, labels)
         if self._prereduced:
-            ctx = tf.distribute.get_replica_context()
-            present = [i for i, g in enumerate(grads) if g is not None]
-            # Packed into few collectives: one per gradient tensor costs a round trip each across workers.
-            summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present],
-                                    options=_PACKED) if present else []
-            grads = list(grads)
-            for i, g in zip(present, summed):
-                grads[i] = g
+            # One replica has nothing to sum; TensorFlow's all-reduce would also register a gradient function
+            # per trace that lives as long as the process (a reused trial actor's memory grew with each trial).
+            if self.strategy.num_replicas_in_sync > 1:
+                grads = self._all_reduced(grads)
             if self.clip_norm:
                 # Loss-scaled gradients are S times too large until the optimizer unscales them.
                 limit = self.clip_norm * (self.optimizer.dynamic_scale if self._loss_scaled else 1.0)
@@ -153,6 +149,18 @@ class DistributedStep:
                 grads = [None if g is None else next(it) for g in grads]
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._sums(labels, probs, per_example)
+
+    @staticmethod
+    def _all_reduced(grads):
+        ctx = tf.distribute.get_replica_context()
+        present = [i for i, g in enumerate(grads) if g is not None]
+        # Packed into few collectives: one per gradient tensor costs a round trip each across workers.
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present],
+                                options=_PACKED) if present else []
+        grads = list(grads)
+        for i, g in zip(present, summed):
+            grads[i] = g
+        return grads
 
     def _train_distributed(self, dist_batch):
         images, labels = dist_batch
