@@ -19,6 +19,7 @@ import tl_ray
 from tl_ray import store
 from tl_ray.errors import ClusterError, ConfigError
 from tl_ray.spec import load_spec
+from tl_ray.tune.cluster import WORKER_ENV
 
 COMMANDS = ("run", "tune", "train", "serve")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -76,7 +77,7 @@ def _stage_specs(spec_path: Path, dest: Path) -> str:
 
 def runtime_env(work_dir: Path, package: str, pip_requirement: str | None, env_names: list[str]) -> dict:
     """The job's runtime environment (values of ``env_names`` come from this process's environment)."""
-    env: dict = {"working_dir": str(work_dir), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}}
+    env: dict = {"working_dir": str(work_dir), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3", **WORKER_ENV}}
     if package == "source":
         env["py_modules"] = [str(Path(tl_ray.__file__).parent)]
     elif package == "pip":

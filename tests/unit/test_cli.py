@@ -208,3 +208,10 @@ def test_output_json_is_one_document_on_stdout(capsys, tmp_path, fashion_dir):
     assert code == 0 and "6 images (28x28" in out and "2 classes" in out
     code, out, _ = run(capsys, "cache", "list", "--storage", str(tmp_path / "store"), "-o", "json")
     assert code == 0 and json.loads(out) == []
+
+
+def test_a_submitted_job_caps_malloc_arenas_in_its_workers(tmp_path):
+    from tl_ray.submit import runtime_env
+
+    env = runtime_env(tmp_path, "source", None, [])
+    assert env["env_vars"]["MALLOC_ARENA_MAX"] == "4"

@@ -7,6 +7,10 @@ import os
 from tl_ray.errors import ClusterError
 
 VERBOSE_ENV = "TLRAY_VERBOSE"
+# Set for every Ray worker tl-ray starts (the local cluster's, a submitted job's). Tune runs each trial of a reused
+# actor in a new thread, and glibc gives new threads new malloc arenas (up to 8 per core): without a cap the actor's
+# memory grew with every trial. glibc reads it when a process starts; a value already set wins.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "4"}
 _session: dict = {}  # the Ray session this process started: its log folder
 
 
@@ -23,6 +27,9 @@ def connect_ray() -> None:
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
+        if address == "local":  # the new cluster's workers inherit this environment
+            for name, value in WORKER_ENV.items():
+                os.environ.setdefault(name, value)
         # Workers' output (TensorFlow, Ray Train) stays in Ray's logs unless `tl-ray -v`.
         context = ray.init(address=address, include_dashboard=False, log_to_driver=verbose(), configure_logging=False)
         _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
