@@ -96,16 +96,17 @@ def in_memory_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     # A gather in memory has nothing to tune, and the autotuner makes tearing down each epoch's iterator
     # slow: a large share of a short head-only trial.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return _prefetched(ds).with_options(options)
+    return _prefetched(ds, autotune=False)
 
 
-def _prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
-    """Prefetch; tf.distribute's auto-sharding off (each worker already reads its own part)."""
+def _prefetched(ds: tf.data.Dataset, autotune: bool = True) -> tf.data.Dataset:
+    """Prefetch; tf.distribute's auto-sharding off (each worker already reads its own part); ``autotune``: tf.data's
+    autotuner."""
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    if not autotune:
+        options.autotune.enabled = False
     return ds.with_options(options)
 
 
