@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +43,7 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 
 
 S3RVER_BIN = ROOT / "tests" / "s3rver" / "node_modules" / ".bin" / "s3rver"
+S3RVER_SERVE = ROOT / "tests" / "s3rver" / "serve.js"  # s3rver's own command line, one crash turned into a 500
 
 
 class S3Server:
@@ -74,18 +76,17 @@ class S3Server:
         if self.kind == "s3rver":
             if not S3RVER_BIN.exists():
                 raise RuntimeError(f"{S3RVER_BIN} not found: run scripts/setup.sh (npm ci --prefix tests/s3rver)")
-            return [str(S3RVER_BIN), "-d", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port), "-s"]
+            node = shutil.which("node") or "node"
+            return [node, str(S3RVER_SERVE), "-d", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port), "-s"]
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
         if exe is None:
             raise RuntimeError("moto_server not found: install the test extra (pip install -e '.[test]')")
         return [exe, "-H", "127.0.0.1", "-p", str(self.port)]
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.log = Path(tempfile.gettempdir()) / f"tlray-{self.kind}-{self.port}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         wait_for_port("127.0.0.1", self.port, self.proc)
         forget_endpoint(self.endpoint)
 
