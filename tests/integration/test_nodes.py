@@ -113,8 +113,7 @@ print(json.dumps([dataclasses.asdict(r) for r in result.rows]))
 def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another(node_cluster, hook_dir, dataset, tmp_path):
     from tl_ray.train.checkpoint import read_state
 
-    # Checkpoints ranked by steps, one kept: Tune deletes epoch k-1's checkpoint exactly when
-    # it registers epoch k's, which tells the test the trial would restart from epoch k.
+    # Checkpoints ranked by steps, one kept (older ones are deleted once the trial has ended).
     data = spec_for(dataset, f"lose-{uuid.uuid4().hex[:6]}", epochs=EPOCHS, checkpoint_every=1, max_failures=1)
     data["tune"].update(metric="steps", mode="max", keep_checkpoints=1)
     spec = validate(data)
@@ -134,15 +133,15 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another(node_cluste
             assert driver.poll() is None, log_path.read_text()[-3000:]
 
         experiment = dataset / "experiments" / spec.name
+        # The pause comes once tune.report of epoch k has returned, which Tune allows only after it has
+        # registered that epoch's checkpoint: the trial would restart from epoch k.
         wait_until(lambda: (folder / "pid.0").exists(), f"the trial to pause after epoch {LOST_AFTER}", alive)
         lost_id = (folder / "node.0").read_text()
         (trial,) = experiment.glob("tune_trial_*")
-
-        def only_checkpoint_is_epoch_k():
-            kept = [d for d in trial.glob("checkpoint_*") if (d / "state.json").is_file()]
-            return len(kept) == 1 and read_state(kept[0])["epoch"] == LOST_AFTER
-
-        wait_until(only_checkpoint_is_epoch_k, f"Tune to register the epoch-{LOST_AFTER} checkpoint", alive)
+        # Tune copies a recovered trial's result.json back from the store, as of the driver's last save of the
+        # experiment (every 10 s or so): wait for that save to hold epoch k.
+        wait_until(lambda: len(trial_rows(trial)) == LOST_AFTER, f"the store's result.json to hold epoch {LOST_AFTER}",
+                   alive)
         (lost,) = [n for n in node_cluster.worker_nodes if n.node_id == lost_id]
         node_cluster.remove_node(lost)
         driver.wait(timeout=600)
@@ -165,6 +164,8 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_on_another(node_cluste
     moved_to = {r["node_id"] for r in after}
     (survivor,) = node_cluster.worker_nodes
     assert moved_to == {survivor.node_id} != {lost_id}
+    (last,) = [d for d in trial.glob("checkpoint_*") if (d / "state.json").is_file()]  # the best is the latest
+    assert read_state(last)["epoch"] == EPOCHS
 
 
 # -- a real `ray start` head and a second raylet -------------------------------------

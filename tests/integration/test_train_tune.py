@@ -138,3 +138,27 @@ def test_trials_train_in_their_actors_which_tune_reuses_unless_told_not_to(ray_c
     assert {r["trial_pid"] for r in rows} == actors  # the loop's: every trial trained in its actor
     # Two at a time: reused, the later trials ran in the earlier trials' actors; else each had its own.
     assert len(actors) <= 2 if reuse else len(actors) == 4
+
+
+def test_an_ended_trial_keeps_its_best_and_latest_checkpoints_and_forces_no_state_save(ray_cluster, dataset):
+    from tl_ray import store as storage
+    from tl_ray.tune.sweep import run_sweep
+
+    data = small_spec(dataset, "keep-one")
+    data["train"].update(epochs=4, steps_per_epoch=2, learning_rate=3e-2)
+    data["tune"] = {"num_samples": 2, "scheduler": "fifo", "metric": "val_loss", "mode": "min",
+                    "checkpoint_on": "every", "keep_checkpoints": 1,
+                    "space": {"model.head.dropout": "uniform(0.0, 0.3)"}}
+    spec = validate(data)
+    result = run_sweep(spec, experiment="keep-one")
+    experiment = storage.join(spec.storage, "experiments", "keep-one")
+    for row in result.rows:
+        assert row.status == "DONE", row.error
+        (trial,) = [t for t in storage.list_dir(experiment) if row.trial_id in t]
+        on_store = {storage.join(experiment, trial, c) for c in storage.list_dir(storage.join(experiment, trial))
+                    if c.startswith("checkpoint_")}
+        # Four checkpoints written, one per epoch; the best by val_loss and the latest stay, and the row names them.
+        latest = storage.join(experiment, trial, "checkpoint_000003")
+        assert {uri for uri, _ in row.checkpoints} == on_store == {row.checkpoint, latest}
+    # Tune's num_to_keep would have forced a state save at every checkpoint here.
+    assert "bottleneck" not in storage.read_text(storage.join(experiment, "tl-ray.log"))

@@ -59,9 +59,14 @@ def test_on_s3_the_log_is_written_locally_and_copied_into_the_store_at_the_end(t
             logging.getLogger("ray.tune").error("the trial's traceback")
             assert not copies
             raise ConfigError("the sweep stopped")
-    assert path == tmp_path / "cache" / "logs" / "sweep-2" / "tl-ray.log"
+    assert path == tmp_path / "cache" / "logs" / "bucket" / "tl-ray" / "experiments" / "sweep-2" / "tl-ray.log"
     assert b"the trial's traceback" in copies[f"{uri}/tl-ray.log"]
     assert "copied to s3://bucket/tl-ray/experiments/sweep-2/tl-ray.log" in dl.shown_path(uri)
+    # The same experiment name in another store gets its own log.
+    with dl.driver_log("s3://other/tl-ray/experiments/sweep-2"):
+        logging.getLogger("ray.tune").error("the other sweep's line")
+    assert b"the other sweep's line" not in copies[f"{uri}/tl-ray.log"]
+    assert b"the trial's traceback" not in copies["s3://other/tl-ray/experiments/sweep-2/tl-ray.log"]
 
 
 def test_copy_log_writes_through_the_store_and_a_failed_copy_is_a_warning(tmp_path, monkeypatch, capsys):

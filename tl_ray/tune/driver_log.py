@@ -24,10 +24,10 @@ _OWN_HANDLERS = ("ray", "ray.data", "tensorflow")
 
 
 def log_path(experiment_uri: str) -> Path:
-    """In the experiment folder on a local store; on S3 a local file (``~/.cache/tl-ray/logs/<experiment>/``)
+    """In the experiment folder on a local store; on S3 a local file (``~/.cache/tl-ray/logs/<bucket>/<key>/``)
     copied into the folder at the end."""
     if store.is_s3(experiment_uri):
-        return store.local_cache_dir("logs", experiment_uri.rstrip("/").rsplit("/", 1)[-1]) / LOG_NAME
+        return store.local_cache_dir("logs", *experiment_uri.split("://", 1)[1].strip("/").split("/")) / LOG_NAME
     _, path = store.filesystem(experiment_uri)
     return Path(path) / LOG_NAME
 

@@ -16,6 +16,7 @@ from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers
 from tl_ray.tune.driver_log import LOG_NAME, driver_log, shown_path
 from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_resume_hint, saved_trial_statuses
 from tl_ray.tune.progress import SweepProgress
+from tl_ray.tune.pruning import KeepCheckpoints, kept
 from tl_ray.tune.report import fmt, text_table
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
 
@@ -29,7 +30,7 @@ class TrialRow:
     status: str
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
-    # (URI, metric) per checkpointed epoch; a multi-worker trial's list names those tune.keep_checkpoints deleted
+    # (URI, metric) per checkpoint tune.keep_checkpoints kept
     checkpoints: list[tuple[str, float]] = field(default_factory=list)
     stage: str = ""  # staged sweeps: the stage's name
     parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
@@ -237,6 +238,8 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
     limit = _max_concurrent(spec)
     search_alg = _search_alg(spec, limit) if search else None
     stopper = fail_fast.FailFast()
+    pruning = [] if spec.tune.scheduler == "pbt" or not spec.tune.keep_checkpoints else [
+        KeepCheckpoints(spec.tune.keep_checkpoints, spec.tune.metric, spec.tune.mode)]
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -254,13 +257,13 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.tune.keep_checkpoints or None,
+            checkpoint_config=tune.CheckpointConfig(  # tl_ray.tune.pruning: why only PBT's trials use num_to_keep
+                num_to_keep=(spec.tune.keep_checkpoints or None) if spec.tune.scheduler == "pbt" else None,
                 checkpoint_score_attribute=spec.tune.metric,
                 checkpoint_score_order=spec.tune.mode,
             ),
             verbose=1 if verbose() else 0,
-            callbacks=[callbacks[0], stopper, *callbacks[1:]],
+            callbacks=[callbacks[0], stopper, *callbacks[1:], *pruning],
             stop=stopper,
         ),
     )
@@ -289,12 +292,15 @@ def _row(spec: Spec, res) -> TrialRow:
     # The last result counts too: after PBT exploits, a trial's result file can miss rows.
     epochs = max(epochs, int((res.metrics or {}).get("epoch", 0) or 0))
     # Every checkpointed epoch with its metric: Tune's for single-worker trials, else TuneReportCallback's.
-    scored = [(checkpoint_uri(spec, ckpt.path), float(m[metric]))
-              for ckpt, m in res.best_checkpoints or [] if m.get(metric) is not None]
+    latest = res.checkpoint.path if res.checkpoint else None
+    scored = [(checkpoint_uri(spec, ckpt.path), float(m[metric]))  # the latest last (kept keeps it)
+              for ckpt, m in sorted(res.best_checkpoints or [], key=lambda c: c[0].path == latest)
+              if m.get(metric) is not None]
     if not scored and df is not None and "checkpoint_path" in df and metric in df:
         scored = [(checkpoint_uri(spec, path), float(value))
                   for path, value in zip(df["checkpoint_path"], df[metric])
                   if isinstance(path, str) and value == value]
+    scored = kept(scored, spec.tune.keep_checkpoints, mode)  # those deleted once the trial ended are left out
     best_value = checkpoint = None
     if scored:
         pick = max if mode == "max" else min
