@@ -57,7 +57,8 @@ process on a new local Ray (as each ``tl-ray tune`` is), and prints each run's
 median and range of wall / ideal.
 
 ``scale``: ``--trials`` trials (default 500) of the quickstart target's head on cached features
-(built before the clock starts), at most 6 epochs of 20 steps, ASHA (grace period 2), a checkpoint
+(built before the clock starts), at most 6 epochs of 300 steps (about 1 s of work per trial, ASHA
+stopping most after 2 epochs), ASHA (grace period 2), a checkpoint
 only when a trial improves (``tune.checkpoint_on: improvement``), two at a time: random search, then
 Optuna's TPE (``--searches``). Every other spec field keeps tl-ray's default unless ``--set
 KEY=VALUE`` changes it (to measure a setting before and after). Side by side it prints wall /
@@ -368,7 +369,7 @@ def repeat_overhead(args) -> dict:
 
 
 # scale: head-only trials on the quickstart target's cached features, ASHA, random search then Optuna TPE.
-SCALE = {"train.epochs": 6, "train.steps_per_epoch": 20, "tune.grace_period": 2, "train.checkpoint_every": 1,
+SCALE = {"train.epochs": 6, "train.steps_per_epoch": 300, "tune.grace_period": 2, "train.checkpoint_every": 1,
          "tune.checkpoint_on": "improvement"}
 SMOKE_SCALE = {"train.epochs": 3, "train.steps_per_epoch": 5, "tune.grace_period": 1}
 OPTUNA_AT = (50, 500)  # the suggestions timed (the n-th suggestion of a study); --smoke: 10 and 20
