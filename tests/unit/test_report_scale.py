@@ -97,20 +97,21 @@ def test_tl_ray_report_takes_top(tmp_path, capsys):
 
 
 def test_after_a_resume_folders_outside_tunes_saved_state_are_not_counted(tmp_path, monkeypatch):
-    """A searcher's trial ids are "<hex>" (the folder adds the trial's index); a driver killed after creating
-    trials it had not saved leaves their folders, and the resumed sweep runs others in their place."""
+    """A driver killed after creating trials it had not saved leaves their folders, and the resumed sweep runs
+    others in their place; under random search those carry the same ids ("<hex>_<index>") in new folders."""
     from tl_ray.tune import report as report_module
 
     exp = tmp_path / "exp"
-    for name in ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x", "tune_trial_9c0d1e2f_3_x"):
+    saved = ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x", "tune_trial_ab12c_00003_3_x_2026-12-04_20-52-01")
+    for name in (*saved, "tune_trial_9c0d1e2f_3_x", "tune_trial_ab12c_00003_3_x_2026-12-04_20-51-58"):
         (exp / name).mkdir(parents=True)
         (exp / name / "params.json").write_text(json.dumps({"model.head.dropout": 0.1}))
-    for name in ("tune_trial_1a2b3c4d_1_x", "tune_trial_5e6f7a8b_2_x"):
+    for name in saved:
         (exp / name / "result.json").write_text(json.dumps({"training_iteration": 1, "val_accuracy": 0.5}) + "\n")
     monkeypatch.setattr(report_module, "_saved_statuses",
-                        lambda uri, listing: {"1a2b3c4d": "TERMINATED", "5e6f7a8b": "ERROR"})
+                        lambda uri, listing: dict(zip(saved, ("TERMINATED", "ERROR", "TERMINATED"))))
     report = build_report(str(exp), "val_accuracy", "max", planned_epochs=1)
-    assert sorted(t.name for t in report.trials) == ["1a2b3c4d_1", "5e6f7a8b_2"]
-    assert {line.split()[0]: line.split()[-1] for line in report.table.splitlines()[1:3]} == {
-        "1a2b3c4d_1": "done", "5e6f7a8b_2": "error"}  # the saved status, matched by Tune's id
-    assert report.table.splitlines()[-1].startswith("(1 trial folder(s) not in Tune's saved state")
+    assert sorted(t.name for t in report.trials) == ["1a2b3c4d_1", "5e6f7a8b_2", "ab12c_00003"]
+    assert {line.split()[0]: line.split()[-1] for line in report.table.splitlines()[1:4]} == {
+        "1a2b3c4d_1": "done", "5e6f7a8b_2": "error", "ab12c_00003": "done"}  # the saved status of each folder
+    assert report.table.splitlines()[-1].startswith("(2 trial folder(s) not in Tune's saved state")

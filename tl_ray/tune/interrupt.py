@@ -37,14 +37,15 @@ class SweepInterrupted(TLRayError):
 
 
 def saved_trial_statuses(experiment_path: str, filesystem=None) -> dict[str, str]:
-    """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues), by trial id.
+    """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues), by the name of
+    the trial's folder (a folder an interrupted driver created but did not save can carry a saved trial's id).
 
     Not the ResultGrid's: after an interrupt Tune saves the state, then marks the trials TERMINATED in memory.
     """
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem)
-    return {t.trial_id: t.status for t in analysis.trials}
+    return {t.path.rstrip("/").rsplit("/", 1)[-1]: t.status for t in analysis.trials}
 
 
 def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> int:

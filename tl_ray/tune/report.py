@@ -79,7 +79,7 @@ def is_trial_dir(name: str) -> bool:
 
 
 def _saved_statuses(experiment_uri: str, listing: list[str]) -> dict[str, str]:
-    """Each trial's status in the experiment state Tune saved last, by trial id; empty when there is none."""
+    """Each trial's status in the experiment state Tune saved last, by folder name; empty when there is none."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
     if not any(n.startswith("experiment_state") for n in listing):
@@ -113,16 +113,13 @@ def _load(experiment_uri: str, stage: str, listing: list[str] | None = None) -> 
                                       store.read_text(store.join(base, "result.json")).splitlines() if line.strip()])
         m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
         trial_id = m.group(1) if m else name
-        # Tune's id: the folder's "<hex>_<NNNNN>" (random search), or "<hex>" before the trial's index (a searcher's).
-        saved_id = next((i for i in (trial_id, trial_id.rsplit("_", 1)[0]) if i in statuses), None)
         # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
         # one, a trial that failed and never trained its epochs is taken to have ended in error.
-        if saved_id is not None:
-            failed: bool | None = statuses[saved_id] == "ERROR"
+        if name in statuses:
+            failed: bool | None = statuses[name] == "ERROR"
         else:
             failed = None if store.exists(store.join(base, "error.txt")) else False
-        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed,
-                                saved=saved_id is not None or not statuses))
+        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed, saved=name in statuses or not statuses))
     return out
 
 

@@ -88,15 +88,9 @@ class TuneReporter(_RestoreCopy):
         tune.report(metrics, checkpoint=ckpt)
 
     def _checkpoint(self):
-        from pyarrow.fs import FileType
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        # A driver that died right after this trial ended (tl_ray.tune.pruning deleted its older checkpoints)
-        # can resume it from one its last saved state names: gone, the trial starts over.
-        if ckpt is not None and ckpt.filesystem.get_file_info(ckpt.path).type == FileType.NotFound:
-            return None
-        return ckpt
+        return tune.get_checkpoint()
 
 
 class TrainReporter(_RestoreCopy):
