@@ -558,7 +558,7 @@ def main() -> int:
                                         "with --smoke benchmarks/.store/smoke)")
     parser.add_argument("--trials", type=int, help="number of trials (default: cache 16, overhead 32; --smoke 2 and 3)")
     parser.add_argument("--steps", type=int, help="overhead: steps per epoch of each trial, 3 epochs "
-                                                  "(default 100; --smoke 5)")
+                                                  "(default 300, about 1 s of work per trial; --smoke 5)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="overhead: run it this many times, each in a new driver process on a new local Ray, "
                              "and print each run's median and range")
@@ -576,7 +576,7 @@ def main() -> int:
     args.store = args.store or str(ROOT / "benchmarks/.store" / ("smoke" if args.smoke else ""))
     args.trials = args.trials or {(False, "cache"): 16, (False, "overhead"): 32, (True, "cache"): 2,
                                   (True, "overhead"): 3, (False, "scale"): 500, (True, "scale"): 8}[args.smoke, args.which]
-    args.steps = args.steps or (5 if args.smoke else 100)
+    args.steps = args.steps or (5 if args.smoke else 300)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
