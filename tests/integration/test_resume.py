@@ -28,8 +28,8 @@ def trial_results(experiment: Path) -> dict[str, list[dict]]:
 
 
 def saved_statuses(experiment: Path) -> dict[str, str]:
-    """Each trial's status in the experiment state the driver saved last; empty before its first save (or while
-    it is being written)."""
+    """Each trial's status in the experiment state the driver saved last, by folder name; empty before its first
+    save (or while it is being written)."""
     from tl_ray.tune.interrupt import saved_trial_statuses
 
     try:
@@ -76,9 +76,8 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         for exp in experiments.glob("resumable-*") if experiments.exists() else []:
-            done = [tid for tid, status in saved_statuses(exp).items() if status == "TERMINATED"]
-            finished = {k: v for k, v in trial_results(exp).items()
-                        if any(k.startswith(f"tune_trial_{tid}_") for tid in done)}
+            saved = saved_statuses(exp)
+            finished = {k: v for k, v in trial_results(exp).items() if saved.get(k) == "TERMINATED"}
         time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
@@ -98,7 +97,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path,
               if not line.startswith("(")]
     saved = saved_statuses(experiment)
     assert sorted(line.split()[0] for line in report) == sorted(
-        n.split("_")[2] + "_" + n.split("_")[3] for n in after if n.split("_")[2] + "_" + n.split("_")[3] in saved)
+        n.split("_")[2] + "_" + n.split("_")[3] for n in after if n in saved)
     assert len(report) == 3 and all(line.split()[-1] == "done" for line in report)
 
 
