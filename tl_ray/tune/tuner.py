@@ -238,8 +238,9 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
     limit = _max_concurrent(spec)
     search_alg = _search_alg(spec, limit) if search else None
     stopper = fail_fast.FailFast()
-    pruning = [] if spec.tune.scheduler == "pbt" or not spec.tune.keep_checkpoints else [
-        KeepCheckpoints(spec.tune.keep_checkpoints, spec.tune.metric, spec.tune.mode)]
+    keep = spec.tune.keep_checkpoints or None
+    by_tune = spec.tune.scheduler == "pbt"  # tl_ray.tune.pruning: why only PBT's trials use Tune's num_to_keep
+    pruning = [KeepCheckpoints(keep, spec.tune.metric, spec.tune.mode)] if keep and not by_tune else []
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -257,8 +258,8 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(  # tl_ray.tune.pruning: why only PBT's trials use num_to_keep
-                num_to_keep=(spec.tune.keep_checkpoints or None) if spec.tune.scheduler == "pbt" else None,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=keep if by_tune else None,
                 checkpoint_score_attribute=spec.tune.metric,
                 checkpoint_score_order=spec.tune.mode,
             ),
