@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from tl_ray.errors import ClusterError
@@ -30,13 +31,53 @@ def connect_ray() -> None:
         if address == "local":  # the new cluster's workers inherit this environment
             for name, value in WORKER_ENV.items():
                 os.environ.setdefault(name, value)
-        # Workers' output (TensorFlow, Ray Train) stays in Ray's logs unless `tl-ray -v`.
-        context = ray.init(address=address, include_dashboard=False, log_to_driver=verbose(), configure_logging=False)
+        # Workers' output (TensorFlow, Ray Train) reaches this process, for the sweep's log; the console shows it
+        # with `tl-ray -v` only.
+        dispatcher = _stdstream_dispatcher()
+        context = ray.init(address=address, include_dashboard=False, log_to_driver=verbose() or dispatcher is not None,
+                           configure_logging=False)
+        if dispatcher is not None and not verbose():
+            dispatcher.remove_handler("ray_print_logs")  # Ray's printer of workers' output on the console
         _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
 
 
+def _stdstream_dispatcher():
+    """Ray's dispatcher of workers' output in the driver, else None. Ray has no public API that hands a driver
+    its workers' output other than printing it on the console (``log_to_driver``); checked against Ray 2.60."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher
+    except ImportError:
+        return None
+    return global_worker_stdstream_dispatcher
+
+
+@contextlib.contextmanager
+def workers_output_to(logger):
+    """Logs every line the workers print (``(<actor> pid=<pid>, ip=<ip>) <line>``) to ``logger`` while the block
+    runs. Nothing reaches it when Ray was initialised without ``log_to_driver``."""
+    dispatcher = _stdstream_dispatcher()
+    if dispatcher is None:
+        yield
+        return
+
+    def write(batch: dict) -> None:
+        name = batch.get("actor_name") or batch.get("task_name") or ""
+        prefix = f"({name + ' ' if name else ''}pid={batch.get('pid')}, ip={batch.get('ip')})"
+        for line in batch.get("lines", ()):
+            logger.info("%s %s", prefix, line)
+
+    dispatcher.add_handler("tl-ray log", write)
+    try:
+        yield
+    finally:
+        dispatcher.remove_handler("tl-ray log")
+
+
 def workers_output() -> str:
-    """Where the trials' own output is: on this console (``tl-ray -v``), else Ray's log folder."""
+    """Where the trials' own output is: in the sweep's log (and on this console with ``tl-ray -v``), else in Ray's
+    log folder."""
+    if _stdstream_dispatcher() is not None:
+        return "workers' output included" + (", and shown below" if verbose() else " (tl-ray -v shows it live)")
     if verbose():
         return "workers' output below"
     where = _session.get("logs") or "/tmp/ray/session_latest/logs on each node"

@@ -1,4 +1,5 @@
-"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver, in ``tl-ray.log``.
+"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver and what the workers print, in
+``tl-ray.log``.
 
 The console shows tl-ray's own lines; the log keeps the rest, failed trials' tracebacks included. Tune's own
 ``log_to_file`` is not used: it breaks trials on reused actors.
@@ -15,7 +16,7 @@ from typing import Iterator
 
 from tl_ray import store
 from tl_ray.errors import StorageError
-from tl_ray.tune.cluster import verbose, workers_output
+from tl_ray.tune.cluster import verbose, workers_output, workers_output_to
 
 LOG_NAME = "tl-ray.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -65,14 +66,18 @@ def driver_log(experiment_uri: str) -> Iterator[Path]:
     quiet = _QuietTune()
     consoles = [] if verbose() else [h for h in logging.getLogger("ray").handlers
                                      if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
-    for logger in loggers:
+    workers = logging.getLogger("tl_ray.workers")  # its records go to the log alone
+    workers.propagate = False
+    workers.setLevel(logging.INFO)
+    for logger in loggers + [workers]:
         logger.addHandler(handler)
     for h in consoles:
         h.addFilter(quiet)
     try:
-        yield path
+        with workers_output_to(workers):
+            yield path
     finally:
-        for logger in loggers:
+        for logger in loggers + [workers]:
             logger.removeHandler(handler)
         for h in consoles:
             h.removeFilter(quiet)

@@ -147,16 +147,12 @@ def train_worker(spec_dict: dict) -> None:
         train(spec, reporter, callbacks=fault_callbacks(spec, ray.train.get_context().get_world_rank()))
 
 
-def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
-    """Runs one trial on ``spec.train.workers`` Ray Train workers; returns Ray's Result."""
+def run_multiworker(spec: Spec, run_name: str):
+    """Runs one Tune trial on ``spec.train.workers`` Ray Train workers; returns Ray's Result."""
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    callbacks = []
-    if in_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
     spec = with_cluster_gpus(spec, out=lambda line: None)  # a sweep resolved it already; a lone trial not
     storage_path, fs = ray_storage(spec, "train")
     resources = {"CPU": spec.train.cpus_per_worker}
@@ -175,12 +171,15 @@ def run_multiworker(spec: Spec, run_name: str, in_tune: bool):
             name=run_name,
             storage_path=storage_path,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=spec.train.max_failures),
+            # Tune alone retries (train.max_failures), after FailFast has looked at the error: its retry reruns this
+            # run by name, which resumes from the run's latest checkpoint. Retries here too would multiply the
+            # attempts and repeat errors that retrying cannot fix.
+            failure_config=ray.train.FailureConfig(max_failures=0),
             # As a single-worker trial's: the best tune.keep_checkpoints by the metric, and the latest.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.tune.keep_checkpoints or None, checkpoint_score_attribute=spec.tune.metric,
                 checkpoint_score_order=spec.tune.mode),
-            callbacks=callbacks,
+            callbacks=[TuneReportCallback()],
         ),
     )
     return trainer.fit()
@@ -230,7 +229,7 @@ def tune_trial(config: dict, base_spec: dict) -> None:
     if spec.train.workers > 1:
         from ray import tune
 
-        run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}", in_tune=True)
+        run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}")
         return
     begin_trial()  # a reused actor frees its previous trial's Keras state
     configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker), spec.train.cpu_devices)
