@@ -29,6 +29,23 @@ def test_driver_logging_lands_in_the_experiment_folder_while_the_block_runs(tmp_
     assert dl.shown_path(str(exp)) == str(exp / "tl-ray.log")
 
 
+def test_workers_output_lands_in_the_log_with_its_process_and_without_the_autoscalers_status(tmp_path):
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher  # what Ray's driver feeds
+
+    exp = tmp_path / "experiments" / "sweep-w"
+    with dl.driver_log(str(exp)) as path:
+        dispatcher.emit({"ip": "10.0.0.5", "pid": 4054, "actor_name": "RayTrainWorker", "is_err": True,
+                         "lines": ["Error in training function:", "ConfigError: bad"]})
+        dispatcher.emit({"ip": "10.0.0.5", "pid": "autoscaler", "is_err": False,
+                         "lines": ["======== Autoscaler status ========", ":event_summary:Adding 1 node(s) of type gpu."]})
+    dispatcher.emit({"ip": "10.0.0.5", "pid": 4054, "lines": ["after the sweep"]})
+    text = path.read_text()
+    assert "tl_ray.workers: (RayTrainWorker pid=4054, ip=10.0.0.5) Error in training function:" in text
+    assert "(RayTrainWorker pid=4054, ip=10.0.0.5) ConfigError: bad" in text
+    assert "(pid=autoscaler, ip=10.0.0.5) Adding 1 node(s) of type gpu." in text
+    assert "Autoscaler status" not in text and "after the sweep" not in text
+
+
 def test_tunes_records_stay_off_rays_console_unless_verbose(tmp_path, monkeypatch):
     console = io.StringIO()
     handler = logging.StreamHandler(console)

@@ -63,7 +63,10 @@ def workers_output_to(logger):
     def write(batch: dict) -> None:
         name = batch.get("actor_name") or batch.get("task_name") or ""
         prefix = f"({name + ' ' if name else ''}pid={batch.get('pid')}, ip={batch.get('ip')})"
-        for line in batch.get("lines", ()):
+        lines = batch.get("lines", ())
+        if batch.get("pid") == "autoscaler":  # its status every few seconds: only its events, as on Ray's console
+            lines = [line.split(":event_summary:", 1)[1] for line in lines if ":event_summary:" in line]
+        for line in lines:
             logger.info("%s %s", prefix, line)
 
     dispatcher.add_handler("tl-ray log", write)
