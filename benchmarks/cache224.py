@@ -145,7 +145,7 @@ def sets(store: str, uris: dict[str, str], weights: str) -> list[str]:
     """Spec overrides that turn the quickstart target into the 224-px case."""
     return [f"data.train={uris['train']}", f"data.validation={uris['val']}", "data.test=null", "data.source=null",
             f"data.image_size=[{SIZE}, {SIZE}]", "model.backbone_args={alpha: 1.0}", f"model.weights={weights}",
-            "run.seeds=1"]
+            "model.feature_layer=null", "model.head.pooling=avg", "run.seeds=1"]  # the whole backbone, pooled
 
 
 def peak_rss_mib() -> float:
