@@ -3,6 +3,8 @@
 Each error carries one message in ``args`` only, so it pickles across Ray process boundaries.
 """
 
+import difflib
+
 
 class TLRayError(Exception):
     """Root of every error tl-ray raises on purpose."""
@@ -12,12 +14,6 @@ class TLRayError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __reduce__(self):
-        return (type(self), (self.message,))
 
 
 class ConfigError(TLRayError):
@@ -69,10 +65,14 @@ def error_summary(error: str | None) -> str:
     return " ".join(lines[named[-1]:] if named else lines[-1:])[:300] or "no error message"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its class name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def closest(name: str, choices, n: int = 3) -> list[str]:
     """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
-    import difflib
-
     norm = {c.replace("_", "").lower(): c for c in choices}
     hits = difflib.get_close_matches(name.replace("_", "").lower(), list(norm), n=n, cutoff=0.5)
     return [norm[h] for h in hits]

@@ -1,11 +1,10 @@
 """The feature cache: a frozen backbone's outputs, computed once and shared by every trial.
 
-When the base is frozen and augmentation is off, every epoch of every trial would run the same backbone on
-the same images; tl-ray runs it once per key (``feature_key``) and trains heads on the stored outputs. An
-entry, ``<store>/cache/features/<key id>/``, is a tl-ray dataset whose shards hold the pooled, flattened
-float32 ``features`` and the ``label`` of the image dataset's rows, shard for shard and row for row, so the
-reader streams it with the same sharding and per-epoch shuffle. Anything that changes the features changes
-the key, so an entry is never served stale.
+With the base frozen and augmentation off, the backbone's outputs are the same in every epoch of every
+trial: tl-ray computes them once per ``feature_key`` and trains heads on them. An entry,
+``<store>/cache/features/<key id>/``, is a tl-ray dataset of pooled float32 ``features`` and ``label``, shard
+for shard and row for row as the image dataset, so the reader streams it with the same sharding and shuffle.
+Anything that changes the features changes the key, so an entry is never stale.
 
 One builder per key: the first trial to create ``_building.json`` (a conditional write) builds the entry;
 others wait for its manifest, written last, and take over once the lock has not changed for ``STALE_S``.
@@ -24,6 +23,9 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tl_ray import store as storage  # `store` names a store root in this module
 from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
@@ -226,8 +228,6 @@ class _ShardSink:
     shards; a shard is uploaded as soon as it is full and then dropped."""
 
     def __init__(self, uri: str, rows: list[int], width: int, on_shard):
-        import pyarrow as pa
-
         self.uri, self.rows, self.width, self.on_shard = uri, rows, width, on_shard
         self.shards: list[Shard] = []
         self.schema = pa.schema([("features", pa.list_(pa.float32(), width)), ("label", pa.int32())])
@@ -246,9 +246,6 @@ class _ShardSink:
                 self._close()
 
     def _write(self, x, y) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         if self._writer is None:
             self._out = pa.BufferOutputStream()
             self._writer = pq.ParquetWriter(self._out, self.schema, compression="none", write_page_checksum=True)

@@ -14,29 +14,29 @@ from pathlib import Path
 from typing import Callable
 
 from tl_ray import store
+from tl_ray.data import ingest
 from tl_ray.errors import ConfigError, RegistryError, error_summary
+from tl_ray.promote import evaluate, promote_checkpoint
 from tl_ray.registry.store import Registry
 from tl_ray.seeds import SeedComparison, SeedRun, scratch_overrides, scratch_spec, seed_overrides
 from tl_ray.spec import Spec, load_spec
+from tl_ray.train.checkpoint import checkpoint_model
+from tl_ray.tune import sweep
+from tl_ray.tune.cluster import connect_ray
+from tl_ray.tune.report import build_report
 
 Out = Callable[[str], None]
 
 
 def ensure_ray() -> None:
     """Connects to Ray (``tl_ray.tune.cluster.connect_ray``)."""
-    from tl_ray.tune.cluster import connect_ray
-
     connect_ray()
 
 
 def ensure_data(spec: Spec, out: Out = print) -> None:
     """Ingests the spec's datasets from ``data.source`` when they are not in the store."""
-    from tl_ray.data import ingest
-
     wanted = {"train": spec.data.train, "validation": spec.data.validation, "test": spec.data.test}
-    missing = [
-        k for k, v in wanted.items() if v and not store.exists(store.join(spec.resolve(v), "_manifest.json"))
-    ]
+    missing = [k for k, v in wanted.items() if v and not store.exists(store.join(spec.resolve(v), "_manifest.json"))]
     if not missing:
         out(f"[data] reusing {', '.join(spec.resolve(v) for v in wanted.values() if v)}")
         return
@@ -75,36 +75,29 @@ def _rows(report: dict) -> str:
 
 def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
     """One trial of the spec as written (no search space, no early stopping)."""
-    from tl_ray.tune.sweep import preflight, run_sweep
-
-    preflight(spec)
+    sweep.preflight(spec)
     ensure_ray()
     single = spec.model_copy(deep=True)
-    single.tune.space = {}
-    single.tune.num_samples = 1
-    single.tune.scheduler = "fifo"
-    result = run_sweep(single, experiment=experiment or f"{spec.name}-train-{int(time.time())}")
+    single.tune.space, single.tune.num_samples, single.tune.scheduler = {}, 1, "fifo"
+    result = sweep.run_sweep(single, experiment=experiment or f"{spec.name}-train-{int(time.time())}")
     out(result.table())
     return result.best
 
 
 def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, out: Out = print):
     """Runs the sweep, prints its table and (optionally) promotes the best trial."""
-    from tl_ray.tune.report import build_report
-    from tl_ray.tune.sweep import preflight, run_sweep
-
     if promote and spec.promote is not None:
         Registry(spec.storage).check_writable()  # before the sweep, not after it
-    preflight(spec)  # what every trial would fail on, said once before any starts
+    sweep.preflight(spec)  # what every trial would fail on, said once before any starts
     ensure_ray()
     experiment = latest_experiment(spec) if resume else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp_uri = store.join(spec.storage, "experiments", experiment)
     if resume:  # a new experiment is named by the sweep's own first line
-        out(f"[tune] resuming {store.join(spec.storage, 'experiments', experiment)}")
-    result = run_sweep(spec, resume=resume, experiment=experiment)
+        out(f"[tune] resuming {exp_uri}")
+    result = sweep.run_sweep(spec, resume=resume, experiment=experiment)
     out(result.table())
     best = result.best
     out(f"[tune] best trial {best.trial_id}: {spec.tune.metric}={best.metric:.4f} ({result.wall_time_s:.0f}s)")
-    exp_uri = store.join(spec.storage, "experiments", experiment)
     planned = {st.name: st.epochs for st in spec.tune.stages} if spec.tune.stages else spec.train.epochs
     report = build_report(exp_uri, spec.tune.metric, spec.tune.mode, planned_epochs=planned)
     out(f"[tune] report: {', '.join(report.files)}  (tl-ray report {experiment} --storage {spec.storage})")
@@ -131,15 +124,12 @@ def latest_experiment(spec: Spec) -> str:
 
 
 def promote_row(spec: Spec, row):
-    from tl_ray.promote import promote_checkpoint
-    from tl_ray.tune.sweep import fetch_checkpoint
-
     parent = None
     if spec.model.weights.startswith("registry://"):
         name, version = Registry(spec.storage).resolve(spec.model.weights)
         parent = f"{name}:v{version}"
     with tempfile.TemporaryDirectory(prefix="tlray-best-") as tmp:
-        ckpt = fetch_checkpoint(row.checkpoint, tmp)
+        ckpt = sweep.fetch_checkpoint(row.checkpoint, tmp)
         metrics = {spec.tune.metric: row.metric, "epochs": row.epochs, "params": row.params, "trial": row.trial_id}
         return promote_checkpoint(spec, ckpt, metrics, parent=parent)
 
@@ -155,7 +145,8 @@ def ensure_upstream(spec: Spec, out: Out = print) -> None:
     except RegistryError:
         if not spec.run.upstream:
             raise
-    upstream = load_spec(Path(spec._base_dir) / spec.run.upstream, overrides={"storage": spec.storage, "storage_locking": spec.storage_locking})
+    upstream = load_spec(Path(spec._base_dir) / spec.run.upstream,
+                         overrides={"storage": spec.storage, "storage_locking": spec.storage_locking})
     out(f"[upstream] {spec.model.weights} is not registered: training it from {spec.run.upstream}")
     ensure_data(upstream, out)
     ensure_upstream(upstream, out)
@@ -163,8 +154,6 @@ def ensure_upstream(spec: Spec, out: Out = print) -> None:
 
 
 def test_accuracy(spec: Spec, model) -> float:
-    from tl_ray.promote import evaluate
-
     return evaluate(model, spec.resolve(spec.data.test), spec.data.image_size)["accuracy"]
 
 
@@ -177,11 +166,8 @@ def from_scratch_baseline(spec: Spec, out: Out = print) -> float:
 
 def checkpoint_test_accuracy(spec: Spec, checkpoint: str) -> float:
     """Test accuracy of a trial's checkpoint (a head-only one is rebuilt in full)."""
-    from tl_ray.train.checkpoint import checkpoint_model
-    from tl_ray.tune.sweep import fetch_checkpoint
-
     with tempfile.TemporaryDirectory(prefix="tlray-eval-") as tmp:
-        return test_accuracy(spec, checkpoint_model(fetch_checkpoint(checkpoint, tmp), spec.storage))
+        return test_accuracy(spec, checkpoint_model(sweep.fetch_checkpoint(checkpoint, tmp), spec.storage))
 
 
 def seeds_and_promote(spec: Spec, best, experiment: str, out: Out = print):
@@ -189,26 +175,23 @@ def seeds_and_promote(spec: Spec, best, experiment: str, out: Out = print):
     baseline) on ``run.seeds`` seeds and promotes the transferred seed with the best validation metric;
     the comparison goes into its registry metadata and the report folder. Returns (comparison, promotion).
     """
-    from tl_ray.tune.sweep import run_variants
-
     n = spec.run.seeds
-    variants, labels = {}, {}
+    variants = {}
     epochs = {k: v for k, v in best.params.items() if k == "train.epochs"}  # scratch: the same budget in epochs
     for i in range(n):
         variants[f"transferred-{i}"] = seed_overrides(spec, best.params, i)
-        labels[f"transferred-{i}"] = ("transferred", i)
         if spec.run.compare_from_scratch:  # the spec's network from random weights
             variants[f"scratch-{i}"] = {**scratch_overrides(spec), **epochs, **seed_overrides(spec, {}, i)}
-            labels[f"scratch-{i}"] = ("scratch", i)
     out(f"[seeds] training trial {best.trial_id}'s configuration"
         f"{' and the from-scratch baseline' if spec.run.compare_from_scratch else ''} on {n} seeds each")
-    rows = run_variants(spec, f"{experiment}-seeds", variants)
+    rows = sweep.run_variants(spec, f"{experiment}-seeds", variants)
     runs: dict[str, list[SeedRun]] = {"transferred": [], "scratch": []}
-    for key, (group, i) in labels.items():
+    for key, overrides in variants.items():
+        group, i = key.rsplit("-", 1)
         row = rows[key]
-        row.params = variants[key]  # what the run trained (promotion records it), not the variant's name
+        row.params = overrides  # what the run trained (promotion records it), not the variant's name
         test = checkpoint_test_accuracy(spec, row.checkpoint) if row.checkpoint else None
-        runs[group].append(SeedRun(i, row.metric, test, row.trial_id, row.checkpoint))
+        runs[group].append(SeedRun(int(i), row.metric, test, row.trial_id, row.checkpoint))
     comparison = SeedComparison(spec.tune.metric, spec.tune.mode, runs["transferred"], runs["scratch"])
     for line in comparison.lines():
         out(line)

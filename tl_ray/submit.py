@@ -17,7 +17,7 @@ from typing import Callable
 
 import tl_ray
 from tl_ray import store
-from tl_ray.errors import ClusterError, ConfigError
+from tl_ray.errors import ClusterError, ConfigError, first_line
 from tl_ray.spec import load_spec
 from tl_ray.tune.cluster import WORKER_ENV
 
@@ -46,14 +46,9 @@ def client(address: str):
         return JobSubmissionClient(address, headers=_auth_headers() or None)
     except Exception as exc:  # the SDK raises ConnectionError, RuntimeError or ValueError
         raise ClusterError(
-            f"cannot reach the Ray job API at {address!r}: {_first_line(exc)}. Check the address (the dashboard "
-            "port, 8265 by default, e.g. http://HEAD:8265) and that the cluster is up (`ray status`)."
+            f"cannot reach the Ray job API at {address!r}: {first_line(exc).rstrip('.')}. Check the address (the "
+            "dashboard port, 8265 by default, e.g. http://HEAD:8265) and that the cluster is up (`ray status`)."
         ) from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def _stage_specs(spec_path: Path, dest: Path) -> str:
@@ -133,15 +128,13 @@ def submit(
     with tempfile.TemporaryDirectory(prefix="tlray-job-") as tmp:
         work = Path(tmp)
         spec_name = _stage_specs(spec_path, work)
-        entry = ["python", "-m", "tl_ray.cli", command, spec_name]
-        for o in overrides or []:
-            entry += ["--set", o]
+        entry = ["python", "-m", "tl_ray.cli", command, spec_name, *(w for o in overrides or [] for w in ("--set", o))]
         env = runtime_env(work, package, pip_requirement, names)
         try:
             job_id = jobs.submit_job(entrypoint=shlex.join(entry), runtime_env=env,
                                      metadata={"tl-ray": tl_ray.__version__, "spec": spec.name})
         except Exception as exc:
-            raise ClusterError(f"the cluster at {address} rejected the job: {_first_line(exc)}") from None
+            raise ClusterError(f"the cluster at {address} rejected the job: {first_line(exc)}") from None
     out(f"submitted {job_id}: {shlex.join(entry)}")
     out(f"  tl-ray {'source' if package == 'source' else env['pip'][0]}; env forwarded by name: {names or 'none'}")
     out(f"  follow: tl-ray jobs logs {job_id} --address {address} --follow")
@@ -198,7 +191,7 @@ def _job_call(address: str, job_id: str, what: str, call):
     try:
         return call(jobs)
     except Exception as exc:
-        raise ClusterError(f"{what} job {job_id!r} at {address}: {_first_line(exc)}") from None
+        raise ClusterError(f"{what} job {job_id!r} at {address}: {first_line(exc)}") from None
 
 
 def logs(address: str, job_id: str) -> str:

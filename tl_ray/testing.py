@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from tl_ray import store
 from tl_ray.train.callbacks import Callback
 
 ENV = "TLRAY_TEST_HOOK_DIR"
@@ -31,12 +32,13 @@ class PauseAfterEpoch(Callback):
     """
 
     def __init__(self, experiment: str, rank: int, trial_id: str = "", node_id: str = ""):
-        self.folder = Path(os.environ.get(ENV, "")) / experiment
+        self.root = Path(os.environ[ENV])  # the trainable adds this callback only when it is set
+        self.folder = self.root / experiment
         self.rank, self.trial_id, self.node_id = rank, trial_id, node_id
 
     def on_epoch_begin(self, epoch: int) -> None:  # epoch N (0-based) begins once epoch N was reported
         trigger = self.folder / "pause_after_epoch"
-        if not os.environ.get(ENV) or not trigger.is_file():
+        if not trigger.is_file():
             return
         wanted, *suffix = trigger.read_text().split()
         if int(wanted) != epoch or (suffix and not self.trial_id.endswith(suffix[0])):
@@ -44,19 +46,18 @@ class PauseAfterEpoch(Callback):
         pid_file = self.folder / f"pid.{self.rank}"
         if pid_file.exists():
             return
-        _write(self.folder / f"node.{self.rank}", self.node_id)
-        _write(pid_file, str(os.getpid()))  # last: a test that sees the pid also sees the node
+        store.write_text(str(self.folder / f"node.{self.rank}"), self.node_id)  # each file appears whole
+        store.write_text(str(pid_file), str(os.getpid()))  # last: a test that sees the pid also sees the node
         _wait_for(lambda: False, f"worker {self.rank} of {self.folder.name!r} was paused for a kill that never came")
 
     def on_cache_build_begin(self) -> None:
-        if (Path(os.environ.get(ENV, "")) / "hold_cache_build").is_file():
-            _wait_for((Path(os.environ[ENV]) / "cache_waiter").exists,
+        if (self.root / "hold_cache_build").is_file():
+            _wait_for((self.root / "cache_waiter").exists,
                       f"no second trial waited for the feature cache within {WAIT_S:.0f} s")
 
     def on_cache_wait_begin(self) -> None:
-        root = Path(os.environ.get(ENV, ""))
-        if os.environ.get(ENV) and (root / "hold_cache_build").is_file():
-            (root / "cache_waiter").write_text(str(os.getpid()))
+        if (self.root / "hold_cache_build").is_file():
+            (self.root / "cache_waiter").write_text(str(os.getpid()))
 
 
 def _wait_for(condition, failure: str) -> None:
@@ -65,9 +66,3 @@ def _wait_for(condition, failure: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{ENV}: {failure}")
         time.sleep(0.05)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # per rank: workers pause at the same time
-    tmp.write_text(text)
-    os.replace(tmp, path)

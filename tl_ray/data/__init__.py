@@ -1,7 +1,6 @@
 """Data stage: ingest sources into Parquet or TFRecord shards + manifest, and stream them into tf.data.
 
-``images`` and ``reader`` import TensorFlow, so they load lazily on first use (``tl-ray data ingest``
-starts fast).
+``images`` and ``reader`` import TensorFlow, so they load on first use (``tl-ray data ingest`` starts fast).
 """
 
 import importlib
@@ -11,7 +10,7 @@ from tl_ray.data.manifest import FORMATS, Manifest, Shard, read_manifest, verify
 
 _LAZY = {
     **dict.fromkeys(["decode_image", "prepare_array"], "tl_ray.data.images"),
-    **dict.fromkeys(["make_dataset", "batches", "dataset_info", "worker_rows"], "tl_ray.data.reader"),
+    **dict.fromkeys(["make_dataset", "batches", "worker_rows"], "tl_ray.data.reader"),
 }
 
 __all__ = [

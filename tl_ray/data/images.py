@@ -55,13 +55,13 @@ def prepare_array(x, image_size: tuple[int, int]) -> np.ndarray:
             f"image values must lie in 0..255 (raw pixels, not normalised). "
             f"Received min {float(arr.min()):g}, max {float(arr.max()):g}."
         )
+    height, width = int(image_size[0]), int(image_size[1])
+    if not len(arr):
+        return np.zeros((0, height, width, 3), np.float32)
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
-    height, width = int(image_size[0]), int(image_size[1])
-    if arr.shape[1:3] != (height, width) and len(arr):
+    if arr.shape[1:3] != (height, width):
         arr = tf.image.resize(arr, (height, width), method="bilinear").numpy()
-    elif not len(arr):
-        arr = np.zeros((0, height, width, 3), np.float32)
-    return arr.astype(np.float32, copy=False)
+    return arr

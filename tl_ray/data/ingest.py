@@ -9,7 +9,7 @@ Every ingest takes these options:
 - ``format``: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
 - ``target_shard_mb``: a shard also closes when its images reach this many MiB. Defaults to 64.
 - ``workers``: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
-- ``progress``: show a progress bar on stderr (tqdm when installed). Defaults to False.
+- ``progress``: show a progress bar on stderr. Defaults to False.
 
 and returns its report, ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards,
 class_counts, digest}, "validation": {...}, "skipped": [...]}``.
@@ -32,12 +32,7 @@ import numpy as np
 from tl_ray import store
 from tl_ray.data.manifest import FORMATS, Manifest, has_manifest, manifest_uri, read_manifest, write_manifest
 from tl_ray.data.sources import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
-    encode_png,
-    list_image_folder,
-    load_fashion_mnist,
-    normalise_image,
+    FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, encode_png, list_image_folder, load_fashion_mnist, normalise_image,
 )
 from tl_ray.data.writer import Progress, ShardWriter, ordered_map
 from tl_ray.errors import ConfigError, DataError, StorageError
@@ -79,14 +74,15 @@ def _remove_old(targets: list[str]) -> None:
             store.delete(uri)
 
 
-def _check_options(fmt: str, target_shard_mb, workers) -> int:
-    """Checks the shared ingest options; returns the number of worker threads."""
+def _options(fmt: str, rows_per_shard, target_shard_mb, workers, progress: bool) -> dict:
+    """The options every ingest takes, checked, as ``_write_shards`` takes them."""
     if fmt not in FORMATS:
         raise ConfigError(f"format must be one of {list(FORMATS)}. Received: {fmt!r}.")
     if isinstance(target_shard_mb, bool) or not isinstance(target_shard_mb, (int, float)) or not target_shard_mb > 0:
         raise ConfigError(f"target_shard_mb must be a positive number of MiB. Received: {target_shard_mb!r}.")
-    _check_positive(workers=workers)
-    return workers or min(8, (os.cpu_count() or 1) + 2)
+    _check_positive(rows_per_shard=rows_per_shard, workers=workers)
+    return dict(fmt=fmt, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb,
+                workers=workers or min(8, (os.cpu_count() or 1) + 2), progress=progress)
 
 
 def _safe(load: Callable, key):
@@ -156,11 +152,9 @@ def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng:
 
 def _fashion_classes(classes: list[int] | None) -> list[int]:
     """The class ids to keep, checked: distinct Fashion-MNIST ids; all 10 when None."""
-    classes = list(range(len(FASHION_MNIST_CLASSES))) if classes is None else list(classes)
-    bad = [
-        c for c in classes
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(FASHION_MNIST_CLASSES)
-    ]
+    n = len(FASHION_MNIST_CLASSES)
+    classes = list(range(n)) if classes is None else list(classes)
+    bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n]
     if bad or not classes or len(set(classes)) != len(classes):
         raise ConfigError(
             f"classes must be distinct Fashion-MNIST class ids 0..9 "
@@ -214,8 +208,8 @@ def ingest_fashion_mnist(
             or a target already holds a dataset.
         StorageError: the store cannot be reached or written.
     """
-    _check_positive(per_class=per_class, validation_per_class=validation_per_class, rows_per_shard=rows_per_shard)
-    workers = _check_options(format, target_shard_mb, workers)
+    _check_positive(per_class=per_class, validation_per_class=validation_per_class)
+    options = _options(format, rows_per_shard, target_shard_mb, workers, progress)
     classes = _fashion_classes(classes)
     if validation_per_class is not None and validation_to is None:
         raise ConfigError("validation_per_class needs validation_to (where to write the validation dataset).")
@@ -230,12 +224,9 @@ def ingest_fashion_mnist(
     picks = _pick_fashion(labels, classes, split, per_class, validation_per_class, validation_to is not None, rng)
     source = {"kind": "fashion-mnist", "path": path, "split": split, "classes": classes, "per_class": per_class,
               "validation_per_class": validation_per_class, "seed": seed}
-    return _write_datasets(
-        targets, picks, rng, lambda i: (encode_png(images[i]), [*images.shape[1:], 1]),
-        [FASHION_MNIST_CLASSES[c] for c in classes], source, overwrite=overwrite, fmt=format,
-        rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, workers=workers, skip_bad=False,
-        progress=progress,
-    )
+    return _write_datasets(targets, picks, rng, lambda i: (encode_png(images[i]), [*images.shape[1:], 1]),
+                           [FASHION_MNIST_CLASSES[c] for c in classes], source, overwrite=overwrite, skip_bad=False,
+                           **options)
 
 
 def _pick_folder(src: str, names: list[str], files: list[list[str]], per_class: int | None,
@@ -283,8 +274,8 @@ def ingest_folder(
             images than per_class, or a target that already holds a dataset.
         StorageError: the store cannot be reached or written.
     """
-    _check_positive(per_class=per_class, rows_per_shard=rows_per_shard)
-    workers = _check_options(format, target_shard_mb, workers)
+    _check_positive(per_class=per_class)
+    options = _options(format, rows_per_shard, target_shard_mb, workers, progress)
     if (validation_to is None) != (validation_fraction is None):
         raise ConfigError(
             "validation_to and validation_fraction go together. Received: "
@@ -300,8 +291,5 @@ def ingest_folder(
     picks = _pick_folder(src, names, files, per_class, validation_fraction, rng)
     source = {"kind": "folder", "path": src, "per_class": per_class, "validation_fraction": validation_fraction,
               "seed": seed}
-    return _write_datasets(
-        targets, picks, rng, lambda uri: normalise_image(store.read_bytes(uri), uri), names, source,
-        overwrite=overwrite, fmt=format, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb,
-        workers=workers, skip_bad=skip_bad, progress=progress,
-    )
+    return _write_datasets(targets, picks, rng, lambda uri: normalise_image(store.read_bytes(uri), uri), names,
+                           source, overwrite=overwrite, skip_bad=skip_bad, **options)

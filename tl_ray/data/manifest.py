@@ -10,7 +10,11 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tl_ray import store
+from tl_ray.data.tfrecord import RecordParser
 from tl_ray.errors import DataError, StorageError
 
 MANIFEST_NAME = "_manifest.json"
@@ -47,11 +51,8 @@ class Manifest:
     shards: list[Shard]
     source: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str = "manifest") -> "Manifest":
@@ -91,7 +92,7 @@ class Manifest:
     @property
     def digest(self) -> str:
         """sha256 of the canonical JSON: the "data manifest hash" recorded with a model."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -129,15 +130,10 @@ def count_rows(data: bytes, fmt: str, name: str) -> int:
     """Rows in one shard's bytes, checking the format's own integrity (Parquet footer, TFRecord CRCs);
     DataError when they are not a readable shard of ``fmt``."""
     if fmt == "tfrecord":
-        from tl_ray.data.tfrecord import RecordParser
-
         parser = RecordParser(name)
         parser.feed(data)
         parser.finish()
         return parser.records
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         return pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
     except (pa.ArrowException, OSError) as exc:

@@ -11,6 +11,7 @@ reach the caller wrapped in ``tf.errors.UnknownError``: iterate with ``batches(d
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -29,20 +30,13 @@ _EXAMPLE_FEATURES = {
 }
 
 
-def dataset_info(uri: str) -> Manifest:
-    """The manifest of the dataset at ``uri`` (see ``read_manifest``)."""
-    return read_manifest(uri)
-
-
 def _plan(manifest: Manifest, worker_index: int, num_workers: int, shuffle: bool = False,
           seed: int = 0) -> tuple[list[int], bool]:
     """Shard indices this worker reads (permuted with ``seed`` when shuffling), and whether it must also
     filter rows by global index."""
     n = len(manifest.shards)
-    if n >= num_workers:
-        shard_ids, by_row = list(range(worker_index, n, num_workers)), False
-    else:
-        shard_ids, by_row = list(range(n)), num_workers > 1
+    by_row = num_workers > max(n, 1)  # fewer shards than workers: each reads every shard, keeps its rows
+    shard_ids = list(range(n)) if by_row else list(range(worker_index, n, num_workers))
     if shuffle:
         shard_ids = [shard_ids[i] for i in np.random.default_rng(seed).permutation(len(shard_ids))]
     return shard_ids, by_row
@@ -55,10 +49,7 @@ def _offsets(manifest: Manifest) -> np.ndarray:
 
 def worker_rows(manifest: Manifest, worker_index: int = 0, num_workers: int = 1) -> int:
     """Rows one worker sees per pass under ``make_dataset``'s sharding (for steps per epoch)."""
-    shards, by_row = _plan(manifest, worker_index, num_workers)
-    if by_row:
-        return len(range(worker_index, manifest.num_rows, num_workers))
-    return sum(manifest.shards[i].rows for i in shards)
+    return len(read_order(manifest, worker_index=worker_index, num_workers=num_workers))
 
 
 def read_order(manifest: Manifest, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
@@ -117,16 +108,10 @@ def load_rows(uri: str) -> tuple[np.ndarray, np.ndarray, Manifest]:
     shape = feature_shape(manifest)
     if shape is None:
         raise ConfigError(f"{uri} holds images, not cached features; load_rows reads feature-cache entries only.")
-    xs, ys = [], []
-    keep = lambda rows: np.ones(len(rows), dtype=bool)  # noqa: E731
-    first = 0
-    for shard in manifest.shards:
-        for values, labels in shard_io.parquet_batches(uri, shard, first, keep, "features"):
-            xs.append(values)
-            ys.append(labels)
-        first += shard.rows
-    x = np.concatenate(xs).reshape(-1, *shape) if xs else np.zeros((0, *shape), np.float32)
-    return x, (np.concatenate(ys) if ys else np.zeros(0, np.int32)), manifest
+    keep = lambda rows: np.ones(len(rows), dtype=bool)  # noqa: E731 - every row (first_row only feeds keep)
+    parts = [part for shard in manifest.shards for part in shard_io.parquet_batches(uri, shard, 0, keep, "features")]
+    x = np.concatenate([v for v, _ in parts]).reshape(-1, *shape) if parts else np.zeros((0, *shape), np.float32)
+    return x, (np.concatenate([y for _, y in parts]) if parts else np.zeros(0, np.int32)), manifest
 
 
 def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer) -> None:
@@ -149,25 +134,23 @@ def _parse_examples(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _encoded_rows(uri: str, manifest: Manifest, shard_ids: list[int], keep) -> tf.data.Dataset:
     """``(image bytes, label)`` per example, read shard by shard in ``shard_ids`` order."""
-    offsets = _offsets(manifest)
+    offsets, shape = _offsets(manifest), feature_shape(manifest)
+    images, labels = tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)
     if manifest.format == "tfrecord":
-
-        def records():
-            for i in shard_ids:
-                yield from shard_io.tfrecord_batches(uri, manifest.shards[i], int(offsets[i]), keep)
-
-        ds = tf.data.Dataset.from_generator(records, output_signature=tf.TensorSpec([None], tf.string))
-        ds = ds.map(_parse_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        read, signature = shard_io.tfrecord_batches, images
+    elif shape is None:
+        read, signature = shard_io.parquet_batches, (images, labels)
     else:
-        shape = feature_shape(manifest)
-        column = "image" if shape is None else "features"
-        values = tf.TensorSpec([None], tf.string) if shape is None else tf.TensorSpec([None, math.prod(shape)], tf.float32)
+        read = functools.partial(shard_io.parquet_batches, value_column="features")
+        signature = (tf.TensorSpec([None, math.prod(shape)], tf.float32), labels)
 
-        def rows():
-            for i in shard_ids:
-                yield from shard_io.parquet_batches(uri, manifest.shards[i], int(offsets[i]), keep, column)
+    def rows():
+        for i in shard_ids:
+            yield from read(uri, manifest.shards[i], int(offsets[i]), keep)
 
-        ds = tf.data.Dataset.from_generator(rows, output_signature=(values, tf.TensorSpec([None], tf.int32)))
+    ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
+    if manifest.format == "tfrecord":
+        ds = ds.map(_parse_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.unbatch()
 
 
@@ -209,9 +192,7 @@ def _rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float, height: int, 
 
 
 def augmentation_on(augment) -> bool:
-    return augment is not None and bool(
-        augment.flip or augment.crop > 0 or augment.contrast > 0 or augment.rotation > 0
-    )
+    return augment is not None and any((augment.flip, augment.crop > 0, augment.contrast > 0, augment.rotation > 0))
 
 
 def make_dataset(
@@ -239,8 +220,7 @@ def make_dataset(
         ConfigError: invalid sizes or worker index.
         DataError: no dataset at ``uri``; or, while iterating (see ``batches``), a missing, truncated or
             corrupt shard.
-        StorageError: the store is unreachable, or stays unreachable for
-            ``store.files.READ_RETRY_TIMEOUT_S`` while streaming.
+        StorageError: the store is unreachable, or stays so for ``READ_RETRY_TIMEOUT_S`` while streaming.
     """
     _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffer)
     manifest = read_manifest(uri)
@@ -259,13 +239,12 @@ def make_dataset(
             raise ConfigError(f"{uri} holds cached backbone features, which cannot be augmented; turn data.augment off.")
         ds = ds.map(lambda values, label: (tf.reshape(values, shape), label), num_parallel_calls=tf.data.AUTOTUNE)
     elif augmentation_on(augment):
-        ds = ds.enumerate().map(
-            lambda i, example: (
-                _augment(decode_image(example[0], size), tf.stack([tf.cast(seed + epoch, tf.int64), i]), augment, size),
-                example[1],
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+
+        def augmented(i, example):  # each example's own seed: the pass's seed and its position
+            image_seed = tf.stack([tf.cast(seed + epoch, tf.int64), i])
+            return _augment(decode_image(example[0], size), image_seed, augment, size), example[1]
+
+        ds = ds.enumerate().map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda image, label: (decode_image(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
@@ -276,20 +255,12 @@ def make_dataset(
 _WRAPPED = re.compile(r"\b(DataError|StorageError): (.*?)(?:\nTraceback|\n\n|$)", re.S)
 
 
-def as_tlray_error(exc: tf.errors.OpError) -> Exception:
-    """The ``DataError``/``StorageError`` a generator raised, recovered from TensorFlow's wrapper (else ``exc``)."""
-    match = _WRAPPED.search(exc.message or "")
-    if match is None:
-        return exc
-    return (DataError if match.group(1) == "DataError" else StorageError)(match.group(2).strip())
-
-
 def batches(ds: tf.data.Dataset):
     """Iterates ``ds``, re-raising errors from the reader's generator as ``DataError``/``StorageError``."""
     try:
         yield from ds
     except tf.errors.OpError as exc:
-        err = as_tlray_error(exc)
-        if err is exc:
+        match = _WRAPPED.search(exc.message or "")
+        if match is None:
             raise
-        raise err from None
+        raise (DataError if match.group(1) == "DataError" else StorageError)(match.group(2).strip()) from None

@@ -15,17 +15,12 @@ import pyarrow.parquet as pq
 from tl_ray import store
 from tl_ray.data.manifest import Shard
 from tl_ray.data.tfrecord import RecordParser
-from tl_ray.errors import DataError, StorageError
+from tl_ray.errors import DataError, StorageError, first_line
 
 READ_CHUNK_BYTES = 4 << 20  # one ranged GET per chunk: large enough for S3 throughput, small enough to stream
 RECORDS_PER_YIELD = 1024
 
 Keep = Callable[[np.ndarray], np.ndarray]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ShardFile:
@@ -39,7 +34,7 @@ class ShardFile:
     def __init__(self, dataset_uri: str, shard: Shard):
         self.shard = shard
         self.uri = store.join(dataset_uri, shard.path)
-        self._file = None
+        self._file = self._parquet = None
         self.hint = f"Check it with `tl-ray data verify {dataset_uri}` and re-ingest the dataset."
         self.size = self._retry(lambda: self.handle().size(), "size")
         if self.size != shard.bytes:
@@ -61,14 +56,20 @@ class ShardFile:
                 ) from None
         return self._file
 
+    def parquet(self) -> pq.ParquetFile:
+        """The file as Parquet (page checksums verified), opened on first use and after a reset."""
+        if self._parquet is None:
+            self._parquet = pq.ParquetFile(self.handle(), page_checksum_verification=True)
+        return self._parquet
+
     def reset(self, _exc: BaseException | None = None) -> None:
-        """Drops the handle so the next read opens a fresh one (a new connection)."""
+        """Closes the handle; the next read opens a fresh one (a new connection)."""
         if self._file is not None:
             try:
                 self._file.close()
             except (OSError, pa.ArrowException):
                 pass
-        self._file = None
+        self._file = self._parquet = None
 
     def _retry(self, attempt, what: str):
         with store.reported(self.uri, "read"):
@@ -77,9 +78,6 @@ class ShardFile:
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer only at the end of the file)."""
         return self._retry(lambda: self.handle().read_at(length, offset), f"bytes {offset}..{offset + length}")
-
-    def close(self) -> None:
-        self.reset()
 
 
 def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
@@ -98,20 +96,9 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
         StorageError: the store stayed unreachable.
     """
     file = ShardFile(dataset_uri, shard)
-    state: dict = {}
     done, group, offset = 0, 0, 0
-
-    def parquet() -> pq.ParquetFile:
-        if state.get("file") is None:
-            state["file"] = pq.ParquetFile(file.handle(), page_checksum_verification=True)
-        return state["file"]
-
-    def reset(exc=None) -> None:
-        state["file"] = None
-        file.reset(exc)
-
     try:
-        meta = store.retry_read(file.uri, lambda: parquet().metadata, what="footer", on_retry=reset)
+        meta = store.retry_read(file.uri, lambda: file.parquet().metadata, what="footer", on_retry=file.reset)
         if meta.num_rows != shard.rows:
             raise DataError(
                 f"shard {file.uri!r} holds {meta.num_rows} rows but the manifest says {shard.rows}. "
@@ -123,8 +110,8 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
             # A whole row group per attempt: after an outage it is re-read from its start, and
             # nothing of it was yielded yet, so no row repeats or goes missing.
             table = store.retry_read(
-                file.uri, lambda: parquet().read_row_group(group, columns=[value_column, "label"]),
-                what=f"row group {group}", on_retry=reset,
+                file.uri, lambda: file.parquet().read_row_group(group, columns=[value_column, "label"]),
+                what=f"row group {group}", on_retry=file.reset,
             )
             labels = table.column("label").to_numpy().astype(np.int32)
             mask = keep(np.arange(first_row + done, first_row + done + len(labels)))
@@ -136,10 +123,10 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
     except (pa.ArrowException, OSError, KeyError) as exc:
         raise DataError(
             f"shard {file.uri!r} is unreadable at row {done} (row group {group}, byte offset {offset}): "
-            f"{type(exc).__name__}: {_first_line(exc)}. {file.hint}"
+            f"{type(exc).__name__}: {first_line(exc)}. {file.hint}"
         ) from None
     finally:
-        file.close()
+        file.reset()
     if done != shard.rows:
         raise DataError(f"shard {file.uri!r} ended at row {done}; the manifest says {shard.rows} rows. {file.hint}")
 
@@ -189,7 +176,7 @@ def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep)
         if ahead is not None:
             ahead.cancel()
         pool.shutdown(wait=True)  # a read in flight ends (bounded by the store's timeouts) before the file closes
-        file.close()
+        file.reset()
     if parser.records != shard.rows:
         raise DataError(
             f"shard {file.uri!r} holds {parser.records} records (to byte offset {parser.offset}) but the manifest "

@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import struct
 
-from tl_ray.errors import DataError
+from google_crc32c import value as crc32c  # CRC32C (Castagnoli), in C
 
-try:
-    import google_crc32c as _crc32c
-except ImportError:  # pragma: no cover - the install hint is the point
-    _crc32c = None
+from tl_ray.errors import DataError
 
 HEADER_BYTES = 12  # uint64 length + uint32 CRC of the length
 FOOTER_BYTES = 4  # uint32 CRC of the data
 IMAGE_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
 _MASK_DELTA = 0xA282EAD8
-
-
-def crc32c(data) -> int:
-    """CRC32C (Castagnoli) of ``data``, in C through ``google-crc32c``."""
-    if _crc32c is None:
-        raise DataError("TFRecord needs the google-crc32c package: pip install google-crc32c.")
-    return _crc32c.value(data)
 
 
 def masked_crc32c(data) -> int:
@@ -38,15 +28,11 @@ def masked_crc32c(data) -> int:
 def frame(data: bytes) -> bytes:
     """One TFRecord record holding ``data``."""
     length = struct.pack("<Q", len(data))
-    return b"".join(
-        (length, struct.pack("<I", masked_crc32c(length)), data, struct.pack("<I", masked_crc32c(data)))
-    )
-
-
-# --- tf.train.Example, encoded by hand (protobuf wire format) -------------------------------------
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
 
 
 def _varint(value: int) -> bytes:
+    """``value`` as a protobuf varint: ``tf.train.Example`` is encoded by hand, in the wire format."""
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -109,10 +95,8 @@ class RecordParser:
         out: list[bytes] = []
         pos = 0
         while len(buf) - pos >= HEADER_BYTES:
-            length_bytes = bytes(buf[pos : pos + 8])
-            (length,) = struct.unpack("<Q", length_bytes)
-            (length_crc,) = struct.unpack_from("<I", buf, pos + 8)
-            if masked_crc32c(length_bytes) != length_crc:
+            length, length_crc = struct.unpack_from("<QI", buf, pos)
+            if masked_crc32c(bytes(buf[pos : pos + 8])) != length_crc:
                 raise self._corrupt("length", self.offset + pos)
             end = pos + HEADER_BYTES + length + FOOTER_BYTES
             if end > len(buf):

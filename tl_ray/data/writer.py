@@ -13,11 +13,11 @@ import hashlib
 import io
 import json
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from tl_ray import store
 from tl_ray.data.manifest import SHARD_SUFFIX, Manifest, Shard
@@ -26,10 +26,6 @@ from tl_ray.errors import DataError, StorageError
 
 PROGRESS_NAME = "_ingest_progress.json"
 ROW_GROUP_ROWS = 1024
-
-
-def progress_uri(to: str) -> str:
-    return store.join(to, PROGRESS_NAME)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -52,36 +48,18 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
 
 
 class Progress:
-    """A progress bar on stderr: tqdm when installed, else one line rewritten every second."""
+    """A tqdm bar of images on stderr; ``n`` counts the updates even when the bar is not shown."""
 
     def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True):
-        self.total, self.desc, self.n, self.enabled = total, desc, initial, enabled
-        self._bar = None
-        self._last = 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr, leave=True)
-            except ImportError:
-                self._print()
+        self.total, self.n = total, initial
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="img", file=sys.stderr, disable=not enabled)
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif self.enabled and time.monotonic() - self._last >= 1.0:
-            self._print()
-
-    def _print(self, end: str = "") -> None:
-        self._last = time.monotonic()
-        print(f"\r{self.desc}: {self.n}/{self.total} images", end=end, file=sys.stderr, flush=True)
+        self._bar.update(n)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self.enabled:
-            self._print(end="\n")
+        self._bar.close()
 
 
 class ShardWriter:
@@ -89,8 +67,7 @@ class ShardWriter:
 
     Args:
         rows_per_shard: a shard closes at this many rows, or when its images reach ``target_shard_mb`` MiB.
-        plan: what decides the shards' contents; a progress file with another plan is discarded, with its
-            shards.
+        plan: what decides the shards' contents; another plan's progress file is discarded with its shards.
 
     Attributes:
         resume_from: input position to continue from (0 for a fresh run).
@@ -98,7 +75,7 @@ class ShardWriter:
     """
 
     def __init__(self, to: str, fmt: str, rows_per_shard: int, target_shard_mb: float, plan: dict):
-        self.to, self.fmt = to, fmt
+        self.to, self.fmt, self.progress_uri = to, fmt, store.join(to, PROGRESS_NAME)
         self.rows_per_shard = rows_per_shard
         self.target_bytes = int(target_shard_mb * 2**20)
         self.plan = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
@@ -108,9 +85,8 @@ class ShardWriter:
         self.resume_from = self.entries[-1]["end"] if self.entries else 0
 
     def _reset_open(self) -> None:
-        self._images: list[bytes] = []
+        self._rows: list[bytes] = []  # encoded images (Parquet) or framed records (TFRecord)
         self._labels: list[int] = []
-        self._records: list[bytes] = []
         self._size = 0
         self._counts: dict[int, int] = {}
         self._shapes: set[tuple] = set()
@@ -118,11 +94,10 @@ class ShardWriter:
 
     def _load_progress(self) -> int:
         """Keeps the recorded shards that still match their sha256, up to the first that does not."""
-        where = progress_uri(self.to)
-        if not store.exists(where):
+        if not store.exists(self.progress_uri):
             return 0
         try:
-            old = json.loads(store.read_text(where))
+            old = json.loads(store.read_text(self.progress_uri))
             matches = old["plan"] == self.plan and old["format"] == self.fmt
             entries = list(old["shards"])
         except (ValueError, KeyError, TypeError):
@@ -131,7 +106,7 @@ class ShardWriter:
             for entry in entries:
                 if isinstance(entry, dict) and entry.get("path"):
                     store.delete(store.join(self.to, str(entry["path"])))
-            store.delete(where)
+            store.delete(self.progress_uri)
             return 0
         for entry in entries:
             uri = store.join(self.to, entry["path"])
@@ -142,10 +117,7 @@ class ShardWriter:
 
     def add(self, image: bytes, label: int, shape: list[int], position: int) -> None:
         """Adds one image; ``position`` is its index in the plan's input order."""
-        if self.fmt == "tfrecord":
-            self._records.append(frame(encode_example(image, label, shape)))
-        else:
-            self._images.append(image)
+        self._rows.append(frame(encode_example(image, label, shape)) if self.fmt == "tfrecord" else image)
         self._labels.append(int(label))
         self._size += len(image)
         self._counts[int(label)] = self._counts.get(int(label), 0) + 1
@@ -173,12 +145,12 @@ class ShardWriter:
         ))
         self._reset_open()
         progress = {"plan": self.plan, "format": self.fmt, "shards": self.entries}
-        store.write_text(progress_uri(self.to), json.dumps(progress, indent=1) + "\n")
+        store.write_text(self.progress_uri, json.dumps(progress, indent=1) + "\n")
 
     def _encode(self) -> bytes:
         if self.fmt == "tfrecord":
-            return b"".join(self._records)
-        table = pa.table({"image": pa.array(self._images, type=pa.binary()),
+            return b"".join(self._rows)
+        table = pa.table({"image": pa.array(self._rows, type=pa.binary()),
                           "label": pa.array(self._labels, type=pa.int32())})
         buf = io.BytesIO()
         # Images are already compressed; Parquet compression would only cost CPU on every read.
@@ -192,10 +164,9 @@ class ShardWriter:
 
     @property
     def class_counts(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
+        counts: collections.Counter = collections.Counter()
         for entry in self.entries:
-            for k, v in entry["class_counts"].items():
-                counts[int(k)] = counts.get(int(k), 0) + v
+            counts.update({int(k): v for k, v in entry["class_counts"].items()})
         return counts
 
     def finish(self, end: int, class_names: list[str], source: dict) -> Manifest:
@@ -211,6 +182,6 @@ class ShardWriter:
 
     def remove_progress(self) -> None:
         try:
-            store.delete(progress_uri(self.to))
+            store.delete(self.progress_uri)
         except StorageError:
             pass  # a stale progress file is harmless: a dataset with a manifest is never resumed

@@ -15,7 +15,6 @@ _EXPORTS = {
     "preprocessing_layer": "preprocess",
     "BackbonePreprocess": "preprocess",
     "build_model": "build",
-    "add_head": "build",
     "apply_freeze": "freeze",
     "save_backbone_weights": "weights",
     "stage_backbone_weights": "weights",

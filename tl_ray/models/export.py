@@ -3,8 +3,7 @@
 A registry version holds ``model.keras`` (stock Keras layers only, so plain ``keras.saving.load_model`` with
 safe mode loads it where tl-ray is not installed) and ``saved_model/``, whose ``SIGNATURES`` both run the
 backbone's preprocessing inside, so neither can be fed wrongly preprocessed input; ``serving_bytes`` decodes
-and resizes images as the training reader does. ``export_as`` writes one model in one of ``FORMATS``, with an
-``export.json`` beside ``model.keras`` or in the SavedModel's ``assets.extra/``.
+and resizes images as the training reader does. ``export_as`` writes one model in one of ``FORMATS``.
 
 >>> export_as(model, "tf_serving", Path("/models"), name="fashion", version=3)["path"]
 '/models/fashion/3'

@@ -17,8 +17,6 @@ from tl_ray.errors import ConfigError
 from tl_ray.models.backbones import backbone_of
 from tl_ray.spec import FreezeSpec
 
-FREEZE_MODES = ("feature_extraction", "fine_tune", "full")
-
 
 def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
     """Sets trainable flags and the backbone's training mode of a ``build_model`` model, in place.
@@ -26,7 +24,7 @@ def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
     Recompile the returned ``model`` (or rebuild the optimizer's variable list) after changing the policy.
 
     Raises:
-        ConfigError: ``model`` has no nested ``backbone``, or the mode is unknown.
+        ConfigError: ``model`` has no nested ``backbone``, or a ``fine_tune`` policy selects no layer.
     """
     try:
         backbone = model.get_layer("backbone")
@@ -36,8 +34,6 @@ def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
             f"Received a model named {model.name!r} with layers {[layer.name for layer in model.layers]}. "
             "Build it with tl_ray.models.build_model."
         ) from None
-    if freeze.mode not in FREEZE_MODES:
-        raise ConfigError(f"model.freeze.mode must be one of {list(FREEZE_MODES)}. Received: {freeze.mode!r}.")
     _set_trainable(model, True)
     if freeze.mode == "feature_extraction":
         _set_trainable(backbone, False)

@@ -46,7 +46,6 @@ class Registry:
     """
 
     def __init__(self, storage_root: str):
-        self.storage_root = storage_root
         self.root = store.join(storage_root, "registry")
 
     # -- naming -------------------------------------------------------------
@@ -77,13 +76,10 @@ class Registry:
             ) from None
 
     def aliases(self, name: str) -> dict[str, int]:
-        out = {}
-        for entry in store.list_dir(store.join(self.model_uri(name), "aliases")):
-            if entry.endswith(".json") and not entry.startswith("."):
-                data, _ = self._read_alias(name, entry[: -len(".json")])
-                if data is not None:
-                    out[entry[: -len(".json")]] = int(data["version"])
-        return out
+        entries = store.list_dir(store.join(self.model_uri(name), "aliases"))
+        aliases = [e.removesuffix(".json") for e in entries if e.endswith(".json") and not e.startswith(".")]
+        found = {alias: self._read_alias(name, alias)[0] for alias in aliases}
+        return {alias: int(data["version"]) for alias, data in found.items() if data is not None}
 
     def alias_history(self, name: str, alias: str) -> list[int]:
         data, _ = self._read_alias(name, alias)
@@ -311,7 +307,7 @@ class Registry:
         """A local, sha256-verified copy of the version ``ref`` names (cached per node)."""
         name, version = self.resolve(ref)
         meta = self.metadata(name, version)
-        cache = store.local_cache_dir("registry", _cache_key(self.root), name)
+        cache = store.local_cache_dir("registry", store.sha256_bytes(self.root.encode())[:16], name)
         final = cache / f"v{version}"
         if final.exists() and _verify(final, meta) is None:
             return final
@@ -327,10 +323,6 @@ class Registry:
                 shutil.rmtree(final, ignore_errors=True)
             store.publish_local(tmp, final)
         return final
-
-
-def _cache_key(root: str) -> str:
-    return store.sha256_bytes(root.encode())[:16]
 
 
 def _flatten(value, prefix: str = "") -> dict:

@@ -280,7 +280,9 @@ def _wait_swapped(name: str, changed: dict[str, str], timeout_s: float) -> tuple
         while True:
             if time.monotonic() > deadline:
                 return dep, f"replicas did not report {target} within {timeout_s:.0f}s"
-            replicas = _running_replicas(name, dep)
+            app = serve.status().applications.get(name)
+            deployment = app.deployments.get(dep) if app is not None else None
+            replicas = deployment.replica_states.get("RUNNING", 0) if deployment is not None else 0
             status = handle.status.remote().result(timeout_s=30)
             error = status["swap_error"]
             if error and error["model"] == target:
@@ -291,13 +293,6 @@ def _wait_swapped(name: str, changed: dict[str, str], timeout_s: float) -> tuple
                 break
             time.sleep(0.05)
     return None
-
-
-def _running_replicas(name: str, dep: str) -> int:
-    status = serve.status().applications.get(name)
-    if status is None or dep not in status.deployments:
-        return 0
-    return status.deployments[dep].replica_states.get("RUNNING", 0)
 
 
 def follow(

@@ -79,9 +79,7 @@ def _post(url: str, body: bytes | None, content_type: str | None, timeout: float
         payload = None
     if resp.status_code != 200:
         message = payload.get("error") if isinstance(payload, dict) else None
-        raise ServingError(
-            f"{endpoint} refused {what} with HTTP {resp.status_code}: {message or resp.text[:200]!s}"
-        )
+        raise ServingError(f"{endpoint} refused {what} with HTTP {resp.status_code}: {message or resp.text[:200]!s}")
     if not isinstance(payload, dict) or "predictions" not in payload:
         raise ServingError(f"{endpoint} answered {what} without 'predictions': {resp.text[:200]!r}")
     return payload["predictions"]

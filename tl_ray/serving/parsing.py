@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from tl_ray.errors import DataError, ServingError
+from tl_ray.errors import DataError, ServingError, first_line
 
 JSON_TYPES = ("application/json",)
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
@@ -284,7 +284,7 @@ def parse_image(body: bytes, image_size: tuple[int, int]) -> np.ndarray:
     try:
         image = decode_image(tf.constant(body), image_size)
     except (DataError, tf.errors.InvalidArgumentError) as exc:
-        raise RequestError(400, f"request body is not a decodable PNG or JPEG image: {_first_line(exc)}") from None
+        raise RequestError(400, f"request body is not a decodable PNG or JPEG image: {first_line(exc)}") from None
     return np.asarray(image, dtype=np.float32)[np.newaxis]
 
 
@@ -314,7 +314,3 @@ def _parse_multipart(body: bytes, content_type: str, image_size: tuple[int, int]
         except RequestError as exc:
             raise RequestError(exc.status, f"multipart part {i} ({label!r}): {exc.message}") from None
     return np.concatenate(images)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

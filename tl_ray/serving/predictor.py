@@ -66,7 +66,7 @@ class Predictor:
         self.image_size = tuple(int(s) for s in metadata["image_size"])
         self.class_names = list(metadata["class_names"])
         self.ref = f"{metadata['name']}:v{metadata['version']}"
-        self._model, self._forward = self._load_model()
+        self._forward = self._load_model()
 
     @classmethod
     def load(cls, storage_root: str, ref: str, **kwargs) -> "Predictor":
@@ -101,11 +101,8 @@ class Predictor:
                 f"{k} class_names in metadata.json; expected {expected_out}."
             )
         # One traced graph for every batch size, instead of eager layer-by-layer calls.
-        forward = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
-        )
-        return model, forward
+        signature = [tf.TensorSpec([None, h, w, 3], tf.float32)]
+        return tf.function(lambda x: model(x, training=False), input_signature=signature)
 
     def parse(
         self, body: bytes, content_type: str | None, max_instances: int, max_body_bytes: int | None = None
@@ -143,9 +140,6 @@ class Predictor:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.ndim == 2 and probs.shape[1] == 1:
             probs = np.concatenate([1.0 - probs, probs], axis=1)
-        out = []
-        for row in probs:
-            i = int(np.argmax(row))
-            out.append({"class": self.class_names[i], "class_id": i, "probabilities": row.tolist()})
-        return out
+        ids = probs.argmax(axis=1).tolist()
+        return [{"class": self.class_names[i], "class_id": i, "probabilities": p.tolist()} for i, p in zip(ids, probs)]
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from tl_ray.spec._base import PositiveInt, _Section
 
+
 class IngestSource(_Section):
     """Where `tl-ray run` ingests a dataset from when it is not in the store yet."""
 
@@ -21,9 +22,7 @@ class IngestSource(_Section):
     classes: list[int] | None = Field(
         default=None, description="Fashion-MNIST class ids to keep; their order gives the new labels."
     )
-    train_per_class: PositiveInt | None = Field(
-        default=None, description="Cap on labelled training images per class."
-    )
+    train_per_class: PositiveInt | None = Field(default=None, description="Cap on labelled training images per class.")
     validation_per_class: PositiveInt | None = Field(
         default=None,
         description="Validation images per class, carved from training images not used for training.",

@@ -17,6 +17,7 @@ from tl_ray.spec.space import describe, parse_space
 from tl_ray.spec.train import PhaseSpec, TrainSpec
 from tl_ray.spec.tune import TuneSpec
 
+
 class RunSpec(_Section):
     """What `tl-ray run` does around the sweep."""
 
@@ -29,9 +30,7 @@ class RunSpec(_Section):
     )
     serve: bool = Field(default=True, description="Serve the promoted model at the end and measure it over HTTP.")
     seeds: int = Field(
-        default=1,
-        ge=1,
-        le=100,
+        default=1, ge=1, le=100,
         description=(
             "Retrain the sweep's best configuration (and the from-scratch baseline) with 0..N-1 added to "
             "train.seed and data.seed, report mean ± std test accuracy, promote the best by validation."
@@ -44,8 +43,7 @@ class Spec(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Experiment name.")
     storage: str = Field(
-        default=DEFAULT_STORE,
-        validate_default=True,
+        default=DEFAULT_STORE, validate_default=True,
         description=(
             "Store root: a local folder (relative to the working directory) or s3://bucket/prefix. Also written as "
             "a mapping {uri: ..., locking: ...}, which sets storage_locking."

@@ -38,9 +38,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
     """Returns a copy of ``data`` with dotted overrides applied (strings 'a.b=c' or a mapping)."""
     out = copy.deepcopy(data)
-    items = (
-        [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
-    )
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else list(overrides.items())
     for key, value in items:
         set_path(out, key, value)
     return out
@@ -59,10 +57,9 @@ def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key; remove it or check its spelling"
-            received = err.get("input")
             # A rule across sections (loc empty) names its fields itself; its input is the whole spec.
-            said = err["type"] in ("missing",) or not loc or "Received:" in msg
-            shown = "" if said else f" Received: {received!r}."
+            said = err["type"] == "missing" or not loc or "Received:" in msg
+            shown = "" if said else f" Received: {err.get('input')!r}."
             where = f"{loc}: " if loc else ""
             lines.append(f"{where}{msg}{'' if msg.endswith(('.', '?')) else '.'}{shown}")
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
@@ -87,8 +84,6 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | N
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"spec file {str(p)!r} is not valid YAML: {exc}") from None
-    if overrides:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a spec must be a YAML mapping. Received: {type(data).__name__}.")
+    if overrides and isinstance(data, dict):  # validate refuses anything else
         data = apply_overrides(data, overrides)
     return validate(data, source=str(p), base_dir=str(p.parent))

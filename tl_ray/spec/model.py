@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
@@ -55,29 +56,24 @@ class FreezeSpec(_Section):
         ),
     )
     unfreeze_top: int = Field(
-        default=20,
-        ge=0,
+        default=20, ge=0,
         description="fine_tune: how many of the backbone's top weighted layers train (BatchNorm not counted).",
     )
     from_block: str | None = Field(
-        default=None,
-        min_length=1,
+        default=None, min_length=1,
         description=(
             "fine_tune: train every backbone layer from the first layer of this block on, e.g. 'block_13' "
             "(mobilenet_v2), 'conv5' (resnet50), 'block6' (efficientnet). Replaces unfreeze_top."
         ),
     )
     pattern: str | None = Field(
-        default=None,
-        min_length=1,
+        default=None, min_length=1,
         description="fine_tune: train the backbone layers whose name matches this regex (re.search). Replaces unfreeze_top.",
     )
 
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        import re
-
         if value is not None:
             try:
                 re.compile(value)
@@ -118,8 +114,7 @@ class ModelSpec(_Section):
         description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.",
     )
     feature_layer: str | None = Field(
-        default=None,
-        min_length=1,
+        default=None, min_length=1,
         description=(
             "Cut the backbone at this layer: its output is the feature map the head pools, e.g. "
             "'block_13_expand_relu' (mobilenet_v2). Earlier layers are less specific to the source task, which "
@@ -128,9 +123,7 @@ class ModelSpec(_Section):
     )
     head: HeadSpec = Field(default_factory=HeadSpec, description="Classification head.")
     batchnorm_momentum: float | None = Field(
-        default=None,
-        gt=0.0,
-        lt=1.0,
+        default=None, gt=0.0, lt=1.0,
         description=(
             "Override the backbone's BatchNorm momentum (keras.applications use 0.99-0.999, "
             "too slow for short runs that train BatchNorm, i.e. freeze.mode full)."

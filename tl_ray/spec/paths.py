@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -13,11 +13,11 @@ def check_path(model: type[BaseModel], dotted: str) -> None:
     """Raises ValueError when ``dotted`` does not name a field of ``model`` (e.g. the Spec)."""
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        fields = getattr(model, "model_fields", None)
-        if fields is None:
-            if model is dict or getattr(model, "__origin__", None) is dict:
-                return  # free-form mapping such as backbone_args
+        if model is dict:
+            return  # free-form mapping such as backbone_args
+        if model is None:
             raise ValueError(f"'{'.'.join(parts[:i])}' has no sub-fields, so '{dotted}' is not a field")
+        fields = model.model_fields
         if part not in fields:
             raise ValueError(
                 f"'{dotted}' is not a spec field: '{part}' must be one of {sorted(fields)}."
@@ -27,18 +27,12 @@ def check_path(model: type[BaseModel], dotted: str) -> None:
 
 
 def _inner_model(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if getattr(annotation, "__origin__", None) is dict:
+    """The model a field holds (also in ``X | None`` or ``list[X]``), ``dict`` for a mapping, else None."""
+    if get_origin(annotation) is dict:
         return dict
-    if args:
-        for arg in args:
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
-        if any(getattr(a, "__origin__", None) is dict for a in args):
-            return dict
-    return None
+    kinds = (annotation, *get_args(annotation))
+    model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return dict if model is None and any(get_origin(k) is dict for k in kinds) else model
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from tl_ray.spec._base import PositiveInt, _Section
 
+
 class PromoteSpec(_Section):
     """Promotion of the sweep's best model to the registry."""
 
@@ -22,8 +23,7 @@ class PromoteSpec(_Section):
         ),
     )
     max_latency_ratio: float | None = Field(
-        default=None,
-        ge=1.0,
+        default=None, ge=1.0,
         description="Refuse a challenger whose p50 latency per batch exceeds the champion's times this. None: no check.",
     )
     latency_batch_size: PositiveInt = Field(default=32, description="Batch size of the gate's latency probe.")
@@ -50,9 +50,7 @@ class AutoscalingSpec(_Section):
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingSpec":
         if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
-            )
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
         return self
 
 
@@ -84,8 +82,7 @@ class ServeSpec(_Section):
     route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the application.")
     cpus_per_replica: float = Field(default=1.0, gt=0.0, description="CPUs reserved per replica.")
     auth_token_env: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable holding a bearer token every request must carry. None: no auth.",
     )
     canary: CanarySpec | None = Field(default=None, description="Canary traffic split. None: production only.")

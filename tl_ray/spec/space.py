@@ -47,18 +47,16 @@ class Distribution:
     def can_take(self, value: Any) -> bool:
         """Whether sampling this dimension can ever give ``value``."""
         kind, args = self.kind, self.args
-        if kind == "fixed":
-            return _matches(value, (args[0],))
-        if kind in ("choice", "grid"):
-            return _matches(value, args[0])
+        if kind in ("fixed", "choice", "grid"):
+            return _matches(value, self.extremes())
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return False
         low, high = args[0], args[1]
         if kind == "randint":
             return float(value).is_integer() and low <= value < high
         if kind == "quniform":
-            q = args[2]
-            return low <= value <= high and math.isclose(round(value / q) * q, value, rel_tol=1e-9, abs_tol=1e-12)
+            step = round(value / args[2]) * args[2]
+            return low <= value <= high and math.isclose(step, value, rel_tol=1e-9, abs_tol=1e-12)
         return low <= value <= high
 
     def extremes(self) -> list[Any]:
@@ -76,13 +74,9 @@ class Distribution:
 
 
 def _matches(value: Any, allowed) -> bool:
-    return any(_same(value, a) for a in allowed)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python, not in a search space
-        return a is b
-    return bool(a == b)
+    """Whether ``value`` is one of ``allowed``; a bool matches only itself (True == 1 in Python, not here)."""
+    strict = isinstance(value, bool)
+    return any(value is a if strict or isinstance(a, bool) else bool(value == a) for a in allowed)
 
 
 def parse_distribution(key: str, expr: Any) -> Distribution:
@@ -93,10 +87,10 @@ def parse_distribution(key: str, expr: Any) -> Distribution:
     """
     if isinstance(expr, dict) and "when" in expr:
         return _parse_conditional(key, expr)
-    if not isinstance(expr, str) or not _CALL.match(expr):
+    m = _CALL.match(expr) if isinstance(expr, str) else None
+    if m is None:
         return Distribution("fixed", (expr,))
-    m = _CALL.match(expr)
-    kind, raw = m.group("kind"), m.group("args")
+    kind, raw = m.group("kind", "args")
     if kind not in KINDS:
         raise ValueError(f"tune.space.{key}: unknown distribution {kind!r}; use one of {list(KINDS)}. Received: {expr!r}")
     try:
@@ -153,12 +147,10 @@ def _parse_conditional(key: str, expr: dict) -> Distribution:
 
 def number(value: Any) -> Any:
     """YAML 1.1 reads ``1e-4`` as a string; numbers written that way are numbers here."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def parse_space(space: dict[str, Any]) -> dict[str, Distribution]:

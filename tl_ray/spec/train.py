@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from tl_ray.spec._base import PositiveInt, _Section
 from tl_ray.spec.model import FreezeSpec
 
+
 class PhaseSpec(_Section):
     """One phase of a multi-phase recipe: its epochs, freeze policy and learning rate."""
 
@@ -77,16 +78,14 @@ class TrainSpec(_Section):
         description="GPUs per worker. auto: 1 if the cluster has GPUs as the sweep starts, else 0.",
     )
     head_trial_gpus: float | None = Field(
-        default=None,
-        ge=0.0,
+        default=None, ge=0.0,
         description=(
             "GPUs of a single-worker trial that only trains a head on cached features, e.g. 0 (CPUs) or 0.25 "
             "(a shared GPU). Unset: gpus_per_worker."
         ),
     )
     cpu_devices: int = Field(
-        default=0,
-        ge=0,
+        default=0, ge=0,
         description="Split the CPU into this many logical devices (0: no split). Tests MirroredStrategy without GPUs.",
     )
     seed: int = Field(default=0, description="Seed for weights initialisation and dropout.")
@@ -125,9 +124,7 @@ class TrainSpec(_Section):
         default=256, description="Global batch size the learning rate was tuned for (lr_scaling reference)."
     )
     backbone_lr_multiplier: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=10.0,
+        default=1.0, ge=0.0, le=10.0,
         description="Discriminative learning rate: the backbone's trainable variables learn at this times the head's rate.",
     )
     class_weights: Literal["balanced"] | dict[int, Annotated[float, Field(ge=0.0)]] | None = Field(
@@ -150,8 +147,7 @@ class TrainSpec(_Section):
         ),
     )
     init_from: str | None = Field(
-        default=None,
-        min_length=1,
+        default=None, min_length=1,
         description="Warm start: load the model's weights from this checkpoint folder (URI) before the first epoch.",
     )
     early_stopping: EarlyStoppingSpec | None = Field(default=None, description="Early stopping (off by default).")

@@ -18,9 +18,7 @@ class StageSpec(_Section):
     freeze: FreezeSpec = Field(description="Freeze policy of this stage's trials (replaces model.freeze).")
     epochs: PositiveInt = Field(description="Epochs each trial of this stage trains.")
     keep: float = Field(
-        default=1.0,
-        gt=0.0,
-        le=1.0,
+        default=1.0, gt=0.0, le=1.0,
         description="Fraction of the previous stage's trials (best first) promoted to this stage; ignored for the first.",
     )
     learning_rate: float | None = Field(
@@ -51,8 +49,7 @@ class TuneSpec(_Section):
     reduction_factor: float = Field(default=2.0, gt=1.0, description="asha/hyperband: rung reduction factor.")
     perturbation_interval: PositiveInt = Field(default=2, description="pbt: epochs between exploit/explore steps.")
     keep_checkpoints: int = Field(
-        default=3,
-        ge=0,
+        default=3, ge=0,
         description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
     )
     checkpoint_on: Literal["improvement", "every"] = Field(

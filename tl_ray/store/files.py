@@ -19,7 +19,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from tl_ray.errors import StorageError
+from tl_ray.errors import StorageError, first_line
 from tl_ray.store import objects, readback, s3
 
 # A streaming read keeps retrying a store that went away for this long, on top of the client's retries.
@@ -59,24 +59,18 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def storage_error(uri: str, exc: Exception, action: str) -> StorageError:
-    """The StorageError for ``exc`` raised while trying to ``action`` ``uri``."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = (f" Check that the bucket exists and is reachable (endpoint: {s3.endpoint_url() or 'AWS default'})"
-            " and that credentials are set.") if s3.is_s3(uri) else ""
-    return StorageError(f"cannot {action} {uri!r}: {text}.{hint}")
-
-
 @contextmanager
 def reported(uri: str, action: str, *, missing: bool = False):
-    """Raises the OS and pyarrow errors of the block as ``storage_error``s (with ``missing``, a missing
-    file as "does not exist")."""
+    """Raises the OS and pyarrow errors of the block as StorageErrors that say what failed (with ``missing``,
+    a missing file as "does not exist")."""
     try:
         yield
     except (OSError, pa.ArrowException) as exc:
         if missing and isinstance(exc, FileNotFoundError):
             raise StorageError(f"{uri!r} does not exist.") from None
-        raise storage_error(uri, exc, action) from None
+        hint = (f" Check that the bucket exists and is reachable (endpoint: {s3.endpoint_url() or 'AWS default'})"
+                " and that credentials are set.") if s3.is_s3(uri) else ""
+        raise StorageError(f"cannot {action} {uri!r}: {first_line(exc)}.{hint}") from None
 
 
 def exists(uri: str) -> bool:
@@ -130,7 +124,7 @@ def is_transient(uri: str, exc: BaseException) -> bool:
     return "AWS Error" in text and not any(code in text for code in _PERMANENT_S3_ERRORS)
 
 
-def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, on_retry=None):
+def retry_read(uri: str, attempt, *, what: str, on_retry=None):
     """Returns ``attempt()``, retrying transient store errors with capped, jittered backoff.
 
     This rides out outages longer than the client's own retries. ``attempt`` must be idempotent (resume
@@ -138,15 +132,13 @@ def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, 
 
     Args:
         what: what is being read, e.g. ``"bytes 0..8388608"``, for logs and errors.
-        timeout_s: give up after this many seconds. Defaults to ``READ_RETRY_TIMEOUT_S``.
         on_retry: called with the exception before each retry (e.g. to reopen a handle). Defaults to None.
 
     Raises:
-        StorageError: the store stayed unreachable for ``timeout_s``; names ``uri`` and ``what``.
+        StorageError: the store stayed unreachable for ``READ_RETRY_TIMEOUT_S``; names ``uri`` and ``what``.
         Exception: whatever non-transient error ``attempt`` raised, unchanged.
     """
-    timeout_s = READ_RETRY_TIMEOUT_S if timeout_s is None else timeout_s
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + READ_RETRY_TIMEOUT_S
     first, cap = READ_RETRY_BACKOFF_S
     failures = 0
     while True:
@@ -158,10 +150,9 @@ def retry_read(uri: str, attempt, *, what: str, timeout_s: float | None = None, 
             failures += 1
             pause = random.uniform(0, min(cap, first * 2 ** (failures - 1)))
             if time.monotonic() + pause > deadline:
-                text = str(exc).strip().splitlines()[0]
                 raise StorageError(
-                    f"cannot read {uri!r} ({what}): the store stayed unreachable for {timeout_s:g}s over "
-                    f"{failures} attempts (last error: {text}). Check that the endpoint "
+                    f"cannot read {uri!r} ({what}): the store stayed unreachable for {READ_RETRY_TIMEOUT_S:g}s over "
+                    f"{failures} attempts (last error: {first_line(exc)}). Check that the endpoint "
                     f"({s3.endpoint_url() or 'AWS default'}) is up and the bucket exists."
                 ) from None
             log.warning("retrying read of %s (%s) after transient error #%d: %s", uri, what, failures, exc)
@@ -229,14 +220,8 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
                                    "Another process is removing it; retry once it is done.")
             dest.write_bytes(found[0])
         return local_dir
-    fs, path = filesystem(uri)
     with reported(uri, "read", missing=True):
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=False)):
-            if info.type == pafs.FileType.File:
-                dest = local_dir / info.path[len(path) :].lstrip("/")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(info.path, compression=None) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out, length=8 * 2**20)
+        shutil.copytree(filesystem(uri)[1], local_dir, dirs_exist_ok=True)
     return local_dir
 
 
@@ -254,12 +239,9 @@ def staging(folder: str | Path) -> Iterator[Path]:
 
 def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) -> bool:
     """Renames ``staged`` onto ``dest``; with ``exclusive``, hard-links it (False if ``dest`` exists)."""
-    if not exclusive:
-        os.replace(staged, dest)
-        return True
     try:
-        os.link(staged, dest)
-    except FileExistsError:
+        (os.link if exclusive else os.replace)(staged, dest)
+    except FileExistsError:  # only a link refuses an existing ``dest``
         return False
     return True
 
@@ -295,14 +277,13 @@ def publish_text(uri: str, text: str) -> None:
 def upload_dir(local_dir: str | Path, uri: str, marker: str | None = None) -> None:
     """Copies the files of ``local_dir`` to ``uri``; the file named ``marker`` goes last, read back on S3
     (readers treat a folder without it as absent; on a failed read-back the upload is removed)."""
-    local_dir = Path(local_dir)
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     if not s3.is_s3(uri):
-        fs, path = filesystem(uri)
+        path = filesystem(uri)[1]
         with reported(uri, "write"), staging(os.path.dirname(path)) as tmp:
             shutil.copytree(local_dir, tmp)
             publish_local(tmp, path)
         return
+    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
     rel = [f.relative_to(local_dir).as_posix() for f in files]
     for name, f in sorted(zip(rel, files), key=lambda pair: pair[0] == marker):
         if name == marker:
@@ -324,11 +305,8 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a local file, read in blocks."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def local_cache_dir(*parts: str) -> Path:

@@ -62,28 +62,25 @@ def mode(scope: str) -> str:
         f"the store at {s3.endpoint_name()} ignores {ignored}: a probe object under {scope!r} was "
         "overwritten where the store should have refused it, so registry versions, alias moves and feature-cache "
         "builds cannot be claimed safely there; nothing was written. Use a store that honours conditional writes "
-        "(AWS S3 does), or set the spec's storage.locking: lease (or TLRAY_STORAGE_LOCKING=lease) to use a lock object with a fencing check instead "
-        "(weaker: see the storage section of cluster/README.md)."
+        "(AWS S3 does), or set the spec's storage.locking: lease (or TLRAY_STORAGE_LOCKING=lease) to use a lock "
+        "object with a fencing check instead (weaker: see the storage section of cluster/README.md)."
     )
 
 
 def probe(scope: str) -> tuple[bool, bool]:
-    """``(honours If-None-Match, honours If-Match)`` for ``scope``, probed once per process."""
+    """``(honours If-None-Match, honours If-Match)`` for ``scope``, probed once per process: a fresh object is
+    created twice, then replaced with a stale ETag, and both repeats must be refused."""
     key = (s3.endpoint_url(), scope.rstrip("/"))
     with _probe_lock:
         if key not in _probed:
-            _probed[key] = _probe(scope)
+            uri = f"{key[1]}/.tlray-probe-{uuid.uuid4().hex[:12]}"
+            try:
+                objects.put(uri, b"1", IfNoneMatch="*")  # a fresh key: the store must take it
+                _probed[key] = (objects.put(uri, b"2", IfNoneMatch="*") is None,
+                                objects.put(uri, b"3", IfMatch=_STALE_ETAG) is None)
+            finally:
+                objects.delete(uri)
         return _probed[key]
-
-
-def _probe(scope: str) -> tuple[bool, bool]:
-    # A fresh object is created twice, then replaced with a stale ETag: both repeats must be refused.
-    uri = f"{scope.rstrip('/')}/.tlray-probe-{uuid.uuid4().hex[:12]}"
-    try:
-        objects.put(uri, b"1", IfNoneMatch="*")  # a fresh key: the store must take it
-        return objects.put(uri, b"2", IfNoneMatch="*") is None, objects.put(uri, b"3", IfMatch=_STALE_ETAG) is None
-    finally:
-        objects.delete(uri)
 
 
 class FencedLock:

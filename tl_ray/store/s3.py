@@ -1,10 +1,9 @@
 """S3 connections: one boto3 client for every object request, pyarrow's ``S3FileSystem`` for streamed reads.
 
 Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``). On a custom
-endpoint both SDKs checksum uploads only ``when_required``: the C++ SDK in pyarrow otherwise sends an
-``aws-chunked`` body, which a store that does not decode it keeps inside the object. Integrity rests on
-read-back and sha256s instead. ``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION``
-override the choice.
+endpoint both checksum uploads only ``when_required`` (override: ``AWS_REQUEST_CHECKSUM_CALCULATION`` /
+``AWS_RESPONSE_CHECKSUM_VALIDATION``): pyarrow's C++ SDK otherwise sends an ``aws-chunked`` body, which a
+store that does not decode it keeps inside the object. Integrity rests on read-back and sha256s instead.
 """
 
 from __future__ import annotations

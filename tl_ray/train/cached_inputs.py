@@ -5,7 +5,10 @@ Small entries are held in memory (``MemoryRows``): every epoch streams them with
 
 from __future__ import annotations
 
+from tl_ray import feature_cache
+from tl_ray.data.manifest import read_manifest
 from tl_ray.spec import Spec
+from tl_ray.train.checkpoint import head_recipe
 
 
 def open_dataset(source, **kwargs):
@@ -15,6 +18,11 @@ def open_dataset(source, **kwargs):
     from tl_ray.data.reader import make_dataset
 
     return make_dataset(source, **kwargs)
+
+
+def trains_on_cache(spec: Spec, phases: list) -> bool:
+    """Whether every one of ``phases`` (each with ``freeze`` and ``augment``) trains on cached features."""
+    return bool(phases) and all(feature_cache.usable(spec, p.freeze, p.augment)[0] for p in phases)
 
 
 class MemoryRows:
@@ -74,21 +82,13 @@ class CachedInputs:
         self._recipe: dict | None = None
         self._uris: dict = {}
 
-    def covers(self, phases: list) -> bool:
-        """Whether every one of these phases (each with ``freeze`` and ``augment``) trains on cached features."""
-        from tl_ray import feature_cache
-
-        return bool(phases) and all(feature_cache.usable(self.spec, p.freeze, p.augment)[0] for p in phases)
-
     def head(self, train_uri: str, val_uri: str | None):
         """The head model (entries for both datasets are found or built first: they give its input shape)."""
         if self._head is None:
             self._datasets(train_uri, val_uri)
             with self.strategy.scope():
                 if self.model is not None:
-                    from tl_ray.feature_cache import head_model
-
-                    self._head = head_model(self.model)
+                    self._head = feature_cache.head_model(self.model)
                 else:
                     from tl_ray.models.build import build_head
 
@@ -98,9 +98,6 @@ class CachedInputs:
 
     def recipe(self) -> dict:
         """``head_of`` of this trial's head-only checkpoints."""
-        from tl_ray import feature_cache
-        from tl_ray.train.checkpoint import head_recipe
-
         if self._recipe is None:
             self._recipe = head_recipe(self.spec, self.num_classes, self.feature_shape,
                                        feature_cache.backbone_digest(self.spec, self.weights_file))
@@ -108,8 +105,6 @@ class CachedInputs:
 
     def for_phase(self, phase, train_uri: str, val_uri: str | None):
         """``(model to step, train dataset, validation dataset, on the cache)`` for a phase."""
-        from tl_ray import feature_cache
-
         use, why = feature_cache.usable(self.spec, phase.freeze, phase.augment)
         if not use:
             if phase.freeze.mode == "feature_extraction" and self.spec.train.feature_cache == "auto":
@@ -119,8 +114,6 @@ class CachedInputs:
         return head, self._uris[train_uri], self._uris.get(val_uri) if val_uri else None, True
 
     def _datasets(self, train_uri: str, val_uri: str | None) -> None:
-        from tl_ray import feature_cache
-        from tl_ray.data.manifest import read_manifest
         from tl_ray.data.reader import feature_shape
 
         for role, uri in (("train", train_uri), ("validation", val_uri)):

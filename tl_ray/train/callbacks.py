@@ -38,42 +38,21 @@ class Callback:
         """This worker starts waiting for another builder's feature-cache entry."""
 
 
-class CallbackList(Callback):
-    """Calls every hook on each callback in order."""
+class CallbackList:
+    """Calls each ``Callback`` hook on every callback, in order."""
 
     def __init__(self, callbacks=()):
         self.callbacks = list(callbacks)
 
-    def _each(self, hook: str, *args) -> None:
-        for c in self.callbacks:
-            getattr(c, hook)(*args)
+    def __getattr__(self, hook: str):
+        if hook.startswith("_") or not callable(getattr(Callback, hook, None)):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {hook!r}")
 
-    def set_loop(self, loop) -> None:
-        self._each("set_loop", loop)
+        def each(*args) -> None:
+            for c in self.callbacks:
+                getattr(c, hook)(*args)
 
-    def on_train_begin(self) -> None:
-        self._each("on_train_begin")
-
-    def on_phase_begin(self, phase: int, first_epoch: int, epochs: int) -> None:
-        self._each("on_phase_begin", phase, first_epoch, epochs)
-
-    def on_epoch_begin(self, epoch: int) -> None:
-        self._each("on_epoch_begin", epoch)
-
-    def on_step_begin(self, step: int) -> None:
-        self._each("on_step_begin", step)
-
-    def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self._each("on_epoch_end", epoch, logs)
-
-    def on_train_end(self, logs: dict) -> None:
-        self._each("on_train_end", logs)
-
-    def on_cache_build_begin(self) -> None:
-        self._each("on_cache_build_begin")
-
-    def on_cache_wait_begin(self) -> None:
-        self._each("on_cache_wait_begin")
+        return each
 
 
 class EarlyStopping(Callback):
@@ -95,9 +74,7 @@ class EarlyStopping(Callback):
         if patience < 0 or min_delta < 0:
             raise ValueError(f"EarlyStopping patience and min_delta must be >= 0. Received: {patience}, {min_delta}.")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, int(patience), float(min_delta)
-        self.best: float | None = None
-        self.wait = 0
-        self.stopped_epoch: int | None = None
+        self.on_train_begin()
 
     def on_train_begin(self) -> None:
         self.best, self.wait, self.stopped_epoch = None, 0, None
@@ -142,8 +119,7 @@ class LearningRateSchedule(Callback):
             raise ValueError(f"warmup_epochs must be >= 0 and min_fraction in [0, 1]. "
                              f"Received: {warmup_epochs}, {min_fraction}.")
         self.kind, self.warmup_epochs, self.min_fraction = kind, float(warmup_epochs), float(min_fraction)
-        self._phase_start_step = 0
-        self._phase_steps = 1
+        self._phase_start_step, self._phase_steps = 0, 1
 
     def factor(self, step_in_phase: int, phase_steps: int, steps_per_epoch: int) -> float:
         """The multiplier of the phase's rate at ``step_in_phase`` (0-based)."""

@@ -1,18 +1,21 @@
 """Trial checkpoints: ``model.keras`` (or ``head.weights.h5``), ``optimizer.npz`` and ``state.json``.
 
 A trial that trains only a head on cached features never builds the backbone: its checkpoints hold the head's
-weights, and ``state.json`` records under ``head_of`` how to rebuild the full model around it (model spec,
-classes, image size, seed, digest of the backbone's weights). ``checkpoint_model`` returns the full model for
-either kind. A restore keeps the restoring trial's learning rate: under PBT the donor's must not overwrite it.
+weights, and ``state.json`` records under ``head_of`` how to rebuild the full model around it (``head_recipe``).
+``checkpoint_model`` returns the full model for either kind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tl_ray import store
+from tl_ray.errors import ConfigError
 
 MODEL_FILE = "model.keras"
 HEAD_FILE = "head.weights.h5"
@@ -55,20 +58,21 @@ def is_head_only(folder: str | Path) -> bool:
 
 def load_model_weights(folder: str | Path, model) -> None:
     """Loads either kind of checkpoint into the full model or the head alone (ValueError: other layers)."""
+    from tl_ray.models.build import build_head
+    from tl_ray.spec import ModelSpec
+
     folder = Path(folder)
-    if not is_head_only(folder):
-        if _is_head(model):
-            copy_head_weights(_load_full(folder), model)
-        else:
-            model.load_weights(folder / MODEL_FILE)
-        return
-    if _is_head(model):
-        model.load_weights(folder / HEAD_FILE)
-        return
-    recipe = read_state(folder)["head_of"]
-    head = _recipe_head(recipe)
-    head.load_weights(folder / HEAD_FILE)
-    copy_head_weights(head, model)
+    head_only = is_head_only(folder)
+    if head_only == _is_head(model):
+        model.load_weights(folder / (HEAD_FILE if head_only else MODEL_FILE))
+    elif head_only:  # into the full model: through the head the recipe builds
+        recipe = read_state(folder)["head_of"]
+        head = build_head(ModelSpec.model_validate(recipe["model"]).head, recipe["num_classes"],
+                          recipe["feature_shape"], seed=recipe["seed"])
+        head.load_weights(folder / HEAD_FILE)
+        copy_head_weights(head, model)
+    else:
+        copy_head_weights(_load_full(folder), model)
 
 
 def checkpoint_model(folder: str | Path, storage_root: str | None = None):
@@ -86,15 +90,14 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
     if not is_head_only(folder):
         return _load_full(folder)
     from tl_ray import feature_cache
-    from tl_ray.errors import ConfigError
     from tl_ray.models.build import build_model
+    from tl_ray.models.freeze import apply_freeze
     from tl_ray.registry.weights import resolve_weights
     from tl_ray.spec import FreezeSpec, ModelSpec
 
     recipe = read_state(folder)["head_of"]
     model_spec = ModelSpec.model_validate(recipe["model"])
-    store = storage_root or recipe["storage"]
-    weights_file = resolve_weights(model_spec.weights, store)
+    weights_file = resolve_weights(model_spec.weights, storage_root or recipe["storage"])
     found = feature_cache.backbone_weights_digest(model_spec.weights, weights_file, recipe["seed"])
     if found != recipe["backbone_weights"]:
         raise ConfigError(
@@ -105,8 +108,6 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
     model = build_model(model_spec.model_copy(update={"freeze": FreezeSpec()}), recipe["num_classes"],
                         tuple(recipe["image_size"]), weights_file=weights_file, seed=recipe["seed"])
     load_model_weights(folder, model)
-    from tl_ray.models.freeze import apply_freeze
-
     return apply_freeze(model, model_spec.freeze)
 
 
@@ -137,14 +138,6 @@ def _is_head(model) -> bool:
     return "predictions" in names and "backbone" not in names
 
 
-def _recipe_head(recipe: dict):
-    from tl_ray.models.build import build_head
-    from tl_ray.spec import ModelSpec
-
-    model_spec = ModelSpec.model_validate(recipe["model"])
-    return build_head(model_spec.head, recipe["num_classes"], recipe["feature_shape"], seed=recipe["seed"])
-
-
 def _load_full(folder: Path):
     from tl_ray.models.export import load_model
 
@@ -154,7 +147,8 @@ def _load_full(folder: Path):
 def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
     """Loads model weights and optimizer state from ``folder``; returns the saved state.
 
-    The learning-rate variables keep the restoring trial's own rate; iterations and slots are loaded.
+    The learning-rate variables keep the restoring trial's own rate (under PBT the donor's must not overwrite
+    it); iterations and slots are loaded.
 
     Args:
         model: the rebuilt model, or the head alone (either kind of checkpoint loads into either).
@@ -187,12 +181,8 @@ def _learning_rate_variables(optimizer) -> list:
     """The learning-rate variables (a LossScaleOptimizer has its own and its inner one's)."""
     import keras
 
-    found = []
-    for opt in (optimizer, getattr(optimizer, "inner_optimizer", None)):
-        lr = getattr(opt, "_learning_rate", None)
-        if isinstance(lr, keras.Variable):
-            found.append(lr)
-    return found
+    rates = [getattr(opt, "_learning_rate", None) for opt in (optimizer, getattr(optimizer, "inner_optimizer", None))]
+    return [lr for lr in rates if isinstance(lr, keras.Variable)]
 
 
 def model_weights_digest(model) -> str:
@@ -220,11 +210,6 @@ def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) 
         StorageError: the checkpoint cannot be fetched.
         ConfigError: its model does not fit the spec's (another backbone or head, or other backbone weights).
     """
-    import tempfile
-
-    from tl_ray import store
-    from tl_ray.errors import ConfigError
-
     local = Path(checkpoint_uri)
     if store.is_s3(checkpoint_uri) or not local.is_dir():
         local = store.download_dir(checkpoint_uri, tempfile.mkdtemp(prefix="tlray-warm-"))

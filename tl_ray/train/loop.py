@@ -11,16 +11,21 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tl_ray.data.manifest import read_manifest
 from tl_ray.errors import ConfigError
+from tl_ray.feature_cache import backbone_digest
 from tl_ray.spec import FreezeSpec, Spec
-from tl_ray.train.cached_inputs import CachedInputs, MemoryRows, open_dataset
-from tl_ray.train.runtime import intra_op_threads, worker_position
+from tl_ray.train.cached_inputs import CachedInputs, MemoryRows, open_dataset, trains_on_cache
+from tl_ray.train.callbacks import CallbackList, callbacks_from_spec
+from tl_ray.train.checkpoint import model_weights_digest, read_state, restore_checkpoint, save_checkpoint, warm_start
+from tl_ray.train.runtime import intra_op_threads, make_strategy, worker_position
 
 
 class Reporter(Protocol):
@@ -43,8 +48,6 @@ class ListReporter:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.history.append(dict(metrics))
         if checkpoint_dir and self._keep is not None:
-            import shutil
-
             dest = self._keep / f"epoch_{metrics['epoch']:04d}"
             shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
             self.checkpoints.append(dest)
@@ -159,10 +162,7 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
     """
     import keras
 
-    from tl_ray.data.manifest import read_manifest
     from tl_ray.registry.weights import resolve_weights
-    from tl_ray.train.callbacks import CallbackList, callbacks_from_spec
-    from tl_ray.train.runtime import make_strategy
 
     cfg = spec.train
     strategy = make_strategy(cfg.workers, cfg.cpu_devices)
@@ -209,8 +209,6 @@ class _Run:
         self.best_checkpointed: float | None = None  # tune.metric of this trial's best checkpoint
 
     def fit(self) -> dict:
-        from tl_ray.train.checkpoint import read_state
-
         restore = self.reporter.restore_dir()
         start_epoch = 0
         if restore is not None:
@@ -239,7 +237,7 @@ class _Run:
         from tl_ray.models.build import build_model
 
         cfg = self.spec.train
-        self.head_only = not cfg.init_from and self.cached.covers(phases)
+        self.head_only = not cfg.init_from and trains_on_cache(self.spec, phases)
         if self.head_only:
             self.loop.model = self.cached.head(self.train_uri, self.val_uri)
         else:
@@ -249,16 +247,12 @@ class _Run:
             self.cached.model = self.loop.model
         self.extra["head_only"] = self.head_only
         if warm_start_from:
-            from tl_ray.feature_cache import backbone_digest
-            from tl_ray.train.checkpoint import warm_start
-
             self.extra["warm_started_from"] = warm_start(self.loop.model, warm_start_from,
                                                          backbone_digest(self.spec, self.weights))
 
     def start_phase(self, phase: Phase, restore: Path | None, start_epoch: int):
         """The phase's optimizer (restored from ``restore``) and traced step; its train and validation data."""
         from tl_ray.models.freeze import apply_freeze
-        from tl_ray.train.checkpoint import model_weights_digest, restore_checkpoint
         from tl_ray.train.optimizers import make_optimizer
         from tl_ray.train.step import DistributedStep
 
@@ -267,18 +261,18 @@ class _Run:
         if not self.head_only:
             apply_freeze(model, phase.freeze)
             backbone_vars = model.get_layer("backbone").trainable_variables
+        lr = phase.learning_rate * lr_scale(cfg)
         with self.strategy.scope():
-            optimizer = make_optimizer(
-                cfg, phase.learning_rate * lr_scale(cfg), trainable_variables=model.trainable_variables,
-                backbone_variables=backbone_vars, backbone_lr_multiplier=cfg.backbone_lr_multiplier,
-                precision=cfg.precision,
-            )
+            optimizer = make_optimizer(cfg, lr, trainable_variables=model.trainable_variables,
+                                       backbone_variables=backbone_vars,
+                                       backbone_lr_multiplier=cfg.backbone_lr_multiplier, precision=cfg.precision)
         if restore is not None:
             # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
             state = restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
             # Which trial wrote the checkpoint (the donor after a PBT exploit).
-            self.extra.update(restored_from_trial=state.get("trial_id"), restored_weights_digest=model_weights_digest(model))
-        self.loop.optimizer, self.loop.phase_lr = optimizer, phase.learning_rate * lr_scale(cfg)
+            self.extra.update(restored_from_trial=state.get("trial_id"),
+                              restored_weights_digest=model_weights_digest(model))
+        self.loop.optimizer, self.loop.phase_lr = optimizer, lr
         self.augment = self.spec.data.augment if phase.augment else None
         net, phase_train, phase_val, on_cache = self.cached.for_phase(phase, self.train_uri, self.val_uri)
         self.extra["feature_cache"] = self.cached.statuses["train"] if on_cache else "off"
@@ -357,8 +351,6 @@ class _Run:
 
     def report(self, metrics: dict, last: bool) -> None:
         """Reports an epoch; rank 0 adds a checkpoint when one is due and ``improves``."""
-        from tl_ray.train.checkpoint import save_checkpoint
-
         with tempfile.TemporaryDirectory(prefix="tlray-ckpt-") as tmp:
             ckpt = None
             due = metrics["epoch"] % self.spec.train.checkpoint_every == 0 or last

@@ -47,15 +47,8 @@ def _prereduced_class(base: type) -> type:
     return PreReduced
 
 
-def make_optimizer(
-    train_spec,
-    learning_rate: float | None = None,
-    *,
-    trainable_variables=None,
-    backbone_variables=(),
-    backbone_lr_multiplier: float = 1.0,
-    precision: str = "float32",
-):
+def make_optimizer(train_spec, learning_rate: float | None = None, *, trainable_variables=None, backbone_variables=(),
+                   backbone_lr_multiplier: float = 1.0, precision: str = "float32"):
     """Creates (and, given ``trainable_variables``, builds) the optimizer of one training phase.
 
     Args:

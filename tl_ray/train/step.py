@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from tl_ray.train.optimizers import inner_optimizer
 from tl_ray.train.runtime import worker_position
 
 _PACKED = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=32 * 2**20)
@@ -49,16 +50,14 @@ class DistributedStep:
 
     def __init__(self, strategy, model, optimizer, global_batch_size: int, label_smoothing: float = 0.0, *,
                  class_weights=None, clip_norm: float | None = None, jit_compile: bool = False):
-        self.strategy = strategy
-        self.model = model
-        self.optimizer = optimizer
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.global_batch_size = int(global_batch_size)
         self.label_smoothing = float(label_smoothing)
         self.kind = head_kind(model)
         self.binary = self.kind == "binary"
         self.num_classes = 2 if self.binary else model.output_shape[-1]
         self.clip_norm = clip_norm
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        inner = inner_optimizer(optimizer)
         self._prereduced = bool(getattr(inner, "tlray_prereduced", False))
         if clip_norm and not self._prereduced:
             raise ValueError(
@@ -139,28 +138,15 @@ class DistributedStep:
             # One replica has nothing to sum; TensorFlow's all-reduce would also register a gradient function
             # per trace that lives as long as the process (a reused trial actor's memory grew with each trial).
             if self.strategy.num_replicas_in_sync > 1:
-                grads = self._all_reduced(grads)
+                ctx = tf.distribute.get_replica_context()
+                # Packed into few collectives: one per gradient tensor costs a round trip each across workers.
+                grads = _on_present(grads, lambda gs: ctx.all_reduce(tf.distribute.ReduceOp.SUM, gs, options=_PACKED))
             if self.clip_norm:
                 # Loss-scaled gradients are S times too large until the optimizer unscales them.
                 limit = self.clip_norm * (self.optimizer.dynamic_scale if self._loss_scaled else 1.0)
-                kept = [g for g in grads if g is not None]
-                clipped, _ = tf.clip_by_global_norm(kept, limit)
-                it = iter(clipped)
-                grads = [None if g is None else next(it) for g in grads]
+                grads = _on_present(grads, lambda gs: tf.clip_by_global_norm(gs, limit)[0])
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._sums(labels, probs, per_example)
-
-    @staticmethod
-    def _all_reduced(grads):
-        ctx = tf.distribute.get_replica_context()
-        present = [i for i, g in enumerate(grads) if g is not None]
-        # Packed into few collectives: one per gradient tensor costs a round trip each across workers.
-        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present],
-                                options=_PACKED) if present else []
-        grads = list(grads)
-        for i, g in zip(present, summed):
-            grads[i] = g
-        return grads
 
     def _train_distributed(self, dist_batch):
         images, labels = dist_batch
@@ -201,3 +187,10 @@ class DistributedStep:
 
         dist = strategy.experimental_distribute_values_from_function(value_fn)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, dist, axis=None).numpy()
+
+
+def _on_present(grads, fn):
+    """``fn`` of the gradients that are not None, put back in their places."""
+    present = [g for g in grads if g is not None]
+    done = iter(fn(present) if present else [])
+    return [None if g is None else next(done) for g in grads]

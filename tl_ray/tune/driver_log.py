@@ -1,5 +1,4 @@
-"""The sweep's full log: what Ray, Ray Tune and TensorFlow log in the driver and what the workers print, in
-``tl-ray.log``.
+"""The sweep's full log ``tl-ray.log``: what Ray, Ray Tune and TensorFlow log in the driver, and what workers print.
 
 The console shows tl-ray's own lines; the log keeps the rest, failed trials' tracebacks included. Tune's own
 ``log_to_file`` is not used: it breaks trials on reused actors.
@@ -41,11 +40,9 @@ def shown_path(experiment_uri: str) -> str:
     return str(local)
 
 
-class _QuietTune(logging.Filter):
-    """Keeps Ray Tune's records off the console (they stay in the log) unless ``tl-ray -v``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("ray.tune") or record.levelno >= logging.CRITICAL
+def _quiet_tune(record: logging.LogRecord) -> bool:
+    """A console filter: Ray Tune's records stay in the log alone (unless ``tl-ray -v``)."""
+    return not record.name.startswith("ray.tune") or record.levelno >= logging.CRITICAL
 
 
 @contextlib.contextmanager
@@ -62,25 +59,25 @@ def driver_log(experiment_uri: str) -> Iterator[Path]:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} tl-ray sweep {experiment_uri}; {workers_output()}\n")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
-    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in _OWN_HANDLERS if not logging.getLogger(n).propagate]
-    quiet = _QuietTune()
     consoles = [] if verbose() else [h for h in logging.getLogger("ray").handlers
                                      if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     workers = logging.getLogger("tl_ray.workers")  # its records go to the log alone
     workers.propagate = False
     workers.setLevel(logging.INFO)
-    for logger in loggers + [workers]:
+    own = (logging.getLogger(n) for n in _OWN_HANDLERS)
+    loggers = [logging.getLogger(), workers, *(logger for logger in own if not logger.propagate)]
+    for logger in loggers:
         logger.addHandler(handler)
     for h in consoles:
-        h.addFilter(quiet)
+        h.addFilter(_quiet_tune)
     try:
         with workers_output_to(workers):
             yield path
     finally:
-        for logger in loggers + [workers]:
+        for logger in loggers:
             logger.removeHandler(handler)
         for h in consoles:
-            h.removeFilter(quiet)
+            h.removeFilter(_quiet_tune)
         handler.close()
         if store.is_s3(experiment_uri):
             copy_log(path, experiment_uri)

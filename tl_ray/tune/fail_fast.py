@@ -6,7 +6,10 @@ Tune retries a failed trial ``train.max_failures`` times whatever it raised; a `
 
 from __future__ import annotations
 
-from ray import tune
+import os
+
+from ray import cloudpickle, tune
+from ray.exceptions import RayTaskError
 
 from tl_ray.errors import ConfigError, DataError, RegistryError, StorageError, TLRayError
 
@@ -20,8 +23,6 @@ _found: list[tuple[str, TLRayError]] = []
 def root_cause(exc: BaseException | None) -> TLRayError | None:
     """The tl-ray error under Ray's wrappers (``RayTaskError``, Ray Train's ``WorkerGroupError`` and
     ``ControllerError``) and chained exceptions; None when there is none."""
-    from ray.exceptions import RayTaskError
-
     todo, seen = [exc], set()
     while todo:
         e = todo.pop(0)
@@ -50,10 +51,6 @@ def found() -> tuple[str, TLRayError] | None:
 def _trial_exception(trial) -> BaseException | None:
     """The trial's latest exception, from the driver's copy of ``error.pkl`` (``Trial.get_pickled_error``
     reads the store's, which Tune syncs later)."""
-    import os
-
-    from ray import cloudpickle
-
     path = trial.pickled_error_file
     try:
         if not path or not os.path.isfile(path):
@@ -76,17 +73,11 @@ class FailFast(tune.Callback, tune.Stopper):
         _found.clear()
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._check(trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._check(trial)
-
-    def _check(self, trial) -> None:
-        if _found:
-            return
-        error = deterministic_error(_trial_exception(trial))
+        error = None if _found else deterministic_error(_trial_exception(trial))
         if error is not None:
             _found.append((trial.trial_id, error))
+
+    on_trial_error = on_trial_recover
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False

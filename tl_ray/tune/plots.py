@@ -34,6 +34,7 @@ def write_plots(trials: list, top: list, metric: str, mode: str, out_dir: Path) 
         if fig is None:
             continue
         files.append(out_dir / name)
+        fig.tight_layout()
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     return files
@@ -60,7 +61,6 @@ def _objective(plt, trials, top, metric, mode):
     ax.set_xlabel("trial (in the order they started)")
     ax.set_ylabel(f"best {metric}")
     ax.set_title(f"objective over {len(trials)} trials")
-    fig.tight_layout()
     return fig
 
 
@@ -80,7 +80,6 @@ def _curves(plt, trials, top, metric, mode):
     if top:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="trial (best)",
                   title_fontsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -111,7 +110,6 @@ def _params(plt, trials, top, metric, mode):
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     fig.suptitle(f"each trial's best {metric} by parameter (top {len(top)} in colour)")
-    fig.tight_layout()
     return fig
 
 
@@ -146,7 +144,6 @@ def _parallel(plt, trials, top, metric, mode):
     ax.set_xlim(-0.1, len(axes_names) - 0.5)
     ax.grid(False)
     ax.set_title(f"parameters of {len(scored)} trials: the best {len(top)} in colour (darkest: best)")
-    fig.tight_layout()
     return fig
 
 

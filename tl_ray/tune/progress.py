@@ -20,9 +20,6 @@ class SweepProgress(tune.Callback):
         self.ended = 0
         self._bar = None
 
-    def _better(self, a: float, b: float) -> bool:
-        return a > b if self.mode == "max" else a < b
-
     def setup(self, **info) -> None:
         from tqdm import tqdm
 
@@ -34,7 +31,7 @@ class SweepProgress(tune.Callback):
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             old = self.best.get(trial.trial_id)
-            if old is None or self._better(value, old):
+            if old is None or (value > old if self.mode == "max" else value < old):
                 self.best[trial.trial_id] = float(value)
 
     def _leader(self) -> str:

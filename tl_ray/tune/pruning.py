@@ -1,11 +1,8 @@
-"""``tune.keep_checkpoints`` for single-worker trials: a trial's checkpoints beyond the kept ones are deleted
-once it has ended.
+"""``tune.keep_checkpoints`` for single-worker trials: an ended trial's checkpoints beyond the kept ones go.
 
-Tune's own ``num_to_keep`` deletes while a trial runs, so it forces a save of the whole experiment state each
-time a trial has registered ``num_to_keep`` checkpoints since the last save: with short trials that is a
-save every few seconds ("snapshotting ... bottleneck" warnings), and each save writes every trial's state.
-A trial that a saved state has ended is not resumed, so deleting its checkpoints then needs no save of its
-own. PBT keeps Tune's: its trials run to the end of the sweep and exploit each other's latest checkpoints.
+Tune's own ``num_to_keep`` deletes while a trial runs, which forces a save of the whole experiment state every
+``num_to_keep`` checkpoints of a trial (every few seconds with short trials). A trial that a saved state has
+ended is not resumed, so its checkpoints can go then. PBT keeps Tune's: its trials exploit each other's latest.
 """
 
 from __future__ import annotations
@@ -28,12 +25,11 @@ def kept(checkpoints: list[tuple[str, float | None]], keep: int, mode: str) -> l
 
 
 class KeepCheckpoints(tune.Callback):
-    """Deletes the checkpoints ``kept`` drops of an ended trial, once a saved experiment state has it ended.
+    """Deletes the checkpoints ``kept`` drops of an ended trial, once a saved experiment state has it ended
+    (before that, a resumed driver could restart it from a checkpoint that is gone).
 
-    Until then the saved state can have it running, and a resumed driver would restart it from its latest
-    checkpoint then (Tune refuses one that is gone). Tune calls ``get_state`` each time it saves the experiment
-    state, after writing the trials' statuses: what ended before the previous save is deleted there, and the
-    rest once the sweep's last save is done (``on_experiment_end``). A failed delete is logged, not raised.
+    Tune calls ``get_state`` at each save, after writing the trials' statuses: what ended before the previous
+    save is deleted there, the rest at ``on_experiment_end``. A failed delete is logged, not raised.
     """
 
     def __init__(self, keep: int, metric: str, mode: str):

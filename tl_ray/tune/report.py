@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import tempfile
@@ -15,6 +17,8 @@ from pathlib import Path
 
 from tl_ray import store
 from tl_ray.errors import ConfigError
+from tl_ray.tune.interrupt import saved_trial_statuses
+from tl_ray.tune.plots import write_plots
 
 
 @dataclass
@@ -32,9 +36,7 @@ class TrialSummary:
 
     def best(self, metric: str, mode: str) -> float | None:
         values = [r[metric] for r in self.history if isinstance(r.get(metric), (int, float))]
-        if not values:
-            return None
-        return max(values) if mode == "max" else min(values)
+        return (max if mode == "max" else min)(values, default=None)
 
     @property
     def epochs(self) -> int:
@@ -73,15 +75,16 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
     return [t for trials in found for t in trials]
 
 
+# Tune names trial folders after the trial function: tune_trial_<id>_..., stage_trial_<id>_...
+_TRIAL_DIR = re.compile(r"^(?:tune|stage)_trial_([0-9a-f]+_\d+)")
+
+
 def is_trial_dir(name: str) -> bool:
-    """Tune names trial folders after the trial function: tune_trial_..., stage_trial_..."""
-    return re.match(r"^(tune|stage)_trial_[0-9a-f]+_\d+", name) is not None
+    return _TRIAL_DIR.match(name) is not None
 
 
 def _saved_statuses(experiment_uri: str, listing: list[str]) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last, by folder name; empty when there is none."""
-    from tl_ray.tune.interrupt import saved_trial_statuses
-
     if not any(n.startswith("experiment_state") for n in listing):
         return {}  # Tune saved no state here: no need to import Ray to read it
     try:
@@ -98,28 +101,27 @@ def _latest_per_epoch(rows: list[dict]) -> list[dict]:
     return sorted({r["training_iteration"]: r for r in rows}.values(), key=lambda r: r["training_iteration"])
 
 
+def _read(folder: str, name: str) -> str:
+    """The text of a file of ``folder``; empty when it does not exist."""
+    path = store.join(folder, name)
+    return store.read_text(path) if store.exists(path) else ""
+
+
 def _load(experiment_uri: str, stage: str, listing: list[str] | None = None) -> list[TrialSummary]:
     listing = store.list_dir(experiment_uri) if listing is None else listing
-    names = [n for n in listing if is_trial_dir(n)]
     statuses = _saved_statuses(experiment_uri, listing)
     out = []
-    for name in names:
+    for name in filter(is_trial_dir, listing):
         base = store.join(experiment_uri, name)
-        params = json.loads(store.read_text(store.join(base, "params.json"))) if store.exists(
-            store.join(base, "params.json")) else {}
-        rows = []
-        if store.exists(store.join(base, "result.json")):
-            rows = _latest_per_epoch([json.loads(line) for line in
-                                      store.read_text(store.join(base, "result.json")).splitlines() if line.strip()])
-        m = re.match(r"(?:tune|stage)_trial_([0-9a-f]+_\d+)", name)
-        trial_id = m.group(1) if m else name
+        rows = [json.loads(line) for line in _read(base, "result.json").splitlines() if line.strip()]
         # error.txt stays after a restart that recovered: Tune's saved status says how the trial ended. Without
         # one, a trial that failed and never trained its epochs is taken to have ended in error.
         if name in statuses:
             failed: bool | None = statuses[name] == "ERROR"
         else:
             failed = None if store.exists(store.join(base, "error.txt")) else False
-        out.append(TrialSummary(trial_id, params, rows, stage, failed=failed, saved=name in statuses or not statuses))
+        out.append(TrialSummary(_TRIAL_DIR.match(name).group(1), json.loads(_read(base, "params.json") or "{}"),
+                                _latest_per_epoch(rows), stage, failed=failed, saved=name in statuses or not statuses))
     return out
 
 
@@ -172,9 +174,6 @@ def _table(trials: list[TrialSummary], metric: str, mode: str, planned_epochs: i
 
 def _csv(trials: list[TrialSummary], metric: str, mode: str) -> str:
     """Every trial, best first: its id, stage, parameters, best metric, epochs and wall time."""
-    import csv
-    import io
-
     keys = sorted({k for t in trials for k in t.params})
     out = io.StringIO()
     writer = csv.writer(out)
@@ -214,8 +213,6 @@ def build_report(
     Raises:
         ConfigError: the folder holds no trials, or ``top`` is below 1.
     """
-    from tl_ray.tune.plots import write_plots
-
     if top < 1:
         raise ConfigError(f"the report's top must be at least 1. Received: {top}")
     found = load_trials(experiment_uri)
@@ -226,9 +223,8 @@ def build_report(
     if len(trials) < len(found):
         report.table += (f"\n({len(found) - len(trials)} trial folder(s) not in Tune's saved state, left by an "
                          "interrupted driver, are not counted)")
-    ranked = _ranked(trials, metric, mode)
-    best = [t for t in ranked if t.best(metric, mode) is not None]
-    best = sorted(best, key=lambda t: t.best(metric, mode), reverse=mode == "max")[:top]
+    scored = [t for t in _ranked(trials, metric, mode) if t.best(metric, mode) is not None]
+    best = sorted(scored, key=lambda t: t.best(metric, mode), reverse=mode == "max")[:top]
     with tempfile.TemporaryDirectory(prefix="tlray-report-") as tmp:
         out = Path(tmp)
         (out / "trials.txt").write_text(report.table + "\n")

@@ -6,15 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ray import tune
 from ray.tune.search.sample import BaseSampler, Domain
+from ray.tune.search.variant_generator import RecursiveDependencyError
 
 from tl_ray.spec.space import Distribution, dependency_order, parse_space, pbt_dimensions
 
 
 def to_tune(dist: Distribution):
-    """The Ray Tune search object of one dimension (imports Ray)."""
-    from ray import tune
-
+    """The Ray Tune search object of one dimension."""
     if dist.when:
         return _Conditional(_ConditionalSample(dist))
     if dist.kind == "fixed":
@@ -31,12 +31,9 @@ def _suggest(dist: Distribution, trial, name: str) -> Any:
     kind, args = dist.kind, dist.args
     if kind == "fixed":
         return args[0]
-    if kind == "uniform":
-        return trial.suggest_float(name, args[0], args[1])
-    if kind == "loguniform":
-        return trial.suggest_float(name, args[0], args[1], log=True)
-    if kind == "quniform":
-        return trial.suggest_float(name, args[0], args[1], step=args[2])
+    if kind in ("uniform", "loguniform", "quniform"):
+        step = args[2] if kind == "quniform" else None
+        return trial.suggest_float(name, args[0], args[1], step=step, log=kind == "loguniform")
     if kind == "randint":  # Ray's randint excludes HIGH; Optuna's includes it
         return trial.suggest_int(name, args[0], args[1] - 1)
     choices = list(args[0])
@@ -53,9 +50,6 @@ class _ConditionalSample:
     dist: Distribution
 
     def __call__(self, spec, random_state=None) -> Any:
-        from ray.tune.search.sample import Domain
-        from ray.tune.search.variant_generator import RecursiveDependencyError
-
         # Ray passes the trial's config (under "config") partly resolved: an unresolved field is a Domain.
         config = dict.get(spec, "config", spec) if isinstance(spec, dict) else spec
         values = {}

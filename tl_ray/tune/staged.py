@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from ray import tune
+
 from tl_ray.errors import TrialError
 from tl_ray.spec import Spec, StageSpec, apply_overrides, validate
 from tl_ray.tune.space import to_param_space
@@ -53,8 +55,6 @@ def stage_trial(config: dict, base_spec: dict, parents: dict[str, dict]) -> None
 
 def run_children(base: Spec, name: str, children: dict[str, dict], source: str, **kwargs) -> SweepResult:
     """One trial of ``base`` per named set of dotted overrides, each validated before any starts."""
-    from ray import tune
-
     for key, values in children.items():
         validate(apply_overrides(base.to_dict(), values), source=f"{source} {key}")
     trainable = tune.with_parameters(stage_trial, base_spec=base.to_dict(), parents=children)
@@ -68,8 +68,6 @@ def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) 
     Raises:
         TrialError: a stage produced no trial with a checkpoint to promote.
     """
-    from ray import tune
-
     name = experiment or spec.name
     out = SweepResult(spec.tune.metric, spec.tune.mode)
     previous: list[TrialRow] = []

@@ -1,5 +1,4 @@
-"""The sweep driver: Ray Tune over ``tune.space``, returning a :class:`SweepResult` that names the best trial
-and the checkpoint of its best epoch.
+"""The sweep driver: Ray Tune over ``tune.space``; its :class:`SweepResult` names the best trial and epoch checkpoint.
 
 >>> result = run_sweep(load_spec("jobs/quickstart/target.yaml"))
 >>> print(result.table())
@@ -7,10 +6,16 @@ and the checkpoint of its best epoch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from ray import tune
+
 from tl_ray import store
+from tl_ray.data.manifest import read_manifest
 from tl_ray.errors import StorageError
+from tl_ray.models.backbones import get_backbone
+from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
 from tl_ray.spec import Spec
 from tl_ray.tune.cluster import check_reachable, connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
@@ -31,8 +36,6 @@ def run_sweep(spec: Spec, resume: bool = False, experiment: str | None = None) -
         SweepInterrupted: the sweep stopped (Ctrl-C) before every trial finished; resume it.
         TrialError: no trial finished with the metric.
     """
-    from ray import tune
-
     name = experiment or spec.name
     store.use_locking(spec.storage_locking)
     connect_ray()
@@ -65,11 +68,6 @@ def preflight(spec: Spec) -> None:
     Raises:
         ClusterError, DataError, StorageError, RegistryError, ConfigError: what every trial would fail on.
     """
-    import os
-
-    from tl_ray.data.manifest import read_manifest
-    from tl_ray.models.backbones import get_backbone
-    from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
     from tl_ray.registry.store import Registry
 
     check_reachable(os.environ.get("RAY_ADDRESS") or "local")

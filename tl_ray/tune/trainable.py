@@ -12,8 +12,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ray
+import ray.train
+from ray import tune
+from ray.util import get_current_placement_group, placement_group_table
+
 from tl_ray import store
-from tl_ray.spec import Spec, validate
+from tl_ray.spec import Spec, apply_overrides, validate
+from tl_ray.spec.space import trial_overrides
 from tl_ray.train.loop import train
 from tl_ray.train.runtime import begin_trial, configure_tensorflow
 from tl_ray.tune.cluster import with_cluster_gpus
@@ -70,17 +76,10 @@ class TuneReporter(_RestoreCopy):
 
     @property
     def trial_id(self) -> str:
-        from ray import tune
-
         return tune.get_context().get_trial_id()
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        from ray import tune
-
-        import ray
-
-        # Each epoch's node (a restarted trial shows where it moved), and Ray's GPUs beside those the process
-        # sees.
+        # Each epoch's node (a restarted trial shows where it moved); Ray's GPUs beside those the process sees.
         metrics = dict(metrics, node_id=ray.get_runtime_context().get_node_id(),
                        gpu_ids=",".join(map(str, ray.get_gpu_ids())),
                        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
@@ -88,8 +87,6 @@ class TuneReporter(_RestoreCopy):
         tune.report(metrics, checkpoint=ckpt)
 
     def _checkpoint(self):
-        from ray import tune
-
         return tune.get_checkpoint()
 
 
@@ -97,24 +94,17 @@ class TrainReporter(_RestoreCopy):
     """Reports a Ray Train worker; every worker reports, rank 0 with the checkpoint."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        import ray
-        import ray.train
-
         # Where the worker group sits (Tune keeps rank 0's): how many nodes it spans (PACK: 1 where it fits).
         metrics = dict(metrics, group_nodes=_group_nodes(), node_id=ray.get_runtime_context().get_node_id())
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}")
 
     def _checkpoint(self):
-        import ray.train
-
         return ray.train.get_checkpoint()
 
 
 def _group_nodes() -> int:
     """Distinct nodes holding this worker group's placement-group bundles (0 outside one)."""
-    from ray.util import get_current_placement_group, placement_group_table
-
     pg = get_current_placement_group()
     if pg is None:
         return 0
@@ -138,8 +128,6 @@ def checkpoint_uri(spec: Spec, path: str) -> str:
 
 def train_worker(spec_dict: dict) -> None:
     """``train_loop_per_worker`` of the TensorflowTrainer."""
-    import ray.train
-
     spec = validate(spec_dict)
     store.use_locking(spec.storage_locking)
     configure_tensorflow(assigned_cpus(spec.train.cpus_per_worker))
@@ -149,7 +137,6 @@ def train_worker(spec_dict: dict) -> None:
 
 def run_multiworker(spec: Spec, run_name: str):
     """Runs one Tune trial on ``spec.train.workers`` Ray Train workers; returns Ray's Result."""
-    import ray.train
     from ray.train.tensorflow import TensorflowTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -171,9 +158,8 @@ def run_multiworker(spec: Spec, run_name: str):
             name=run_name,
             storage_path=storage_path,
             storage_filesystem=fs,
-            # Tune alone retries (train.max_failures), after FailFast has looked at the error: its retry reruns this
-            # run by name, which resumes from the run's latest checkpoint. Retries here too would multiply the
-            # attempts and repeat errors that retrying cannot fix.
+            # Tune alone retries (train.max_failures), after FailFast has seen the error; its retry resumes this run
+            # from its latest checkpoint. Retries here too would multiply attempts at errors retrying cannot fix.
             failure_config=ray.train.FailureConfig(max_failures=0),
             # As a single-worker trial's: the best tune.keep_checkpoints by the metric, and the latest.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -187,8 +173,6 @@ def run_multiworker(spec: Spec, run_name: str):
 
 def assigned_cpus(default: int | None = None) -> int:
     """CPUs Ray reserved for this process (``default``, else the whole machine, outside Ray)."""
-    import ray
-
     if ray.is_initialized():
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         if cpus:
@@ -198,15 +182,11 @@ def assigned_cpus(default: int | None = None) -> int:
 
 def fault_callbacks(spec: Spec, rank: int = 0) -> list:
     """``tl_ray.testing``'s fault injection, when a test set its variable; else none."""
-    import ray
-
     from tl_ray import testing
 
     if not os.environ.get(testing.ENV):
         return []
     try:
-        from ray import tune
-
         trial_id = tune.get_context().get_trial_id() or ""
     except Exception:  # noqa: BLE001 - a Ray Train worker has no Tune context
         trial_id = ""
@@ -215,20 +195,14 @@ def fault_callbacks(spec: Spec, rank: int = 0) -> list:
 
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
-    # Before Tune reuses this actor it waits this long for the trial's thread to end (default 2 s), failing
-    # the next trial if it has not: on a busy node the exit alone can take longer. Tune reads it in this
-    # process.
+    # Tune waits this long (default 2 s) for the trial's thread to end before it reuses the actor, failing the
+    # next trial otherwise: on a busy node the exit alone can take longer. Tune reads it in this process.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_EXIT_TIMEOUT_S))
-    from tl_ray.spec import apply_overrides
-    from tl_ray.spec.space import trial_overrides
-
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)
     spec = validate(apply_overrides(base_spec, overrides), source="trial spec")
     store.use_locking(spec.storage_locking)
     if spec.train.workers > 1:
-        from ray import tune
-
         run_multiworker(spec, run_name=f"{spec.name}-{tune.get_context().get_trial_id()}")
         return
     begin_trial()  # a reused actor frees its previous trial's Keras state

@@ -8,9 +8,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
+from ray import tune
+from ray.tune import schedulers
+from ray.tune.search import BasicVariantGenerator
+
 from tl_ray import store
 from tl_ray.errors import ConfigError, TrialError
-from tl_ray.spec import Spec
+from tl_ray.spec import Spec, apply_overrides, validate
+from tl_ray.spec.space import parse_space, pbt_dimensions
+from tl_ray.train.cached_inputs import trains_on_cache
+from tl_ray.train.loop import plan_phases
 from tl_ray.tune import fail_fast
 from tl_ray.tune.cluster import connect_ray, verbose, with_cluster_gpus, workers_output
 from tl_ray.tune.driver_log import LOG_NAME, driver_log, shown_path
@@ -18,6 +26,7 @@ from tl_ray.tune.interrupt import SweepInterrupted, count_unfinished, quiet_ray_
 from tl_ray.tune.progress import SweepProgress
 from tl_ray.tune.pruning import KeepCheckpoints, kept
 from tl_ray.tune.report import fmt, text_table
+from tl_ray.tune.space import KeepInRange, optuna_space, to_tune
 from tl_ray.tune.trainable import checkpoint_uri, ray_storage
 
 
@@ -67,8 +76,6 @@ def trial_resources(spec: Spec, config: dict | None = None) -> dict:
     """What one trial (``config``: its sampled fields) asks Ray for; a single-worker trial that only trains a
     head on cached features asks for ``train.head_trial_gpus`` GPUs instead of ``train.gpus_per_worker``."""
     if config:
-        from tl_ray.spec import apply_overrides, validate
-
         spec = validate(apply_overrides(spec.to_dict(), config), source="trial spec")
     if spec.train.workers == 1:
         res = {"CPU": spec.train.cpus_per_worker}
@@ -82,11 +89,8 @@ def trial_resources(spec: Spec, config: dict | None = None) -> dict:
 
 
 def _head_only(spec: Spec) -> bool:
-    """Every phase of the trial trains on cached features (``tl_ray.feature_cache.usable``)."""
-    from tl_ray.feature_cache import usable
-    from tl_ray.train.loop import plan_phases
-
-    return spec.train.head_trial_gpus is not None and all(usable(spec, p.freeze, p.augment)[0] for p in plan_phases(spec))
+    """Every phase of the trial trains on cached features (and ``train.head_trial_gpus`` is set)."""
+    return spec.train.head_trial_gpus is not None and trains_on_cache(spec, plan_phases(spec))
 
 
 def _max_concurrent(spec: Spec) -> int | None:
@@ -94,8 +98,6 @@ def _max_concurrent(spec: Spec) -> int | None:
         return spec.tune.max_concurrent_trials
     if spec.train.workers == 1:
         return None
-    import ray
-
     resources = ray.cluster_resources()
     fits = resources.get("CPU", 1) // (spec.train.workers * spec.train.cpus_per_worker)
     if spec.train.gpus_per_worker:
@@ -104,8 +106,6 @@ def _max_concurrent(spec: Spec) -> int | None:
 
 
 def _scheduler(spec: Spec):
-    from ray.tune import schedulers
-
     t = spec.tune
     epochs = spec.train.epochs
     if t.scheduler == "fifo":
@@ -128,9 +128,6 @@ def _scheduler(spec: Spec):
             "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
             "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
         )
-    from tl_ray.spec.space import parse_space, pbt_dimensions
-    from tl_ray.tune.space import KeepInRange, to_tune
-
     # Conditional dimensions, and the fields their conditions test, are not mutated (see pbt_dimensions).
     dists = parse_space(t.space)
     mutations = {k: to_tune(dists[k]) for k in pbt_dimensions(t.space)[0]}
@@ -144,8 +141,6 @@ def _search_alg(spec: Spec, max_concurrent: int | None = None):
     if spec.tune.search == "random":
         if spec.tune.seed is None:
             return None
-        from ray.tune.search import BasicVariantGenerator
-
         # Tune ignores TuneConfig's max_concurrent_trials for a search generator: the limit goes here.
         return BasicVariantGenerator(random_state=spec.tune.seed, max_concurrent=max_concurrent or 0)
     try:
@@ -155,8 +150,6 @@ def _search_alg(spec: Spec, max_concurrent: int | None = None):
         raise ConfigError(
             "tune.search optuna needs Optuna: pip install 'tl-ray[optuna]' (or pip install optuna)."
         ) from None
-    from tl_ray.tune.space import optuna_space
-
     # A define-by-run space: Tune's param_space is then empty, so metric and mode go here.
     return OptunaSearch(
         space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
@@ -178,8 +171,6 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             (``tl_ray.tune.fail_fast``).
         SweepInterrupted: Ctrl-C stopped the sweep before every trial finished.
     """
-    from ray import tune
-
     connect_ray()
     spec = with_cluster_gpus(spec)
     storage_path, fs = ray_storage(spec, *folder)
@@ -192,9 +183,9 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
             trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
         )
     exp_path = f"{storage_path.rstrip('/')}/{name}"
-    log_folder = store.join(spec.storage, "experiments", folder[0] if folder else name)  # a staged sweep's top
-    total = (num_samples or spec.tune.num_samples) * (1 if search and spec.tune.search == "optuna"
-                                                      else _grid_points(param_space))
+    top = folder[0] if folder else name  # a staged sweep's top folder
+    log_folder = store.join(spec.storage, "experiments", top)
+    total = (num_samples or spec.tune.num_samples) * _grid_points(param_space)
     print(f"[tune] {name}: {total} trials, {spec.tune.scheduler} scheduler, {spec.tune.metric} ({spec.tune.mode}), "
           f"each {_resources_text(spec)}; experiment {exp_path}; full log {shown_path(log_folder)}; "
           f"{workers_output()}", flush=True)
@@ -216,25 +207,17 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         trial_id, error = stopped
         where = store.join(log_folder, LOG_NAME) if store.is_s3(log_folder) else log
         raise type(error)(f"{error} (trial {trial_id}; the sweep stopped, its traceback is in {where})")
-    planned = None if search else (num_samples or spec.tune.num_samples) * _grid_points(param_space)
-    unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), planned)
+    unfinished = count_unfinished(spec, list(saved_trial_statuses(exp_path, fs).values()), None if search else total)
     if unfinished:  # Ctrl-C: Tune saved the experiment and returned as if it had ended
-        raise SweepInterrupted(folder[0] if folder else name, exp_path, unfinished, stage=stage)
-    result = SweepResult(spec.tune.metric, spec.tune.mode, experiment_path=exp_path)
-    result.wall_time_s = time.perf_counter() - start
-    for res in grid:
-        row = _row(spec, res)
-        row.stage = stage
-        result.rows.append(row)
-    return result
+        raise SweepInterrupted(top, exp_path, unfinished, stage=stage)
+    wall_time_s = time.perf_counter() - start
+    rows = [_row(spec, res, stage) for res in grid]
+    return SweepResult(spec.tune.metric, spec.tune.mode, rows, exp_path, wall_time_s)
 
 
 def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path: str, fs, *,
                num_samples: int | None, search: bool, callbacks: tuple):
     """A new Tune experiment; ``FailFast`` stops it at the first error that retrying cannot fix."""
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
-
     limit = _max_concurrent(spec)
     search_alg = _search_alg(spec, limit) if search else None
     stopper = fail_fast.FailFast()
@@ -281,10 +264,8 @@ def _grid_points(param_space: dict) -> int:
     return math.prod(len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v)
 
 
-def _row(spec: Spec, res) -> TrialRow:
+def _row(spec: Spec, res, stage: str) -> TrialRow:
     metric, mode = spec.tune.metric, spec.tune.mode
-    config = res.config or {}
-    params = dict(config)
     trial_id = (res.metrics or {}).get("trial_id") or (Path(res.path).name if res.path else "?")
     df = res.metrics_dataframe
     epochs = 0
@@ -302,13 +283,10 @@ def _row(spec: Spec, res) -> TrialRow:
                   for path, value in zip(df["checkpoint_path"], df[metric])
                   if isinstance(path, str) and value == value]
     scored = kept(scored, spec.tune.keep_checkpoints, mode)  # those deleted once the trial ended are left out
-    best_value = checkpoint = None
-    if scored:
-        pick = max if mode == "max" else min
-        checkpoint, best_value = pick(scored, key=lambda item: item[1])
+    pick = max if mode == "max" else min
+    checkpoint, best_value = pick(scored, key=lambda c: c[1]) if scored else (None, None)
     status = "ERROR" if res.error else ("STOPPED" if epochs < spec.train.epochs else "DONE")
-    return TrialRow(
-        trial_id, params, best_value, epochs, status, checkpoint, str(res.error) if res.error else None, scored
-    )
+    return TrialRow(trial_id, dict(res.config or {}), best_value, epochs, status, checkpoint,
+                    str(res.error) if res.error else None, scored, stage)
 
 
