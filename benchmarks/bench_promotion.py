@@ -106,7 +106,7 @@ def bench(store: str, smoke: bool) -> dict:
         print(f"{label:<44}{n:>7}{wall:>8.0f}{t['val']:>9.4f}{t['test']:>10.4f}  {json.dumps(params)}")
     gap_val = (by_val["test"] - pick["test"]) * 100
     gap_test = (by_test["test"] - pick["test"]) * 100
-    print(f"a vs b: {gap_val:+.2f} test points; a vs c: {gap_test:+.2f} test points "
+    print(f"b - a: {gap_val:+.2f} test points; c - a: {gap_test:+.2f} test points "
           f"(goal: the sweep's pick within 1 point of the grid's best: {'met' if gap_val <= 1 else 'missed'})")
     return {"sweep": pick, "sweep_s": sweep_s, "grid_s": grid_s, "grid": trials,
             "gap_points_best_by_val": gap_val, "gap_points_best_on_test": gap_test}
