@@ -87,3 +87,22 @@ def test_models_show_sums_the_record_up_in_one_line():
     assert _seeds_line(comparison().to_metadata()) == (
         "test accuracy transferred 0.8100 ± 0.0200 (n=3), from scratch 0.7200 ± 0.0283 (n=2), gap +9.0 points; "
         "promoted seed 1 (best val_accuracy (max))")
+
+
+def test_the_seed_runs_are_not_held_to_the_searchs_concurrency_limit(monkeypatch):
+    from tl_ray.tune import sweep
+
+    seen = {}
+
+    def run_children(base, experiment, variants, parent):
+        seen["base"] = base
+        return type("Result", (), {"rows": []})()
+
+    monkeypatch.setattr(sweep, "connect_ray", lambda: None)
+    monkeypatch.setattr(sweep, "with_cluster_gpus", lambda spec: spec)
+    monkeypatch.setattr(sweep, "run_children", run_children)
+    spec = validate({**SPEC, "tune": {**SPEC["tune"], "scheduler": "asha", "max_concurrent_trials": 1}})
+    sweep.run_variants(spec, "exp-seeds", {"transferred-0": seed_overrides(spec, {}, 0)})
+    base = seen["base"]
+    assert (base.tune.max_concurrent_trials, base.tune.scheduler, base.tune.space) == (0, "fifo", {})
+    assert spec.tune.max_concurrent_trials == 1  # the caller's spec is left as it was

@@ -60,7 +60,9 @@ class TuneSpec(_Section):
             "always writes every due one (its exploits copy a trial's latest checkpoint)."
         ),
     )
-    max_concurrent_trials: int = Field(default=0, ge=0, description="0: as many as resources allow.")
+    max_concurrent_trials: int = Field(
+        default=0, ge=0,
+        description="The search's trials at once (0: as many as resources allow); run.seeds' runs are not limited.")
     reuse_actors: bool = Field(
         default=True,
         description=(

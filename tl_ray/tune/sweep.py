@@ -56,6 +56,7 @@ def run_variants(spec: Spec, experiment: str, variants: dict[str, dict]) -> dict
     connect_ray()
     base = with_cluster_gpus(spec).model_copy(deep=True)
     base.tune.space, base.tune.stages, base.tune.scheduler = {}, [], "fifo"
+    base.tune.max_concurrent_trials = 0  # the search's limit: these runs share no search, nothing to wait for
     result = run_children(base, experiment, variants, experiment)
     return {str(row.params.get(PARENT_KEY)): row for row in result.rows}
 
