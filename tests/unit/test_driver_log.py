@@ -108,3 +108,14 @@ def test_the_report_reads_a_staged_sweep_beside_its_log(tmp_path):
     (trial / "result.json").write_text(json.dumps({"training_iteration": 1, "val_accuracy": 0.7}) + "\n")
     (exp / "tl-ray.log").write_text("log\n")
     assert [t.stage for t in load_trials(str(exp))] == ["coarse"]
+
+
+def test_the_header_names_the_sweeps_log_only_when_tl_ray_started_ray_streaming_workers_output(monkeypatch):
+    from tl_ray.tune import cluster
+
+    monkeypatch.delenv("TLRAY_VERBOSE", raising=False)
+    monkeypatch.setattr(cluster, "_session", {})  # Ray initialised by the caller: its log_to_driver is unknown
+    assert cluster.workers_output() == ("workers' output in /tmp/ray/session_latest/logs on each node "
+                                        "(tl-ray -v shows it here)")
+    monkeypatch.setattr(cluster, "_session", {"streamed": True, "logs": "/tmp/ray/session_1/logs"})
+    assert cluster.workers_output() == "workers' output included (tl-ray -v shows it live)"

@@ -38,6 +38,7 @@ def connect_ray() -> None:
                            configure_logging=False)
         if dispatcher is not None and not verbose():
             dispatcher.remove_handler("ray_print_logs")  # Ray's printer of workers' output on the console
+        _session["streamed"] = dispatcher is not None
         _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
 
 
@@ -77,9 +78,10 @@ def workers_output_to(logger):
 
 
 def workers_output() -> str:
-    """Where the trials' own output is: in the sweep's log (and on this console with ``tl-ray -v``), else in Ray's
-    log folder."""
-    if _stdstream_dispatcher() is not None:
+    """Where the trials' own output is: in the sweep's log (and on this console with ``tl-ray -v``) when
+    ``connect_ray`` started Ray streaming it, else in Ray's log folder (Ray initialised by the caller may not
+    stream it)."""
+    if _session.get("streamed"):
         return "workers' output included" + (", and shown below" if verbose() else " (tl-ray -v shows it live)")
     if verbose():
         return "workers' output below"
