@@ -119,9 +119,10 @@ def target_spec(store: str, extra: list[str] | None = None, **overrides):
     """The quickstart target as the sweep benchmarks run it; ``extra``: further ``KEY=VALUE`` overrides."""
     from tl_ray.spec import load_spec
 
-    # Checkpoints every 5 epochs (the ASHA rungs: grace period 5, reduction factor 2), in every run.
+    # Checkpoints every 5 epochs (the ASHA rungs: grace period 5, reduction factor 2), in every run; trials as
+    # many at a time as the CPUs allow (the quickstart runs its sweep one at a time).
     sets = [f"storage={store}", "data.augment.flip=false", "model.freeze.mode=feature_extraction", "tune.seed=0",
-            "train.checkpoint_every=5", *(extra or [])]
+            "train.checkpoint_every=5", "tune.max_concurrent_trials=0", *(extra or [])]
     sets += [f"{k}={v}" for k, v in overrides.items()] + [f"tune.space={json.dumps(SPACE)}"]
     return load_spec(ROOT / "jobs/quickstart/target.yaml", overrides=sets)
 
