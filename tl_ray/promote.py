@@ -41,15 +41,19 @@ class Promotion:
         who = f"{self.name}:v{self.version}"
         notes = "".join(f"\n  warning: {w}" for w in self.warnings)
         if self.champion is None:
-            return (f"{who} is the first version; {self.alias} -> v{self.version} "
-                    f"({self.metric}={self.challenger:.4f}).{notes}")
+            return (
+                f"{who} is the first version; {self.alias} -> v{self.version} "
+                f"({self.metric}={self.challenger:.4f}).{notes}"
+            )
         vs = f"{self.metric} {self.challenger:.4f} vs {self.champion:.4f} of v{self.champion_version}"
         if self.latency_ms is not None and self.champion_latency_ms is not None:
             vs += f"; p50 {self.latency_ms:.1f} ms vs {self.champion_latency_ms:.1f} ms per batch"
         if self.accepted:
             return f"{who} promoted: {self.alias} -> v{self.version} ({vs}).{notes}"
-        return (f"{who} registered but NOT promoted: {self.reason} ({vs}); "
-                f"{self.alias} stays at v{self.champion_version}.{notes}")
+        return (
+            f"{who} registered but NOT promoted: {self.reason} ({vs}); "
+            f"{self.alias} stays at v{self.champion_version}.{notes}"
+        )
 
 
 def evaluate(model, uri: str, image_size, batch_size: int = 256) -> dict[str, float]:
@@ -67,25 +71,32 @@ def evaluate(model, uri: str, image_size, batch_size: int = 256) -> dict[str, fl
 
     for images, labels in make_dataset(uri, image_size=tuple(image_size), batch_size=batch_size):
         probs = probs_of(images).numpy()
-        if binary:  # one sigmoid unit: P(class 1)
-            probs = np.concatenate([1 - probs, probs], axis=1)
         y = labels.numpy().astype(np.int64)
-        loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).sum())
-        correct += float((probs.argmax(axis=1) == y).sum())
+        if binary:
+            p1 = np.clip(probs[:, 0], 1e-7, 1 - 1e-7)
+            loss_sum += float(-(y * np.log(p1) + (1 - y) * np.log(1 - p1)).sum())
+            correct += float(((p1 > 0.5).astype(np.int64) == y).sum())
+        else:
+            loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).sum())
+            correct += float((probs.argmax(axis=1) == y).sum())
         total += len(y)
     total = max(total, 1.0)
     return {"loss": loss_sum / total, "accuracy": correct / total, "examples": int(total)}
 
 
-def gate_metric(spec: Spec) -> str:
-    """The key of evaluate()'s result the gate compares: the spec's tune metric."""
+def gate_metric(spec: Spec) -> tuple[str, str]:
+    """(key of evaluate()'s result, mode) for the spec's tune metric."""
     key = spec.tune.metric.removeprefix("val_")
     if key not in ("accuracy", "loss"):
         raise ConfigError(
             f"tune.metric must be one of val_accuracy, val_loss, accuracy, loss for promotion. "
             f"Received: {spec.tune.metric!r}."
         )
-    return key
+    return key, spec.tune.mode
+
+
+def better(a: float, b: float, mode: str, margin: float) -> bool:
+    return a > b + margin if mode == "max" else a < b - margin
 
 
 def holdout_uri(spec: Spec) -> tuple[str, list[str]]:
@@ -137,6 +148,7 @@ class _Gate:
     spec: Spec
     challenger: Any  # the Keras model
     metric: str  # a key of evaluate()'s result
+    mode: str
     dataset: str
     score: float  # the challenger's metric on the dataset
 
@@ -144,10 +156,9 @@ class _Gate:
         """The gate's verdict against version ``current`` of the model (None: there is none yet)."""
         from tl_ray.models.export import load_model
 
-        cfg, key, mode = self.spec.promote, self.metric, self.spec.tune.mode
-        image_size = tuple(self.spec.data.image_size)
+        cfg, key, image_size = self.spec.promote, self.metric, tuple(self.spec.data.image_size)
         gate = {
-            "metric": key, "mode": mode, "dataset": self.dataset, "challenger": self.score, "champion": None,
+            "metric": key, "mode": self.mode, "dataset": self.dataset, "challenger": self.score, "champion": None,
             "champion_version": current, "min_delta": cfg.min_delta, "max_latency_ratio": cfg.max_latency_ratio,
             "latency_ms": None, "champion_latency_ms": None, "accepted": True, "reason": "first version",
         }
@@ -155,9 +166,8 @@ class _Gate:
             return gate
         champion = load_model(self.registry.fetch(f"{cfg.name}:v{current}") / "model.keras")  # sha256-checked
         gate["champion"] = evaluate(champion, self.dataset, image_size)[key]
-        gain = self.score - gate["champion"] if mode == "max" else gate["champion"] - self.score
-        if not gain > cfg.min_delta:
-            word = "higher" if mode == "max" else "lower"
+        if not better(self.score, gate["champion"], self.mode, cfg.min_delta):
+            word = "higher" if self.mode == "max" else "lower"
             gate.update(accepted=False, reason=f"{key} is not {word} than the champion's by at least min_delta={cfg.min_delta}")
             return gate
         gate["reason"] = f"{key} beats the champion's by more than min_delta={cfg.min_delta}"
@@ -212,11 +222,11 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
     registry = Registry(spec.storage)
     registry.check_writable()  # before the gate's evaluation, not after it
     name, alias = spec.promote.name, spec.promote.alias
-    key = gate_metric(spec)
+    key, mode = gate_metric(spec)
     uri, warnings = holdout_uri(spec)  # said once, in the promotion's message
     challenger = checkpoint_model(checkpoint_dir, spec.storage)  # a head-only checkpoint is rebuilt in full
     score = evaluate(challenger, uri, tuple(spec.data.image_size))[key]
-    gatekeeper = _Gate(registry, spec, challenger, key, uri, score)
+    gatekeeper = _Gate(registry, spec, challenger, key, mode, uri, score)
 
     current = registry.aliases(name).get(alias) if registry.versions(name) else None
     gate = gatekeeper.judge(current)

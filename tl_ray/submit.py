@@ -134,7 +134,7 @@ def submit(
             job_id = jobs.submit_job(entrypoint=shlex.join(entry), runtime_env=env,
                                      metadata={"tl-ray": tl_ray.__version__, "spec": spec.name})
         except Exception as exc:
-            raise ClusterError(f"the cluster at {address} rejected the job: {first_line(exc)}") from None
+            raise ClusterError(f"the cluster at {address} rejected the job: {first_line(exc).rstrip('.')}") from None
     out(f"submitted {job_id}: {shlex.join(entry)}")
     out(f"  tl-ray {'source' if package == 'source' else env['pip'][0]}; env forwarded by name: {names or 'none'}")
     out(f"  follow: tl-ray jobs logs {job_id} --address {address} --follow")
@@ -191,7 +191,7 @@ def _job_call(address: str, job_id: str, what: str, call):
     try:
         return call(jobs)
     except Exception as exc:
-        raise ClusterError(f"{what} job {job_id!r} at {address}: {first_line(exc)}") from None
+        raise ClusterError(f"{what} job {job_id!r} at {address}: {first_line(exc).rstrip('.')}") from None
 
 
 def logs(address: str, job_id: str) -> str:

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tl_ray.errors import ConfigError, StorageError, did_you_mean, first_line
+from tl_ray.errors import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ class Backbone:
             **kwargs: further constructor arguments, e.g. ``alpha=0.35``.
 
         Raises:
-            ConfigError: a keyword is reserved by tl-ray or unknown to the constructor, or the constructor
-                rejects the arguments.
-            StorageError: ImageNet weights cannot be downloaded.
+            ConfigError: a keyword is reserved by tl-ray or unknown to the constructor.
         """
         fn = _import(self.constructor)
         accepted = [p for p in inspect.signature(fn).parameters if p not in RESERVED_ARGS]
@@ -102,24 +100,9 @@ class Backbone:
                     f"{did_you_mean(key, accepted)}"
                 )
         # Keras warns with stacklevel=2, which blames this module; pass its advice on as a log line.
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                model = fn(include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)
-        except Exception as exc:  # Keras raises bare Exception for a failed download
-            text = first_line(exc)
-            if weights == "imagenet" and not isinstance(exc, (TypeError, ValueError)) or "URL fetch" in text:
-                raise StorageError(
-                    f"ImageNet weights for backbone {self.name!r} could not be downloaded ({text}). This node may "
-                    "be offline: stage them where the internet is reachable (tl-ray weights stage), then set "
-                    "model.weights to the staged file's URI (or use weights: none)."
-                ) from None
-            if isinstance(exc, (TypeError, ValueError)):
-                raise ConfigError(
-                    f"{self.constructor} rejected input_shape={tuple(input_shape)}, weights={weights!r} and "
-                    f"model.backbone_args {kwargs}: {text} Fix model.backbone_args or data.image_size."
-                ) from None
-            raise
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = fn(include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)
         for warning in caught:
             logger.warning("%s: %s", self.constructor, warning.message)
         if name is not None:

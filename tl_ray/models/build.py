@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from tl_ray.errors import ConfigError, did_you_mean
+from tl_ray.errors import ConfigError, StorageError, did_you_mean
 from tl_ray.models.backbones import Backbone, get_backbone
 from tl_ray.models.freeze import apply_freeze
 from tl_ray.models.preprocess import preprocessing_layer
@@ -64,11 +64,15 @@ def build_model(
                 layer.momentum = model_spec.batchnorm_momentum
     # Always training=False in the graph; apply_freeze decides whether the outer flag overrides it.
     x = base(x, training=False)
-    x = POOLING[model_spec.head.pooling](name="pool")(x)
-    outputs = head_layers(x, model_spec.head, num_classes, seed=seed)
+    outputs = add_head(x, model_spec.head, num_classes, seed=seed)
     # backbone_of reads the backbone back from this name (freeze.from_block, weight transfer).
     model = keras.Model(inputs, outputs, name=f"tlray_{backbone.name}")
     return apply_freeze(model, model_spec.freeze)
+
+
+def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = None):
+    """Adds pooling and the ``head_layers`` on ``features``, the backbone's output feature map."""
+    return head_layers(POOLING[head.pooling](name="pool")(features), head, num_classes, seed=seed)
 
 
 def head_layers(pooled, head: HeadSpec, num_classes: int, *, seed: int | None = None):
@@ -127,7 +131,25 @@ def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, wei
             f"model.weights {spec.weights!r} must be fetched before building: pass "
             "weights_file=resolve_weights(spec.model.weights, spec.storage) to build_model."
         )
-    base = backbone.build(input_shape, "imagenet" if kind == "imagenet" else None, name="backbone", **args)
+    keras_weights = "imagenet" if kind == "imagenet" else None
+    try:
+        base = backbone.build(input_shape, keras_weights, name="backbone", **args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises bare Exception for a failed download
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if keras_weights == "imagenet" and not isinstance(exc, (TypeError, ValueError)) or "URL fetch" in text:
+            raise StorageError(
+                f"ImageNet weights for backbone {backbone.name!r} could not be downloaded ({text}). "
+                "This node may be offline: download them where the internet is reachable, stage the file "
+                "in object storage and set model.weights to its URI (or use weights: none)."
+            ) from None
+        if isinstance(exc, (TypeError, ValueError)):
+            raise ConfigError(
+                f"{backbone.constructor} rejected input_shape={input_shape}, weights={keras_weights!r} and "
+                f"model.backbone_args {args}: {text} Fix model.backbone_args or data.image_size."
+            ) from None
+        raise
     weights_h5 = kind == "file" and not weights_file.endswith(".keras")
     if weights_h5:
         load_backbone_weights(base, weights_file, what=what)

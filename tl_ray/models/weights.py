@@ -99,7 +99,7 @@ def save_backbone_weights(model, uri: str) -> str:
     if not uri.endswith(".weights.h5"):
         raise ConfigError(f"backbone weights are saved as Keras .weights.h5 files. Received: {uri!r}. "
                           "Name the destination e.g. s3://bucket/weights/mobilenet_v2.weights.h5.")
-    backbone = next((layer for layer in model.layers if layer.name == "backbone"), model)
+    backbone = model.get_layer("backbone") if _has_backbone(model) else model
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "backbone.weights.h5"
         backbone.save_weights(str(local))
@@ -163,14 +163,17 @@ def _signature(model) -> list[tuple[str, tuple]]:
     return [(type(layer).__name__, tuple(tuple(w.shape) for w in layer.weights)) for layer in model.layers]
 
 
+def _has_backbone(model) -> bool:
+    return any(layer.name == "backbone" for layer in getattr(model, "layers", []))
+
+
 def _nested_backbone(model, *, where: str):
-    try:
-        return model.get_layer("backbone")
-    except ValueError:
+    if not _has_backbone(model):
         raise ConfigError(
             f"{where} is not a tl-ray model: it has no nested model named 'backbone'. "
             "Point model.weights at a model.keras written by tl-ray, or at a backbone .weights.h5 file."
-        ) from None
+        )
+    return model.get_layer("backbone")
 
 
 def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet",
@@ -200,6 +203,14 @@ def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet"
     entry = get_backbone(backbone)
     args = dict(backbone_args or {})
     size = entry.default_size
-    model = entry.build((size, size, 3), "imagenet" if weights == "imagenet" else None, name="backbone", **args)
+    try:
+        model = entry.build((size, size, 3), "imagenet" if weights == "imagenet" else None, name="backbone", **args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises bare Exception for a failed download
+        if weights == "imagenet" and not isinstance(exc, (TypeError, ValueError)):
+            raise StorageError(f"ImageNet weights for backbone {backbone!r} could not be downloaded ({exc}). "
+                               "Run `tl-ray weights stage` on a machine with internet access.") from None
+        raise ConfigError(f"{entry.constructor} rejected backbone_args {args}: {exc}") from None
     digest = save_backbone_weights(model, uri)
     return {"uri": uri, "sha256": digest, "backbone": backbone, "backbone_args": args, "weights": weights}

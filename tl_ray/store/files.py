@@ -220,8 +220,14 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
                                    "Another process is removing it; retry once it is done.")
             dest.write_bytes(found[0])
         return local_dir
+    fs, path = filesystem(uri)
     with reported(uri, "read", missing=True):
-        shutil.copytree(filesystem(uri)[1], local_dir, dirs_exist_ok=True)
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=False)):
+            if info.type == pafs.FileType.File:
+                dest = local_dir / info.path[len(path) :].lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open_input_stream(info.path, compression=None) as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, length=8 * 2**20)
     return local_dir
 
 
@@ -239,9 +245,12 @@ def staging(folder: str | Path) -> Iterator[Path]:
 
 def publish_local(staged: Path, dest: str | Path, *, exclusive: bool = False) -> bool:
     """Renames ``staged`` onto ``dest``; with ``exclusive``, hard-links it (False if ``dest`` exists)."""
+    if not exclusive:
+        os.replace(staged, dest)
+        return True
     try:
-        (os.link if exclusive else os.replace)(staged, dest)
-    except FileExistsError:  # only a link refuses an existing ``dest``
+        os.link(staged, dest)
+    except FileExistsError:
         return False
     return True
 
