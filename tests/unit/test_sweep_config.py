@@ -138,3 +138,23 @@ def test_a_seeded_random_search_keeps_the_concurrency_limit():
 
     spec = load_spec(MINIMAL, overrides=SPACE + ["tune.seed=0", "tune.max_concurrent_trials=2"])
     assert _search_alg(spec, 2).max_concurrent == 2
+
+
+def test_every_backbone_and_size_the_space_lists_is_checked_before_any_trial(monkeypatch):
+    """A searched backbone that refuses a searched image size fails the preflight, not one trial of the sweep;
+    a pair a ``when`` condition rules out is not checked."""
+    from tl_ray.tune import sweep
+
+    space = {"model.backbone": "choice([resnet50, xception])", "data.image_size": "choice([[32, 32], [96, 96]])"}
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={space}"])
+    assert set(sweep.backbones_and_sizes(spec)) == {("resnet50", (32, 32)), ("resnet50", (96, 96)),
+                                                    ("xception", (32, 32)), ("xception", (96, 96))}
+    monkeypatch.setattr(sweep, "check_reachable", lambda address: None)
+    monkeypatch.setattr(sweep, "read_manifest", lambda uri: None)  # the spec's dataset does not exist here
+    with pytest.raises(ConfigError, match=r"at least 71x71 for backbone 'xception'\. Received: \[32, 32\]"):
+        sweep.preflight(spec)
+
+    space["model.backbone"] = {"when": {"data.image_size": [[96, 96]]}, "sample": "choice([resnet50, xception])"}
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={space}", "model.weights=none"])
+    assert set(sweep.backbones_and_sizes(spec)) == {("resnet50", (32, 32)), ("resnet50", (96, 96)), ("xception", (96, 96))}
+    sweep.preflight(spec)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tl_ray.errors import StorageError
 from tl_ray.models.backbones import get_backbone
 from tl_ray.models.weights import REGISTRY_SCHEME, weights_kind
 from tl_ray.spec import Spec
+from tl_ray.spec.space import Distribution, parse_space
 from tl_ray.tune.cluster import check_reachable, connect_ray, with_cluster_gpus
 from tl_ray.tune.space import to_param_space
 from tl_ray.tune.staged import PARENT_KEY, run_children, run_staged
@@ -63,8 +65,9 @@ def run_variants(spec: Spec, experiment: str, variants: dict[str, dict]) -> dict
 
 def preflight(spec: Spec) -> None:
     """Fails before any trial starts, with the error every trial would otherwise raise and retry: no cluster
-    at ``RAY_ADDRESS``, a missing dataset, an image smaller than the backbone takes, missing weights, ImageNet
-    weights that cannot be downloaded (built once here, they stay in ``~/.keras/models`` for the trials).
+    at ``RAY_ADDRESS``, a missing dataset, an image smaller than a backbone the sweep can pick takes, missing
+    weights, ImageNet weights that cannot be downloaded (built once here for each backbone and size the sweep can
+    pick, they stay in ``~/.keras/models`` for the trials).
 
     Raises:
         ClusterError, DataError, StorageError, RegistryError, ConfigError: what every trial would fail on.
@@ -75,7 +78,9 @@ def preflight(spec: Spec) -> None:
     read_manifest(spec.resolve(spec.data.train))
     if spec.data.validation:
         read_manifest(spec.resolve(spec.data.validation))
-    get_backbone(spec.model.backbone).check_size(spec.data.image_size)
+    pairs = backbones_and_sizes(spec)
+    for backbone, size in pairs:
+        get_backbone(backbone).check_size(size)
     kind, weights = weights_kind(spec.model.weights), spec.model.weights
     if kind == "registry":
         Registry(spec.storage).resolve(weights[len(REGISTRY_SCHEME):])
@@ -93,8 +98,30 @@ def preflight(spec: Spec) -> None:
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # TensorFlow's runtime already started here: its setting stays
                 pass
-        build_model(spec.model, 2, tuple(spec.data.image_size))
-        keras.backend.clear_session()
+        for backbone, size in pairs:  # each backbone's weights, for each size (some families' files depend on it)
+            build_model(spec.model.model_copy(update={"backbone": backbone}), 2, tuple(size))
+            keras.backend.clear_session()
+
+
+def backbones_and_sizes(spec: Spec) -> list[tuple[str, tuple[int, int]]]:
+    """Every (backbone, image size) pair a trial can take: the values ``tune.space`` lists for ``model.backbone``
+    and ``data.image_size`` (each where its ``when`` on the other holds), and the spec's where the space does
+    not set the field in every trial."""
+    dists = parse_space(spec.tune.space)
+    options = {}  # field: [(value, whether the space gives it)]
+    for key, value in (("model.backbone", spec.model.backbone), ("data.image_size", list(spec.data.image_size))):
+        listed = dists[key].extremes() if key in dists else []
+        options[key] = [(v, True) for v in listed if v is not None]
+        if key not in dists or dists[key].conditional or None in listed:
+            options[key].append((value, False))
+    pairs = []
+    for (backbone, by_space), (size, size_by_space) in itertools.product(*options.values()):
+        values = {"model.backbone": backbone, "data.image_size": list(size)}
+        given = [dists[k] for k, by in (("model.backbone", by_space), ("data.image_size", size_by_space)) if by]
+        if all(Distribution(d.kind, d.args, tuple(c for c in d.when if c[0] in values)).holds(values) for d in given):
+            pair = (backbone, tuple(int(v) for v in size))
+            pairs += [pair] if pair not in pairs else []
+    return pairs
 
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
