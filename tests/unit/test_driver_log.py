@@ -117,5 +117,11 @@ def test_the_header_names_the_sweeps_log_only_when_tl_ray_started_ray_streaming_
     monkeypatch.setattr(cluster, "_session", {})  # Ray initialised by the caller: its log_to_driver is unknown
     assert cluster.workers_output() == ("workers' output in /tmp/ray/session_latest/logs on each node "
                                         "(tl-ray -v shows it here)")
-    monkeypatch.setattr(cluster, "_session", {"streamed": True, "logs": "/tmp/ray/session_1/logs"})
+    monkeypatch.setattr(cluster, "_connection", lambda: ("node-1", "job-1"))
+    monkeypatch.setattr(cluster, "_session", {"connection": ("node-1", "job-1"), "streamed": True,
+                                              "logs": "/tmp/ray/session_1/logs"})
     assert cluster.workers_output() == "workers' output included (tl-ray -v shows it live)"
+    # After ray.shutdown(), a Ray the caller initialised (perhaps with log_to_driver=False) is another connection.
+    monkeypatch.setattr(cluster, "_connection", lambda: ("node-1", "job-2"))
+    assert cluster.workers_output() == ("workers' output in /tmp/ray/session_latest/logs on each node "
+                                        "(tl-ray -v shows it here)")

@@ -12,7 +12,7 @@ VERBOSE_ENV = "TLRAY_VERBOSE"
 # actor in a new thread, and glibc gives new threads new malloc arenas (up to 8 per core): without a cap the actor's
 # memory grew with every trial. glibc reads it when a process starts; a value already set wins.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "4"}
-_session: dict = {}  # the Ray session this process started: its log folder
+_session: dict = {}  # the Ray connection this process started: whether it streams workers' output, its log folder
 
 
 def verbose() -> bool:
@@ -38,8 +38,18 @@ def connect_ray() -> None:
                            configure_logging=False)
         if dispatcher is not None and not verbose():
             dispatcher.remove_handler("ray_print_logs")  # Ray's printer of workers' output on the console
-        _session["streamed"] = dispatcher is not None
+        _session.update(connection=_connection(), streamed=dispatcher is not None)
         _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
+
+
+def _connection() -> tuple[str, str] | None:
+    """This process's Ray connection (node, job), which a later ``ray.init`` after ``ray.shutdown`` changes."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return context.get_node_id(), context.get_job_id()
 
 
 def _stdstream_dispatcher():
@@ -81,11 +91,12 @@ def workers_output() -> str:
     """Where the trials' own output is: in the sweep's log (and on this console with ``tl-ray -v``) when
     ``connect_ray`` started Ray streaming it, else in Ray's log folder (Ray initialised by the caller may not
     stream it)."""
-    if _session.get("streamed"):
+    ours = _session.get("connection") is not None and _session["connection"] == _connection()
+    if ours and _session["streamed"]:
         return "workers' output included" + (", and shown below" if verbose() else " (tl-ray -v shows it live)")
     if verbose():
         return "workers' output below"
-    where = _session.get("logs") or "/tmp/ray/session_latest/logs on each node"
+    where = _session["logs"] if ours else "/tmp/ray/session_latest/logs on each node"
     return f"workers' output in {where} (tl-ray -v shows it here)"
 
 
