@@ -11,7 +11,7 @@ validation (what a 4.5 times larger sweep would promote) and the grid's best on 
 the sweep's pick from each in test accuracy points (goal: within 1 point of the grid's best).
 
 The store keeps the quickstart's data and upstream model between runs (a store where the quickstart ran
-has them). ``--smoke``: few images, a one-step upstream model, 2 epochs, 2 sampled trials against a
+has them). ``--smoke``: few images, a one-step upstream model, 2 epochs, 2 sampled trials at once against a
 3-trial grid: checks that the benchmark runs.
 """
 
@@ -30,7 +30,7 @@ MODES = [("feature_extraction", "plain"), ("fine_tune", "plain"), ("fine_tune", 
 LEARNING_RATES = [5.0e-4, 1.1e-3, 2.3e-3, 5.0e-3]  # geometric over the space's loguniform(5e-4, 5e-3)
 DROPOUTS = [0.0, 0.25, 0.5]  # over its uniform(0, 0.5)
 SMOKE_SETS = ["data.source.train_per_class=20", "data.source.validation_per_class=20", "train.epochs=2",
-              "train.probe_epochs=1", "tune.grace_period=2", "tune.num_samples=2"]
+              "train.probe_epochs=1", "tune.grace_period=2", "tune.num_samples=2", "tune.max_concurrent_trials=0"]
 
 
 def quickstart_spec(store: str, smoke: bool):
