@@ -158,3 +158,15 @@ def test_every_backbone_and_size_the_space_lists_is_checked_before_any_trial(mon
     spec = load_spec(MINIMAL, overrides=[f"tune.space={space}", "model.weights=none"])
     assert set(sweep.backbones_and_sizes(spec)) == {("resnet50", (32, 32)), ("resnet50", (96, 96)), ("xception", (96, 96))}
     sweep.preflight(spec)
+
+
+def test_every_dataset_the_space_lists_is_checked_before_any_trial(monkeypatch):
+    from tl_ray.tune import sweep
+
+    read = []
+    monkeypatch.setattr(sweep, "check_reachable", lambda address: None)
+    monkeypatch.setattr(sweep, "read_manifest", read.append)
+    space = {"data.validation": "choice([datasets/x/val, datasets/x/val2])"}
+    spec = load_spec(MINIMAL, overrides=[f"tune.space={space}", "model.weights=none", "storage=/s"])
+    sweep.preflight(spec)
+    assert read == ["/s/datasets/x/train", "/s/datasets/x/val", "/s/datasets/x/val2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 from ray import tune
 
@@ -65,9 +66,9 @@ def run_variants(spec: Spec, experiment: str, variants: dict[str, dict]) -> dict
 
 def preflight(spec: Spec) -> None:
     """Fails before any trial starts, with the error every trial would otherwise raise and retry: no cluster
-    at ``RAY_ADDRESS``, a missing dataset, an image smaller than a backbone the sweep can pick takes, missing
-    weights, ImageNet weights that cannot be downloaded (built once here for each backbone and size the sweep can
-    pick, they stay in ``~/.keras/models`` for the trials).
+    at ``RAY_ADDRESS``, a missing dataset, an image smaller than a backbone takes, missing weights, ImageNet
+    weights that cannot be downloaded (built once here, they stay in ``~/.keras/models`` for the trials); for
+    every dataset, backbone and image size ``tune.space`` lists.
 
     Raises:
         ClusterError, DataError, StorageError, RegistryError, ConfigError: what every trial would fail on.
@@ -75,9 +76,10 @@ def preflight(spec: Spec) -> None:
     from tl_ray.registry.store import Registry
 
     check_reachable(os.environ.get("RAY_ADDRESS") or "local")
-    read_manifest(spec.resolve(spec.data.train))
-    if spec.data.validation:
-        read_manifest(spec.resolve(spec.data.validation))
+    dists = parse_space(spec.tune.space)
+    for key, value in (("data.train", spec.data.train), ("data.validation", spec.data.validation)):
+        for uri in dict.fromkeys(v for v, _ in _choices(dists, key, value) if v):  # each dataset a trial can take
+            read_manifest(spec.resolve(uri))
     pairs = backbones_and_sizes(spec)
     for backbone, size in pairs:
         get_backbone(backbone).check_size(size)
@@ -108,20 +110,26 @@ def backbones_and_sizes(spec: Spec) -> list[tuple[str, tuple[int, int]]]:
     and ``data.image_size`` (each where its ``when`` on the other holds), and the spec's where the space does
     not set the field in every trial."""
     dists = parse_space(spec.tune.space)
-    options = {}  # field: [(value, whether the space gives it)]
-    for key, value in (("model.backbone", spec.model.backbone), ("data.image_size", list(spec.data.image_size))):
-        listed = dists[key].extremes() if key in dists else []
-        options[key] = [(v, True) for v in listed if v is not None]
-        if key not in dists or dists[key].conditional or None in listed:
-            options[key].append((value, False))
     pairs = []
-    for (backbone, by_space), (size, size_by_space) in itertools.product(*options.values()):
+    for (backbone, by_space), (size, size_by_space) in itertools.product(
+            _choices(dists, "model.backbone", spec.model.backbone),
+            _choices(dists, "data.image_size", list(spec.data.image_size))):
         values = {"model.backbone": backbone, "data.image_size": list(size)}
         given = [dists[k] for k, by in (("model.backbone", by_space), ("data.image_size", size_by_space)) if by]
         if all(Distribution(d.kind, d.args, tuple(c for c in d.when if c[0] in values)).holds(values) for d in given):
             pair = (backbone, tuple(int(v) for v in size))
             pairs += [pair] if pair not in pairs else []
     return pairs
+
+
+def _choices(dists: dict, key: str, value: Any) -> list[tuple[Any, bool]]:
+    """The values a trial's ``key`` can take, each with whether ``tune.space`` gives it: the values the space
+    lists, and the spec's own where the space does not set the field in every trial."""
+    listed = dists[key].extremes() if key in dists else []
+    choices = [(v, True) for v in listed if v is not None]
+    if key not in dists or dists[key].conditional or None in listed:
+        choices.append((value, False))
+    return choices
 
 
 def fetch_checkpoint(uri: str, dest: str | Path) -> Path:
