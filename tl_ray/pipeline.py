@@ -75,10 +75,10 @@ def _rows(report: dict) -> str:
 
 def train_once(spec: Spec, experiment: str | None = None, out: Out = print):
     """One trial of the spec as written (no search space, no early stopping)."""
-    sweep.preflight(spec)
-    ensure_ray()
     single = spec.model_copy(deep=True)
     single.tune.space, single.tune.num_samples, single.tune.scheduler = {}, 1, "fifo"
+    sweep.preflight(single)  # the spec as written: the space's values are not this trial's
+    ensure_ray()
     result = sweep.run_sweep(single, experiment=experiment or f"{spec.name}-train-{int(time.time())}")
     out(result.table())
     return result.best

@@ -170,3 +170,24 @@ def test_every_dataset_the_space_lists_is_checked_before_any_trial(monkeypatch):
     spec = load_spec(MINIMAL, overrides=[f"tune.space={space}", "model.weights=none", "storage=/s"])
     sweep.preflight(spec)
     assert read == ["/s/datasets/x/train", "/s/datasets/x/val", "/s/datasets/x/val2"]
+
+
+def test_tl_ray_train_checks_the_spec_as_written_not_the_values_of_its_space(monkeypatch):
+    """`tl-ray train` runs one trial of the spec as written: a backbone its space lists is not that trial's."""
+    from tl_ray import pipeline
+
+    checked = []
+    monkeypatch.setattr(pipeline.sweep, "check_reachable", lambda address: None)
+    monkeypatch.setattr(pipeline.sweep, "read_manifest", lambda uri: None)
+    real = pipeline.sweep.get_backbone
+    monkeypatch.setattr(pipeline.sweep, "get_backbone", lambda name: checked.append(name) or real(name))
+
+    def stop():
+        raise KeyboardInterrupt  # the preflight passed: Ray would start here
+
+    monkeypatch.setattr(pipeline, "ensure_ray", stop)
+    spec = load_spec(MINIMAL, overrides=["tune.space={model.backbone: 'choice([resnet50, xception])'}",
+                                         "model.weights=none"])
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_once(spec)
+    assert checked == ["resnet50"]
