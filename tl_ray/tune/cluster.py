@@ -38,8 +38,8 @@ def connect_ray() -> None:
                            configure_logging=False)
         if dispatcher is not None and not verbose():
             dispatcher.remove_handler("ray_print_logs")  # Ray's printer of workers' output on the console
-        _session.update(connection=_connection(), streamed=dispatcher is not None)
-        _session["logs"] = os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs")
+        _session.update(connection=_connection(), streamed=dispatcher is not None,
+                        logs=os.path.join(context.address_info.get("session_dir") or "/tmp/ray/session_latest", "logs"))
 
 
 def _connection() -> tuple[str, str] | None:

@@ -110,16 +110,15 @@ def backbones_and_sizes(spec: Spec) -> list[tuple[str, tuple[int, int]]]:
     and ``data.image_size`` (each where its ``when`` on the other holds), and the spec's where the space does
     not set the field in every trial."""
     dists = parse_space(spec.tune.space)
-    pairs = []
+    pairs = {}  # ordered, without repeats
     for (backbone, by_space), (size, size_by_space) in itertools.product(
             _choices(dists, "model.backbone", spec.model.backbone),
             _choices(dists, "data.image_size", list(spec.data.image_size))):
         values = {"model.backbone": backbone, "data.image_size": list(size)}
         given = [dists[k] for k, by in (("model.backbone", by_space), ("data.image_size", size_by_space)) if by]
         if all(Distribution(d.kind, d.args, tuple(c for c in d.when if c[0] in values)).holds(values) for d in given):
-            pair = (backbone, tuple(int(v) for v in size))
-            pairs += [pair] if pair not in pairs else []
-    return pairs
+            pairs[(backbone, tuple(int(v) for v in size))] = None
+    return list(pairs)
 
 
 def _choices(dists: dict, key: str, value: Any) -> list[tuple[Any, bool]]:
