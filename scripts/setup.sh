@@ -31,8 +31,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import tl_ray, tensorflow, ray, moto" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: installing tl-ray and its dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # uv installs the same packages from PyPI in about a third of pip's time on a fresh machine.
+  .venv/bin/python -m pip install -q uv
+  .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[test]"
   touch .venv/.installed
 fi
 
