@@ -71,14 +71,8 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def closest(name: str, choices, n: int = 3) -> list[str]:
-    """Returns up to ``n`` entries of ``choices`` that look most like ``name``."""
-    norm = {c.replace("_", "").lower(): c for c in choices}
-    hits = difflib.get_close_matches(name.replace("_", "").lower(), list(norm), n=n, cutoff=0.5)
-    return [norm[h] for h in hits]
-
-
 def did_you_mean(name: str, choices) -> str:
-    """A ``" Did you mean 'x'?"`` suffix, or an empty string."""
-    hits = closest(name, choices, n=1)
-    return f" Did you mean '{hits[0]}'?" if hits else ""
+    """A ``" Did you mean 'x'?"`` suffix, ``x`` the entry of ``choices`` most like ``name``; or ""."""
+    norm = {c.replace("_", "").lower(): c for c in choices}
+    hits = difflib.get_close_matches(name.replace("_", "").lower(), list(norm), n=1, cutoff=0.5)
+    return f" Did you mean '{norm[hits[0]]}'?" if hits else ""

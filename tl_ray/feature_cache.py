@@ -1,18 +1,7 @@
-"""The feature cache: a frozen backbone's outputs, computed once and shared by every trial.
-
-With the base frozen and augmentation off, the backbone's outputs are the same in every epoch of every
-trial: tl-ray computes them once per ``feature_key`` and trains heads on them. An entry,
-``<store>/cache/features/<key id>/``, is a tl-ray dataset of pooled float32 ``features`` and ``label``, shard
-for shard and row for row as the image dataset, so the reader streams it with the same sharding and shuffle.
-Anything that changes the features changes the key, so an entry is never stale.
-
-One builder per key: the first trial to create ``_building.json`` (a conditional write) builds the entry;
-others wait for its manifest, written last, and take over once the lock has not changed for ``STALE_S``.
-
->>> entry = ensure_features(spec, spec.resolve(spec.data.train), weights_file)
->>> entry.uri, entry.status
-('s3://bucket/store/cache/features/4f0c.../', 'built')
-"""
+"""The feature cache: a frozen backbone's pooled outputs, computed once per ``feature_key`` and shared by
+every trial. An entry, ``<store>/cache/features/<key id>/``, is a dataset laid out shard for shard and row
+for row as its image dataset, so the reader streams it with the same sharding and shuffle. Anything that
+changes the features changes the key, so an entry is never stale."""
 
 from __future__ import annotations
 
@@ -28,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tl_ray import store as storage  # `store` names a store root in this module
-from tl_ray.data.manifest import MANIFEST_NAME, Manifest, Shard, has_manifest, read_manifest, write_manifest
+from tl_ray.data.manifest import Manifest, Shard, has_manifest, manifest_uri, read_manifest, write_manifest
 from tl_ray.errors import ConfigError, DataError, StorageError, did_you_mean
 from tl_ray.spec import FreezeSpec, Spec
 
@@ -46,11 +35,8 @@ ACTIVATION_FACTOR = 4
 
 @dataclass
 class CacheEntry:
-    """A cache entry as ``ensure_features`` found or made it.
-
-    ``status`` is ``"built"`` (here), ``"waited"`` (for another builder) or ``"read"`` (it was there already);
-    ``seconds`` is the time spent building or waiting.
-    """
+    """A cache entry as ``ensure_features`` found or made it: ``status`` is ``"built"`` (here), ``"waited"``
+    (for another builder) or ``"read"``; ``seconds`` is the time spent building or waiting."""
 
     uri: str
     key: dict
@@ -136,12 +122,11 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                     budget_mib: float = MEMORY_MIB) -> CacheEntry:
     """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
 
-    ``events`` is told ``on_cache_build_begin`` / ``on_cache_wait_begin`` (``tl_ray.train.callbacks``);
-    ``budget_mib`` goes to ``build_batch_size``.
-
-    Raises:
-        DataError: the dataset is missing or corrupt.
-        StorageError: the store is unreachable, or another builder holds the lock for longer than ``WAIT_S``.
+    One builder per key: the first to create ``_building.json`` (a conditional write) builds; others wait for
+    its manifest, written last, and take over once the lock has not changed for ``STALE_S``. ``events`` is
+    told ``on_cache_build_begin`` / ``on_cache_wait_begin``; ``budget_mib`` goes to ``build_batch_size``.
+    DataError when the dataset is missing or corrupt; StorageError when another builder holds the lock for
+    longer than ``WAIT_S``.
     """
     key = feature_key(spec, dataset_uri, weights_file)
     uri = storage.join(cache_root(spec.storage), key_id(key))
@@ -169,10 +154,9 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                 events.on_cache_wait_begin()
         waited = True
         time.sleep(1.0)  # polling the store for the builder's manifest
-    raise StorageError(
-        f"feature cache {uri}: another builder held {LOCK_NAME} for over {WAIT_S:.0f} s. If no trial is building "
-        f"it, remove the entry with `tl-ray cache purge {key_id(key)}` and retry."
-    )
+    raise StorageError(f"feature cache {uri}: another builder held {LOCK_NAME} for over {WAIT_S:.0f} s. If "
+                       f"no trial is building it, remove the entry with `tl-ray cache purge {key_id(key)}` "
+                       "and retry.")
 
 
 def _extractor(spec: Spec, num_classes: int, weights_file: str | None):
@@ -196,18 +180,10 @@ def _layers(model):
 
 
 def build_batch_size(model, budget_mib: float = MEMORY_MIB, *, limit: int = BATCH) -> int:
-    """Images per batch (1 to ``limit``) of a cache build, so that ``model``'s activations fit ``budget_mib``.
-
-    The estimate per image is ``ACTIVATION_FACTOR`` times the largest float32 layer output: in inference,
-    TensorFlow frees a tensor once its last consumer has run, so the peak follows the widest layer rather
-    than the sum of all layers.
-
-    Raises:
-        ConfigError: ``budget_mib`` is not a positive number.
-
-    >>> build_batch_size(_extractor(spec, 5, weights_file))  # mobilenet_v2, alpha 1.0, 224x224
-    54
-    """
+    """Images per batch (1 to ``limit``) of a cache build, so that ``model``'s activations fit ``budget_mib``
+    (ConfigError unless a positive number). The estimate per image is ``ACTIVATION_FACTOR`` times the largest
+    float32 layer output: in inference, TensorFlow frees a tensor once its last consumer has run, so the peak
+    follows the widest layer."""
     if isinstance(budget_mib, bool) or not isinstance(budget_mib, (int, float)) or not budget_mib > 0:
         raise ConfigError(f"the feature cache's build budget must be a positive number of MiB. "
                           f"Received: {budget_mib!r}.")
@@ -339,7 +315,7 @@ def list_entries(store: str) -> list[EntryInfo]:
         uri = storage.join(root, name)
         if name.startswith(".") or not storage.list_files(uri):
             continue
-        if storage.exists(storage.join(uri, MANIFEST_NAME)):
+        if has_manifest(uri):
             m = read_manifest(uri)
             src = m.source or {}
             out.append(EntryInfo(name, uri, True, m.num_rows, sum(s.bytes for s in m.shards), src.get("key", {}),
@@ -350,11 +326,8 @@ def list_entries(store: str) -> list[EntryInfo]:
 
 
 def purge(store: str, keys: list[str] | None = None) -> list[str]:
-    """Deletes cache entries (all when ``keys`` is None); returns the ids deleted.
-
-    Raises:
-        ConfigError: a key names no entry.
-    """
+    """Deletes cache entries (all when ``keys`` is None); returns the ids deleted. ConfigError when a key
+    names no entry."""
     entries = {e.key_id: e for e in list_entries(store)}
     wanted = list(entries) if keys is None else keys
     unknown = [k for k in wanted if k not in entries]
@@ -362,6 +335,6 @@ def purge(store: str, keys: list[str] | None = None) -> list[str]:
         raise ConfigError(f"no feature-cache entry {unknown[0]!r} in {cache_root(store)}."
                           f"{did_you_mean(unknown[0], list(entries))} See `tl-ray cache list`.")
     for k in wanted:
-        storage.delete(storage.join(entries[k].uri, MANIFEST_NAME))  # first: no trial reads half an entry
+        storage.delete(manifest_uri(entries[k].uri))  # first: no trial reads half an entry
         storage.delete(entries[k].uri)
     return wanted

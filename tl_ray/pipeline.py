@@ -63,9 +63,8 @@ def ensure_data(spec: Spec, out: Out = print) -> None:
         )
         out(f"[data] ingested fashion-mnist train split: {_rows(report)}")
     if "test" in missing:
-        report = ingest.ingest_fashion_mnist(
-            spec.resolve(spec.data.test), path=path, split="test", classes=src.classes, seed=src.seed, overwrite=True
-        )
+        report = ingest.ingest_fashion_mnist(spec.resolve(spec.data.test), path=path, split="test",
+                                             classes=src.classes, seed=src.seed, overwrite=True)
         out(f"[data] ingested fashion-mnist test split: {report['train']['rows']} rows")
 
 
@@ -113,13 +112,12 @@ def sweep_and_promote(spec: Spec, promote: bool = True, resume: bool = False, ou
 
 def latest_experiment(spec: Spec) -> str:
     """The newest sweep of ``spec.name`` in the store (what ``--resume`` continues)."""
+    experiments = store.join(spec.storage, "experiments")
     pattern = re.compile(rf"^{re.escape(spec.name)}-\d{{8}}-\d{{6}}$")
-    found = sorted(n for n in store.list_dir(store.join(spec.storage, "experiments")) if pattern.match(n))
+    found = sorted(n for n in store.list_dir(experiments) if pattern.match(n))
     if not found:
-        raise ConfigError(
-            f"no sweep of {spec.name!r} to resume under {store.join(spec.storage, 'experiments')}. "
-            f"Start one with: tl-ray tune SPEC"
-        )
+        raise ConfigError(f"no sweep of {spec.name!r} to resume under {experiments}. "
+                          "Start one with: tl-ray tune SPEC")
     return found[-1]
 
 

@@ -1,10 +1,8 @@
-"""Promotion: export a trained checkpoint, register it, and move an alias only if it wins.
+"""Promotion: export a trained checkpoint, register it, and move an alias only if it beats the alias holder.
 
-The gate scores challenger and champion (the alias holder) on the same held-out dataset. The alias moves only
-when the challenger beats it by ``promote.min_delta`` and, with ``promote.max_latency_ratio``, is not too
-slow. The version is registered either way, with the verdict in its metadata. The alias moves by
-compare-and-swap against the champion measured; if another promotion moved it first, the gate runs again,
-so two promotions never both win on stale evidence.
+The version is registered either way, with the verdict in its metadata. The alias moves by compare-and-swap
+against the champion measured; if another promotion moved it first, the gate runs again, so two promotions
+never both win on stale evidence.
 """
 
 from __future__ import annotations
@@ -41,19 +39,15 @@ class Promotion:
         who = f"{self.name}:v{self.version}"
         notes = "".join(f"\n  warning: {w}" for w in self.warnings)
         if self.champion is None:
-            return (
-                f"{who} is the first version; {self.alias} -> v{self.version} "
-                f"({self.metric}={self.challenger:.4f}).{notes}"
-            )
+            return (f"{who} is the first version; {self.alias} -> v{self.version} "
+                    f"({self.metric}={self.challenger:.4f}).{notes}")
         vs = f"{self.metric} {self.challenger:.4f} vs {self.champion:.4f} of v{self.champion_version}"
         if self.latency_ms is not None and self.champion_latency_ms is not None:
             vs += f"; p50 {self.latency_ms:.1f} ms vs {self.champion_latency_ms:.1f} ms per batch"
         if self.accepted:
             return f"{who} promoted: {self.alias} -> v{self.version} ({vs}).{notes}"
-        return (
-            f"{who} registered but NOT promoted: {self.reason} ({vs}); "
-            f"{self.alias} stays at v{self.champion_version}.{notes}"
-        )
+        return (f"{who} registered but NOT promoted: {self.reason} ({vs}); "
+                f"{self.alias} stays at v{self.champion_version}.{notes}")
 
 
 def evaluate(model, uri: str, image_size, batch_size: int = 256) -> dict[str, float]:
@@ -88,10 +82,8 @@ def gate_metric(spec: Spec) -> tuple[str, str]:
     """(key of evaluate()'s result, mode) for the spec's tune metric."""
     key = spec.tune.metric.removeprefix("val_")
     if key not in ("accuracy", "loss"):
-        raise ConfigError(
-            f"tune.metric must be one of val_accuracy, val_loss, accuracy, loss for promotion. "
-            f"Received: {spec.tune.metric!r}."
-        )
+        raise ConfigError("tune.metric must be one of val_accuracy, val_loss, accuracy, loss for promotion. "
+                          f"Received: {spec.tune.metric!r}.")
     return key, spec.tune.mode
 
 
@@ -100,8 +92,7 @@ def better(a: float, b: float, mode: str, margin: float) -> bool:
 
 
 def holdout_uri(spec: Spec) -> tuple[str, list[str]]:
-    """The gate's dataset and any warning about it: promote.holdout, else data.test, else data.validation
-    (optimistic: the sweep selected on it)."""
+    """The gate's dataset and any warning about it: promote.holdout, else data.test, else data.validation."""
     if spec.promote is not None and spec.promote.holdout:
         return spec.resolve(spec.promote.holdout), []
     if spec.data.test:
@@ -172,9 +163,8 @@ class _Gate:
             return gate
         gate["reason"] = f"{key} beats the champion's by more than min_delta={cfg.min_delta}"
         if cfg.max_latency_ratio is not None:
-            ours, theirs = p50_latency_ms(
-                [self.challenger, champion], self.dataset, image_size, cfg.latency_batch_size, cfg.latency_repeats
-            )
+            ours, theirs = p50_latency_ms([self.challenger, champion], self.dataset, image_size,
+                                          cfg.latency_batch_size, cfg.latency_repeats)
             gate.update(latency_ms=ours, champion_latency_ms=theirs)
             if ours > theirs * cfg.max_latency_ratio:
                 gate.update(
@@ -241,8 +231,6 @@ def promote_checkpoint(spec: Spec, checkpoint_dir: str | Path, trial_metrics: di
         export_model(challenger, Path(tmp))
         version = registry.publish(name, tmp, metadata)
     gate = gatekeeper.move_alias(version, current, gate)
-    return Promotion(
-        name, version, alias, gate["accepted"], key, score, gate["champion"], gate["champion_version"],
-        reason=gate["reason"], latency_ms=gate["latency_ms"], champion_latency_ms=gate["champion_latency_ms"],
-        warnings=warnings,
-    )
+    return Promotion(name, version, alias, gate["accepted"], key, score, gate["champion"],
+                     gate["champion_version"], reason=gate["reason"], latency_ms=gate["latency_ms"],
+                     champion_latency_ms=gate["champion_latency_ms"], warnings=warnings)

@@ -1,8 +1,7 @@
 """Transferred vs from scratch over seeds: the runs `tl-ray run` trains after the sweep (``run.seeds``).
 
-Each configuration trains once per seed offset ``i`` (added to ``train.seed`` and ``data.seed``), keeps its
-best-validation checkpoint and is scored on ``data.test``. The seed promoted is the transferred run with the
-best validation metric, never chosen on test accuracy.
+Seed offset ``i`` is added to ``train.seed`` and ``data.seed``; each run keeps its best-validation checkpoint,
+scored on ``data.test``. The seed promoted is chosen on the validation metric, never on test accuracy.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from pathlib import Path
 from tl_ray.errors import TrialError
 from tl_ray.spec import Spec, apply_overrides, validate
 from tl_ray.spec.space import trial_overrides
+
 
 @dataclass
 class SeedRun:

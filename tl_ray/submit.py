@@ -1,8 +1,7 @@
-"""Submitting tl-ray commands to a Ray cluster through Ray's Job Submission SDK.
+"""Submitting ``python -m tl_ray.cli COMMAND SPEC`` to a Ray cluster through Ray's Job Submission SDK.
 
-The job runs ``python -m tl_ray.cli COMMAND SPEC`` in a working directory holding the spec and the
-upstream specs it names, with tl-ray shipped as source or as a pinned pip requirement. Credentials travel
-by name in the job's runtime environment; only their names are ever printed.
+The working directory holds the spec and the upstream specs it names. Credentials travel by name in the
+job's runtime environment; only their names are ever printed.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ DEFAULT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"
 
 
 def _auth_headers() -> dict[str, str]:
-    """Ray's token (its token authentication is on by default), from ``RAY_AUTH_TOKEN``,
-    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    """Ray's auth token, from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
     token = os.environ.get("RAY_AUTH_TOKEN")
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
     if not token and path.is_file():
@@ -54,8 +52,7 @@ def client(address: str):
 def _stage_specs(spec_path: Path, dest: Path) -> str:
     """Copies the spec and every upstream spec it names into ``dest``; returns the spec's name there."""
     root = spec_path.resolve().parent
-    seen: set[Path] = set()
-    todo = [spec_path.resolve()]
+    seen, todo = set(), [spec_path.resolve()]
     while todo:
         path = todo.pop()
         if path in seen:
@@ -79,28 +76,18 @@ def runtime_env(work_dir: Path, package: str, pip_requirement: str | None, env_n
         env["pip"] = [pip_requirement or f"tl-ray=={tl_ray.__version__}"]
     else:
         raise ConfigError(f"--package must be 'source' or 'pip'. Received: {package!r}.")
-    for name in env_names:
-        if name in os.environ:
-            env["env_vars"][name] = os.environ[name]
+    env["env_vars"].update({name: os.environ[name] for name in env_names if name in os.environ})
     return env
 
 
-def submit(
-    spec_path: str | os.PathLike,
-    address: str,
-    command: str = "run",
-    overrides: list[str] | None = None,
-    package: str = "source",
-    pip_requirement: str | None = None,
-    env_names: list[str] | None = None,
-    out: Callable[[str], None] = print,
-) -> str:
+def submit(spec_path: str | os.PathLike, address: str, command: str = "run",
+           overrides: list[str] | None = None, package: str = "source", pip_requirement: str | None = None,
+           env_names: list[str] | None = None, out: Callable[[str], None] = print) -> str:
     """Submits ``tl-ray COMMAND SPEC`` as a Ray Job; returns the job ID.
 
     Args:
         spec_path: the experiment spec (validated locally first).
         address: the cluster's job API, e.g. ``http://HEAD:8265``.
-        command: one of run, tune, train, serve. Defaults to run.
         overrides: ``--set`` values passed on. Defaults to none.
         package: ``source`` ships this tl-ray as source; ``pip`` installs ``pip_requirement``.
         pip_requirement: e.g. ``tl-ray==0.1.0``. Defaults to this version.
@@ -110,11 +97,6 @@ def submit(
     Raises:
         ConfigError: bad command, package or spec.
         ClusterError: the cluster cannot be reached or rejects the job.
-
-    Example:
-
-    >>> job_id = submit("jobs/quickstart/target.yaml", "http://head:8265", command="tune",
-    ...                 env_names=["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
     """
     if command not in COMMANDS:
         raise ConfigError(f"submit command must be one of {list(COMMANDS)}. Received: {command!r}.")
@@ -157,11 +139,8 @@ def wait(address: str, job_id: str, timeout_s: float = 24 * 3600, poll_s: float 
             raise ClusterError(f"job {job_id} still {status} after {timeout_s:.0f}s.")
         time.sleep(poll_s)
     if status != "SUCCEEDED":
-        info = jobs.get_job_info(job_id)
-        raise ClusterError(
-            f"job {job_id} {status}: {info.message or 'no message'}. "
-            f"Logs: tl-ray jobs logs {job_id} --address {address}"
-        )
+        raise ClusterError(f"job {job_id} {status}: {jobs.get_job_info(job_id).message or 'no message'}. "
+                           f"Logs: tl-ray jobs logs {job_id} --address {address}")
     return status
 
 

@@ -1,11 +1,8 @@
 """Fault-injection callbacks for tl-ray's own resume, node-loss and feature-cache tests.
 
 Inert unless ``TLRAY_TEST_HOOK_DIR`` (D) is set, when the trainable adds :class:`PauseAfterEpoch`.
-With ``D/<experiment>/pause_after_epoch`` holding N (or ``N SUFFIX``: only the trial whose id ends with
-SUFFIX), each worker that has reported epoch N writes its node id to ``D/<experiment>/node.<rank>``, then
-its pid to ``pid.<rank>``, and waits to be killed; restarted from the checkpoint, it finds its pid file
-and carries on. With ``D/hold_cache_build``, a feature-cache builder holding its lock waits until another
-process waits for the same entry (``D/cache_waiter``).
+With ``D/hold_cache_build``, a feature-cache builder holding its lock waits until another process waits
+for the same entry (``D/cache_waiter``).
 """
 
 from __future__ import annotations
@@ -24,11 +21,9 @@ WAIT_S = 300.0
 class PauseAfterEpoch(Callback):
     """Pauses a worker for the test to kill it, once it has reported the epoch the test names.
 
-    Args:
-        experiment: the spec's name (the folder under ``TLRAY_TEST_HOOK_DIR``).
-        rank: the worker's rank.
-        trial_id: the Tune trial's id. Defaults to "".
-        node_id: the Ray node's id, written for the test. Defaults to "".
+    With ``D/<experiment>/pause_after_epoch`` holding N (or ``N SUFFIX``: only the trial whose id ends with
+    SUFFIX), each worker that has reported epoch N writes its node id to ``D/<experiment>/node.<rank>``,
+    then its pid to ``pid.<rank>``, and waits to be killed; restarted, it finds its pid file and carries on.
     """
 
     def __init__(self, experiment: str, rank: int, trial_id: str = "", node_id: str = ""):

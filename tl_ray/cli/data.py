@@ -26,9 +26,8 @@ def cmd_data_ingest(args) -> int:
             validation_per_class=args.validation_per_class, **common,
         )
     else:
-        report = ingest.ingest_folder(
-            args.source, args.to, validation_fraction=args.validation_fraction, skip_bad=args.skip_bad, **common
-        )
+        report = ingest.ingest_folder(args.source, args.to, validation_fraction=args.validation_fraction,
+                                      skip_bad=args.skip_bad, **common)
     print_json(report)
     return 0
 

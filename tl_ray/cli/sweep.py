@@ -70,7 +70,6 @@ def cmd_tune(args) -> int:
     failed = [r for r in result.rows if r.status == "ERROR"]
     if not failed:
         return 0
-    # The table, the report and any promotion above stand: the rest of the sweep was sound.
     first = "; ".join(f"{r.trial_id}: {error_summary(r.error)}" for r in failed[:3])
     return fail(TrialError(
         f"{len(failed)} of {len(result.rows)} trials ended in ERROR once train.max_failures="
@@ -94,7 +93,6 @@ def cmd_run(args) -> int:
         print_json(figures)
     if not figures.get("failed_trials"):
         return 0
-    # The failed trials are named in the [tune] lines above; what followed them stands.
     return fail(TrialError(
         f"{figures['failed_trials']} of {figures['trials']} trials ended in ERROR (see [tune] above); the "
         "promotion, test and serving above stand, from the trials that finished. Fix the cause, then "

@@ -1,7 +1,5 @@
 """Data stage: ingest sources into Parquet or TFRecord shards + manifest, and stream them into tf.data.
-
-``images`` and ``reader`` import TensorFlow, so they load on first use (``tl-ray data ingest`` starts fast).
-"""
+``images`` and ``reader`` import TensorFlow, so they load on first use (``tl-ray data ingest`` is fast)."""
 
 import importlib
 

@@ -1,28 +1,12 @@
 """Ingest: a source (Fashion-MNIST IDX files or a folder of images) becomes Parquet or TFRecord shards plus a
-manifest, written last (``writer`` has the shard layout and how a re-run resumes).
-
-Every ingest takes these options:
-
-- ``seed``: seed of the choice and of the row order. Defaults to 0.
-- ``rows_per_shard``: a shard closes at this many rows. Defaults to 4096.
-- ``overwrite``: replace a dataset already at a target (the old one is removed first). Defaults to False.
-- ``format``: shard format, ``"parquet"`` or ``"tfrecord"``. Defaults to "parquet".
-- ``target_shard_mb``: a shard also closes when its images reach this many MiB. Defaults to 64.
-- ``workers``: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
-- ``progress``: show a progress bar on stderr. Defaults to False.
-
-and returns its report, ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards,
-class_counts, digest}, "validation": {...}, "skipped": [...]}``.
-
->>> ingest_fashion_mnist("s3://bucket/store/datasets/fm-train", classes=[0, 1, 7], per_class=500,
-...                      validation_to="s3://bucket/store/datasets/fm-val", validation_per_class=100)
-{'class_names': ['T-shirt/top', 'Trouser', 'Sneaker'], 'format': 'parquet', 'train': {...}, ...}
+manifest, written last (``writer`` has the shard layout and how a re-run resumes). Each ingest returns its
+report: ``{"class_names", "format", "train": {uri, rows, shards, resumed_shards, class_counts, digest},
+"validation": {...}, "skipped": [...]}``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -53,10 +37,8 @@ def _targets(to: str, validation_to: str | None, overwrite: bool) -> dict[str, s
         raise ConfigError(f"the training and validation targets must differ. Received: {[to, validation_to]}.")
     for uri in targets.values():
         if has_manifest(uri) and not overwrite:
-            raise DataError(
-                f"{uri!r} already holds a dataset ({manifest_uri(uri)} exists). Pass overwrite=True "
-                "(--overwrite) to replace it, or choose another --to."
-            )
+            raise DataError(f"{uri!r} already holds a dataset ({manifest_uri(uri)} exists). Pass "
+                            "overwrite=True (--overwrite) to replace it, or choose another --to.")
     return targets
 
 
@@ -99,7 +81,7 @@ def _write_shards(role: str, to: str, items: list[tuple], load: Callable, names:
     """Writes one target's shards, resuming a matching unfinished run; returns its writer and its manifest
     (not yet written)."""
     plan = dict(format=fmt, rows_per_shard=rows_per_shard, target_shard_mb=target_shard_mb, source=source,
-                items=hashlib.sha256(json.dumps(items).encode()).hexdigest())
+                items=store.sha256_bytes(json.dumps(items).encode()))
     writer = ShardWriter(to, fmt, rows_per_shard, target_shard_mb, plan)
     bar = Progress(len(items), f"ingest {role} -> {to}", initial=writer.resume_from, enabled=progress)
     todo = range(writer.resume_from, len(items))
@@ -126,10 +108,8 @@ def _write_datasets(targets: dict[str, str], picks: dict[str, list[tuple]], rng:
         _remove_old(list(targets.values()))
     # Rows in a seeded random order, so classes mix across shards.
     ordered = {role: [picks[role][k] for k in rng.permutation(len(picks[role]))] for role in targets}
-    datasets = [
-        _write_shards(role, to, ordered[role], load, names, {**source, "role": role}, **options)
-        for role, to in targets.items()
-    ]
+    datasets = [_write_shards(role, to, ordered[role], load, names, {**source, "role": role}, **options)
+                for role, to in targets.items()]
     report: dict = {"class_names": names, "format": options["fmt"]}
     published: list[str] = []
     for role, (writer, manifest) in zip(targets, datasets):  # manifests last: each folder becomes a dataset whole
@@ -156,10 +136,9 @@ def _fashion_classes(classes: list[int] | None) -> list[int]:
     classes = list(range(n)) if classes is None else list(classes)
     bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < n]
     if bad or not classes or len(set(classes)) != len(classes):
-        raise ConfigError(
-            f"classes must be distinct Fashion-MNIST class ids 0..9 "
-            f"({', '.join(f'{i}={n}' for i, n in enumerate(FASHION_MNIST_CLASSES))}). Received: {classes!r}."
-        )
+        raise ConfigError("classes must be distinct Fashion-MNIST class ids 0..9 "
+                          f"({', '.join(f'{i}={n}' for i, n in enumerate(FASHION_MNIST_CLASSES))}). "
+                          f"Received: {classes!r}.")
     return [int(c) for c in classes]
 
 
@@ -172,11 +151,9 @@ def _pick_fashion(labels: np.ndarray, classes: list[int], split: str, per_class:
         n_val = 0 if not validation else validation_per_class or len(order) - per_class
         n_train = per_class if per_class is not None else len(order) - n_val
         if n_train + n_val > len(order) or n_train <= 0 or (validation and n_val <= 0):
-            raise DataError(
-                f"Fashion-MNIST {split} class {cid} ({FASHION_MNIST_CLASSES[cid]}) has {len(order)} images; "
-                f"asked for per_class={per_class} and validation_per_class={validation_per_class}. "
-                "Lower them so that both fit."
-            )
+            raise DataError(f"Fashion-MNIST {split} class {cid} ({FASHION_MNIST_CLASSES[cid]}) has "
+                            f"{len(order)} images; asked for per_class={per_class} and "
+                            f"validation_per_class={validation_per_class}. Lower them so that both fit.")
         picks["train"] += [(int(i), new_label) for i in order[:n_train]]
         picks["validation"] += [(int(i), new_label) for i in order[n_train : n_train + n_val]]
     return picks
@@ -193,20 +170,25 @@ def ingest_fashion_mnist(
 
     Args:
         to: target dataset folder (local path or ``s3://``).
-        path: folder of the IDX files. Defaults to /usr/share/datasets/fashion-mnist.
-        split: ``"train"`` or ``"test"``. Defaults to "train".
+        path: folder of the IDX files.
+        split: ``"train"`` or ``"test"``.
         classes: Fashion-MNIST class ids to keep; labels become 0..K-1 in this order. Defaults to all 10.
         per_class: images per class. Defaults to all (minus validation).
         validation_to: also write a validation dataset here, from images of the same split that
-            training did not take. Defaults to None.
+            training did not take.
         validation_per_class: validation images per class. Defaults to all images training left.
-        Other options: as for every ingest (module docstring).
+        seed: seed of the choice and of the row order.
+        rows_per_shard, target_shard_mb: a shard closes at this many rows, or when its images reach this
+            many MiB.
+        overwrite: replace a dataset already at a target (the old one is removed first).
+        format: shard format, ``"parquet"`` or ``"tfrecord"``.
+        workers: threads that read, check and encode images. Defaults to min(8, CPUs + 2).
+        progress: show a progress bar on stderr.
 
     Raises:
         ConfigError: an unknown class id or an invalid count.
         DataError: the IDX files are missing or corrupt, a class has fewer images than asked,
             or a target already holds a dataset.
-        StorageError: the store cannot be reached or written.
     """
     _check_positive(per_class=per_class, validation_per_class=validation_per_class)
     options = _options(format, rows_per_shard, target_shard_mb, workers, progress)
@@ -214,10 +196,8 @@ def ingest_fashion_mnist(
     if validation_per_class is not None and validation_to is None:
         raise ConfigError("validation_per_class needs validation_to (where to write the validation dataset).")
     if validation_to is not None and per_class is None and validation_per_class is None:
-        raise ConfigError(
-            "validation_to needs validation_per_class or per_class: the validation images are the ones "
-            "training does not take. Received neither."
-        )
+        raise ConfigError("validation_to needs validation_per_class or per_class: the validation images are "
+                          "the ones training does not take. Received neither.")
     targets = _targets(to, validation_to, overwrite)
     images, labels = load_fashion_mnist(path, split)
     rng = np.random.default_rng(seed)
@@ -238,11 +218,9 @@ def _pick_folder(src: str, names: list[str], files: list[list[str]], per_class: 
         n_val = 0 if validation_fraction is None else max(1, round(validation_fraction * len(order)))
         rest = order[n_val:]
         if not rest or (per_class is not None and per_class > len(rest)):
-            raise DataError(
-                f"class folder {store.join(src, names[label])!r} has {len(order)} images; "
-                f"{n_val} go to validation, leaving {len(rest)} for training, fewer than "
-                f"per_class={per_class or 1}. Lower per_class or validation_fraction."
-            )
+            raise DataError(f"class folder {store.join(src, names[label])!r} has {len(order)} images; "
+                            f"{n_val} go to validation, leaving {len(rest)} for training, fewer than "
+                            f"per_class={per_class or 1}. Lower per_class or validation_fraction.")
         picks["train"] += [(f, label) for f in rest[:per_class]]
         picks["validation"] += [(f, label) for f in order[:n_val]]
     return picks
@@ -260,31 +238,26 @@ def ingest_folder(
     Args:
         src: the image folder (local path or ``s3://``).
         to: target dataset folder.
-        validation_to: also write a validation dataset here. Defaults to None.
+        validation_to: also write a validation dataset here.
         validation_fraction: share of each class (0 < f < 1) that goes to validation; needs
-            ``validation_to``. Defaults to None.
+            ``validation_to``.
         per_class: training images per class. Defaults to all.
         skip_bad: leave undecodable images out (listed under "skipped") instead of failing.
-            Defaults to False.
-        Other options: as for every ingest (module docstring).
+        Other options: as for ``ingest_fashion_mnist``.
 
     Raises:
         ConfigError: invalid counts, or only one of validation_to / validation_fraction.
         DataError: no class folders, an undecodable image (unless skip_bad), a class with fewer
             images than per_class, or a target that already holds a dataset.
-        StorageError: the store cannot be reached or written.
     """
     _check_positive(per_class=per_class)
     options = _options(format, rows_per_shard, target_shard_mb, workers, progress)
     if (validation_to is None) != (validation_fraction is None):
-        raise ConfigError(
-            "validation_to and validation_fraction go together. Received: "
-            f"validation_to={validation_to!r}, validation_fraction={validation_fraction!r}."
-        )
+        raise ConfigError("validation_to and validation_fraction go together. Received: "
+                          f"validation_to={validation_to!r}, validation_fraction={validation_fraction!r}.")
     if validation_fraction is not None and not 0.0 < validation_fraction < 1.0:
-        raise ConfigError(
-            f"validation_fraction must be between 0 and 1 (exclusive). Received: {validation_fraction!r}."
-        )
+        raise ConfigError("validation_fraction must be between 0 and 1 (exclusive). Received: "
+                          f"{validation_fraction!r}.")
     targets = _targets(to, validation_to, overwrite)
     names, files = list_image_folder(src)
     rng = np.random.default_rng(seed)

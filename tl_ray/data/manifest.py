@@ -1,11 +1,8 @@
-"""The dataset manifest: ``_manifest.json`` lists a dataset folder's Parquet or TFRecord shards and names
-their format. It is written last, so a folder without one is not a dataset; its ``digest`` identifies
-the data a model was trained on.
-"""
+"""``_manifest.json`` lists a dataset folder's Parquet or TFRecord shards and names their format. It is
+written last, so a folder without one is not a dataset; its ``digest`` identifies a model's training data."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -34,15 +31,8 @@ class Shard:
 
 @dataclass
 class Manifest:
-    """Describes a dataset folder.
-
-    Args:
-        format: ``"parquet"`` or ``"tfrecord"``.
-        class_names: label ``i`` is ``class_names[i]``.
-        image_shape: ``[H, W, C]`` of the stored images when all are equal, else None.
-        shards: the data files, in dataset order.
-        source: free-form provenance (source kind, path, classes, seed, ...).
-    """
+    """Describes a dataset folder: label ``i`` is ``class_names[i]``; ``image_shape`` is ``[H, W, C]`` when
+    all images share it, else None; ``shards`` are in dataset order; ``source`` is free-form provenance."""
 
     format: str
     num_rows: int
@@ -56,11 +46,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str, where: str = "manifest") -> "Manifest":
-        """Parses a manifest; ``where`` (its URI) is named in errors.
-
-        Raises:
-            DataError: the text is not JSON, lacks a required field or is inconsistent.
-        """
+        """Parses a manifest; ``where`` (its URI) is named in errors. DataError when the text is not JSON,
+        lacks a required field or is inconsistent."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -76,24 +63,21 @@ class Manifest:
                 shards=shards, source=dict(data.get("source") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(
-                f"{where} is malformed: {type(exc).__name__}: {exc}. A manifest needs format, num_rows, "
-                "class_names, image_shape and shards (path, rows, sha256, bytes). Re-run `tl-ray data ingest`."
-            ) from None
+            raise DataError(f"{where} is malformed: {type(exc).__name__}: {exc}. A manifest needs format, "
+                            "num_rows, class_names, image_shape and shards (path, rows, sha256, bytes). "
+                            "Re-run `tl-ray data ingest`.") from None
         if manifest.format not in FORMATS:
             raise DataError(f"{where}: format must be one of {list(FORMATS)}. Received: {manifest.format!r}.")
-        if sum(s.rows for s in shards) != manifest.num_rows:
-            raise DataError(
-                f"{where}: num_rows ({manifest.num_rows}) differs from the sum of shard rows "
-                f"({sum(s.rows for s in shards)}). Re-run `tl-ray data ingest`."
-            )
+        if (total := sum(s.rows for s in shards)) != manifest.num_rows:
+            raise DataError(f"{where}: num_rows ({manifest.num_rows}) differs from the sum of shard rows "
+                            f"({total}). Re-run `tl-ray data ingest`.")
         return manifest
 
     @property
     def digest(self) -> str:
         """sha256 of the canonical JSON: the "data manifest hash" recorded with a model."""
         canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return store.sha256_bytes(canonical.encode("utf-8"))
 
 
 def manifest_uri(uri: str) -> str:
@@ -106,18 +90,12 @@ def has_manifest(uri: str) -> bool:
 
 
 def read_manifest(uri: str) -> Manifest:
-    """Reads ``<uri>/_manifest.json``.
-
-    Raises:
-        DataError: there is no manifest (so no dataset) at ``uri``, or it is malformed.
-        StorageError: the store cannot be reached.
-    """
+    """Reads ``<uri>/_manifest.json``: DataError when there is none (so no dataset) or it is malformed."""
     where = manifest_uri(uri)
     if not store.exists(where):
-        raise DataError(
-            f"no dataset at {uri!r}: {MANIFEST_NAME} is missing (a folder without it is not a dataset, "
-            f"or its ingest did not finish). Create it with `tl-ray data ingest ... --to {uri}`."
-        )
+        raise DataError(f"no dataset at {uri!r}: {MANIFEST_NAME} is missing (a folder without it is not a "
+                        "dataset, or its ingest did not finish). "
+                        f"Create it with `tl-ray data ingest ... --to {uri}`.")
     return Manifest.from_json(store.read_text(where), where=where)
 
 
@@ -141,15 +119,8 @@ def count_rows(data: bytes, fmt: str, name: str) -> int:
 
 
 def verify(uri: str) -> list[str]:
-    """Re-checks every shard's size, sha256, row count (and TFRecord CRCs) against the manifest.
-
-    Returns:
-        One line per problem found; an empty list means the dataset is intact.
-
-    Raises:
-        DataError: there is no readable manifest at ``uri``.
-        StorageError: the store cannot be reached.
-    """
+    """Re-checks every shard's size, sha256, row count (and TFRecord CRCs) against the manifest; returns one
+    line per problem (none: the dataset is intact). DataError when there is no readable manifest."""
     manifest = read_manifest(uri)
     problems = []
     for shard in manifest.shards:
@@ -162,7 +133,7 @@ def verify(uri: str) -> list[str]:
         except StorageError as exc:
             problems.append(f"{shard_uri}: unreadable ({exc}).")
             continue
-        digest = hashlib.sha256(data).hexdigest()
+        digest = store.sha256_bytes(data)
         if digest != shard.sha256:
             problems.append(f"{shard_uri}: sha256 is {digest}, manifest says {shard.sha256} (file changed or corrupt).")
         if len(data) != shard.bytes:

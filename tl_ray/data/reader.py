@@ -1,12 +1,6 @@
-"""The one dataset reader: Parquet or TFRecord shards in a store, streamed into ``tf.data``.
-
-A Python generator only moves bytes (``shards``); parsing, decoding, augmentation and batching run in
-TensorFlow's parallel pipeline, so memory stays flat as the dataset grows. Errors raised in the generator
-reach the caller wrapped in ``tf.errors.UnknownError``: iterate with ``batches(ds)`` to get them back.
-
->>> ds = make_dataset("s3://bucket/store/datasets/fm-train", image_size=(32, 32), batch_size=64, shuffle=True)
->>> for images, labels in batches(ds):
-...     ...
+"""The one dataset reader: Parquet or TFRecord shards streamed into ``tf.data``. A Python generator only
+moves bytes (``shards``); parsing, decoding and augmentation run in TensorFlow's parallel pipeline. Errors
+raised in the generator reach the caller wrapped in ``tf.errors.UnknownError``: iterate with ``batches(ds)``.
 """
 
 from __future__ import annotations
@@ -91,8 +85,7 @@ def in_memory_dataset(
 
 
 def _prefetched(ds: tf.data.Dataset, autotune: bool = True) -> tf.data.Dataset:
-    """Prefetch; tf.distribute's auto-sharding off (each worker already reads its own part); ``autotune``: tf.data's
-    autotuner."""
+    """Prefetched, with tf.distribute's auto-sharding off (each worker already reads its own part)."""
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -121,9 +114,8 @@ def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffe
         if int(value) <= 0:
             raise ConfigError(f"{name} must be a positive integer. Received: {value!r}.")
     if not 0 <= worker_index < num_workers:
-        raise ConfigError(
-            f"worker_index must be in 0..{num_workers - 1} (num_workers={num_workers}). Received: {worker_index!r}."
-        )
+        raise ConfigError(f"worker_index must be in 0..{num_workers - 1} (num_workers={num_workers}). "
+                          f"Received: {worker_index!r}.")
 
 
 def _parse_examples(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -200,10 +192,8 @@ def make_dataset(
     epoch: int = 0, shuffle_buffer: int = 2048, worker_index: int = 0, num_workers: int = 1,
     drop_remainder: bool = False, repeat: bool = False, augment=None,
 ) -> tf.data.Dataset:
-    """Streams a Parquet or TFRecord dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``.
-
-    A feature-cache dataset streams ``(features float32 [B, *feature_shape], labels)`` instead, in the order
-    of the image dataset it was computed from.
+    """Streams a dataset as batches of ``(images float32 [B, H, W, 3] 0..255, labels int32 [B])``; a
+    feature-cache dataset as ``(features float32 [B, *feature_shape], labels)``, in its images' order.
 
     With at least as many shards as workers, worker ``i`` reads shards ``i, i+n, ...``; otherwise every
     worker reads every shard and keeps the rows whose global index ``% n == i``. Either way each example
@@ -211,10 +201,10 @@ def make_dataset(
 
     Args:
         batch_size: examples per batch (per worker).
-        shuffle: shuffle shard order and examples (``seed`` also seeds augmentation). Defaults to False.
-        epoch: added to the seed, so each epoch has its own reproducible order. Defaults to 0.
-        repeat: repeat forever (the same shard order; the buffer reshuffles). Defaults to False.
-        augment: an ``AugmentSpec``, applied when any augmentation is on. Defaults to None.
+        shuffle: shuffle shard order and examples (``seed`` also seeds augmentation).
+        epoch: added to the seed, so each epoch has its own reproducible order.
+        repeat: repeat forever (the same shard order; the buffer reshuffles).
+        augment: an ``AugmentSpec``, applied when any augmentation is on.
 
     Raises:
         ConfigError: invalid sizes or worker index.

@@ -1,11 +1,12 @@
-"""Shard streams: the rows of one Parquet or TFRecord shard, read in chunks and checked as they go (size,
-page or record CRCs, row count). A transient store error re-opens the file and re-reads from the same
-byte offset (TFRecord) or row group (Parquet), so each row is yielded exactly once. No TensorFlow here.
+"""The rows of one Parquet or TFRecord shard, read in chunks and checked as they go (size, CRCs, row count).
+A transient store error re-opens the file and re-reads from the same byte offset (TFRecord) or row group
+(Parquet), so each row is yielded exactly once. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -25,11 +26,7 @@ Keep = Callable[[np.ndarray], np.ndarray]
 
 class ShardFile:
     """A random-access shard file of the dataset ``dataset_uri`` that re-opens itself after transient errors.
-
-    Raises:
-        DataError: the shard is missing, or its size differs from the manifest (truncated or changed).
-        StorageError: the store stayed unreachable.
-    """
+    DataError when the shard is missing or its size differs from the manifest (truncated or changed)."""
 
     def __init__(self, dataset_uri: str, shard: Shard):
         self.shard = shard
@@ -39,10 +36,8 @@ class ShardFile:
         self.size = self._retry(lambda: self.handle().size(), "size")
         if self.size != shard.bytes:
             state = "truncated" if self.size < shard.bytes else "larger than ingest wrote"
-            raise DataError(
-                f"shard {self.uri!r} is {state}: it holds {self.size} bytes, the manifest says {shard.bytes} "
-                f"(data ends at byte offset {self.size}). {self.hint}"
-            )
+            raise DataError(f"shard {self.uri!r} is {state}: it holds {self.size} bytes, the manifest says "
+                            f"{shard.bytes} (data ends at byte offset {self.size}). {self.hint}")
 
     def handle(self):
         """The open pyarrow file, opened on first use and after a reset."""
@@ -51,9 +46,8 @@ class ShardFile:
             try:
                 self._file = fs.open_input_file(path)
             except FileNotFoundError:
-                raise DataError(
-                    f"shard {self.uri!r} is missing (the manifest lists it with {self.shard.rows} rows). {self.hint}"
-                ) from None
+                raise DataError(f"shard {self.uri!r} is missing (the manifest lists it with "
+                                f"{self.shard.rows} rows). {self.hint}") from None
         return self._file
 
     def parquet(self) -> pq.ParquetFile:
@@ -65,10 +59,8 @@ class ShardFile:
     def reset(self, _exc: BaseException | None = None) -> None:
         """Closes the handle; the next read opens a fresh one (a new connection)."""
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError, pa.ArrowException):
                 self._file.close()
-            except (OSError, pa.ArrowException):
-                pass
         self._file = self._parquet = None
 
     def _retry(self, attempt, what: str):
@@ -90,20 +82,16 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
         value_column: ``"image"`` (encoded images, as an object array) or ``"features"`` (a feature
             cache's float32 vectors, as ``[n, d]``).
 
-    Raises:
-        DataError: the shard is missing, truncated, fails a page CRC, or its row count differs from
-            the manifest; names the shard, the row and the byte offset.
-        StorageError: the store stayed unreachable.
+    DataError when the shard is missing, truncated, fails a page CRC, or its row count differs from the
+    manifest; it names the shard, the row and the byte offset.
     """
     file = ShardFile(dataset_uri, shard)
     done, group, offset = 0, 0, 0
     try:
         meta = store.retry_read(file.uri, lambda: file.parquet().metadata, what="footer", on_retry=file.reset)
         if meta.num_rows != shard.rows:
-            raise DataError(
-                f"shard {file.uri!r} holds {meta.num_rows} rows but the manifest says {shard.rows}. "
-                "The dataset changed after ingest; re-ingest it."
-            )
+            raise DataError(f"shard {file.uri!r} holds {meta.num_rows} rows but the manifest says "
+                            f"{shard.rows}. The dataset changed after ingest; re-ingest it.")
         for group in range(meta.num_row_groups):
             column = meta.row_group(group).column(0)
             offset = column.dictionary_page_offset or column.data_page_offset
@@ -121,10 +109,8 @@ def parquet_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep,
     except StorageError:
         raise
     except (pa.ArrowException, OSError, KeyError) as exc:
-        raise DataError(
-            f"shard {file.uri!r} is unreadable at row {done} (row group {group}, byte offset {offset}): "
-            f"{type(exc).__name__}: {first_line(exc)}. {file.hint}"
-        ) from None
+        raise DataError(f"shard {file.uri!r} is unreadable at row {done} (row group {group}, byte offset "
+                        f"{offset}): {type(exc).__name__}: {first_line(exc)}. {file.hint}") from None
     finally:
         file.reset()
     if done != shard.rows:
@@ -163,10 +149,9 @@ def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep)
             nxt = start + READ_CHUNK_BYTES
             ahead = pool.submit(file.read_at, nxt, READ_CHUNK_BYTES) if nxt < file.size else None
             if len(chunk) != min(READ_CHUNK_BYTES, file.size - start):
-                raise DataError(
-                    f"shard {file.uri!r} is truncated: reading bytes {start}.. returned {len(chunk)} bytes "
-                    f"of a {file.size}-byte file (data ends at byte offset {start + len(chunk)}). {file.hint}"
-                )
+                raise DataError(f"shard {file.uri!r} is truncated: reading bytes {start}.. returned "
+                                f"{len(chunk)} bytes of a {file.size}-byte file (data ends at byte offset "
+                                f"{start + len(chunk)}). {file.hint}")
             pending += parser.feed(chunk)
             if len(pending) >= RECORDS_PER_YIELD:
                 yield from flush()
@@ -178,7 +163,6 @@ def tfrecord_batches(dataset_uri: str, shard: Shard, first_row: int, keep: Keep)
         pool.shutdown(wait=True)  # a read in flight ends (bounded by the store's timeouts) before the file closes
         file.reset()
     if parser.records != shard.rows:
-        raise DataError(
-            f"shard {file.uri!r} holds {parser.records} records (to byte offset {parser.offset}) but the manifest "
-            f"says {shard.rows}. The dataset changed after ingest; re-ingest it."
-        )
+        raise DataError(f"shard {file.uri!r} holds {parser.records} records (to byte offset "
+                        f"{parser.offset}) but the manifest says {shard.rows}. The dataset changed after "
+                        "ingest; re-ingest it.")

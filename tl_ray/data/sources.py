@@ -18,12 +18,11 @@ FASHION_MNIST_CLASSES = [
 ]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
-_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _INSTALL_HINT = "Install it with `apt-get install dataset-fashion-mnist`, or pass its folder with --from PATH."
 
 
-def _read_idx(uri: str, magic: int, ndim: int) -> np.ndarray:
+def _read_idx(uri: str, ndim: int) -> np.ndarray:
+    magic = 0x0800 | ndim  # IDX: unsigned bytes, then the number of dimensions
     if not store.exists(uri):
         raise DataError(f"Fashion-MNIST file {uri!r} does not exist. {_INSTALL_HINT}")
     raw = store.read_bytes(uri)
@@ -35,40 +34,31 @@ def _read_idx(uri: str, magic: int, ndim: int) -> np.ndarray:
         raise DataError(f"Fashion-MNIST file {uri!r} is too short ({len(data)} bytes) to be an IDX file.")
     found = struct.unpack(">I", data[:4])[0]
     if found != magic:
-        raise DataError(
-            f"Fashion-MNIST file {uri!r} has IDX magic number {found:#010x}; expected {magic:#010x}. "
-            f"The file is corrupt or not the right one. {_INSTALL_HINT}"
-        )
+        raise DataError(f"Fashion-MNIST file {uri!r} has IDX magic number {found:#010x}; expected "
+                        f"{magic:#010x}. The file is corrupt or not the right one. {_INSTALL_HINT}")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = data[4 + 4 * ndim :]
     if len(body) != int(np.prod(dims)):
-        raise DataError(
-            f"Fashion-MNIST file {uri!r} declares shape {list(dims)} ({int(np.prod(dims))} bytes) "
-            f"but holds {len(body)} bytes: the file is truncated."
-        )
+        raise DataError(f"Fashion-MNIST file {uri!r} declares shape {list(dims)} ({int(np.prod(dims))} "
+                        f"bytes) but holds {len(body)} bytes: the file is truncated.")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def load_fashion_mnist(path: str = FASHION_MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 [N, 28, 28], labels uint8 [N])`` of one split (``"train"`` or ``"test"``) of the
     gzipped Fashion-MNIST IDX files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`` in ``path``.
-
-    Raises:
-        ConfigError: ``split`` is not train or test.
-        DataError: a file is missing, not gzip, has the wrong magic number or is truncated.
-    """
+    DataError when a file is missing, not gzip, has the wrong magic number or is truncated."""
     prefixes = {"train": "train", "test": "t10k"}
     if split not in prefixes:
         raise ConfigError(f"split must be one of {list(prefixes)}. Received: {split!r}.")
     if not store.exists(path):
         raise DataError(f"Fashion-MNIST folder {path!r} does not exist. {_INSTALL_HINT}")
     prefix = prefixes[split]
-    images = _read_idx(store.join(path, f"{prefix}-images-idx3-ubyte.gz"), _IDX_IMAGES_MAGIC, 3)
-    labels = _read_idx(store.join(path, f"{prefix}-labels-idx1-ubyte.gz"), _IDX_LABELS_MAGIC, 1)
+    images = _read_idx(store.join(path, f"{prefix}-images-idx3-ubyte.gz"), 3)
+    labels = _read_idx(store.join(path, f"{prefix}-labels-idx1-ubyte.gz"), 1)
     if len(images) != len(labels):
-        raise DataError(
-            f"Fashion-MNIST {split} split under {path!r} has {len(images)} images but {len(labels)} labels."
-        )
+        raise DataError(f"Fashion-MNIST {split} split under {path!r} has {len(images)} images but "
+                        f"{len(labels)} labels.")
     if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
         raise DataError(f"Fashion-MNIST labels under {path!r} must be 0..9. Received: max {int(labels.max())}.")
     return images, labels
@@ -77,8 +67,7 @@ def load_fashion_mnist(path: str = FASHION_MNIST_DIR, split: str = "train") -> t
 def list_image_folder(src: str) -> tuple[list[str], list[list[str]]]:
     """``(class_names, files)`` of a folder with one sub-folder per class, like Keras'
     ``image_dataset_from_directory``: the sorted sub-folder names, and ``files[i]`` the sorted image URIs
-    (any depth) of class ``i``. DataError when there are no class folders or one holds no images.
-    """
+    (any depth) of class ``i``. DataError when there are no class folders or one holds no images."""
     by_class: dict[str, list[str]] = {}
     for rel in store.list_files(src):
         parts = rel.split("/")
@@ -88,17 +77,13 @@ def list_image_folder(src: str) -> tuple[list[str], list[list[str]]]:
         if rel.lower().endswith(IMAGE_EXTENSIONS):
             by_class[parts[0]].append(store.join(src, rel))
     if not by_class:
-        raise DataError(
-            f"image folder {src!r} holds no class sub-folders (or does not exist). Expected "
-            f"{src}/<class name>/<image>{'|'.join(IMAGE_EXTENSIONS)}."
-        )
+        raise DataError(f"image folder {src!r} holds no class sub-folders (or does not exist). Expected "
+                        f"{src}/<class name>/<image>{'|'.join(IMAGE_EXTENSIONS)}.")
     names = sorted(by_class)
     empty = [n for n in names if not by_class[n]]
     if empty:
-        raise DataError(
-            f"class folder(s) {empty} under {src!r} hold no images ({', '.join(IMAGE_EXTENSIONS)}). "
-            "Add images or remove the folders."
-        )
+        raise DataError(f"class folder(s) {empty} under {src!r} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}). Add images or remove the folders.")
     return names, [sorted(by_class[n]) for n in names]
 
 
@@ -114,11 +99,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def normalise_image(data: bytes, name: str) -> tuple[bytes, list[int]]:
-    """Checks an image file decodes and returns ``(stored bytes, [H, W, C])``.
-
-    PNG (grey, RGB, RGBA) and baseline JPEG (grey, RGB) are kept as they are; anything else is converted
-    to an 8-bit PNG that TensorFlow decodes the same way everywhere. DataError when it cannot be decoded.
-    """
+    """Checks an image file decodes and returns ``(stored bytes, [H, W, C])``. PNG (grey, RGB, RGBA) and
+    baseline JPEG (grey, RGB) are kept as they are; anything else becomes an 8-bit PNG that TensorFlow
+    decodes the same way everywhere. DataError when it cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -135,10 +118,8 @@ def normalise_image(data: bytes, name: str) -> tuple[bytes, list[int]]:
                 target = "RGB"
             converted = img.convert(target)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(
-            f"image {name!r} cannot be decoded ({type(exc).__name__}: {exc}). Remove or fix the file, "
-            "or pass skip_bad=True (--skip-bad) to leave undecodable images out."
-        ) from None
+        raise DataError(f"image {name!r} cannot be decoded ({type(exc).__name__}: {exc}). Remove or fix the "
+                        "file, or pass skip_bad=True (--skip-bad) to leave undecodable images out.") from None
     buf = io.BytesIO()
     converted.save(buf, format="PNG")
     return buf.getvalue(), [converted.height, converted.width, len(target)]

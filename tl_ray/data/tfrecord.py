@@ -71,11 +71,9 @@ def encode_example(image: bytes, label: int, shape: list[int]) -> bytes:
 
 
 class RecordParser:
-    """Splits a TFRecord byte stream, fed in chunks of any size, into CRC-checked records.
-
-    ``offset`` is the byte offset of the first record not yet returned (a reader that loses its
-    connection resumes there); ``records`` counts the records returned. ``name`` is named in errors.
-    """
+    """Splits a TFRecord byte stream, fed in chunks of any size, into CRC-checked records. ``offset`` is the
+    byte offset of the first record not yet returned (where a reader that loses its connection resumes);
+    ``records`` counts the records returned; ``name`` is named in errors."""
 
     def __init__(self, name: str, offset: int = 0):
         self.name = name
@@ -115,11 +113,9 @@ class RecordParser:
     def finish(self) -> None:
         """Raises DataError unless the stream ended on a record boundary (else it is truncated)."""
         if self._buf:
-            raise DataError(
-                f"shard {self.name!r} is truncated inside record {self.records} at byte offset {self.offset} "
-                f"({len(self._buf)} bytes of an incomplete record). Check it with `tl-ray data verify` and "
-                "re-ingest the dataset."
-            )
+            raise DataError(f"shard {self.name!r} is truncated inside record {self.records} at byte offset "
+                            f"{self.offset} ({len(self._buf)} bytes of an incomplete record). Check it with "
+                            "`tl-ray data verify` and re-ingest the dataset.")
 
     def _corrupt(self, part: str, offset: int) -> DataError:
         return DataError(

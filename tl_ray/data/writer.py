@@ -1,15 +1,13 @@
-"""Shard writing for ingest: Parquet or TFRecord shards ``part-00000.<ext>`` of a target size, resumable.
-
-Each shard is written atomically and recorded (sha256, rows, the input position it ends at) in
-``_ingest_progress.json``. A re-run of the same plan (inputs, order, format, sizes) keeps the recorded
-shards that still match their sha256 and resumes after them. The caller writes the manifest last.
-"""
+"""Shard writing for ingest: Parquet or TFRecord shards ``part-00000.<ext>``, each written atomically and
+recorded (sha256, rows, the input position it ends at) in ``_ingest_progress.json``. A re-run of the same
+plan (inputs, order, format, sizes) keeps the recorded shards that still match their sha256 and resumes
+after them. The caller writes the manifest last."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import hashlib
+import contextlib
 import io
 import json
 import sys
@@ -63,22 +61,15 @@ class Progress:
 
 
 class ShardWriter:
-    """Writes shards of one dataset, resuming a matching earlier, unfinished run.
-
-    Args:
-        rows_per_shard: a shard closes at this many rows, or when its images reach ``target_shard_mb`` MiB.
-        plan: what decides the shards' contents; another plan's progress file is discarded with its shards.
-
-    Attributes:
-        resume_from: input position to continue from (0 for a fresh run).
-        resumed: shards kept from the earlier run.
-    """
+    """Writes shards of one dataset, resuming a matching earlier, unfinished run from input position
+    ``resume_from`` (0 for a fresh run), with ``resumed`` shards kept. ``plan`` is what decides the shards'
+    contents: another plan's progress file is discarded with its shards."""
 
     def __init__(self, to: str, fmt: str, rows_per_shard: int, target_shard_mb: float, plan: dict):
         self.to, self.fmt, self.progress_uri = to, fmt, store.join(to, PROGRESS_NAME)
         self.rows_per_shard = rows_per_shard
         self.target_bytes = int(target_shard_mb * 2**20)
-        self.plan = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+        self.plan = store.sha256_bytes(json.dumps(plan, sort_keys=True, default=str).encode())
         self.entries: list[dict] = []  # one per finished shard, as in the progress file
         self._reset_open()
         self.resumed = self._load_progress()
@@ -181,7 +172,5 @@ class ShardWriter:
         return Manifest(self.fmt, rows, list(class_names), shape, shards, source)
 
     def remove_progress(self) -> None:
-        try:
+        with contextlib.suppress(StorageError):  # harmless if left: datasets with a manifest never resume
             store.delete(self.progress_uri)
-        except StorageError:
-            pass  # a stale progress file is harmless: a dataset with a manifest is never resumed

@@ -7,23 +7,15 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "BACKBONES": "backbones",
-    "Backbone": "backbones",
-    "get_backbone": "backbones",
-    "backbone_of": "backbones",
-    "preprocessing_layer": "preprocess",
-    "BackbonePreprocess": "preprocess",
-    "build_model": "build",
-    "apply_freeze": "freeze",
-    "save_backbone_weights": "weights",
-    "stage_backbone_weights": "weights",
-    "weights_kind": "weights",
-    "export_model": "export",
-    "export_as": "export",
-    "portable_model": "export",
-    "load_model": "export",
+_MODULES = {
+    "backbones": ("BACKBONES", "Backbone", "get_backbone", "backbone_of"),
+    "preprocess": ("preprocessing_layer", "BackbonePreprocess"),
+    "build": ("build_model",),
+    "freeze": ("apply_freeze",),
+    "weights": ("save_backbone_weights", "stage_backbone_weights", "weights_kind"),
+    "export": ("export_model", "export_as", "portable_model", "load_model"),
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,11 +1,7 @@
 """The table of keras.applications backbones tl-ray can build (importable without TensorFlow or Keras).
 
-Its names must equal ``tl_ray.spec.model.BACKBONE_NAMES``. ``block_re`` names the block a layer belongs to,
-for ``model.freeze.from_block``; where inner layers carry automatic names (InceptionV3, InceptionResNetV2,
-NASNet) the named layer *ends* its block (``blocks_end``).
-
->>> get_backbone("mobilenet_v2").min_size
-32
+Its names must equal ``tl_ray.spec.model.BACKBONE_NAMES``. Where inner layers carry automatic names
+(InceptionV3, InceptionResNetV2, NASNet), the layer ``block_re`` matches *ends* its block (``blocks_end``).
 """
 
 from __future__ import annotations
@@ -38,13 +34,12 @@ class Backbone:
 
     Args:
         name: the tl-ray name used in ``model.backbone``, e.g. ``"mobilenet_v2"``.
-        constructor: dotted path of the Keras constructor.
-        preprocess: dotted path of the family's ``preprocess_input``.
+        constructor, preprocess: dotted paths of the Keras constructor and the family's ``preprocess_input``.
         min_size: smallest height/width Keras accepts.
         default_size: resolution of the ImageNet weights.
         preprocess_mode: ``"caffe"``, ``"tf"`` or ``"torch"`` as in ``keras.applications.imagenet_utils``, or
             ``"none"`` when the network rescales its own 0..255 input.
-        block_re: regex whose group 1 is the block name of a layer (``re.match``).
+        block_re: regex whose group 1 is the block name of a layer (``re.match``), for ``freeze.from_block``.
         blocks_end: True when matching layers end their block rather than begin it.
     """
 
@@ -213,10 +208,8 @@ def get_backbone(name: str) -> Backbone:
 
 
 def backbone_of(model) -> Backbone | None:
-    """The backbone of a ``build_model`` model (named ``tlray_<backbone>``), or None when it does not say.
-
-    Older files also name it on their ``BackbonePreprocess`` layer.
-    """
+    """The backbone of a ``build_model`` model (named ``tlray_<backbone>``, or in older files on its
+    ``BackbonePreprocess`` layer), or None when it does not say."""
     layers = {layer.name: layer for layer in getattr(model, "layers", [])}
     legacy = getattr(layers.get("preprocess"), "backbone", None)
     if isinstance(legacy, str) and legacy in BACKBONES:

@@ -4,10 +4,6 @@
       -> pool (avg | max | flatten) -> [Dropout, Dense(relu)] * n -> Dropout
       -> predictions: Dense(num_classes, softmax), Dense(1, sigmoid) for 2 classes, or
          Dense(num_classes, sigmoid) for model.head.multi_label
-
->>> from tl_ray.spec import ModelSpec
->>> build_model(ModelSpec(backbone="mobilenet_v2", weights="none"), 10, (32, 32)).output_shape
-(None, 10)
 """
 
 from __future__ import annotations
@@ -25,14 +21,8 @@ POOLING = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.Globa
            "flatten": keras.layers.Flatten}
 
 
-def build_model(
-    model_spec: ModelSpec,
-    num_classes: int,
-    image_size: tuple[int, int],
-    *,
-    weights_file: str | None = None,
-    seed: int | None = None,
-) -> keras.Model:
+def build_model(model_spec: ModelSpec, num_classes: int, image_size: tuple[int, int], *,
+                weights_file: str | None = None, seed: int | None = None) -> keras.Model:
     """Builds the uncompiled classifier ``model_spec`` describes, with ``apply_freeze`` applied.
 
     Args:
@@ -63,16 +53,10 @@ def build_model(
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = model_spec.batchnorm_momentum
     # Always training=False in the graph; apply_freeze decides whether the outer flag overrides it.
-    x = base(x, training=False)
-    outputs = add_head(x, model_spec.head, num_classes, seed=seed)
+    pooled = POOLING[model_spec.head.pooling](name="pool")(base(x, training=False))
+    outputs = head_layers(pooled, model_spec.head, num_classes, seed=seed)
     # backbone_of reads the backbone back from this name (freeze.from_block, weight transfer).
-    model = keras.Model(inputs, outputs, name=f"tlray_{backbone.name}")
-    return apply_freeze(model, model_spec.freeze)
-
-
-def add_head(features, head: HeadSpec, num_classes: int, *, seed: int | None = None):
-    """Adds pooling and the ``head_layers`` on ``features``, the backbone's output feature map."""
-    return head_layers(POOLING[head.pooling](name="pool")(features), head, num_classes, seed=seed)
+    return apply_freeze(keras.Model(inputs, outputs, name=f"tlray_{backbone.name}"), model_spec.freeze)
 
 
 def head_layers(pooled, head: HeadSpec, num_classes: int, *, seed: int | None = None):
@@ -106,10 +90,6 @@ def build_head(head: HeadSpec, num_classes: int, feature_shape, *, seed: int | N
     """The head alone, on pooled features of ``feature_shape``: the layers ``build_model`` puts after ``pool``.
 
     Layer names and, with the same seed, initial weights equal the full model's, so weights move by name.
-
-    >>> head = build_head(HeadSpec(dense=[64]), 5, [1280], seed=0)
-    >>> [layer.name for layer in head.layers]
-    ['features', 'head_dropout_0', 'head_dense_0', 'head_dropout', 'predictions']
     """
     _check_classes(num_classes)
     inputs = keras.Input(shape=tuple(int(v) for v in feature_shape), dtype="float32", name="features")
@@ -123,8 +103,7 @@ def _check_classes(num_classes: int) -> None:
 
 
 def _backbone_with_weights(backbone: Backbone, spec: ModelSpec, input_shape, weights_file: str | None):
-    kind = weights_kind(spec.weights)
-    args = dict(spec.backbone_args)
+    kind, args = weights_kind(spec.weights), dict(spec.backbone_args)
     what = f"{backbone.name} with backbone_args {args}"
     if kind in ("file", "registry") and weights_file is None:
         raise ConfigError(

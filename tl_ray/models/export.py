@@ -1,12 +1,8 @@
 """export_model, export_as and load_model: the one way tl-ray writes and reads a trained model.
 
-A registry version holds ``model.keras`` (stock Keras layers only, so plain ``keras.saving.load_model`` with
-safe mode loads it where tl-ray is not installed) and ``saved_model/``, whose ``SIGNATURES`` both run the
-backbone's preprocessing inside, so neither can be fed wrongly preprocessed input; ``serving_bytes`` decodes
-and resizes images as the training reader does. ``export_as`` writes one model in one of ``FORMATS``.
-
->>> export_as(model, "tf_serving", Path("/models"), name="fashion", version=3)["path"]
-'/models/fashion/3'
+``model.keras`` holds stock Keras layers only, so it loads (safe mode) where tl-ray is not installed; both
+``SIGNATURES`` of ``saved_model/`` run the preprocessing inside, and ``serving_bytes`` decodes and resizes
+images as the training reader does.
 """
 
 from __future__ import annotations
@@ -41,8 +37,6 @@ TOLERANCE = 1e-4  # largest |difference| in probabilities export_as accepts betw
 
 def export_model(model: keras.Model, out_dir: Path) -> dict[str, str]:
     """Writes ``model.keras`` and ``saved_model/`` into the local folder ``out_dir``, replacing an older one.
-
-    ``model`` comes from ``build_model``; an older ``BackbonePreprocess`` layer is written as stock layers.
 
     Returns:
         ``{path relative to out_dir: sha256}`` for every file written.
@@ -120,17 +114,14 @@ def _foreign_objects(config) -> list[str]:
 
 def export_as(model: keras.Model, fmt: str, out_dir: str | Path, *, name: str, version: int,
               class_names: list[str] | None = None, overwrite: bool = False) -> dict:
-    """Writes ``model`` in the layout of ``fmt`` under ``out_dir``, checked against ``model``.
+    """Writes ``model`` in the layout of ``fmt`` under the local folder ``out_dir``, checked against it.
 
     The export is loaded back and must give ``model``'s probabilities on random images to within
     ``TOLERANCE``. It appears whole, by a rename, so a polling server never loads half of it.
 
     Args:
-        model: a model from ``build_model``, e.g. a registry version's ``model.keras``.
         fmt: one of ``FORMATS``; ``tf_serving`` writes TF Serving's ``out_dir/<name>/<version>/`` layout.
-        out_dir: a local folder.
-        name: the model's (registry) name.
-        version: its (registry) version number.
+        name, version: the model's registry name and version number.
         class_names: the label of each output column, recorded in ``export.json``. Defaults to none.
         overwrite: replace what is already at the destination. Defaults to False.
 
@@ -191,8 +182,6 @@ def _write(portable: keras.Model, source: keras.Model, folder: Path, info: dict)
 
 def load_model(path: str | Path, *, compile: bool = False) -> keras.Model:
     """Loads a local ``model.keras`` written by tl-ray with ``safe_mode=True``; ``compile`` restores training.
-
-    Older files need ``BackbonePreprocess``, registered by this module's imports.
 
     Raises:
         StorageError: the file does not exist.

@@ -1,10 +1,8 @@
 """Freeze policies: which part of the backbone trains, and in which mode it runs.
 
-``feature_extraction`` freezes the backbone; ``fine_tune`` trains the layers ``unfreeze_top``, ``from_block``
-or ``pattern`` choose, BatchNormalization excepted; ``full`` trains everything, and BatchNormalization learns
-batch statistics. Except in ``full`` the backbone is pinned to inference mode: Keras 3 forwards the outer
-``training`` flag over the backbone's ``training=False``, which would leave dropout inside it (EfficientNet's
-drop-connect) active. The pin is not saved: call ``apply_freeze`` again after ``load_model``.
+Except in ``full`` the backbone is pinned to inference mode: Keras 3 forwards the outer ``training`` flag over
+its ``training=False``, leaving dropout inside it (EfficientNet's drop-connect) on. The pin is not saved:
+call ``apply_freeze`` again after ``load_model``.
 """
 
 from __future__ import annotations
@@ -48,10 +46,8 @@ def apply_freeze(model: keras.Model, freeze: FreezeSpec) -> keras.Model:
 def _fine_tuned_layers(model: keras.Model, backbone: keras.Model, freeze: FreezeSpec) -> list:
     """The backbone layers a ``fine_tune`` policy trains (never BatchNormalization)."""
     layers = backbone.layers
-    weighted = [
-        layer for layer in layers
-        if layer.weights and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization))
-    ]
+    weighted = [layer for layer in layers if layer.weights
+                and not isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization))]
     if freeze.pattern is not None:
         regex = re.compile(freeze.pattern)
         chosen = [layer for layer in weighted if regex.search(layer.name)]
@@ -76,11 +72,8 @@ def _fine_tuned_layers(model: keras.Model, backbone: keras.Model, freeze: Freeze
 
 
 def _set_trainable(layer: keras.layers.Layer, value: bool) -> None:
-    """Sets ``trainable`` on ``layer`` and all its sublayers.
-
-    Toggling forces the setter to run: attribute tracking skips it when the layer's own flag already equals
-    ``value``, even if sublayers differ.
-    """
+    """Sets ``trainable`` on ``layer`` and all its sublayers."""
+    # Toggling forces the setter to run: it is skipped when the layer's own flag already equals ``value``.
     layer.trainable = not value
     layer.trainable = value
 

@@ -1,11 +1,5 @@
-"""preprocessing_layer: the backbone's ``preprocess_input`` built from stock Keras layers.
-
-Every tl-ray model carries its preprocessing inside, so training, export and serving cannot disagree about
-it, and a ``.keras`` file loads with plain ``keras.saving.load_model`` where tl-ray is not installed.
-``BackbonePreprocess``, the custom layer of older files, stays registered so that they still load.
-
->>> float(preprocessing_layer("mobilenet_v2")(keras.ops.full((1, 2, 2, 3), 255.0))[0, 0, 0, 0])
-1.0
+"""preprocessing_layer: a backbone's ``preprocess_input`` built from stock Keras layers, carried inside every
+model so that training, export and serving cannot disagree and a ``.keras`` file loads without tl-ray.
 """
 
 from __future__ import annotations
@@ -23,11 +17,7 @@ TORCH_STD = (0.229, 0.224, 0.225)
 
 
 def preprocessing_layer(backbone: str, *, name: str = "preprocess") -> keras.layers.Layer:
-    """The family's ``preprocess_input`` as a layer of stock Keras parts, for NHWC 0..255 RGB input.
-
-    Args:
-        backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
-        name: the layer's name. Defaults to "preprocess".
+    """The ``preprocess_input`` of ``backbone``'s family as stock Keras layers, for NHWC 0..255 RGB input.
 
     Raises:
         ConfigError: ``backbone`` is not a known backbone name.

@@ -1,10 +1,6 @@
 """Where a backbone's starting weights come from: ``model.weights`` is ``imagenet``, ``none``, a weights file
 (``.h5``, ``.weights.h5`` or a tl-ray ``.keras`` model; a path or URI) or ``registry://NAME:ALIAS``.
-
-Models take the weights as a local file, which ``tl_ray.registry.weights.resolve_weights`` fetches.
-
->>> weights_kind("registry://fashion-base:production")
-'registry'
+Models take them as the local file ``tl_ray.registry.weights.resolve_weights`` fetches.
 """
 
 from __future__ import annotations
@@ -25,11 +21,7 @@ REGISTRY_SCHEME = "registry://"
 
 
 def weights_kind(weights: str) -> WeightsKind:
-    """Classifies a ``model.weights`` value.
-
-    Raises:
-        ConfigError: the value is none of the four accepted forms.
-    """
+    """Classifies a ``model.weights`` value; ConfigError when it is none of the four accepted forms."""
     if weights.lower() in ("imagenet", "none"):
         return weights.lower()  # type: ignore[return-value]
     if weights.startswith(REGISTRY_SCHEME):
@@ -51,9 +43,8 @@ def weights_kind(weights: str) -> WeightsKind:
 def fetch_weights_file(uri: str) -> Path:
     """Copies the weights file at ``uri`` into the node's cache once; returns its local path.
 
-    The copy is named by its sha256, so every worker loads the same bytes, and is renamed into place, so
-    concurrent workers never read a half-written file. A pointer keyed by the URI, size and modification time
-    lets later calls skip the download.
+    The copy is named by its sha256 and renamed into place, so concurrent workers never read a half-written
+    file. A pointer keyed by the URI, size and modification time lets later calls skip the download.
 
     Raises:
         StorageError: the file does not exist or cannot be read.
@@ -141,7 +132,13 @@ def transfer_backbone_weights(backbones: list, model_path: str, *, source: str, 
     from tl_ray.models.export import load_model
 
     saved = load_model(model_path)
-    src = _nested_backbone(saved, where=f"model.weights {source!r} ({model_path})")
+    if not _has_backbone(saved):
+        raise ConfigError(
+            f"model.weights {source!r} ({model_path}) is not a tl-ray model: it has no nested model named "
+            "'backbone'. Point model.weights at a model.keras written by tl-ray, or at a backbone "
+            ".weights.h5 file."
+        )
+    src = saved.get_layer("backbone")
     src_name = getattr(backbone_of(saved), "name", "unknown")
     theirs = _signature(src)
     for backbone in backbones:
@@ -167,26 +164,15 @@ def _has_backbone(model) -> bool:
     return any(layer.name == "backbone" for layer in getattr(model, "layers", []))
 
 
-def _nested_backbone(model, *, where: str):
-    if not _has_backbone(model):
-        raise ConfigError(
-            f"{where} is not a tl-ray model: it has no nested model named 'backbone'. "
-            "Point model.weights at a model.keras written by tl-ray, or at a backbone .weights.h5 file."
-        )
-    return model.get_layer("backbone")
-
-
 def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet",
                            backbone_args: dict | None = None) -> dict:
     """Builds a backbone and uploads its weights, so offline clusters can use ``model.weights: URI``.
 
     Args:
-        backbone: a tl-ray backbone name, e.g. ``"mobilenet_v2"``.
         uri: destination ending in ``.weights.h5`` (local path or ``s3://``).
         weights: ``"imagenet"`` (downloaded, so run where the internet is reachable) or ``"none"``
             (random weights, for tests). Defaults to "imagenet".
         backbone_args: constructor arguments; they must equal the spec's ``model.backbone_args``.
-            Defaults to none.
 
     Returns:
         ``{"uri", "sha256", "backbone", "backbone_args", "weights"}``.
@@ -200,8 +186,7 @@ def stage_backbone_weights(backbone: str, uri: str, *, weights: str = "imagenet"
     if not uri.endswith(".weights.h5"):
         raise ConfigError(f"weights stage --to must end in .weights.h5. Received: {uri!r}. "
                           f"Example: s3://bucket/weights/{backbone}.weights.h5.")
-    entry = get_backbone(backbone)
-    args = dict(backbone_args or {})
+    entry, args = get_backbone(backbone), dict(backbone_args or {})
     size = entry.default_size
     try:
         model = entry.build((size, size, 3), "imagenet" if weights == "imagenet" else None, name="backbone", **args)

@@ -1,17 +1,8 @@
-"""The versioned model registry, kept in object storage under ``<storage>/registry/<name>/``::
+"""The versioned model registry under ``<storage>/registry/<name>/``: ``vN/`` folders, ``aliases/ALIAS.json``.
 
-    v1/model.keras  v1/saved_model/...  v1/metadata.json
-    aliases/production.json      {"version": 1, "previous": [...], "updated": ...}
-
-A version exists once its ``metadata.json``, written last, does; it records the sha256 of every other file,
-and every fetch checks them. Version numbers are claimed with a create-if-absent write (``.claims/vN``) and
-aliases move by compare-and-swap (``tl_ray.store.conditional``), so concurrent promotions never share a
-version and never lose an alias update.
-
->>> reg = Registry("./tlray-store")
->>> version = reg.publish("fashion", "/tmp/export", {"metrics": {"val_accuracy": 0.9}})
->>> reg.set_alias("fashion", "production", version)
->>> reg.fetch("fashion:production")  # a verified local copy
+A version exists once its ``metadata.json`` (written last; every fetch checks the sha256s it records) does.
+Versions are claimed by create-if-absent (``.claims/vN``) and aliases move by compare-and-swap, so
+concurrent promotions never share a version and never lose an alias update.
 """
 
 from __future__ import annotations
@@ -39,11 +30,7 @@ class AliasConflict(RegistryError):
 
 
 class Registry:
-    """Versions and aliases of named models under ``<storage>/registry``.
-
-    Args:
-        storage_root: the store root, a local folder or ``s3://bucket/prefix``.
-    """
+    """Versions and aliases of named models under ``<storage_root>/registry`` (a folder or ``s3://``)."""
 
     def __init__(self, storage_root: str):
         self.root = store.join(storage_root, "registry")
@@ -61,10 +48,8 @@ class Registry:
     def versions(self, name: str) -> list[int]:
         """Published versions of ``name``, ascending."""
         folder = self.model_uri(name)
-        return sorted(
-            int(entry[1:]) for entry in store.list_dir(folder)
-            if re.fullmatch(r"v\d+", entry) and store.exists(store.join(folder, entry, METADATA))
-        )
+        return sorted(int(entry[1:]) for entry in store.list_dir(folder)
+                      if re.fullmatch(r"v\d+", entry) and store.exists(store.join(folder, entry, METADATA)))
 
     def metadata(self, name: str, version: int) -> dict:
         uri = store.join(self.version_uri(name, version), METADATA)
@@ -93,10 +78,8 @@ class Registry:
         return (None, None) if raw is None else (json.loads(raw), tag)
 
     def resolve(self, ref: str) -> tuple[str, int]:
-        """``name``, ``name:alias``, ``name:vN``, ``name:N`` or ``registry://...`` → (name, version).
-
-        A bare name means its ``production`` alias.
-        """
+        """``name``, ``name:alias``, ``name:vN``, ``name:N`` or ``registry://...`` → (name, version); a bare
+        name means its ``production`` alias."""
         m = _REF.match(ref.strip())
         if not m:
             raise RegistryError(
@@ -142,11 +125,8 @@ class Registry:
                 f"model name must match {_NAME.pattern} (lower-case, digits, '_', '.', '-'). Received: {name!r}."
             )
         local_dir = Path(local_dir)
-        files = {
-            p.relative_to(local_dir).as_posix(): store.sha256_file(p)
-            for p in sorted(local_dir.rglob("*"))
-            if p.is_file() and p.name != METADATA
-        }
+        files = {p.relative_to(local_dir).as_posix(): store.sha256_file(p)
+                 for p in sorted(local_dir.rglob("*")) if p.is_file() and p.name != METADATA}
         version = self._claim_version(name)
         meta = dict(metadata, name=name, version=version, files=files, created=time.time())
         with tempfile.TemporaryDirectory() as tmp:
@@ -170,9 +150,6 @@ class Registry:
         """Points ``alias`` at ``version`` by compare-and-swap, keeping the history for rollback.
 
         Args:
-            name: the model.
-            alias: e.g. ``production``, ``staging``, ``canary``.
-            version: a published version.
             expect: the version the alias must point at now (None: the alias must not exist). Defaults to
                 any: the move is retried on top of whatever a concurrent writer left.
             note: a reason recorded with the move. Defaults to none.
@@ -243,11 +220,9 @@ class Registry:
 
     def update_metadata(self, name: str, version: int, changes: dict) -> dict:
         """Merges ``changes`` into a version's metadata.json (never into its checked files)."""
-        meta = self.metadata(name, version)
-        meta.update(changes)
-        store.publish_text(
-            store.join(self.version_uri(name, version), METADATA), json.dumps(meta, indent=2, sort_keys=True)
-        )
+        meta = {**self.metadata(name, version), **changes}
+        store.publish_text(store.join(self.version_uri(name, version), METADATA),
+                           json.dumps(meta, indent=2, sort_keys=True))
         return meta
 
     def record_event(self, name: str, event: dict) -> str:
@@ -259,11 +234,8 @@ class Registry:
 
     def events(self, name: str) -> list[dict]:
         folder = store.join(self.model_uri(name), "events")
-        return [
-            json.loads(store.read_text(store.join(folder, e)))
-            for e in sorted(store.list_dir(folder))
-            if e.endswith(".json")
-        ]
+        return [json.loads(store.read_text(store.join(folder, e))) for e in sorted(store.list_dir(folder))
+                if e.endswith(".json")]
 
     def lineage(self, name: str, version: int) -> list[str]:
         """``name:vN`` then its parent, grandparent, ... (the model each was fine-tuned from)."""
@@ -292,15 +264,10 @@ class Registry:
             keys = sorted(set(fx) | set(fy))
             return {k: [fx.get(k), fy.get(k)] for k in keys if not only_diff or fx.get(k) != fy.get(k)}
 
-        return {
-            "a": f"{na}:v{va}",
-            "b": f"{nb}:v{vb}",
-            "metrics": side_by_side("metrics"),
-            "gate": side_by_side("gate"),
-            "spec": side_by_side("spec", only_diff=True),
-            "files_changed": sorted(side_by_side("files", only_diff=True)),
-            "lineage": {"a": self.lineage(na, va), "b": self.lineage(nb, vb)},
-        }
+        return {"a": f"{na}:v{va}", "b": f"{nb}:v{vb}", "metrics": side_by_side("metrics"),
+                "gate": side_by_side("gate"), "spec": side_by_side("spec", only_diff=True),
+                "files_changed": sorted(side_by_side("files", only_diff=True)),
+                "lineage": {"a": self.lineage(na, va), "b": self.lineage(nb, vb)}}
 
     # -- reading ------------------------------------------------------------
     def fetch(self, ref: str) -> Path:
@@ -319,8 +286,7 @@ class Registry:
                     f"refusing to load {name}:v{version}: {problem}. The stored files were changed after "
                     "publication; promote a fresh version or restore the file."
                 )
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
             store.publish_local(tmp, final)
         return final
 

@@ -17,9 +17,6 @@ def resolve_weights(weights: str, storage_root: str) -> str | None:
         ConfigError: ``weights`` has an unsupported form.
         StorageError: the file cannot be fetched.
         RegistryError: the registry reference does not exist.
-
-    >>> resolve_weights("none", "./tlray-store") is None
-    True
     """
     kind = weights_kind(weights)
     if kind == "imagenet":

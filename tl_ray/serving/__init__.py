@@ -1,8 +1,5 @@
-"""Serving: a Ray-free ``Predictor`` and the Ray Serve application around it.
-
-``tl_ray.serving.app`` (imported on demand: it needs Ray) builds, runs and hot-swaps the application;
-``tl_ray.serving.client`` talks to it over HTTP.
-"""
+"""Serving: a Ray-free ``Predictor`` and, in ``tl_ray.serving.app`` (imported on demand: it needs Ray), the
+Ray Serve application around it; ``tl_ray.serving.client`` talks to it over HTTP."""
 
 from tl_ray.serving.parsing import RequestError
 from tl_ray.serving.predictor import Predictor

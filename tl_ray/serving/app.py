@@ -1,10 +1,7 @@
 """The Ray Serve application: build it, run it, and swap the model it serves without downtime.
 
-Routes: ``POST /predict`` (JSON ``{"instances": [...]}``, one PNG/JPEG body, or multipart images),
-``GET /healthz``, ``GET /metadata``, ``GET /openapi.json``, ``GET /docs`` and, with ``serve.canary``,
-``GET /canary``. The application is deployed declaratively, as ``serve deploy serve/config.yaml`` does,
-with each deployment's version in its ``user_config``: the args stay the same when the alias moves, so
-``update`` is a lightweight redeploy in which Serve calls ``reconfigure`` on the running replicas.
+Each deployment's version is in its ``user_config``, so when the alias moves the args stay the same and
+Serve swaps versions by calling ``reconfigure`` on the running replicas.
 """
 
 from __future__ import annotations
@@ -45,8 +42,7 @@ def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
     ingress per application, so behind the canary router the replicas have no HTTP routes)."""
     auto = serve_spec.autoscaling
     return (ModelIngress if ingress else serve.deployment(ModelReplica)).options(
-        name=name,
-        max_constructor_retry_count=3,
+        name=name, max_constructor_retry_count=3,
         # A stopping replica checks for requests still in flight this often (Serve's default: 2 s).
         graceful_shutdown_wait_loop_s=0.5,
         logging_config={"enable_access_log": serve_spec.access_log},
@@ -54,8 +50,7 @@ def _replicas(serve_spec: ServeSpec, name: str, ref: str, ingress: bool):
         autoscaling_config={**auto.model_dump(), "initial_replicas": max(1, auto.min_replicas)},
         # Room for one batch being predicted while the next one fills.
         max_ongoing_requests=2 * serve_spec.max_batch_size,
-        ray_actor_options={"num_cpus": serve_spec.cpus_per_replica},
-        user_config={"model": ref},
+        ray_actor_options={"num_cpus": serve_spec.cpus_per_replica}, user_config={"model": ref},
     )
 
 
@@ -73,34 +68,28 @@ def resolve_refs(storage: str, ref: str, serve_spec: ServeSpec) -> dict[str, str
         try:
             _, canary = registry.resolve(f"{name}:{alias}")
         except RegistryError:
-            raise RegistryError(
-                f"serve.canary is set but {name}:{alias} does not exist. Point it at a version first: "
-                f"tl-ray models promote {name}:vN --alias {alias}"
-            ) from None
+            raise RegistryError(f"serve.canary is set but {name}:{alias} does not exist. Point it at a "
+                                f"version first: tl-ray models promote {name}:vN --alias {alias}") from None
         refs[CANARY] = f"{name}:v{canary}"
     return refs
 
 
 def bind(storage: str, ref: str, serve_spec: ServeSpec) -> serve.Application:
     """The application for ``ref``: a ModelIngress, or with ``serve.canary`` a CanaryRouter over two
-    ModelReplica deployments.
-
-    The versions resolved here are only each deployment's default ``user_config``: ``run`` and ``update``
-    override them with the versions they resolve when they deploy.
+    ModelReplica deployments. The versions resolved here are only defaults: ``run`` and ``update`` deploy
+    the versions they resolve.
 
     Raises:
         RegistryError: ``ref`` names no model, alias or version in ``storage``.
     """
     storage = _absolute(storage)
     refs = resolve_refs(storage, ref, serve_spec)
-    name = refs[PRODUCTION].split(":")[0]
-    settings = serve_spec.model_dump(mode="json")
-    canary = serve_spec.canary is not None
-    production = _replicas(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=not canary).bind(storage, name, settings)
-    if not canary:
-        return production
-    canary = _replicas(serve_spec, CANARY, refs[CANARY], ingress=False).bind(storage, name, settings)
-    return CanaryRouter.bind(production, canary, storage, name, settings)
+    args = (storage, refs[PRODUCTION].split(":")[0], serve_spec.model_dump(mode="json"))
+    if serve_spec.canary is None:
+        return _replicas(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=True).bind(*args)
+    production = _replicas(serve_spec, PRODUCTION, refs[PRODUCTION], ingress=False).bind(*args)
+    canary = _replicas(serve_spec, CANARY, refs[CANARY], ingress=False).bind(*args)
+    return CanaryRouter.bind(production, canary, *args)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -128,10 +117,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         if model is None and spec.promote is not None:
             model = f"{spec.promote.name}:{spec.promote.alias}"
     if storage is None or model is None:
-        raise ConfigError(
-            "serve application args need 'storage' and 'model' (e.g. fashion-transfer:production), "
-            f"or a 'spec' whose promote section names the model. Received keys: {given}."
-        )
+        raise ConfigError("serve application args need 'storage' and 'model' (e.g. "
+                          "fashion-transfer:production), or a 'spec' whose promote section names the model. "
+                          f"Received keys: {given}.")
     for section in ("autoscaling", "canary"):
         if isinstance(args.get(section), dict) and isinstance(settings.get(section), dict):
             args[section] = {**settings[section], **args[section]}
@@ -142,7 +130,6 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return bind(storage, model, serve_spec)
 
 
-# -- deploying ----------------------------------------------------------------------
 def _app_configs() -> dict:
     """The controller's config of each declaratively deployed application, by name."""
     return ray.get(_get_global_client()._controller.get_app_configs.remote())
@@ -161,9 +148,8 @@ def _deploy(storage: str, ref: str, serve_spec: ServeSpec, name: str, refs: dict
     # those Serve reports as present are kept.
     live = {n for n, a in serve.status().applications.items() if a.status != "DELETING"}
     apps = [c.model_dump(exclude_unset=True) for n, c in _app_configs().items() if n != name and n in live]
-    config = ServeDeploySchema.model_validate(
-        {"http_options": {"host": serve_spec.host, "port": serve_spec.port}, "applications": [*apps, app]}
-    )
+    http_options = {"host": serve_spec.host, "port": serve_spec.port}
+    config = ServeDeploySchema.model_validate({"http_options": http_options, "applications": [*apps, app]})
     _get_global_client().deploy_apps(config)
 
 
@@ -183,21 +169,12 @@ def run(storage: str, ref: str, serve_spec: ServeSpec, blocking: bool = False, n
     """Starts Serve on ``serve_spec.host:port`` and deploys ``ref``; returns the application's base URL.
 
     Args:
-        storage: the store root holding the registry.
         ref: ``name``, ``name:alias`` or ``name:vN``; resolved to a version here (``update`` re-resolves).
-        serve_spec: the ``serve`` section of the spec.
         blocking: keep serving until Ctrl-C instead of returning. Defaults to False.
-        name: the Serve application name. Defaults to "tl-ray".
 
     Raises:
         RegistryError: ``ref`` names no model, alias or version in ``storage``.
         ServingError: the replicas could not start (Serve's message says why).
-
-    Example:
-
-    >>> url = run("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))
-    >>> update("./tlray-store", "fashion-transfer:production", ServeSpec(port=8000))  # after a promotion
-    {'ModelReplica': 'fashion-transfer:v4'}
     """
     storage = _absolute(storage)
     refs = resolve_refs(storage, ref, serve_spec)
@@ -217,16 +194,14 @@ def update(
     storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", preflight: bool = True,
     timeout_s: float = 120,
 ) -> dict[str, str]:
-    """Re-resolves ``ref`` (and the canary alias) and swaps the running application to it, without downtime.
+    """Re-resolves ``ref`` (and the canary alias) and swaps the running application to it, without downtime;
+    returns ``{deployment: "name:vN"}`` now served.
 
     Args:
         storage, ref, serve_spec, name: as given to ``run``.
         preflight: load and check the new version in this process first, so a version that cannot
             load never reaches the replicas. Defaults to True.
-        timeout_s: how long the replicas may take to swap. Defaults to 120.
-
-    Returns:
-        ``{deployment: "name:vN"}`` now served.
+        timeout_s: how long the replicas may take to swap, in seconds.
 
     Raises:
         ServingError: the new version failed to load (in the preflight or on a replica); the application
@@ -241,9 +216,8 @@ def update(
     changed = {dep: r for dep, r in refs.items() if served.get(dep) != r}
 
     def refuse(dep: str, why: str) -> ServingError:
-        Registry(storage).record_event(
-            model, {"kind": "swap_refused", "deployment": dep, "model": changed[dep], "serving": served.get(dep), "error": why}
-        )
+        event = {"kind": "swap_refused", "deployment": dep, "model": changed[dep], "serving": served.get(dep)}
+        Registry(storage).record_event(model, {**event, "error": why})
         return ServingError(f"refused to swap {dep} from {served.get(dep)} to {changed[dep]}: {why}. "
                             f"{served.get(dep)} keeps serving.")
 
@@ -299,10 +273,8 @@ def follow(
     storage: str, ref: str, serve_spec: ServeSpec, name: str = "tl-ray", out: Callable[[str], None] = print,
     stop: threading.Event | None = None,
 ) -> None:
-    """Swaps the application whenever ``ref``'s alias (or the canary's) moves, until ``stop`` is set.
-
-    A refused swap is printed once and the old version keeps serving until the alias moves again.
-    """
+    """Swaps the application whenever ``ref``'s alias (or the canary's) moves, until ``stop`` is set. A
+    refused swap is printed once and the old version keeps serving until the alias moves again."""
     stop = stop or threading.Event()
     refused: dict[str, str] | None = None
     while not stop.is_set():

@@ -20,18 +20,12 @@ def predict_files(url: str, paths: list[str], timeout: float = 30, token: str | 
     Args:
         url: the application's base URL, e.g. ``http://127.0.0.1:8000``.
         paths: PNG or JPEG files (other extensions are sent as application/octet-stream).
-        timeout: seconds to wait for each answer. Defaults to 30.
-        token: a bearer token, for an endpoint with ``serve.auth_token_env``. Defaults to none.
+        timeout: seconds to wait for each answer.
+        token: a bearer token, for an endpoint with ``serve.auth_token_env``.
         multipart: send all files in one multipart/form-data request instead of one request each.
-            Defaults to False.
 
     Raises:
         ServingError: a file cannot be read, the server cannot be reached, or it refuses the request.
-
-    Example:
-
-    >>> predict_files("http://127.0.0.1:8000", ["shirt.png"])
-    [{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
     """
     files = []
     for path in paths:
@@ -69,10 +63,8 @@ def _post(url: str, body: bytes | None, content_type: str | None, timeout: float
     try:
         resp = requests.post(endpoint, data=body, files=files, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
-        raise ServingError(
-            f"cannot reach {endpoint} ({type(exc).__name__}); "
-            "check the URL and that the Serve application is running."
-        ) from None
+        raise ServingError(f"cannot reach {endpoint} ({type(exc).__name__}); "
+                           "check the URL and that the Serve application is running.") from None
     try:
         payload = resp.json()
     except ValueError:

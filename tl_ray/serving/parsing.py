@@ -1,9 +1,7 @@
 """Request bodies into pixel batches: JSON ``{"instances": [...]}``, one PNG/JPEG image, or a multipart batch.
 
-A malformed body, however hostile (deep nesting, huge integers, NaN, non-UTF-8, ragged rows), raises one
-``RequestError`` naming the place (``instances[2][0][1]``), the rule, what was received and the fix. The
-checks that walk values in Python run only once numpy has refused an instance, so a valid request pays
-for ``json.loads`` and ``np.array`` alone.
+A malformed body, however hostile, raises one ``RequestError`` naming the place (``instances[2][0][1]``),
+the rule, what was received and the fix. Values are walked in Python only once numpy has refused an instance.
 """
 
 from __future__ import annotations
@@ -31,12 +29,7 @@ _EXPECTED = {"application/json": _JSON_SHAPE, "multipart/form-data": "one PNG or
 
 
 class RequestError(ServingError):
-    """A request the server refuses, with the HTTP status to answer it with.
-
-    Args:
-        status: a 4xx HTTP status code (400 bad input, 413 too large, 415 wrong type).
-        message: what is wrong, what was received and what is expected.
-    """
+    """A request the server refuses, with the 4xx HTTP status to answer it with (400, 413 or 415)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -68,12 +61,9 @@ def parse_body(
         hint = ""
         if media == "application/x-www-form-urlencoded":
             hint = " (curl -d sends this type unless told otherwise: add -H 'Content-Type: application/json')"
-        raise RequestError(
-            415,
-            f"unsupported Content-Type {content_type!r}{hint}. Send {JSON_TYPES[0]} "
-            f'{{"instances": [...]}}, the bytes of one image as one of {list(IMAGE_TYPES)}, '
-            "or several images as multipart/form-data.",
-        )
+        raise RequestError(415, f"unsupported Content-Type {content_type!r}{hint}. Send {JSON_TYPES[0]} "
+                           f'{{"instances": [...]}}, the bytes of one image as one of {list(IMAGE_TYPES)}, '
+                           "or several images as multipart/form-data.")
     if not body:
         expected = _EXPECTED.get(media, "the bytes of one PNG or JPEG image")
         raise RequestError(400, f"request body is empty; expected {expected}.")
@@ -93,7 +83,6 @@ def body_too_large(size: int | str, limit: int) -> str:
             "Send fewer or smaller instances per request.")
 
 
-# -- JSON ----------------------------------------------------------------------------
 class _Literal:
     """A ``NaN``, ``Infinity`` or ``-Infinity`` literal, which JSON does not have: kept as is, so the
     instance check that meets it can name its place."""
@@ -116,9 +105,8 @@ def parse_json(body: bytes, image_size: tuple[int, int], max_instances: int) -> 
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, f"'instances' must be a non-empty list of images. Received: {_short(instances)}.")
     if len(instances) > max_instances:
-        raise RequestError(
-            413, f"request has {len(instances)} instances; the limit is {max_instances}. Split it into smaller requests."
-        )
+        raise RequestError(413, f"request has {len(instances)} instances; the limit is {max_instances}. "
+                           "Split it into smaller requests.")
     # numpy reads true/false as 1/0 beside numbers; only a body that holds them needs the slow check.
     booleans = b"true" in body or b"false" in body
     arrays = [_instance(f"instances[{i}]", x, booleans) for i, x in enumerate(instances)]
@@ -131,29 +119,22 @@ def _loads(body: bytes):
     try:
         return json.loads(body, parse_constant=_Literal)
     except UnicodeDecodeError as exc:
-        raise RequestError(
-            400, f"request body is not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start} ({exc.reason}). "
-            "Send the JSON encoded as UTF-8."
-        ) from None
+        raise RequestError(400, f"request body is not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start} ({exc.reason}). Send the JSON encoded as UTF-8.") from None
     except json.JSONDecodeError as exc:
-        raise RequestError(
-            400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
-            f"expected {_JSON_SHAPE}."
-        ) from None
+        raise RequestError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                           f"{exc.colno}; expected {_JSON_SHAPE}.") from None
     except RecursionError:
         depth, offset = _nesting(body)
-        raise RequestError(
-            400, f"request body nests arrays or objects {depth} levels deep (at byte {offset}), deeper than the JSON "
-            f"parser follows; {_IMAGE_LEVELS}, so {{\"instances\": [...]}} needs 4 levels at most."
-        ) from None
+        raise RequestError(400, f"request body nests arrays or objects {depth} levels deep (at byte "
+                           f"{offset}), deeper than the JSON parser follows; {_IMAGE_LEVELS}, so "
+                           '{"instances": [...]} needs 4 levels at most.') from None
     except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
         digits = re.search(rb"\d{%d,}" % (sys.get_int_max_str_digits() + 1), body)
         if digits is None:
             raise RequestError(400, f"request body is not valid JSON ({exc}); expected {_JSON_SHAPE}.") from None
-        raise RequestError(
-            400, f"request body holds an integer of {len(digits.group())} digits at byte {digits.start()}; "
-            "pixel values must be numbers 0..255."
-        ) from None
+        raise RequestError(400, f"request body holds an integer of {len(digits.group())} digits at byte "
+                           f"{digits.start()}; pixel values must be numbers 0..255.") from None
 
 
 def _nesting(body: bytes) -> tuple[int, int]:
@@ -187,18 +168,15 @@ def _instance(where: str, value, booleans: bool) -> np.ndarray:
     if array.ndim > 3:
         raise RequestError(400, f"{where} is nested {array.ndim} levels deep; {_IMAGE_LEVELS}.")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))) or 0 in array.shape[:2]:
-        raise RequestError(
-            400, f"{where} has shape {list(array.shape)}; expected [H, W], [H, W, 1] or [H, W, 3] "
-            "pixel values with H, W >= 1."
-        )
+        raise RequestError(400, f"{where} has shape {list(array.shape)}; expected [H, W], [H, W, 1] or "
+                           "[H, W, 3] pixel values with H, W >= 1.")
     inside = (array >= 0) & (array <= 255)
     if not inside.all():
         place = tuple(int(k) for k in np.argwhere(~inside)[0])
         bad = array[place]
         what = "a number beyond the float range (read as infinity)" if np.isinf(bad) else f"{bad:g}"
-        raise RequestError(
-            400, f"{_path(where, place)} is {what}; pixel values must lie in 0..255 (raw pixels, not normalised)."
-        )
+        raise RequestError(400, f"{_path(where, place)} is {what}; pixel values must lie in 0..255 "
+                           "(raw pixels, not normalised).")
     return array
 
 
@@ -265,7 +243,6 @@ def _prepare(array: np.ndarray, where: str, image_size: tuple[int, int]) -> np.n
         raise RequestError(400, f"{where}: {exc}") from None
 
 
-# -- images -------------------------------------------------------------------------------
 def parse_image(body: bytes, image_size: tuple[int, int]) -> np.ndarray:
     """The bytes of one PNG or JPEG image into a batch of one.
 
@@ -278,9 +255,8 @@ def parse_image(body: bytes, image_size: tuple[int, int]) -> np.ndarray:
 
     if not any(body.startswith(magic) for magic in _MAGIC):
         hint = " It looks like JSON: send it as application/json." if body.lstrip()[:1] in (b"{", b"[") else ""
-        raise RequestError(
-            400, f"request body is not a PNG or JPEG image (it starts with {body[:8]!r}); send the file's bytes.{hint}"
-        )
+        raise RequestError(400, f"request body is not a PNG or JPEG image (it starts with {body[:8]!r}); "
+                           f"send the file's bytes.{hint}")
     try:
         image = decode_image(tf.constant(body), image_size)
     except (DataError, tf.errors.InvalidArgumentError) as exc:
@@ -293,18 +269,16 @@ def _parse_multipart(body: bytes, content_type: str, image_size: tuple[int, int]
     import email.policy
 
     if "boundary=" not in content_type.lower():
-        raise RequestError(
-            400, f"multipart/form-data needs a boundary parameter. Received Content-Type: {content_type!r}."
-        )
+        raise RequestError(400, "multipart/form-data needs a boundary parameter. "
+                           f"Received Content-Type: {content_type!r}.")
     header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
     parts = list(message.iter_parts()) if message.is_multipart() else []
     if not parts:
         raise RequestError(400, "multipart/form-data body holds no parts; expected one image file per part.")
     if len(parts) > max_instances:
-        raise RequestError(
-            413, f"request has {len(parts)} images; the limit is {max_instances}. Split it into smaller requests."
-        )
+        raise RequestError(413, f"request has {len(parts)} images; the limit is {max_instances}. "
+                           "Split it into smaller requests.")
     images = []
     for i, part in enumerate(parts):
         label = part.get_param("name", header="content-disposition") or f"part {i}"

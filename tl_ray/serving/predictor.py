@@ -1,7 +1,6 @@
 """A registry model behind a request parser: bytes in, class probabilities out.
 
-No Ray here: the Serve deployment in ``server.py`` wraps a ``Predictor``, and the same object runs in a
-notebook or a unit test.
+No Ray here: ``server.py`` wraps a ``Predictor``, and the same object runs in a notebook or a unit test.
 """
 
 from __future__ import annotations
@@ -38,26 +37,17 @@ class Predictor:
     Args:
         model_dir: a registry version folder holding ``model.keras``.
         metadata: its ``metadata.json`` (needs ``name``, ``version``, ``image_size`` and ``class_names``).
-        chunk_size: the most images run through the model at once, so a large batch of large images does
-            not exhaust memory. Defaults to 256.
+        chunk_size: the most images run through the model at once, so a large batch does not exhaust memory.
 
     Raises:
         ServingError: the metadata lacks a required key, or the model's input or output does not match it.
-
-    Example:
-
-    >>> predictor = Predictor.load("./tlray-store", "fashion-transfer:production")
-    >>> batch = predictor.parse(open("shirt.png", "rb").read(), "image/png", max_instances=256)
-    >>> predictor.format(predictor.predict(batch))
-    [{'class': 'shirt', 'class_id': 3, 'probabilities': [...]}]
     """
 
     def __init__(self, model_dir: Path, metadata: dict, chunk_size: int = 256):
         missing = [k for k in ("name", "version", "image_size", "class_names") if k not in metadata]
         if missing:
-            raise ServingError(
-                f"metadata.json of {model_dir} lacks {missing}; republish the model with tl-ray's export."
-            )
+            raise ServingError(f"metadata.json of {model_dir} lacks {missing}; "
+                               "republish the model with tl-ray's export.")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1. Received: {chunk_size}.")
         self.model_dir = Path(model_dir)
@@ -89,17 +79,13 @@ class Predictor:
         h, w = self.image_size
         expected_in = (None, h, w, 3)
         if tuple(model.input_shape) != expected_in:
-            raise ServingError(
-                f"{self.ref}: the model's input shape {tuple(model.input_shape)} does not match "
-                f"image_size {[h, w]} in metadata.json; expected {expected_in}."
-            )
+            raise ServingError(f"{self.ref}: the model's input shape {tuple(model.input_shape)} does not "
+                               f"match image_size {[h, w]} in metadata.json; expected {expected_in}.")
         k = len(self.class_names)
         expected_out = (None, 1) if k == 2 else (None, k)
         if tuple(model.output_shape) not in {(None, k), expected_out}:
-            raise ServingError(
-                f"{self.ref}: the model's output shape {tuple(model.output_shape)} does not match "
-                f"{k} class_names in metadata.json; expected {expected_out}."
-            )
+            raise ServingError(f"{self.ref}: the model's output shape {tuple(model.output_shape)} does not "
+                               f"match {k} class_names in metadata.json; expected {expected_out}.")
         # One traced graph for every batch size, instead of eager layer-by-layer calls.
         signature = [tf.TensorSpec([None, h, w, 3], tf.float32)]
         return tf.function(lambda x: model(x, training=False), input_signature=signature)
@@ -107,11 +93,7 @@ class Predictor:
     def parse(
         self, body: bytes, content_type: str | None, max_instances: int, max_body_bytes: int | None = None
     ) -> np.ndarray:
-        """A float32 batch ``[N, H, W, 3]`` of pixels 0..255 at the model's size (see ``parsing.parse_body``).
-
-        Raises:
-            RequestError: 400 malformed body, 413 too large, 415 unsupported content type.
-        """
+        """A float32 batch ``[N, H, W, 3]`` of pixels 0..255 at the model's size; see ``parse_body``."""
         return parse_body(body, content_type, self.image_size, max_instances, max_body_bytes)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -121,11 +103,8 @@ class Predictor:
             ServingError: NaN or infinite probabilities (a broken model, not a bad request: answered 500).
         """
         batch = np.asarray(batch, dtype=np.float32)
-        chunks = [
-            self._forward(batch[start : start + self.chunk_size]).numpy()
-            for start in range(0, len(batch), self.chunk_size)
-        ]
-        probs = np.concatenate(chunks)
+        starts = range(0, len(batch), self.chunk_size)
+        probs = np.concatenate([self._forward(batch[i : i + self.chunk_size]).numpy() for i in starts])
         if not np.isfinite(probs).all():
             raise ServingError(f"{self.ref} produced non-finite probabilities; the model is broken.")
         return probs

@@ -1,9 +1,7 @@
-"""The lifetime of a serving process (``tl-ray serve``): serve until SIGTERM or Ctrl-C, then drain and stop.
+"""The lifetime of ``tl-ray serve``: serve until SIGTERM or Ctrl-C, then drain and stop.
 
-Left to Ray, SIGTERM (how Kubernetes and systemd stop a process) dumps a native stack and exits 15, and
-``serve.shutdown()`` drops the requests the proxies carry. Here the first signal deletes the application
-instead: each replica answers what it holds (up to ``graceful_shutdown_timeout_s``) while the proxies stay
-up to deliver it, then the process exits 0. A second signal stops at once (KeyboardInterrupt).
+The first signal deletes the application, so each replica answers what it holds while the proxies stay up
+(``serve.shutdown()`` would drop those requests), then the process exits 0. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -14,19 +12,11 @@ from typing import Callable
 
 from tl_ray.spec import ServeSpec
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
 
 class StopSignals:
     """A context in which SIGTERM and SIGINT set ``event`` instead of killing the process; a second signal
     raises KeyboardInterrupt. Enter it in the main thread, after ``ray.init`` (which installs handlers of its
     own); leaving it restores the previous handlers.
-
-    Example:
-
-    >>> with StopSignals() as stop:
-    ...     url = app.run(storage, "fashion-transfer:production", serve_spec)
-    ...     serve_until(stop, storage, "fashion-transfer:production", serve_spec)
     """
 
     def __init__(self):
@@ -35,7 +25,7 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
-        for sig in SIGNALS:
+        for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,10 +1,7 @@
 """CanaryRouter: the ingress that splits traffic between the production and canary ModelReplica deployments.
 
-A share ``serve.canary.weight`` of requests goes to the canary. Once the sliding window (``window_s``)
-holds ``min_requests`` canary answers and their 5xx rate exceeds ``max_error_rate`` or their p99 latency
-``max_p99_ms``, the router rolls back: every request goes to production from then on, the canary alias
-moves back (or is removed) in the registry, and an event records the figures. 4xx answers are the
-client's fault and never count against the canary.
+When the canary's window breaks ``serve.canary``'s bounds, all traffic goes to production, the canary alias
+moves back (or is removed) and an event records the figures. 4xx answers never count against the canary.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures.
@@ -80,10 +77,8 @@ class CanaryRouter:
         self.windows = {k: Window(self.bounds.window_s) for k in self.targets}
         self.rolled_back: dict | None = None
         self.served = {"production": 0, "canary": 0}
-        self.routed = metrics.Counter(
-            "tlray_canary_routed", description="Requests routed, by target and status class.",
-            tag_keys=("target", "status"),
-        )
+        self.routed = metrics.Counter("tlray_canary_routed", tag_keys=("target", "status"),
+                                      description="Requests routed, by target and status class.")
 
     @router_api.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(self, request: Request):
@@ -156,10 +151,5 @@ class CanaryRouter:
     @router_api.get("/canary")
     async def canary(self):
         """The split, each side's window figures and the rollback, if one happened."""
-        return {
-            "weight": self.weight,
-            "configured_weight": self.bounds.weight,
-            "served": dict(self.served),
-            "windows": {k: w.figures() for k, w in self.windows.items()},
-            "rolled_back": self.rolled_back,
-        }
+        return {"weight": self.weight, "configured_weight": self.bounds.weight, "served": dict(self.served),
+                "windows": {k: w.figures() for k, w in self.windows.items()}, "rolled_back": self.rolled_back}

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from tl_ray.errors import ServingError
-from tl_ray.serving.parsing import RequestError, body_too_large
+from tl_ray.serving.parsing import IMAGE_TYPES, RequestError, body_too_large
 
 
 class PredictRequest(BaseModel):
@@ -48,25 +48,18 @@ class Health(BaseModel):
     swap_error: dict | None = Field(default=None, description="The last refused model swap, if any.")
 
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-PREDICT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "application/octet-stream": _BINARY,
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "description": "Several PNG/JPEG files, one form part each (any field names); a batch.",
-                }
-            },
-        },
-    }
+_BINARY = {"type": "string", "format": "binary"}
+_FILES = {
+    "type": "object",
+    "properties": {"files": {"type": "array", "items": _BINARY}},
+    "description": "Several PNG/JPEG files, one form part each (any field names); a batch.",
 }
+_CONTENT = {
+    "application/json": {"schema": PredictRequest.model_json_schema()},
+    **{media: {"schema": _BINARY} for media in IMAGE_TYPES},
+    "multipart/form-data": {"schema": _FILES},
+}
+PREDICT_OPENAPI = {"requestBody": {"required": True, "content": _CONTENT}}
 PREDICT_RESPONSES = {
     200: {"model": PredictResponse, "description": "Predictions."},
     400: {"model": ErrorResponse, "description": "Malformed body, wrong shape or dtype, not an image."},
@@ -82,12 +75,8 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused up front when Content-Length passes ``limit``, else (a chunked upload) as
-    soon as more has arrived, without reading the rest.
-
-    Raises:
-        RequestError: 413 over ``limit``.
-    """
+    """The request body; a 413 ``RequestError`` up front when Content-Length passes ``limit``, else (a
+    chunked upload) as soon as more has arrived, without reading the rest."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, body_too_large(declared, limit))
@@ -110,10 +99,9 @@ def load_token(env_name: str | None) -> str | None:
         return None
     token = os.environ.get(env_name, "")
     if not token:
-        raise ServingError(
-            f"serve.auth_token_env is {env_name!r} but that environment variable is empty or unset on this "
-            "node. Set it where the replicas run (e.g. a Kubernetes secret), or remove auth_token_env."
-        )
+        raise ServingError(f"serve.auth_token_env is {env_name!r} but that environment variable is empty or "
+                           "unset on this node. Set it where the replicas run (e.g. a Kubernetes secret), "
+                           "or remove auth_token_env.")
     return token
 
 

@@ -1,11 +1,7 @@
-"""ModelReplica: one replica of the Serve deployment that serves a registry version; ModelIngress: the same
-with the HTTP routes.
+"""ModelReplica: a Serve replica of a registry version; ModelIngress: the same with the HTTP routes.
 
-A replica's version comes from the deployment's ``user_config`` (``{"model": "name:vN"}``), not its
-constructor, so moving an alias is a lightweight redeploy: in ``reconfigure`` each replica loads the new
-version beside the old one, warms it up and swaps it in, answering with the old one all the while. A
-version that fails to load is refused: the old one keeps serving and ``/healthz`` reports the failure.
-Requests are parsed in the handler, so a bad one gets a 4xx and never reaches ``@serve.batch``.
+``reconfigure`` loads the version ``user_config`` names beside the old one, which answers until the swap;
+one that fails to load is refused (``/healthz`` reports it). Requests are parsed before ``@serve.batch``.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` class in route signatures.
@@ -28,10 +24,8 @@ from tl_ray.serving.schema import (
 from tl_ray.spec import ServeSpec
 
 logger = logging.getLogger(__name__)
-api = FastAPI(
-    title="tl-ray model server",
-    description="Image classification with a tl-ray registry model. Batches concurrent requests.",
-)
+api = FastAPI(title="tl-ray model server",
+              description="Image classification with a tl-ray registry model. Batches concurrent requests.")
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -77,24 +71,17 @@ class _Metrics:
     """Per-deployment Prometheus metrics (Serve adds deployment, replica and application tags)."""
 
     def __init__(self):
-        self.requests = metrics.Counter(
-            "tlray_requests", description="Prediction requests answered, by HTTP status.", tag_keys=("model", "status")
-        )
-        self.errors = metrics.Counter(
-            "tlray_request_errors", description="Requests answered 4xx (client) or 5xx (server).",
-            tag_keys=("model", "kind"),
-        )
+        self.requests = metrics.Counter("tlray_requests", tag_keys=("model", "status"),
+                                        description="Prediction requests answered, by HTTP status.")
+        self.errors = metrics.Counter("tlray_request_errors", tag_keys=("model", "kind"),
+                                      description="Requests answered 4xx (client) or 5xx (server).")
         self.latency = metrics.Histogram(
-            "tlray_request_latency_ms", description="Time from request to answer inside the replica, ms.",
-            boundaries=LATENCY_MS, tag_keys=("model",),
-        )
-        self.batch = metrics.Histogram(
-            "tlray_batch_size", description="Instances per batch run through the model.",
-            boundaries=BATCH_SIZES, tag_keys=("model",),
-        )
-        self.swaps = metrics.Counter(
-            "tlray_model_swaps", description="Model swaps through reconfigure, by outcome.", tag_keys=("outcome",)
-        )
+            "tlray_request_latency_ms", boundaries=LATENCY_MS, tag_keys=("model",),
+            description="Time from request to answer inside the replica, ms.")
+        self.batch = metrics.Histogram("tlray_batch_size", boundaries=BATCH_SIZES, tag_keys=("model",),
+                                       description="Instances per batch run through the model.")
+        self.swaps = metrics.Counter("tlray_model_swaps", tag_keys=("outcome",),
+                                     description="Model swaps through reconfigure, by outcome.")
 
     def answered(self, model: str, status: int, started: float) -> None:
         self.requests.inc(tags={"model": model, "status": str(status)})
@@ -107,7 +94,6 @@ class ModelReplica:
     """One replica: a Predictor for the registry version its ``user_config`` names, called through handles.
 
     Args:
-        storage: the store root holding the registry.
         model: the model name (the version comes from ``user_config``).
         serve_settings: a ``ServeSpec`` as a dict.
     """
@@ -155,9 +141,8 @@ class ModelReplica:
         predictor = self.predictor
         self.stats.begin()
         try:
-            batch = predictor.parse(
-                body, content_type, max_instances=self.spec.max_instances, max_body_bytes=self.spec.max_body_bytes
-            )
+            batch = predictor.parse(body, content_type, max_instances=self.spec.max_instances,
+                                    max_body_bytes=self.spec.max_body_bytes)
             probs, used = await self._predict_batch((batch, predictor))
             status, answer = 200, {"predictions": used.format(probs), "model": used.ref}
         except RequestError as exc:
@@ -172,13 +157,9 @@ class ModelReplica:
         return status, answer
 
     def serving(self) -> dict:
-        return {
-            "max_batch_size": self.spec.max_batch_size,
-            "batch_wait_timeout_s": self.spec.batch_wait_timeout_s,
-            "max_instances": self.spec.max_instances,
-            "tf_threads": self.threads,
-            **self.stats.as_dict(),
-        }
+        spec = self.spec
+        return {"max_batch_size": spec.max_batch_size, "batch_wait_timeout_s": spec.batch_wait_timeout_s,
+                "max_instances": spec.max_instances, "tf_threads": self.threads, **self.stats.as_dict()}
 
     def status(self) -> dict:
         """What this replica serves, for ``app.update``'s check after a swap (called through a handle)."""

@@ -1,9 +1,6 @@
-"""Conditional writes: the compare-and-swap that registry versions, aliases and leases rest on.
-
-On S3, ``If-None-Match: *`` / ``If-Match: <ETag>`` (support proven by ``locking.mode``), every write read
-back. Locally, a hard link creates if absent and an ``fcntl.flock`` guards read-compare-replace; the tag of
-a local file is the sha256 of its bytes.
-"""
+"""Conditional writes, the compare-and-swap registry versions, aliases and leases rest on. On S3,
+``If-None-Match: *`` / ``If-Match: <ETag>``, read back; locally, a hard link creates if absent and an
+``fcntl.flock`` guards read-compare-replace, with the sha256 of a file's bytes as its tag."""
 
 from __future__ import annotations
 
@@ -36,10 +33,8 @@ def write_if(uri: str, data: bytes, tag: str | None, *, scope: str | None = None
     """Writes ``data`` only if ``uri`` still holds the object ``tag`` (from ``read_tagged``) came from; with
     ``tag`` None, only if absent. True when written (and, on S3, read back); False when the object changed.
     ``scope``: on S3, the folder whose conditional-write support is probed. Defaults to the object's folder.
-
-    Raises:
-        StorageError: the store cannot be reached or written, ignores conditional writes (without
-            ``TLRAY_STORAGE_LOCKING=lease``), or does not read the object back as written.
+    StorageError when the store cannot be written, ignores conditional writes (without lease locking), or
+    does not read the object back as written.
     """
     if s3.is_s3(uri):
         if locking.mode(scope or posixpath.dirname(uri)) == "lease":

@@ -1,6 +1,5 @@
 """Store URIs (local paths, ``file://``, ``s3://bucket/prefix``): read (riding out outages), listed,
-deleted, copied, and written atomically (locally built aside and renamed; on S3 one PUT per object).
-"""
+deleted, copied, and written atomically (locally built aside and renamed; on S3 one PUT per object)."""
 
 from __future__ import annotations
 
@@ -37,13 +36,9 @@ def is_absolute(uri: str) -> bool:
 
 
 def join(base: str, *parts: str) -> str:
-    """Joins URI parts with '/', keeping the scheme."""
-    out = base.rstrip("/")
-    for part in parts:
-        part = str(part).strip("/")
-        if part:
-            out = f"{out}/{part}"
-    return out
+    """Joins URI parts with '/', keeping the scheme; empty parts are left out."""
+    stripped = (str(part).strip("/") for part in parts)
+    return "/".join([base.rstrip("/"), *(part for part in stripped if part)])
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -51,8 +46,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if s3.is_s3(uri):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return s3.arrow_filesystem(s3.endpoint_url(), region), uri[len("s3://") :].rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
+    uri = uri.removeprefix("file://")
     if "://" in uri:
         raise StorageError(f"storage URI {uri!r} has an unsupported scheme. Use a local path, file:// or "
                            "s3://bucket/prefix.")
@@ -125,18 +119,16 @@ def is_transient(uri: str, exc: BaseException) -> bool:
 
 
 def retry_read(uri: str, attempt, *, what: str, on_retry=None):
-    """Returns ``attempt()``, retrying transient store errors with capped, jittered backoff.
-
-    This rides out outages longer than the client's own retries. ``attempt`` must be idempotent (resume
-    from a given offset), so a retried read neither skips nor repeats data.
+    """Returns ``attempt()``, retrying transient store errors with capped, jittered backoff, to ride out
+    outages longer than the client's own retries. ``attempt`` must be idempotent (resume from a given offset),
+    so a retried read neither skips nor repeats data.
 
     Args:
         what: what is being read, e.g. ``"bytes 0..8388608"``, for logs and errors.
-        on_retry: called with the exception before each retry (e.g. to reopen a handle). Defaults to None.
+        on_retry: called with the exception before each retry (e.g. to reopen a handle).
 
     Raises:
-        StorageError: the store stayed unreachable for ``READ_RETRY_TIMEOUT_S``; names ``uri`` and ``what``.
-        Exception: whatever non-transient error ``attempt`` raised, unchanged.
+        StorageError: the store stayed unreachable for ``READ_RETRY_TIMEOUT_S``. Other errors pass unchanged.
     """
     deadline = time.monotonic() + READ_RETRY_TIMEOUT_S
     first, cap = READ_RETRY_BACKOFF_S

@@ -9,11 +9,9 @@ from tl_ray.store.conditional import create_exclusive, delete_if, read_tagged, w
 
 
 class Lease:
-    """An exclusive claim on ``uri``, kept by renewing it and broken by a waiter once it goes stale.
-
-    A waiter breaks the lease once it has seen it unchanged for ``stale_s`` by its own clock, so the
-    clocks of holder and waiter need not agree. ``scope``: as for ``write_if``.
-    """
+    """An exclusive claim on ``uri``, kept by renewing it. A waiter breaks it once it has seen it unchanged
+    for ``stale_s`` by its own clock, so the clocks of holder and waiter need not agree. ``scope``: as for
+    ``write_if``."""
 
     def __init__(self, uri: str, *, stale_s: float, scope: str | None = None):
         self.uri, self.stale_s, self.scope = uri, stale_s, scope

@@ -1,8 +1,6 @@
-"""Conditional writes proven, not assumed: some S3-compatible stores accept ``If-None-Match`` and
-``If-Match`` and ignore them, so each scope is probed once per process. Where they are ignored, only
-``storage.locking: lease`` (or ``TLRAY_STORAGE_LOCKING=lease``) allows writing, under the weaker
-``FencedLock``.
-"""
+"""Conditional writes proven, not assumed: some S3-compatible stores accept ``If-None-Match`` and ``If-Match``
+and ignore them, so each scope is probed once per process. Where they are ignored, only ``storage.locking:
+lease`` (or ``TLRAY_STORAGE_LOCKING=lease``) allows writing, under the weaker ``FencedLock``."""
 
 from __future__ import annotations
 
@@ -58,13 +56,12 @@ def mode(scope: str) -> str:
         return "lease"
     checks = (("If-None-Match", honours_none_match), ("If-Match", honours_match))
     ignored = " and ".join(header for header, honoured in checks if not honoured)
-    raise StorageError(
-        f"the store at {s3.endpoint_name()} ignores {ignored}: a probe object under {scope!r} was "
-        "overwritten where the store should have refused it, so registry versions, alias moves and feature-cache "
-        "builds cannot be claimed safely there; nothing was written. Use a store that honours conditional writes "
-        "(AWS S3 does), or set the spec's storage.locking: lease (or TLRAY_STORAGE_LOCKING=lease) to use a lock "
-        "object with a fencing check instead (weaker: see the storage section of cluster/README.md)."
-    )
+    raise StorageError(f"the store at {s3.endpoint_name()} ignores {ignored}: a probe object under {scope!r} "
+                       "was overwritten where the store should have refused it, so registry versions, alias "
+                       "moves and feature-cache builds cannot be claimed safely there; nothing was written. "
+                       "Use a store that honours conditional writes (AWS S3 does), or set the spec's "
+                       "storage.locking: lease (or TLRAY_STORAGE_LOCKING=lease) to use a lock object with a "
+                       "fencing check instead (weaker: see the storage section of cluster/README.md).")
 
 
 def probe(scope: str) -> tuple[bool, bool]:
@@ -84,12 +81,10 @@ def probe(scope: str) -> tuple[bool, bool]:
 
 
 class FencedLock:
-    """The lock object ``<scope>/.tlray-lock.json`` for ``lease`` locking, held around one
-    read-compare-write, with ``check()`` (the fencing check) right before the write.
-
-    Weaker than conditional writes: two writers whose requests straddle the ``SETTLE_S`` pause or the check
-    can both proceed, and a holder stalled past ``LOCK_TTL_S`` loses the lock by the wall clock.
-    """
+    """The lock object ``<scope>/.tlray-lock.json`` for ``lease`` locking, held around one read-compare-write,
+    with ``check()`` (the fencing check) right before the write. Weaker than conditional writes: two writers
+    whose requests straddle the ``SETTLE_S`` pause or the check can both proceed, and a holder stalled past
+    ``LOCK_TTL_S`` loses the lock by the wall clock."""
 
     def __init__(self, scope: str):
         self.uri = f"{scope.rstrip('/')}/{LOCK_NAME}"

@@ -113,10 +113,8 @@ def list_objects(uri: str) -> list[tuple[str, str, int]]:
 
 
 def list_names(uri: str) -> list[str]:
-    """Names of the files and folders directly under ``uri``, sorted; empty when there is none.
-
-    A name a delimited listing missed (seen in a flat page) turns this process to flat listings.
-    """
+    """Names of the files and folders directly under ``uri``, sorted. A name a delimited listing missed (seen
+    in a flat page) turns this process to flat listings."""
     endpoint, cut = endpoint_url(), _cut(uri)
     if _delimiter_works.get(endpoint) is False:
         return _first_names(uri, (o for page in _pages(uri) for o in page.get("Contents", [])))

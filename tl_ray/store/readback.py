@@ -1,9 +1,6 @@
-"""Read-back: an object published on S3 counts as written only once a GET returns the bytes sent.
-
-A store can answer 200 to a PUT and keep something else (e.g. ``aws-chunked`` framing inside the object).
-A mismatch deletes the object and raises a StorageError naming the likely cause and fix. Local files are
-renamed into place whole and need no read-back.
-"""
+"""Read-back: an object published on S3 counts as written only once a GET returns the bytes sent (a store can
+answer 200 to a PUT and keep something else). A mismatch deletes the object and raises a StorageError naming
+the likely cause and fix."""
 
 from __future__ import annotations
 

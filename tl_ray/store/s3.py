@@ -1,9 +1,6 @@
-"""S3 connections: one boto3 client for every object request, pyarrow's ``S3FileSystem`` for streamed reads.
-
-Both honour the AWS credential chain and ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``). On a custom
-endpoint both checksum uploads only ``when_required`` (override: ``AWS_REQUEST_CHECKSUM_CALCULATION`` /
-``AWS_RESPONSE_CHECKSUM_VALIDATION``): pyarrow's C++ SDK otherwise sends an ``aws-chunked`` body, which a
-store that does not decode it keeps inside the object. Integrity rests on read-back and sha256s instead.
+"""S3 connections: one boto3 client for object requests, pyarrow's ``S3FileSystem`` for streamed reads. On a
+custom endpoint both checksum uploads only ``when_required``: pyarrow's C++ SDK otherwise sends an
+``aws-chunked`` body, which a store that does not decode it keeps inside the object.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ _exported: dict[str, str] = {}  # the values export_checksum_settings put in the
 
 
 def is_s3(uri: str) -> bool:
-    """True for an ``s3://`` URI."""
     return uri.startswith("s3://")
 
 
