@@ -21,41 +21,26 @@ from tl_ray.spec.tune import TuneSpec
 class RunSpec(_Section):
     """What `tl-ray run` does around the sweep."""
 
-    upstream: str | None = Field(
-        default=None,
-        description="Spec (relative to this file) that trains and registers the model named in model.weights.",
-    )
+    upstream: str | None = Field(default=None, description=(
+        "Spec (relative to this file) that trains and registers the model named in model.weights."))
     compare_from_scratch: bool = Field(
-        default=False, description="Also train the same network from scratch and report its test accuracy."
-    )
+        default=False, description="Also train the same network from scratch and report its test accuracy.")
     serve: bool = Field(default=True, description="Serve the promoted model at the end and measure it over HTTP.")
-    seeds: int = Field(
-        default=1, ge=1, le=100,
-        description=(
-            "Retrain the sweep's best configuration (and the from-scratch baseline) with 0..N-1 added to "
-            "train.seed and data.seed, report mean ± std test accuracy, promote the best by validation."
-        ),
-    )
+    seeds: int = Field(default=1, ge=1, le=100, description=(
+        "Retrain the sweep's best configuration (and the from-scratch baseline) with 0..N-1 added to "
+        "train.seed and data.seed, report mean ± std test accuracy, promote the best by validation."))
 
 
 class Spec(_Section):
     """A whole tl-ray experiment."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Experiment name.")
-    storage: str = Field(
-        default=DEFAULT_STORE, validate_default=True,
-        description=(
-            "Store root: a local folder (relative to the working directory) or s3://bucket/prefix. Also written as "
-            "a mapping {uri: ..., locking: ...}, which sets storage_locking."
-        ),
-    )
-    storage_locking: Literal["conditional", "lease"] | None = Field(
-        default=None,
-        description=(
-            "How registry and feature-cache writes are made safe: conditional writes (refused by a store "
-            "ignoring them) or lease (a lock object, weaker). None: $TLRAY_STORAGE_LOCKING or conditional."
-        ),
-    )
+    storage: str = Field(default=DEFAULT_STORE, validate_default=True, description=(
+        "Store root: a local folder (relative to the working directory) or s3://bucket/prefix. Also "
+        "written as a mapping {uri: ..., locking: ...}, which sets storage_locking."))
+    storage_locking: Literal["conditional", "lease"] | None = Field(default=None, description=(
+        "How registry and feature-cache writes are made safe: conditional writes (refused by a store "
+        "ignoring them) or lease (a lock object, weaker). None: $TLRAY_STORAGE_LOCKING or conditional."))
     data: DataSpec = Field(description="Datasets.")
     model: ModelSpec = Field(description="Model.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training of one trial.")
@@ -78,8 +63,7 @@ class Spec(_Section):
         if unknown or "uri" not in given:
             raise ValueError(
                 "storage as a mapping takes the keys uri (required) and locking, e.g. "
-                f"{{uri: s3://bucket/prefix, locking: lease}}. Received: {given!r}"
-            )
+                f"{{uri: s3://bucket/prefix, locking: lease}}. Received: {given!r}")
         data = {**data, "storage": given["uri"]}
         if "locking" in given:
             data["storage_locking"] = given["locking"]
@@ -138,8 +122,7 @@ class Spec(_Section):
                         raise ValueError(
                             f"tune.space.{key}: {describe(dist)} {'gives' if listed else 'reaches'} {shown!r}, "
                             f"which {key} does not take ({own[0]['msg'].removeprefix('Value error, ')}). Narrow "
-                            f"it to values the field accepts"
-                        ) from None
+                            f"it to values the field accepts") from None
         return self
 
     @model_validator(mode="after")
@@ -169,16 +152,14 @@ class Spec(_Section):
                 f"train.recipe lp_ft fine-tunes under model.freeze after its probe, so it needs model.freeze.mode "
                 f"fine_tune, but {where} gives {sorted(modes - {'fine_tune'})[0]!r}. Set model.freeze.mode: "
                 f"fine_tune, or search the recipe only there: train.recipe: {{when: {{model.freeze.mode: "
-                f"fine_tune}}, sample: \"choice([plain, lp_ft])\"}}"
-            )
+                f"fine_tune}}, sample: \"choice([plain, lp_ft])\"}}")
         if recipe is not None and self.tune.scheduler in ("asha", "median") \
                 and self.tune.grace_period <= self.train.probe_epochs:
             raise ValueError(
                 f"tune.grace_period ({self.tune.grace_period}) must exceed train.probe_epochs "
                 f"({self.train.probe_epochs}) when tune.space searches train.recipe: {self.tune.scheduler} would "
                 "otherwise stop LP-FT trials in their probe, before they fine-tune. Raise tune.grace_period or "
-                "lower train.probe_epochs"
-            )
+                "lower train.probe_epochs")
         return self
 
     def phases(self) -> list[PhaseSpec]:

@@ -68,11 +68,7 @@ def validate(data: Any, source: str = "spec", base_dir: str = ".") -> Spec:
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | dict[str, Any] | None = None) -> Spec:
-    """Loads, overrides and validates the spec at ``path``.
-
-    Args:
-        path: a YAML file.
-        overrides: ``["a.b=c", ...]`` or ``{"a.b": c}``. Defaults to none.
+    """Loads the YAML spec at ``path``, applies ``overrides`` (``["a.b=c"]`` or ``{"a.b": c}``), validates it.
 
     Raises:
         ConfigError: the file is missing, is not YAML, or fails validation.

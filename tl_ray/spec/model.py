@@ -30,46 +30,31 @@ class HeadSpec(_Section):
     """
 
     pooling: Literal["avg", "max", "flatten"] = Field(
-        default="avg", description="How the backbone's feature map becomes a vector."
-    )
+        default="avg", description="How the backbone's feature map becomes a vector.")
     dense: list[PositiveInt] = Field(default_factory=list, description="Hidden Dense layer widths (ReLU).")
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0, description=(
         "Dropout rate before each hidden Dense layer and before the predictions layer; 0: no Dropout layers."
     ))
-    multi_label: bool = Field(
-        default=False,
-        description=(
-            "One sigmoid unit per class trained with binary cross-entropy on label vectors "
-            "(several classes may be on at once). Off: softmax over K>2 classes, or one sigmoid unit for 2."
-        ),
-    )
+    multi_label: bool = Field(default=False, description=(
+        "One sigmoid unit per class trained with binary cross-entropy on label vectors (several classes "
+        "may be on at once). Off: softmax over K>2 classes, or one sigmoid unit for 2."))
 
 
 class FreezeSpec(_Section):
     """Which part of the backbone trains."""
 
     mode: Literal["feature_extraction", "fine_tune", "full"] = Field(
-        default="feature_extraction",
-        description=(
-            "feature_extraction: base frozen, run in inference mode; fine_tune: top layers "
-            "trainable, BatchNorm frozen; full: every layer trains (training from scratch)."
-        ),
-    )
-    unfreeze_top: int = Field(
-        default=20, ge=0,
-        description="fine_tune: how many of the backbone's top weighted layers train (BatchNorm not counted).",
-    )
-    from_block: str | None = Field(
-        default=None, min_length=1,
-        description=(
-            "fine_tune: train every backbone layer from the first layer of this block on, e.g. 'block_13' "
-            "(mobilenet_v2), 'conv5' (resnet50), 'block6' (efficientnet). Replaces unfreeze_top."
-        ),
-    )
-    pattern: str | None = Field(
-        default=None, min_length=1,
-        description="fine_tune: train the backbone layers whose name matches this regex (re.search). Replaces unfreeze_top.",
-    )
+        default="feature_extraction", description=(
+            "feature_extraction: base frozen, run in inference mode; fine_tune: top layers trainable, "
+            "BatchNorm frozen; full: every layer trains (training from scratch)."))
+    unfreeze_top: int = Field(default=20, ge=0, description=(
+        "fine_tune: how many of the backbone's top weighted layers train (BatchNorm not counted)."))
+    from_block: str | None = Field(default=None, min_length=1, description=(
+        "fine_tune: train every backbone layer from the first layer of this block on, e.g. 'block_13' "
+        "(mobilenet_v2), 'conv5' (resnet50), 'block6' (efficientnet). Replaces unfreeze_top."))
+    pattern: str | None = Field(default=None, min_length=1, description=(
+        "fine_tune: train the backbone layers whose name "
+        "matches this regex (re.search). Replaces unfreeze_top."))
 
     @field_validator("pattern")
     @classmethod
@@ -107,28 +92,18 @@ class ModelSpec(_Section):
 
     backbone: str = Field(description="A keras.applications backbone name, e.g. mobilenet_v2.")
     backbone_args: dict[str, Any] = Field(
-        default_factory=dict, description="Extra constructor arguments, e.g. {alpha: 0.35}."
-    )
+        default_factory=dict, description="Extra constructor arguments, e.g. {alpha: 0.35}.")
     weights: str = Field(
         default="imagenet",
-        description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.",
-    )
-    feature_layer: str | None = Field(
-        default=None, min_length=1,
-        description=(
-            "Cut the backbone at this layer: its output is the feature map the head pools, e.g. "
-            "'block_13_expand_relu' (mobilenet_v2). Earlier layers are less specific to the source task, which "
-            "helps when source and target differ or images are small. Default: the backbone's last layer."
-        ),
-    )
+        description="imagenet | none | a weights file path or s3:// URI | registry://name:alias.")
+    feature_layer: str | None = Field(default=None, min_length=1, description=(
+        "Cut the backbone at this layer: its output is the feature map the head pools, e.g. "
+        "'block_13_expand_relu' (mobilenet_v2). Earlier layers are less specific to the source task, which "
+        "helps when source and target differ or images are small. Default: the backbone's last layer."))
     head: HeadSpec = Field(default_factory=HeadSpec, description="Classification head.")
-    batchnorm_momentum: float | None = Field(
-        default=None, gt=0.0, lt=1.0,
-        description=(
-            "Override the backbone's BatchNorm momentum (keras.applications use 0.99-0.999, "
-            "too slow for short runs that train BatchNorm, i.e. freeze.mode full)."
-        ),
-    )
+    batchnorm_momentum: float | None = Field(default=None, gt=0.0, lt=1.0, description=(
+        "Override the backbone's BatchNorm momentum (keras.applications use 0.99-0.999, too slow for short "
+        "runs that train BatchNorm, i.e. freeze.mode full)."))
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze policy.")
 
     @field_validator("backbone")

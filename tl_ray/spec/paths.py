@@ -21,8 +21,7 @@ def check_path(model: type[BaseModel], dotted: str) -> None:
         if part not in fields:
             raise ValueError(
                 f"'{dotted}' is not a spec field: '{part}' must be one of {sorted(fields)}."
-                f"{did_you_mean(part, fields)}"
-            )
+                f"{did_you_mean(part, fields)}")
         model = _inner_model(fields[part].annotation)
 
 

@@ -1,12 +1,9 @@
 """Search-space expressions of ``tune.space``, parsed without Ray (``tl_ray.tune.space`` converts them).
 
-An entry maps a dotted spec field to a plain value or an expression whose arguments are YAML literals:
-
-    uniform(LOW, HIGH)  loguniform(LOW, HIGH)  quniform(LOW, HIGH, Q)
-    randint(LOW, HIGH)  choice([A, B, ...])    grid([A, B, ...])
-
-A conditional entry ``{when: {FIELD: VALUE or [VALUES]}, sample: EXPR}`` is sampled only in trials where every
-named field took a listed value, absent otherwise; a list in ``when`` lists alternatives (``[[64], [128]]``).
+An entry maps a dotted spec field to a plain value, to ``uniform|loguniform|randint(LOW, HIGH)``,
+``quniform(LOW, HIGH, Q)`` or ``choice|grid([A, B, ...])`` (arguments are YAML literals), or to
+``{when: {FIELD: VALUE or [VALUES]}, sample: EXPR}``: sampled only in trials where every named field took a
+listed value, absent otherwise (a list in ``when`` lists alternatives: ``[[64], [128]]``).
 """
 
 from __future__ import annotations
@@ -120,22 +117,19 @@ def _parse_conditional(key: str, expr: dict) -> Distribution:
     if extra or "sample" not in expr:
         raise ValueError(
             f"tune.space.{key}: a conditional entry has exactly the keys 'when' and 'sample', e.g. {example}. "
-            f"Received: {expr!r}"
-        )
+            f"Received: {expr!r}")
     when = expr["when"]
     if not isinstance(when, dict) or not when:
         raise ValueError(
             f"tune.space.{key}: 'when' maps fields of tune.space to a value or a list of values, e.g. {example}. "
-            f"Received: {when!r}"
-        )
+            f"Received: {when!r}")
     if isinstance(expr["sample"], dict):
         raise ValueError(f"tune.space.{key}: 'sample' is one expression or value, not a mapping. Received: {expr['sample']!r}")
     inner = parse_distribution(key, expr["sample"])
     if inner.kind == "grid":
         raise ValueError(
             f"tune.space.{key}: a conditional dimension cannot be grid(): a grid crosses every value into every "
-            f"trial. Use choice() instead. Received: {expr['sample']!r}"
-        )
+            f"trial. Use choice() instead. Received: {expr['sample']!r}")
     conditions = tuple(
         (str(field), tuple(number(v) for v in (values if isinstance(values, list) else [values])))
         for field, values in when.items()
@@ -157,8 +151,8 @@ def parse_space(space: dict[str, Any]) -> dict[str, Distribution]:
     """Parses every entry and checks the conditions across entries.
 
     Raises:
-        ValueError: an entry is malformed, or a ``when`` names a field not in the
-            space, a value its field can never take, or a cycle of conditions.
+        ValueError: an entry is malformed, or a ``when`` names a field not in the space, a value its field
+            can never take, or a cycle of conditions.
     """
     dists = {key: parse_distribution(key, expr) for key, expr in space.items()}
     for key, dist in dists.items():
@@ -166,14 +160,12 @@ def parse_space(space: dict[str, Any]) -> dict[str, Distribution]:
             if field not in dists:
                 raise ValueError(
                     f"tune.space.{key}: 'when' names {field!r}, which is not in tune.space; a condition can only "
-                    f"test a field the space samples or fixes.{did_you_mean(field, dists)}"
-                )
+                    f"test a field the space samples or fixes.{did_you_mean(field, dists)}")
             never = [v for v in allowed if not dists[field].can_take(v)]
             if never:
                 raise ValueError(
                     f"tune.space.{key}: 'when' expects {field} in {list(allowed)}, but {field} "
-                    f"({describe(dists[field])}) can never be {never[0]!r}; fix the value or the dimension."
-                )
+                    f"({describe(dists[field])}) can never be {never[0]!r}; fix the value or the dimension.")
     dependency_order(dists)
     return dists
 

@@ -17,13 +17,12 @@ class StageSpec(_Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Stage name, e.g. heads, top, deep.")
     freeze: FreezeSpec = Field(description="Freeze policy of this stage's trials (replaces model.freeze).")
     epochs: PositiveInt = Field(description="Epochs each trial of this stage trains.")
-    keep: float = Field(
-        default=1.0, gt=0.0, le=1.0,
-        description="Fraction of the previous stage's trials (best first) promoted to this stage; ignored for the first.",
-    )
+    keep: float = Field(default=1.0, gt=0.0, le=1.0, description=(
+        "Fraction of the previous stage's trials (best first) "
+        "promoted to this stage; ignored for the first."))
     learning_rate: float | None = Field(
-        default=None, gt=0.0, le=10.0, description="Learning rate of this stage (default: the trial's, times lr_factor)."
-    )
+        default=None, gt=0.0, le=10.0,
+        description="Learning rate of this stage (default: the trial's, times lr_factor).")
     lr_factor: float = Field(default=1.0, gt=0.0, le=10.0, description="Multiplies the trial's learning rate.")
 
 
@@ -35,55 +34,33 @@ class TuneSpec(_Section):
     mode: Literal["max", "min"] = Field(default="max", description="Whether the metric is maximised.")
     scheduler: Literal["asha", "hyperband", "median", "pbt", "fifo"] = Field(
         default="asha",
-        description="asha, hyperband, median (stopping rule), pbt (population-based training) or fifo.",
-    )
-    search: Literal["random", "optuna"] = Field(
-        default="random",
-        description="random: Ray Tune's sampler (grid() dimensions are crossed); optuna: TPE (needs the optuna extra).",
-    )
-    seed: int | None = Field(
-        default=None,
-        description="Seed of the search (random sampler or Optuna): the same seed draws the same trials. Unset: random.",
-    )
+        description="asha, hyperband, median (stopping rule), pbt (population-based training) or fifo.")
+    search: Literal["random", "optuna"] = Field(default="random", description=(
+        "random: Ray Tune's sampler (grid() dimensions are crossed); optuna: TPE (needs the optuna extra)."))
+    seed: int | None = Field(default=None, description=(
+        "Seed of the search (random sampler or Optuna): the "
+        "same seed draws the same trials. Unset: random."))
     grace_period: PositiveInt = Field(default=1, description="asha/median: epochs before a trial may be stopped.")
     reduction_factor: float = Field(default=2.0, gt=1.0, description="asha/hyperband: rung reduction factor.")
     perturbation_interval: PositiveInt = Field(default=2, description="pbt: epochs between exploit/explore steps.")
     keep_checkpoints: int = Field(
         default=3, ge=0,
-        description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.",
-    )
-    checkpoint_on: Literal["improvement", "every"] = Field(
-        default="improvement",
-        description=(
-            "improvement: write a due checkpoint (see train.checkpoint_every) only when tune.metric beats "
-            "the trial's best one (a resumed trial restarts from its best epoch); every: each due one. pbt "
-            "always writes every due one (its exploits copy a trial's latest checkpoint)."
-        ),
-    )
-    max_concurrent_trials: int = Field(
-        default=0, ge=0,
-        description="The search's trials at once (0: as many as resources allow); run.seeds' runs are not limited.")
-    reuse_actors: bool = Field(
-        default=True,
-        description=(
-            "Single-worker trials: hand a finished trial's actor (TensorFlow up) to the next trial, which "
-            "frees the previous trial's Keras state first. false: a new actor per trial (memory freed)."
-        ),
-    )
-    space: dict[str, Any] = Field(
-        default_factory=dict,
-        description=(
-            "Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value; or a "
-            "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled where they hold."
-        ),
-    )
-    stages: list[StageSpec] = Field(
-        default_factory=list,
-        description=(
-            "Staged sweep: num_samples trials of the first stage, then the best `keep` fraction of each "
-            "stage goes on to the next, warm-starting from its parent's best checkpoint. Empty: no stages."
-        ),
-    )
+        description="Checkpoints kept per trial, best by the metric (the latest is kept too); 0 keeps all.")
+    checkpoint_on: Literal["improvement", "every"] = Field(default="improvement", description=(
+        "improvement: write a due checkpoint (see train.checkpoint_every) only when tune.metric beats the "
+        "trial's best one (a resumed trial restarts from its best epoch); every: each due one. pbt always "
+        "writes every due one (its exploits copy a trial's latest checkpoint)."))
+    max_concurrent_trials: int = Field(default=0, ge=0, description=(
+        "The search's trials at once (0: as many as resources allow); run.seeds' runs are not limited."))
+    reuse_actors: bool = Field(default=True, description=(
+        "Single-worker trials: hand a finished trial's actor (TensorFlow up) to the next trial, which "
+        "frees the previous trial's Keras state first. false: a new actor per trial (memory freed)."))
+    space: dict[str, Any] = Field(default_factory=dict, description=(
+        "Dotted field -> distribution string, e.g. 'loguniform(1e-4, 1e-2)', or a plain value; or a "
+        "conditional entry {when: {FIELD: VALUE or [VALUES]}, sample: EXPR}, sampled where they hold."))
+    stages: list[StageSpec] = Field(default_factory=list, description=(
+        "Staged sweep: num_samples trials of the first stage, then the best `keep` fraction of each stage "
+        "goes on to the next, warm-starting from its parent's best checkpoint. Empty: no stages."))
 
     @field_validator("space")
     @classmethod
@@ -113,6 +90,5 @@ class TuneSpec(_Section):
             raise ValueError(
                 f"scheduler pbt needs a dimension it may mutate, but every searched dimension of tune.space is "
                 f"conditional or gates a conditional one ({excluded}); add an unconditional dimension such as "
-                f"train.learning_rate, or use another scheduler"
-            )
+                f"train.learning_rate, or use another scheduler")
         return self

@@ -1,7 +1,4 @@
-"""Inputs of the phases that train the head on the backbone's cached outputs (``tl_ray.feature_cache``).
-
-Small entries are held in memory (``MemoryRows``): every epoch streams them without reading the store.
-"""
+"""Inputs of the phases that train the head on the backbone's cached outputs (``tl_ray.feature_cache``)."""
 
 from __future__ import annotations
 
@@ -28,9 +25,8 @@ def trains_on_cache(spec: Spec, phases: list) -> bool:
 class MemoryRows:
     """A small feature-cache entry held in memory, streamed each epoch in the reader's order.
 
-    The process keeps the newest entries (``MAX_BYTES`` in all) and their unshuffled datasets, so a reused
-    Tune actor reads an entry once for all its trials: entries never change once their manifest (whose digest
-    is in the key) exists.
+    The process keeps the newest entries (``MAX_BYTES`` in all): a reused Tune actor reads an entry once for
+    all its trials (an entry never changes once its manifest, whose digest is in the key, exists).
     """
 
     MAX_BYTES = 512 * 2**20
@@ -67,16 +63,14 @@ class MemoryRows:
 class CachedInputs:
     """The head-on-features model and cached datasets for the phases that can use them.
 
-    ``model`` is the full model when the trial built one (the head then shares its layers); without it,
-    ``head`` builds the head alone on the entries' feature shape.
+    ``model``: the trial's full model, whose layers the head shares; None: the head is built alone.
     """
 
     def __init__(self, spec: Spec, strategy, weights_file: str | None, num_classes: int, events=None):
         self.spec, self.strategy, self.weights_file, self.num_classes = spec, strategy, weights_file, num_classes
         self.events = events  # the loop's callbacks, told when this worker builds or waits for an entry
         self.model = None
-        # How each entry was found: "built" here, "waited" for another builder, or "read".
-        self.statuses: dict[str, str] = {}
+        self.statuses: dict[str, str] = {}  # per role: "built" here, "waited" for another builder, or "read"
         self.feature_shape: list[int] | None = None
         self._head = None
         self._recipe: dict | None = None
@@ -121,7 +115,6 @@ class CachedInputs:
                 entry = feature_cache.ensure_features(self.spec, uri, self.weights_file, events=self.events)
                 manifest = read_manifest(entry.uri)
                 self.feature_shape = feature_shape(manifest)
-                # Small entries are read once; every epoch then streams them from memory.
                 small = sum(s.bytes for s in manifest.shards) <= MemoryRows.MAX_BYTES
                 self._uris[uri] = MemoryRows(entry.uri, manifest) if small else entry.uri
                 self.statuses[role] = entry.status

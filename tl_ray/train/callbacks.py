@@ -1,9 +1,7 @@
 """A Keras-like callback surface for tl-ray's own training loop.
 
-Hooks, in order: ``on_train_begin``; per phase ``on_phase_begin``; per epoch ``on_epoch_begin`` and
-``on_epoch_end(epoch, logs)``; per step ``on_step_begin(step)``; ``on_train_end``. A callback sees the loop
-through ``set_loop`` (``model``, ``optimizer``, ``steps_per_epoch``, ``phase_lr``: the phase's scaled rate)
-and stops training by setting ``loop.stop_training = True``.
+A callback sees the loop through ``set_loop`` (``model``, ``optimizer``, ``steps_per_epoch``, ``phase_lr``:
+the phase's scaled rate) and stops training by setting ``loop.stop_training = True``.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import math
 
 
 class Callback:
-    """Base class: every hook is a no-op."""
+    """Base class: every hook is a no-op. The loop calls the training hooks in the order they are defined."""
 
     loop = None
 
@@ -56,13 +54,7 @@ class CallbackList:
 
 
 class EarlyStopping(Callback):
-    """Stops training when ``monitor`` has not improved for ``patience`` epochs.
-
-    Args:
-        monitor: a metric of the epoch's logs, e.g. ``"val_loss"``. Defaults to "val_loss".
-        mode: ``"min"`` or ``"max"``. Defaults to "min".
-        patience: epochs without improvement tolerated. Defaults to 3.
-        min_delta: smallest change counted as improvement. Defaults to 0.
+    """Stops training when ``monitor`` (a metric of the logs) has not improved for ``patience`` epochs.
 
     Raises:
         ValueError: bad ``mode``, negative ``patience`` or ``min_delta``, or ``monitor`` not in the logs.
@@ -83,8 +75,7 @@ class EarlyStopping(Callback):
         if self.monitor not in logs:
             raise ValueError(
                 f"train.early_stopping.monitor {self.monitor!r} is not a metric of the loop. "
-                f"Received metrics: {sorted(logs)}. (val_* need data.validation.)"
-            )
+                f"Received metrics: {sorted(logs)}. (val_* need data.validation.)")
         value = float(logs[self.monitor])
         better = self.best is None or (
             value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
@@ -93,20 +84,16 @@ class EarlyStopping(Callback):
             self.best, self.wait = value, 0
             return
         self.wait += 1
-        if self.wait > self.patience - 1 and self.loop is not None:
+        if self.wait >= self.patience and self.loop is not None:
             self.loop.stop_training = True
             self.stopped_epoch = epoch
 
 
 class LearningRateSchedule(Callback):
-    """Sets the optimizer's learning rate before every step: linear warm-up, then constant or cosine.
+    """Sets the optimizer's learning rate before every step: linear warm-up over ``warmup_epochs`` (fractions
+    allowed), then constant or cosine down to ``min_fraction`` of the peak.
 
     The schedule restarts at each phase and multiplies the phase's (batch-scaled) rate.
-
-    Args:
-        kind: ``"constant"`` or ``"cosine"``. Defaults to "cosine".
-        warmup_epochs: warm-up length in epochs (fractions allowed). Defaults to 0.
-        min_fraction: cosine's final rate as a fraction of the peak. Defaults to 0.
 
     Raises:
         ValueError: unknown ``kind`` or out-of-range arguments.
@@ -134,8 +121,7 @@ class LearningRateSchedule(Callback):
 
     def on_phase_begin(self, phase: int, first_epoch: int, epochs: int) -> None:
         per_epoch = self.loop.steps_per_epoch
-        self._phase_start_step = first_epoch * per_epoch
-        self._phase_steps = epochs * per_epoch
+        self._phase_start_step, self._phase_steps = first_epoch * per_epoch, epochs * per_epoch
 
     def on_step_begin(self, step: int) -> None:
         loop = self.loop
@@ -146,10 +132,8 @@ class LearningRateSchedule(Callback):
 def callbacks_from_spec(train_spec) -> list[Callback]:
     """The callbacks the ``train`` spec section asks for (LR schedule first, then early stopping)."""
     out: list[Callback] = []
-    if train_spec.lr_schedule is not None:
-        s = train_spec.lr_schedule
+    if (s := train_spec.lr_schedule) is not None:
         out.append(LearningRateSchedule(s.kind, s.warmup_epochs, s.min_fraction))
-    if train_spec.early_stopping is not None:
-        e = train_spec.early_stopping
+    if (e := train_spec.early_stopping) is not None:
         out.append(EarlyStopping(e.monitor, e.mode, e.patience, e.min_delta))
     return out

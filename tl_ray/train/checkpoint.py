@@ -1,8 +1,7 @@
 """Trial checkpoints: ``model.keras`` (or ``head.weights.h5``), ``optimizer.npz`` and ``state.json``.
 
-A trial that trains only a head on cached features never builds the backbone: its checkpoints hold the head's
-weights, and ``state.json`` records under ``head_of`` how to rebuild the full model around it (``head_recipe``).
-``checkpoint_model`` returns the full model for either kind.
+A head-only checkpoint (a trial on cached features) records under ``head_of`` in ``state.json`` how to rebuild
+the full model around the head (``head_recipe``); ``checkpoint_model`` returns the full model for either kind.
 """
 
 from __future__ import annotations
@@ -26,9 +25,7 @@ STATE_FILE = "state.json"
 def save_checkpoint(folder: str | Path, model, optimizer, state: dict, *, head_of: dict | None = None) -> Path:
     """Writes a checkpoint into ``folder`` (created if needed) and returns it.
 
-    Args:
-        model: the full model, or the head alone when ``head_of`` (``head_recipe``) is given.
-        state: loop state (epoch, metrics, trial id), written to ``state.json``.
+    ``model`` is the head alone when ``head_of`` (``head_recipe``) is given; ``state`` goes to ``state.json``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,10 +73,9 @@ def load_model_weights(folder: str | Path, model) -> None:
 
 
 def checkpoint_model(folder: str | Path, storage_root: str | None = None):
-    """The full Keras model of a checkpoint (a head-only checkpoint is rebuilt around its backbone).
+    """The full Keras model of a local checkpoint folder (a head-only one is rebuilt around its backbone).
 
     Args:
-        folder: a local checkpoint folder.
         storage_root: the store the backbone's weights resolve against. Defaults to the checkpoint's.
 
     Raises:
@@ -103,8 +99,7 @@ def checkpoint_model(folder: str | Path, storage_root: str | None = None):
         raise ConfigError(
             f"checkpoint {folder} holds a head trained over backbone weights {recipe['backbone_weights']}, but "
             f"model.weights {model_spec.weights!r} now resolves to {found}. Point model.weights at the weights "
-            "the head was trained over, or retrain the head."
-        )
+            "the head was trained over, or retrain the head.")
     model = build_model(model_spec.model_copy(update={"freeze": FreezeSpec()}), recipe["num_classes"],
                         tuple(recipe["image_size"]), weights_file=weights_file, seed=recipe["seed"])
     load_model_weights(folder, model)
@@ -148,12 +143,10 @@ def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
     """Loads model weights and optimizer state from ``folder``; returns the saved state.
 
     The learning-rate variables keep the restoring trial's own rate (under PBT the donor's must not overwrite
-    it); iterations and slots are loaded.
+    it). Either kind of checkpoint loads into the full model or the head alone.
 
     Args:
-        model: the rebuilt model, or the head alone (either kind of checkpoint loads into either).
-        optimizer: the optimizer to load, or None for the weights only (a phase boundary: the next phase
-            starts with a fresh optimizer).
+        optimizer: None loads the weights only (at a phase boundary the next phase starts a fresh optimizer).
 
     Raises:
         ValueError: the optimizer's variables do not match the checkpoint's.
@@ -168,8 +161,7 @@ def restore_checkpoint(folder: str | Path, model, optimizer) -> dict:
     if len(values) != len(variables):
         raise ValueError(
             f"checkpoint {folder} holds {len(values)} optimizer variables, the optimizer has {len(variables)}: "
-            "the spec changed since the checkpoint was written"
-        )
+            "the spec changed since the checkpoint was written")
     keep = {id(v) for v in _learning_rate_variables(optimizer)}
     for var, value in zip(variables, values):
         if id(var) not in keep:
@@ -204,7 +196,7 @@ def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) 
 
     Args:
         backbone_weights: ``tl_ray.feature_cache.backbone_digest`` of ``model``'s backbone weights; a
-            head-only checkpoint trained over others is refused. Defaults to None (not checked).
+            head-only checkpoint trained over others is refused. None: not checked.
 
     Raises:
         StorageError: the checkpoint cannot be fetched.
@@ -225,6 +217,5 @@ def warm_start(model, checkpoint_uri: str, backbone_weights: str | None = None) 
     except (ValueError, KeyError) as exc:
         raise ConfigError(
             f"train.init_from {checkpoint_uri!r} holds a model that does not fit the spec's ({exc}). "
-            "Warm-start only from a checkpoint of the same backbone and head."
-        ) from None
+            "Warm-start only from a checkpoint of the same backbone and head.") from None
     return checkpoint_uri

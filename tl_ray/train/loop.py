@@ -1,13 +1,12 @@
 """The training loop of one trial worker: one path for every strategy (no Ray here).
 
 Every worker runs the same number of steps per epoch, so collectives never wait on one that ran out of data.
-Each phase (``Spec.phases``) gets its freeze policy, a fresh optimizer on its trainable variables and a newly
-traced step, as Keras' ``compile`` after changing ``trainable``. When every phase left trains on cached
-features (``tl_ray.feature_cache``), the trial builds and checkpoints the head alone.
+Each phase gets its freeze policy, a fresh optimizer and a newly traced step (as Keras' ``compile`` would).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
@@ -77,11 +76,9 @@ def plan_phases(spec: Spec) -> list[Phase]:
     phases = spec.phases()
     if not phases:
         return [Phase(0, cfg.epochs, spec.model.freeze, cfg.learning_rate)]
-    out, first = [], 0
-    for p in phases:
-        out.append(Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate, p.augment))
-        first += p.epochs
-    return out
+    firsts = itertools.accumulate((p.epochs for p in phases), initial=0)
+    return [Phase(first, p.epochs, p.freeze, p.learning_rate or cfg.learning_rate, p.augment)
+            for first, p in zip(firsts, phases)]
 
 
 def lr_scale(train_spec) -> float:
@@ -154,7 +151,7 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
 
     Args:
         reporter: receives every epoch's metrics and checkpoints, and names the checkpoint to resume from.
-        callbacks: extra ``tl_ray.train.callbacks.Callback`` objects, after the spec's own. Defaults to none.
+        callbacks: extra ``tl_ray.train.callbacks.Callback`` objects, after the spec's own.
 
     Raises:
         ConfigError: the global batch does not split evenly across replicas, or bad class weights.
@@ -170,8 +167,7 @@ def train(spec: Spec, reporter: Reporter, callbacks=None) -> dict:
     if cfg.batch_size % replicas:
         raise ConfigError(
             f"train.batch_size must be a multiple of the number of replicas ({replicas}). "
-            f"Received: {cfg.batch_size}. Use {max(replicas, cfg.batch_size // replicas * replicas)}."
-        )
+            f"Received: {cfg.batch_size}. Use {max(replicas, cfg.batch_size // replicas * replicas)}.")
     manifest = read_manifest(spec.resolve(spec.data.train))
     hooks = CallbackList([*callbacks_from_spec(cfg), *(callbacks or [])])
     run = _Run(spec, reporter, strategy, hooks, manifest, resolve_weights(spec.model.weights, spec.storage))
@@ -267,9 +263,9 @@ class _Run:
                                        backbone_variables=backbone_vars,
                                        backbone_lr_multiplier=cfg.backbone_lr_multiplier, precision=cfg.precision)
         if restore is not None:
-            # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only.
+            # A checkpoint at a phase boundary holds the previous phase's optimizer: weights only. Its
+            # trial_id is the donor's after a PBT exploit.
             state = restore_checkpoint(restore, model, optimizer if start_epoch > phase.first_epoch else None)
-            # Which trial wrote the checkpoint (the donor after a PBT exploit).
             self.extra.update(restored_from_trial=state.get("trial_id"),
                               restored_weights_digest=model_weights_digest(model))
         self.loop.optimizer, self.loop.phase_lr = optimizer, lr
@@ -282,8 +278,7 @@ class _Run:
                                class_weights=self.class_weights, clip_norm=cfg.clip_norm, jit_compile=cfg.jit_compile)
         validation = self.validation_data(phase_val)
         if "warm_started_from" in self.extra and validation is not None and "warm_start_val_loss" not in self.extra:
-            # What the warm start begins from: the validation score of the loaded weights.
-            val = step.evaluate(validation(), self.num_workers)
+            val = step.evaluate(validation(), self.num_workers)  # the score of the loaded weights
             self.extra.update(warm_start_val_loss=val["loss"], warm_start_val_accuracy=val["accuracy"])
         return step, (phase_train, validation)
 

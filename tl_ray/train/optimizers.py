@@ -1,10 +1,8 @@
 """Optimizers for tl-ray's distributed step: pre-reduced gradients, per-variable rates, loss scaling.
 
-Keras all-reduces gradients inside ``apply``, after its clipping and ``LossScaleOptimizer``'s finiteness
-check, so it would clip each replica's partial gradient and replicas could disagree on an overflow: tl-ray's
-step all-reduces and clips first, and these optimizers skip Keras' all-reduce. The discriminative rate
-multiplies the learning rate per variable in ``update_step``, not the gradient (Adam and RMSprop are invariant
-to its scale; AdamW's decoupled weight decay keeps the base rate).
+Keras all-reduces inside ``apply``, after clipping and the loss scale's overflow check, per replica: tl-ray's
+step all-reduces and clips first, so these optimizers skip Keras' all-reduce. The backbone's multiplier scales
+the learning rate, not the gradient (whose scale Adam ignores); AdamW's weight decay keeps the base rate.
 """
 
 from __future__ import annotations
@@ -53,9 +51,8 @@ def make_optimizer(train_spec, learning_rate: float | None = None, *, trainable_
 
     Args:
         learning_rate: the starting rate. Defaults to ``train_spec.learning_rate``.
-        trainable_variables: variables to build the optimizer on. Defaults to None (unbuilt).
-        backbone_variables: they learn at ``backbone_lr_multiplier`` times the rate. Defaults to none.
-        precision: ``mixed_float16`` wraps the optimizer in a ``LossScaleOptimizer``. Defaults to float32.
+        backbone_variables: they learn at ``backbone_lr_multiplier`` times the rate.
+        precision: ``mixed_float16`` wraps the optimizer in a ``LossScaleOptimizer``.
 
     Returns:
         A Keras optimizer whose ``apply`` expects gradients already summed across replicas.

@@ -1,8 +1,5 @@
-"""TensorFlow process set-up inside (or outside) Ray: threads, devices, strategy.
-
-TensorFlow would size its pools from the whole machine, whatever Ray reserved: the intra-op pool is sized from
-the CPUs Ray assigned, before TensorFlow's runtime starts.
-"""
+"""TensorFlow process set-up inside (or outside) Ray: threads (from the CPUs Ray assigned, not the whole
+machine), devices, strategy."""
 
 from __future__ import annotations
 
@@ -30,12 +27,8 @@ def begin_trial() -> None:
 
 
 def configure_tensorflow(threads: int, cpu_devices: int = 0) -> None:
-    """Sets TensorFlow's thread pools and logical CPU devices (once per process).
-
-    Args:
-        threads: intra-op threads (the CPUs this process may use).
-        cpu_devices: split the CPU into this many logical devices; 0 or 1 keeps one.
-    """
+    """Sets TensorFlow's intra-op threads and splits the CPU into ``cpu_devices`` logical devices (0 or 1: no
+    split), once per process and before TensorFlow's runtime starts."""
     global _configured
     want = (threads, cpu_devices)
     if _configured == want:

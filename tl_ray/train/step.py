@@ -1,9 +1,7 @@
 """tl-ray's one distributed train and eval step, for OneDevice, Mirrored and MultiWorkerMirrored strategies.
 
 Keras 3 ``Model.fit`` fails under MultiWorkerMirroredStrategy with more than one worker, hence this step: the
-loss is averaged over the GLOBAL batch, gradients are all-reduced, then clipped, then applied. Heads (read
-from the ``predictions`` layer): binary (one sigmoid unit, labels 0/1), multi-class (softmax, int labels),
-multi-label (K sigmoid units, multi-hot ``[B, K]`` labels or int ``[B]`` as one-hot; accuracy is per label).
+loss is averaged over the GLOBAL batch, gradients are all-reduced, then clipped, then applied.
 """
 
 from __future__ import annotations
@@ -35,14 +33,14 @@ class DistributedStep:
 
     Args:
         strategy: a tf.distribute strategy; model and optimizer were built in its scope.
-        model: a Keras 3 model with softmax (K > 2), sigmoid (1 unit) or multi-label sigmoid (K units) output.
+        model: a Keras 3 model whose ``predictions`` layer is one sigmoid unit (binary, labels 0/1), softmax
+            (int labels) or K sigmoid units (multi-label: multi-hot ``[B, K]`` labels, or int ``[B]`` as
+            one-hot; accuracy per label).
         optimizer: built on ``model.trainable_variables``. One from ``tl_ray.train.optimizers.make_optimizer``
             takes gradients the step all-reduced (needed for ``clip_norm``); a stock one all-reduces itself.
         global_batch_size: examples per step across all replicas.
-        label_smoothing: of the cross-entropy. Defaults to 0.
-        class_weights: per-class loss weights, length K (2 for a binary head). Defaults to None.
-        clip_norm: clip the all-reduced gradients to this global norm. Defaults to None.
-        jit_compile: XLA-compile the forward and backward pass. Defaults to False.
+        class_weights: per-class loss weights, length K (2 for a binary head).
+        clip_norm: clip the all-reduced gradients to this global norm.
 
     Raises:
         ValueError: ``clip_norm`` with an optimizer that all-reduces by itself.
@@ -50,20 +48,17 @@ class DistributedStep:
 
     def __init__(self, strategy, model, optimizer, global_batch_size: int, label_smoothing: float = 0.0, *,
                  class_weights=None, clip_norm: float | None = None, jit_compile: bool = False):
-        self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        self.global_batch_size = int(global_batch_size)
-        self.label_smoothing = float(label_smoothing)
+        self.strategy, self.model, self.optimizer, self.clip_norm = strategy, model, optimizer, clip_norm
+        self.global_batch_size, self.label_smoothing = int(global_batch_size), float(label_smoothing)
         self.kind = head_kind(model)
         self.binary = self.kind == "binary"
         self.num_classes = 2 if self.binary else model.output_shape[-1]
-        self.clip_norm = clip_norm
         inner = inner_optimizer(optimizer)
         self._prereduced = bool(getattr(inner, "tlray_prereduced", False))
         if clip_norm and not self._prereduced:
             raise ValueError(
                 "clip_norm needs an optimizer from tl_ray.train.optimizers.make_optimizer (it clips the "
-                f"all-reduced gradient). Received: {type(inner).__name__}."
-            )
+                f"all-reduced gradient). Received: {type(inner).__name__}.")
         self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self.class_weights = None
         if class_weights is not None:
@@ -99,8 +94,7 @@ class DistributedStep:
         return loss
 
     def _multi_hot(self, labels, dtype):
-        # Int labels [B] (one class per example, as the reader yields) become one-hot rows.
-        if labels.shape.rank == 1:
+        if labels.shape.rank == 1:  # int labels, one class per example (as the reader yields)
             return tf.one_hot(tf.cast(labels, tf.int32), self.num_classes, dtype=dtype)
         return tf.cast(labels, dtype)
 
@@ -120,7 +114,6 @@ class DistributedStep:
         return tf.stack([tf.reduce_sum(per_example), self.correct(labels, probs), count])
 
     def _loss_and_grads(self, images, labels):
-        variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             probs = tf.cast(self.model(images, training=True), tf.float32)
             per_example = self.per_example_loss(labels, probs)
@@ -128,8 +121,7 @@ class DistributedStep:
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
             scaled = self.optimizer.scale_loss(loss) if self._loss_scaled else loss
-        grads = tape.gradient(scaled, variables)
-        return probs, per_example, grads
+        return probs, per_example, tape.gradient(scaled, self.model.trainable_variables)
 
     def _replica_step(self, images, labels):
         variables = self.model.trainable_variables

@@ -8,9 +8,8 @@ import os
 from tl_ray.errors import ClusterError
 
 VERBOSE_ENV = "TLRAY_VERBOSE"
-# Set for every Ray worker tl-ray starts (the local cluster's, a submitted job's). Tune runs each trial of a reused
-# actor in a new thread, and glibc gives new threads new malloc arenas (up to 8 per core): without a cap the actor's
-# memory grew with every trial. glibc reads it when a process starts; a value already set wins.
+# For every Ray worker tl-ray starts: Tune runs each trial of a reused actor in a new thread, and glibc gives
+# new threads new malloc arenas (up to 8 per core), so the actor's memory grew with every trial.
 WORKER_ENV = {"MALLOC_ARENA_MAX": "4"}
 _session: dict = {}  # the Ray connection this process started: whether it streams workers' output, its log folder
 
@@ -31,8 +30,7 @@ def connect_ray() -> None:
         if address == "local":  # the new cluster's workers inherit this environment
             for name, value in WORKER_ENV.items():
                 os.environ.setdefault(name, value)
-        # Workers' output (TensorFlow, Ray Train) reaches this process, for the sweep's log; the console shows it
-        # with `tl-ray -v` only.
+        # Workers' output reaches this process for the sweep's log; the console shows it with `tl-ray -v`.
         dispatcher = _stdstream_dispatcher()
         context = ray.init(address=address, include_dashboard=False, log_to_driver=verbose() or dispatcher is not None,
                            configure_logging=False)
@@ -53,8 +51,8 @@ def _connection() -> tuple[str, str] | None:
 
 
 def _stdstream_dispatcher():
-    """Ray's dispatcher of workers' output in the driver, else None. Ray has no public API that hands a driver
-    its workers' output other than printing it on the console (``log_to_driver``); checked against Ray 2.60."""
+    """Ray's dispatcher of workers' output in the driver, else None (a private API: the public one only prints
+    it on the console; checked against Ray 2.60)."""
     try:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher
     except ImportError:
@@ -65,7 +63,7 @@ def _stdstream_dispatcher():
 @contextlib.contextmanager
 def workers_output_to(logger):
     """Logs every line the workers print (``(<actor> pid=<pid>, ip=<ip>) <line>``) to ``logger`` while the block
-    runs. Nothing reaches it when Ray was initialised without ``log_to_driver``."""
+    runs (nothing when Ray was initialised without ``log_to_driver``)."""
     dispatcher = _stdstream_dispatcher()
     if dispatcher is None:
         yield
@@ -88,9 +86,8 @@ def workers_output_to(logger):
 
 
 def workers_output() -> str:
-    """Where the trials' own output is: in the sweep's log (and on this console with ``tl-ray -v``) when
-    ``connect_ray`` started Ray streaming it, else in Ray's log folder (Ray initialised by the caller may not
-    stream it)."""
+    """Where the trials' own output is: in the sweep's log when ``connect_ray`` started Ray streaming it, else
+    in Ray's log folder."""
     ours = _session.get("connection") is not None and _session["connection"] == _connection()
     if ours and _session["streamed"]:
         return "workers' output included" + (", and shown below" if verbose() else " (tl-ray -v shows it live)")
@@ -116,8 +113,8 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def with_cluster_gpus(spec, out=print):
-    """The spec with ``train.gpus_per_worker: auto`` resolved on the connected cluster: 1 GPU per worker when
-    the cluster has GPUs, else none. A spec asking for no GPUs on a cluster that has some is told so, once."""
+    """The spec with ``train.gpus_per_worker: auto`` resolved on the connected cluster (1 if it has GPUs,
+    else 0); a spec asking for no GPUs on a cluster that has some is told so, once."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)

@@ -1,7 +1,6 @@
 """The sweep's full log ``tl-ray.log``: what Ray, Ray Tune and TensorFlow log in the driver, and what workers print.
 
-The console shows tl-ray's own lines; the log keeps the rest, failed trials' tracebacks included. Tune's own
-``log_to_file`` is not used: it breaks trials on reused actors.
+Not Tune's own ``log_to_file``: it breaks trials on reused actors.
 """
 
 from __future__ import annotations
@@ -48,11 +47,7 @@ def _quiet_tune(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def driver_log(experiment_uri: str) -> Iterator[Path]:
     """Appends the driver's logging to ``tl-ray.log`` of ``experiment_uri`` while the block runs; yields the
-    local file, which on S3 is copied into the experiment folder at the end, also when the block raises.
-
-    >>> with driver_log("./tlray-store/experiments/fashion-20261204-101500") as path:
-    ...     tuner.fit()
-    """
+    local file, which on S3 is copied into the experiment folder at the end, also when the block raises."""
     path = log_path(experiment_uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:

@@ -1,8 +1,5 @@
-"""Stops a sweep at the first trial error that retrying cannot fix.
-
-Tune retries a failed trial ``train.max_failures`` times whatever it raised; a ``ConfigError``, ``DataError``,
-``StorageError`` or ``RegistryError`` would fail every retry and every other trial the same way.
-"""
+"""Stops a sweep at the first trial error that retrying cannot fix (``DETERMINISTIC``), which Tune would retry
+``train.max_failures`` times and meet again in every other trial."""
 
 from __future__ import annotations
 
@@ -62,12 +59,8 @@ def _trial_exception(trial) -> BaseException | None:
 
 
 class FailFast(tune.Callback, tune.Stopper):
-    """A Tune callback and stopper: at a trial's error whose root cause is deterministic, stops every trial
-    and starts no more (Tune asks its stopper before it starts the failed trial's retry).
-
-    >>> fail_fast = FailFast()
-    >>> tune.RunConfig(callbacks=[fail_fast], stop=fail_fast)
-    """
+    """A Tune callback and stopper (pass it as both): at a trial's error whose root cause is deterministic,
+    stops every trial and starts no more (Tune asks its stopper before it starts the failed trial's retry)."""
 
     def setup(self, **info) -> None:
         _found.clear()

@@ -1,8 +1,5 @@
-"""An interrupted sweep, told from a finished one.
-
-On the first Ctrl-C Ray Tune saves the experiment and returns from ``Tuner.fit()`` as if the sweep had ended;
-``run_tuner`` then raises :class:`SweepInterrupted`, so nothing downstream treats a partial sweep as finished.
-"""
+"""An interrupted sweep, told from a finished one: on Ctrl-C Ray Tune saves the experiment and returns from
+``Tuner.fit()`` as if the sweep had ended; ``run_tuner`` then raises :class:`SweepInterrupted`."""
 
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ class SweepInterrupted(TLRayError):
     Args:
         experiment: the experiment folder name; ``experiment_path``: where Tune saved it.
         unfinished: trials running, pending or not created yet.
-        stage: the stage of a staged sweep that was running.
     """
 
     exit_code = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -27,8 +23,7 @@ class SweepInterrupted(TLRayError):
         where = f" in its stage {stage!r}" if stage else ""
         super().__init__(
             f"sweep {experiment!r} was interrupted{where} with {unfinished} trial(s) unfinished; its state and "
-            f"checkpoints are saved in {experiment_path}"
-        )
+            f"checkpoints are saved in {experiment_path}")
         self.experiment, self.experiment_path, self.unfinished = experiment, experiment_path, unfinished
         self.stage = stage
 
@@ -38,10 +33,8 @@ class SweepInterrupted(TLRayError):
 
 def saved_trial_statuses(experiment_path: str, filesystem=None) -> dict[str, str]:
     """Each trial's status in the experiment state Tune saved last (what ``--resume`` continues), by the name of
-    the trial's folder (a folder an interrupted driver created but did not save can carry a saved trial's id).
-
-    Not the ResultGrid's: after an interrupt Tune saves the state, then marks the trials TERMINATED in memory.
-    """
+    the trial's folder (an unsaved folder can carry a saved trial's id). Not the ResultGrid's: after an
+    interrupt Tune saves the state, then marks the trials TERMINATED in memory."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem)
@@ -61,8 +54,7 @@ def count_unfinished(spec, statuses: list[str], planned: int | None = None) -> i
 
 @contextlib.contextmanager
 def quiet_ray_resume_hint():
-    """Drops Tune's "Resume experiment with: Tuner.restore(...)" warning: for a tl-ray sweep the command line
-    prints the resume command that works (``tl-ray tune SPEC --resume``)."""
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" warning: tl-ray prints its own command."""
     logger = logging.getLogger("ray.tune.tune")
 
     def drop(record: logging.LogRecord) -> bool:

@@ -1,8 +1,5 @@
-"""The sweep report's PNG plots, legible at hundreds of trials (no Ray here).
-
-``objective.png``, ``params.png``, ``parallel.png`` and ``learning_curves.png`` of
-``tl_ray.tune.report.TrialSummary`` objects; the top trials in colour, the rest in light grey.
-"""
+"""The sweep report's PNG plots of ``tl_ray.tune.report.TrialSummary`` objects, legible at hundreds of trials
+(no Ray here): the top trials in colour, the rest in light grey."""
 
 from __future__ import annotations
 
@@ -17,9 +14,7 @@ TOP = "#d95f02"
 def write_plots(trials: list, top: list, metric: str, mode: str, out_dir: Path) -> list[Path]:
     """Writes the plots into the local ``out_dir``; returns their paths (params and parallel need parameters).
 
-    Args:
-        top: the trials drawn in colour (and the only learning curves), best first.
-        metric: the result column ranked on; ``mode``: ``max`` or ``min``.
+    ``top``: the trials drawn in colour (and the only learning curves), best first.
     """
     import matplotlib
 

@@ -1,7 +1,4 @@
-"""tl-ray's own sweep console: one line per trial that ends, and a progress bar on a terminal.
-
-Tune's tables and the driver's other logging go to ``tl-ray.log`` (``driver_log``) unless ``tl-ray -v``.
-"""
+"""tl-ray's own sweep console (Tune's tables go to ``tl-ray.log`` unless ``tl-ray -v``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """``tune.keep_checkpoints`` for single-worker trials: an ended trial's checkpoints beyond the kept ones go.
 
-Tune's own ``num_to_keep`` deletes while a trial runs, which forces a save of the whole experiment state every
-``num_to_keep`` checkpoints of a trial (every few seconds with short trials). A trial that a saved state has
-ended is not resumed, so its checkpoints can go then. PBT keeps Tune's: its trials exploit each other's latest.
+Tune's own ``num_to_keep`` saves the whole experiment state every ``num_to_keep`` checkpoints of a trial
+(every few seconds with short trials). PBT keeps Tune's: its trials exploit each other's latest.
 """
 
 from __future__ import annotations

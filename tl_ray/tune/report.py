@@ -1,9 +1,5 @@
 """The sweep report: ``trials.txt`` (the best trials), ``trials.csv`` (every trial) and the plots of
-``tl_ray.tune.plots``, from what Ray Tune stored for each trial, written into ``<experiment>/report/``.
-
->>> report = build_report("./tlray-store/experiments/fashion-transfer-20261125-083335", "val_accuracy", "max")
->>> print(report.table)
-"""
+``tl_ray.tune.plots``, from what Ray Tune stored for each trial, written into ``<experiment>/report/``."""
 
 from __future__ import annotations
 
@@ -67,8 +63,7 @@ def load_trials(experiment_uri: str) -> list[TrialSummary]:
     if not stages:
         raise ConfigError(
             f"no trials under {experiment_uri!r}. Name an experiment folder of the store's experiments/, "
-            "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store"
-        )
+            "e.g. tl-ray report fashion-transfer-20261125-083335 --storage ./tlray-store")
     # Stage folders sort by their first trial's start, which is the order they ran in.
     found = [_load(store.join(experiment_uri, stage), stage) for stage in stages]
     found.sort(key=lambda trials: min((t.started for t in trials), default=0.0))
@@ -204,11 +199,9 @@ def build_report(
     """Writes the table, ``trials.csv`` and the plots into ``<experiment>/report/`` and returns them.
 
     Args:
-        metric: the result column trials are ranked by.
-        mode: ``max`` or ``min``. Defaults to ``"max"``.
-        planned_epochs: one number, or one per stage; tells stopped trials from finished ones. Defaults to
-            None (a trial with results is done).
-        top: trials the table lists (per stage) and the learning curves draw. Defaults to 20.
+        planned_epochs: one number, or one per stage; tells stopped trials from finished ones. None: a trial
+            with results is done.
+        top: trials the table lists (per stage) and the learning curves draw.
 
     Raises:
         ConfigError: the folder holds no trials, or ``top`` is below 1.

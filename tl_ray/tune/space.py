@@ -1,5 +1,4 @@
-"""``tune.space`` (parsed by ``tl_ray.spec.space``) as Ray Tune's ``param_space``, an Optuna define-by-run
-function, and PBT's explore function."""
+"""``tune.space`` as Ray Tune's ``param_space``, an Optuna define-by-run function, PBT's explore function."""
 
 from __future__ import annotations
 
@@ -86,7 +85,7 @@ class _Conditional(Domain):
 
     @property
     def domain_str(self):
-        return f"{self.func.dist}"
+        return str(self.func.dist)
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,8 @@ def optuna_space(space: dict[str, Any]) -> OptunaSpace:
 
 
 class KeepInRange:
-    """PBT's ``custom_explore_fn``: a perturbed value brought back into what its dimension can give.
-
-    PBT's x0.8 or x1.2 can carry a value past a range's end, where its field may refuse it (a dropout of
-    1.08): it is set to that end; a ``quniform`` value goes to its step, a ``randint`` one stays an integer.
-    """
+    """PBT's ``custom_explore_fn``: a value its x0.8 or x1.2 carried past a range's end (a dropout of 1.08) is
+    set to that end; a ``quniform`` value goes to its step, a ``randint`` one stays an integer."""
 
     def __init__(self, space: dict[str, Any]):
         dists = parse_space(space)

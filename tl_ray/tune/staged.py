@@ -1,8 +1,5 @@
 """Staged sweeps (``tune.stages``): unfreezing as the budget that early stopping promotes along.
 
-The first stage samples ``num_samples`` trials from ``tune.space`` (typically heads on cached features) under
-the spec's scheduler. Each later stage runs the best ``keep`` fraction of the previous stage's trials once
-more with its own freeze policy, warm-starting from each trial's best checkpoint at the stage's learning rate.
 Each stage is an experiment folder ``<store>/experiments/<sweep>/<stage>``; ``--resume`` continues them.
 """
 
@@ -33,8 +30,7 @@ def stage_spec(spec: Spec, stage: StageSpec) -> Spec:
 def promoted(rows: list[TrialRow], keep: float, mode: str) -> list[TrialRow]:
     """The best ``ceil(keep * n)`` of the rows that have a checkpoint (at least one), best first.
 
-    Ties go by trial id, not the rows' order: a resumed sweep gets the rows in another order and must promote
-    the same trials as before.
+    Ties go by trial id, not the rows' order (another in a resumed sweep, which must promote the same trials).
     """
     scored = sorted((r for r in rows if r.metric is not None and r.checkpoint), key=lambda r: r.trial_id)
     scored.sort(key=lambda r: r.metric, reverse=mode == "max")  # stable: ties stay in trial id order
@@ -64,6 +60,9 @@ def run_children(base: Spec, name: str, children: dict[str, dict], source: str, 
 
 def run_staged(spec: Spec, resume: bool = False, experiment: str | None = None) -> SweepResult:
     """Runs every stage of ``tune.stages`` in order; returns the rows of all stages.
+
+    The first stage samples ``tune.space`` under the spec's scheduler; each later one runs the best ``keep``
+    fraction of the previous stage's trials again, warm-started from their best checkpoints.
 
     Raises:
         TrialError: a stage produced no trial with a checkpoint to promote.

@@ -1,8 +1,4 @@
-"""The sweep driver: Ray Tune over ``tune.space``; its :class:`SweepResult` names the best trial and epoch checkpoint.
-
->>> result = run_sweep(load_spec("jobs/quickstart/target.yaml"))
->>> print(result.table())
-"""
+"""The sweep driver: Ray Tune over ``tune.space``; its ``SweepResult`` names the best trial and checkpoint."""
 
 from __future__ import annotations
 
@@ -65,10 +61,8 @@ def run_variants(spec: Spec, experiment: str, variants: dict[str, dict]) -> dict
 
 
 def preflight(spec: Spec) -> None:
-    """Fails before any trial starts, with the error every trial would otherwise raise and retry: no cluster
-    at ``RAY_ADDRESS``, a missing dataset, an image smaller than a backbone takes, missing weights, ImageNet
-    weights that cannot be downloaded (built once here, they stay in ``~/.keras/models`` for the trials); for
-    every dataset, backbone and image size ``tune.space`` lists.
+    """Fails before any trial starts, with the error every trial would otherwise raise and retry, for every
+    dataset, backbone and image size ``tune.space`` lists. ImageNet weights are downloaded here, once.
 
     Raises:
         ClusterError, DataError, StorageError, RegistryError, ConfigError: what every trial would fail on.
@@ -106,9 +100,7 @@ def preflight(spec: Spec) -> None:
 
 
 def backbones_and_sizes(spec: Spec) -> list[tuple[str, tuple[int, int]]]:
-    """Every (backbone, image size) pair a trial can take: the values ``tune.space`` lists for ``model.backbone``
-    and ``data.image_size`` (each where its ``when`` on the other holds), and the spec's where the space does
-    not set the field in every trial."""
+    """Every (backbone, image size) pair a trial can take: ``_choices`` of each, where its ``when`` holds."""
     dists = parse_space(spec.tune.space)
     pairs = {}  # ordered, without repeats
     for (backbone, by_space), (size, size_by_space) in itertools.product(

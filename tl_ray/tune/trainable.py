@@ -1,9 +1,5 @@
-"""The Ray Tune trainable: a trial of the spec, reported to Tune or through Ray Train.
-
-``train.workers == 1`` trains in the trial's actor (reused across trials with ``tune.reuse_actors``);
-``train.workers > 1`` launches Ray Train's ``TensorflowTrainer`` from the trial, which reports through
-``TuneReportCallback``.
-"""
+"""The Ray Tune trainable: a trial of the spec, trained in the trial's actor (``train.workers == 1``) or by a
+Ray Train ``TensorflowTrainer`` it launches, which reports through ``TuneReportCallback``."""
 
 from __future__ import annotations
 
@@ -68,11 +64,8 @@ def private_copy(checkpoint) -> Path:
 
 
 class TuneReporter(_RestoreCopy):
-    """Reports a single-worker trial to Ray Tune.
-
-    The loop writes ``trial_id`` into each checkpoint, so a restored one names the trial that wrote it (after
-    a PBT exploit, the donor).
-    """
+    """Reports a single-worker trial to Ray Tune; ``trial_id`` goes into each checkpoint (a restored one names
+    the trial that wrote it: after a PBT exploit, the donor)."""
 
     @property
     def trial_id(self) -> str:
@@ -146,20 +139,14 @@ def run_multiworker(spec: Spec, run_name: str):
     if spec.train.gpus_per_worker:
         resources["GPU"] = spec.train.gpus_per_worker
     trainer = TensorflowTrainer(
-        train_worker,
-        train_loop_config=spec.to_dict(),
+        train_worker, train_loop_config=spec.to_dict(),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=spec.train.workers,
-            use_gpu=spec.train.gpus_per_worker > 0,
-            resources_per_worker=resources,
-            placement_strategy=spec.train.placement,
-        ),
+            num_workers=spec.train.workers, use_gpu=spec.train.gpus_per_worker > 0,
+            resources_per_worker=resources, placement_strategy=spec.train.placement),
         run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            storage_filesystem=fs,
-            # Tune alone retries (train.max_failures), after FailFast has seen the error; its retry resumes this run
-            # from its latest checkpoint. Retries here too would multiply attempts at errors retrying cannot fix.
+            name=run_name, storage_path=storage_path, storage_filesystem=fs,
+            # Tune alone retries (train.max_failures), after FailFast saw the error, resuming this run from
+            # its latest checkpoint: retries here too would multiply attempts at errors retrying cannot fix.
             failure_config=ray.train.FailureConfig(max_failures=0),
             # As a single-worker trial's: the best tune.keep_checkpoints by the metric, and the latest.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -195,8 +182,7 @@ def fault_callbacks(spec: Spec, rank: int = 0) -> list:
 
 def tune_trial(config: dict, base_spec: dict) -> None:
     """The Ray Tune trial function: the base spec with the trial's sampled fields set."""
-    # Tune waits this long (default 2 s) for the trial's thread to end before it reuses the actor, failing the
-    # next trial otherwise: on a busy node the exit alone can take longer. Tune reads it in this process.
+    # Tune's default 2 s for the trial's thread to end before it reuses the actor is too short on a busy node.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(THREAD_EXIT_TIMEOUT_S))
     # A conditional dimension whose condition failed is None here: the spec's default applies.
     overrides = trial_overrides(base_spec.get("tune", {}).get("space", {}), config)

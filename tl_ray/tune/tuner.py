@@ -39,8 +39,7 @@ class TrialRow:
     status: str
     checkpoint: str | None = None  # URI or local path of the best epoch's checkpoint
     error: str | None = None
-    # (URI, metric) per checkpoint tune.keep_checkpoints kept
-    checkpoints: list[tuple[str, float]] = field(default_factory=list)
+    checkpoints: list[tuple[str, float]] = field(default_factory=list)  # (URI, metric) of each one kept
     stage: str = ""  # staged sweeps: the stage's name
     parent: str = ""  # staged sweeps: the trial of the previous stage this one warm-started from
 
@@ -73,8 +72,8 @@ class SweepResult:
 
 
 def trial_resources(spec: Spec, config: dict | None = None) -> dict:
-    """What one trial (``config``: its sampled fields) asks Ray for; a single-worker trial that only trains a
-    head on cached features asks for ``train.head_trial_gpus`` GPUs instead of ``train.gpus_per_worker``."""
+    """What one trial (``config``: its sampled fields) asks Ray for; ``_head_only`` ones ask for
+    ``train.head_trial_gpus`` GPUs."""
     if config:
         spec = validate(apply_overrides(spec.to_dict(), config), source="trial spec")
     if spec.train.workers == 1:
@@ -106,35 +105,29 @@ def _max_concurrent(spec: Spec) -> int | None:
 
 
 def _scheduler(spec: Spec):
-    t = spec.tune
-    epochs = spec.train.epochs
+    t, epochs = spec.tune, spec.train.epochs
+    grace = min(t.grace_period, epochs)
     if t.scheduler == "fifo":
         return schedulers.FIFOScheduler()
     if t.scheduler == "asha":
-        return schedulers.ASHAScheduler(
-            time_attr="training_iteration", max_t=epochs,
-            grace_period=min(t.grace_period, epochs), reduction_factor=t.reduction_factor,
-        )
+        return schedulers.ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=grace,
+                                        reduction_factor=t.reduction_factor)
     if t.scheduler == "hyperband":
-        return schedulers.HyperBandScheduler(
-            time_attr="training_iteration", max_t=epochs, reduction_factor=t.reduction_factor
-        )
+        return schedulers.HyperBandScheduler(time_attr="training_iteration", max_t=epochs,
+                                             reduction_factor=t.reduction_factor)
     if t.scheduler == "median":
-        return schedulers.MedianStoppingRule(
-            time_attr="training_iteration", grace_period=min(t.grace_period, epochs), min_samples_required=2
-        )
+        return schedulers.MedianStoppingRule(time_attr="training_iteration", grace_period=grace,
+                                             min_samples_required=2)
     if spec.train.workers > 1:
         raise ConfigError(
             "tune.scheduler pbt needs single-worker trials (train.workers: 1): its exploit step restores a "
-            "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train."
-        )
+            "better trial's checkpoint through Tune, which multi-worker trials report through Ray Train.")
     # Conditional dimensions, and the fields their conditions test, are not mutated (see pbt_dimensions).
     dists = parse_space(t.space)
     mutations = {k: to_tune(dists[k]) for k in pbt_dimensions(t.space)[0]}
     return schedulers.PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=t.perturbation_interval,
-        hyperparam_mutations=mutations, quantile_fraction=0.25, custom_explore_fn=KeepInRange(t.space),
-    )
+        hyperparam_mutations=mutations, quantile_fraction=0.25, custom_explore_fn=KeepInRange(t.space))
 
 
 def _search_alg(spec: Spec, max_concurrent: int | None = None):
@@ -151,10 +144,8 @@ def _search_alg(spec: Spec, max_concurrent: int | None = None):
             "tune.search optuna needs Optuna: pip install 'tl-ray[optuna]' (or pip install optuna)."
         ) from None
     # A define-by-run space: Tune's param_space is then empty, so metric and mode go here.
-    return OptunaSearch(
-        space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
-        seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed,
-    )
+    return OptunaSearch(space=optuna_space(spec.tune.space), metric=spec.tune.metric, mode=spec.tune.mode,
+                        seed=spec.train.seed if spec.tune.seed is None else spec.tune.seed)
 
 
 def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bool = False, folder: tuple = (),
@@ -167,8 +158,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         callbacks: more Ray Tune callbacks (a new run only: a restored one keeps those it was saved with).
 
     Raises:
-        ConfigError, DataError, StorageError, RegistryError: a trial failed on it; the sweep stopped there
-            (``tl_ray.tune.fail_fast``).
+        ConfigError, DataError, StorageError, RegistryError: a trial failed on it (``tl_ray.tune.fail_fast``).
         SweepInterrupted: Ctrl-C stopped the sweep before every trial finished.
     """
     connect_ray()
@@ -180,8 +170,7 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
         trainable = tune.with_resources(trainable, trial_resources(spec))
     else:  # per trial: head-only trials may ask for other resources than fine-tuning ones
         trainable = tune.with_resources(
-            trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)])
-        )
+            trainable, lambda config: tune.PlacementGroupFactory([trial_resources(spec, config)]))
     exp_path = f"{storage_path.rstrip('/')}/{name}"
     top = folder[0] if folder else name  # a staged sweep's top folder
     log_folder = store.join(spec.storage, "experiments", top)
@@ -195,9 +184,8 @@ def run_tuner(spec: Spec, name: str, trainable, param_space: dict, *, resume: bo
     start = time.perf_counter()
     with driver_log(log_folder) as log, quiet_ray_resume_hint():
         if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
-            tuner = tune.Tuner.restore(
-                exp_path, trainable=trainable, param_space=param_space, resume_errored=True, storage_filesystem=fs
-            )
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, param_space=param_space,
+                                       resume_errored=True, storage_filesystem=fs)
         else:
             tuner = _new_tuner(spec, name, trainable, param_space, storage_path, fs, num_samples=num_samples,
                                search=search, callbacks=(progress, *callbacks))
@@ -225,31 +213,20 @@ def _new_tuner(spec: Spec, name: str, trainable, param_space: dict, storage_path
     by_tune = spec.tune.scheduler == "pbt"  # tl_ray.tune.pruning: why only PBT's trials use Tune's num_to_keep
     pruning = [KeepCheckpoints(keep, spec.tune.metric, spec.tune.mode)] if keep and not by_tune else []
     return tune.Tuner(
-        trainable,
-        param_space=param_space,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=spec.tune.metric,
-            mode=spec.tune.mode,
-            num_samples=num_samples or spec.tune.num_samples,
-            scheduler=_scheduler(spec),
-            search_alg=search_alg,
+            metric=spec.tune.metric, mode=spec.tune.mode, num_samples=num_samples or spec.tune.num_samples,
+            scheduler=_scheduler(spec), search_alg=search_alg,
             max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else limit,
-            reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1,
-        ),
+            reuse_actors=spec.tune.reuse_actors and spec.train.workers == 1),
         run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            storage_filesystem=fs,
+            name=name, storage_path=storage_path, storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=keep if by_tune else None,
-                checkpoint_score_attribute=spec.tune.metric,
-                checkpoint_score_order=spec.tune.mode,
-            ),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep if by_tune else None,
+                                                    checkpoint_score_attribute=spec.tune.metric,
+                                                    checkpoint_score_order=spec.tune.mode),
             verbose=1 if verbose() else 0,
-            callbacks=[callbacks[0], stopper, *callbacks[1:], *pruning],
-            stop=stopper,
-        ),
+            callbacks=[callbacks[0], stopper, *callbacks[1:], *pruning], stop=stopper),
     )
 
 
