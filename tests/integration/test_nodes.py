@@ -42,7 +42,7 @@ def spec_for(store: Path, name: str, **train) -> dict:
         "name": name,
         "storage": str(store),
         "data": {"train": "datasets/n/train", "validation": "datasets/n/val"},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"batch_size": 16, "steps_per_epoch": 1, **train},
         "tune": {"num_samples": 1, "scheduler": "fifo", "checkpoint_on": "every"},

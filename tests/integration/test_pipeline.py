@@ -18,7 +18,7 @@ SMALL_TRAIN = {"epochs": 2, "batch_size": 30, "steps_per_epoch": 3, "learning_ra
 
 
 def write_specs(tmp_path, store: str, port: int):
-    common_model = {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "head": {"dropout": 0.0}}
+    common_model = {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "head": {"dropout": 0.0}}
     source = {
         "name": "tiny-source",
         "storage": store,

@@ -45,7 +45,7 @@ def spec_for(store: str, name: str, placement: str, **train) -> dict:
         "name": name,
         "storage": store,
         "data": {"train": "datasets/p/train", "validation": "datasets/p/val"},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "freeze": {"mode": "feature_extraction"}, "head": {"dropout": 0.0}},
         "train": {"workers": 2, "gpus_per_worker": 4, "cpus_per_worker": 1, "placement": placement,
                   "feature_cache": "off",

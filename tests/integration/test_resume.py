@@ -49,7 +49,7 @@ def write_spec(tmp_path: Path, fashion_dir: Path, epochs: int) -> tuple[Path, Pa
         "name": "resumable",
         "storage": str(store),
         "data": {"train": "datasets/r/train", "validation": "datasets/r/val"},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"epochs": epochs, "batch_size": 20, "steps_per_epoch": 2},
         "tune": {"num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1, "checkpoint_on": "every",

@@ -26,7 +26,7 @@ def test_run_seeds_trains_both_on_each_seed_promotes_the_best_validation_seed_an
         "name": "tiny-seeds", "storage": store,
         "data": {"train": "datasets/t/train", "validation": "datasets/t/val", "test": "datasets/t/test",
                  "augment": {"flip": True}},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "head": {"dropout": 0.0}, "freeze": {"mode": "fine_tune", "unfreeze_top": 4}},
         "train": {"recipe": "lp_ft", "epochs": 2, "probe_epochs": 1, "batch_size": 20, "steps_per_epoch": 2},
         "tune": {"num_samples": 1, "scheduler": "fifo", "seed": 0, "max_concurrent_trials": 2,  # 2 cores: reused actors

@@ -41,8 +41,8 @@ def small_spec(store: str, name: str, **train) -> dict:
         "storage": store,
         "data": {"train": "datasets/small/train", "validation": "datasets/small/val", "image_size": [32, 32]},
         "model": {
-            "backbone": "mobilenet_v2",
-            "backbone_args": {"alpha": 0.35},
+            "backbone": "mobilenet",
+            "backbone_args": {"alpha": 0.25},
             "weights": "none",
             "head": {"dense": [], "dropout": 0.0},
             "freeze": {"mode": "full"},

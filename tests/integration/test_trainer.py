@@ -55,7 +55,7 @@ def spec_dict(store: str, name: str, **train) -> dict:
         "name": name,
         "storage": store,
         "data": {"train": "datasets/one/train", "shuffle_buffer": 1},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "head": {"dropout": 0.0}, "freeze": {"mode": "fine_tune", "unfreeze_top": 5}},
         "train": {"epochs": 3, "batch_size": 32, "learning_rate": 1e-2, "steps_per_epoch": 2, **train},
         "tune": {"num_samples": 1, "scheduler": "fifo", "metric": "loss", "mode": "min", "checkpoint_on": "every"},
@@ -172,8 +172,8 @@ def test_staged_weights_train_from_s3_with_ray_assigned_threads(ray_cluster, sto
     from tl_ray import store as storage
     from tl_ray.cli import main
 
-    uri = storage.join(store, "weights/mobilenet_v2-a035.weights.h5")
-    assert main(["weights", "stage", "mobilenet_v2", "--to", uri, "--weights", "none", "--arg", "alpha=0.35"]) == 0
+    uri = storage.join(store, "weights/mobilenet-a025.weights.h5")
+    assert main(["weights", "stage", "mobilenet", "--to", uri, "--weights", "none", "--arg", "alpha=0.25"]) == 0
     assert storage.exists(uri)
     data = spec_dict(store, "staged", epochs=1, cpus_per_worker=2)
     data["model"]["weights"] = uri

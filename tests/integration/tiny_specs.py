@@ -1,5 +1,5 @@
 """A tiny spec file for tests that run `tl-ray` commands: two Fashion-MNIST classes ingested into a local store,
-a narrow MobileNetV2 from random weights, one short epoch."""
+a narrow MobileNet (alpha 0.25) from random weights, one short epoch."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def write_tiny_spec(root: Path, fashion_dir: Path, name: str, per_class: int = 4
         "name": name,
         "storage": str(store),
         "data": {"train": "datasets/t/train", "validation": "datasets/t/val"},
-        "model": {"backbone": "mobilenet_v2", "backbone_args": {"alpha": 0.35}, "weights": "none",
+        "model": {"backbone": "mobilenet", "backbone_args": {"alpha": 0.25}, "weights": "none",
                   "freeze": {"mode": "full"}, "head": {"dropout": 0.0}},
         "train": {"epochs": 1, "batch_size": 20, "steps_per_epoch": 2, **train},
     }
