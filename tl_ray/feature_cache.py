@@ -123,8 +123,9 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
     """The cache entry of ``dataset_uri`` under the spec's backbone, built here if nobody has.
 
     One builder per key: the first to create ``_building.json`` (a conditional write) builds; others wait for
-    its manifest, written last, and take over once the lock has not changed for ``STALE_S``. ``events`` is
-    told ``on_cache_build_begin`` / ``on_cache_wait_begin``; ``budget_mib`` goes to ``build_batch_size``.
+    its manifest, written last, and take over once the lock has not changed for ``STALE_S`` (the builder
+    then stops at its next shard and waits in turn). ``events`` is told ``on_cache_build_begin`` /
+    ``on_cache_wait_begin``; ``budget_mib`` goes to ``build_batch_size``.
     DataError when the dataset is missing or corrupt; StorageError when another builder holds the lock for
     longer than ``WAIT_S``.
     """
@@ -142,6 +143,9 @@ def ensure_features(spec: Spec, dataset_uri: str, weights_file: str | None, *, l
                     events.on_cache_build_begin()
                 log(f"feature cache: building {uri} for {dataset_uri}")
                 _build(spec, dataset_uri, weights_file, key, uri, lease, budget_mib)
+            except storage.LeaseLost as e:
+                log(f"feature cache: {e}; waiting for its new builder")
+                continue
             finally:
                 lease.release()
             return CacheEntry(uri, key, "built", time.monotonic() - start)

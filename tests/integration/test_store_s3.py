@@ -26,7 +26,7 @@ def test_conditional_writes_are_honoured(s3_store):
     assert store.read_tagged(uri) == (None, None)
 
 
-def test_a_lease_on_s3_is_renewed_broken_when_stale_and_taken_over(s3_store):
+def test_a_lease_on_s3_is_renewed_broken_when_stale_taken_over_and_lost_to_its_old_holder(s3_store):
     uri = store.join(s3_store, "cache/entry/_building.json")
     holder, waiter = store.Lease(uri, stale_s=0.5), store.Lease(uri, stale_s=0.5)
     assert holder.acquire({"rows": 0}) and not waiter.acquire({"rows": 0})
@@ -38,5 +38,9 @@ def test_a_lease_on_s3_is_renewed_broken_when_stale_and_taken_over(s3_store):
     time.sleep(0.6)
     assert waiter.break_if_stale() and not store.exists(uri)
     assert waiter.acquire({"rows": 0})
+    with pytest.raises(store.LeaseLost):
+        holder.renew({"rows": 4})
+    holder.release()
+    assert json.loads(store.read_text(uri)) == {"rows": 0}
     waiter.release()
     assert store.read_tagged(uri) == (None, None)

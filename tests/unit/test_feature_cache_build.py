@@ -118,3 +118,27 @@ def test_a_cut_backbone_has_its_own_entry_of_its_own_width(spec, monkeypatch):
     assert features.key_id(features.feature_key(cut, data, None)) != features.key_id(features.feature_key(spec, data, None))
     x, _, _ = load_rows(features.ensure_features(cut, data, None, log=lambda *a: None).uri)
     assert x.shape[1] == 192  # block_13_expand_relu's channels at alpha 0.35, pooled
+
+
+def test_a_builder_whose_lease_was_taken_over_stops_and_leaves_the_new_holders_lease(spec, monkeypatch):
+    """A builder too slow to renew its lease finds it taken over at its next shard: it stops rather than build
+    beside the new holder, waits for that holder, and takes over in turn once the holder goes stale."""
+    monkeypatch.setattr(features, "STALE_S", 0.0)
+    monkeypatch.setattr(features, "build_batch_size", lambda model, budget_mib: 256)
+    renew, taken = storage.Lease.renew, []
+
+    def renew_after_a_takeover(lease, info):
+        if not taken:  # a waiter broke the lease and took it
+            taken.append(storage.read_text(lease.uri))
+            storage.write_text(lease.uri, '{"host": "other", "pid": 1, "rows": 0}')
+        renew(lease, info)
+
+    monkeypatch.setattr(storage.Lease, "renew", renew_after_a_takeover)
+    features.purge(spec.storage)
+    lines = []
+    entry = features.ensure_features(spec, spec.resolve(spec.data.train), None, log=lines.append)
+    assert entry.status == "built" and len(taken) == 1
+    assert any("_building.json: lease lost" in line and "waiting for its new builder" in line for line in lines)
+    assert any("stopped refreshing its lock; taking over" in line for line in lines)
+    assert read_manifest(entry.uri).num_rows == 21
+    assert not storage.exists(storage.join(entry.uri, features.LOCK_NAME))

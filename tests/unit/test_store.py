@@ -64,7 +64,7 @@ def test_conditional_writes_on_a_local_folder(tmp_path):
     assert sorted(os.listdir(tmp_path / "cas")) == [".object.json.lock"]
 
 
-def test_a_lease_has_one_holder_and_is_broken_only_after_it_goes_stale(tmp_path, monkeypatch):
+def test_a_lease_has_one_holder_is_broken_only_after_it_goes_stale_and_then_lost_to_its_old_holder(tmp_path, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock[0])
     uri = store.join(str(tmp_path), "entry/_building.json")
@@ -79,9 +79,14 @@ def test_a_lease_has_one_holder_and_is_broken_only_after_it_goes_stale(tmp_path,
     clock[0] += 11
     assert waiter.break_if_stale() and not store.exists(uri)
     assert waiter.acquire({"host": "b", "rows": 0})
+    with pytest.raises(store.LeaseLost, match=r"_building.json: lease lost \(it went 10 s unrenewed"):
+        holder.renew({"host": "a", "rows": 9})  # the old holder stops, and leaves the new one's lease alone
+    holder.release()
+    assert json.loads(store.read_text(uri)) == {"host": "b", "rows": 0}
+    waiter.renew({"host": "b", "rows": 3})
     waiter.release()
     assert not store.exists(uri)
-    holder.release()  # nothing left to release
+    waiter.release()  # nothing left to release
 
 
 def test_checksums_are_plain_on_a_custom_endpoint_and_the_aws_variables_override(monkeypatch):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+from tl_ray.errors import StorageError
 from tl_ray.store.conditional import create_exclusive, delete_if, read_tagged, write_if
+
+
+class LeaseLost(StorageError):
+    """The holder's lease went stale and a waiter broke it: the work is someone else's now."""
 
 
 class Lease:
@@ -16,22 +21,30 @@ class Lease:
     def __init__(self, uri: str, *, stale_s: float, scope: str | None = None):
         self.uri, self.stale_s, self.scope = uri, stale_s, scope
         self._seen, self._seen_at = None, time.monotonic()  # the holder's tag, and when it last changed
+        self._held: bytes | None = None  # what this holder last wrote
 
     def acquire(self, info: dict) -> bool:
         """Takes the lease, recording ``info`` in it; False when someone holds it."""
-        return create_exclusive(self.uri, json.dumps(info).encode(), scope=self.scope)
+        data = json.dumps(info).encode()
+        self._held = data if create_exclusive(self.uri, data, scope=self.scope) else None
+        return self._held is not None
 
     def renew(self, info: dict) -> None:
-        """Rewrites the lease with ``info``: the heartbeat waiters watch."""
-        _, tag = read_tagged(self.uri)
-        if tag is not None:
-            write_if(self.uri, json.dumps(info).encode(), tag, scope=self.scope)
+        """Rewrites the lease with ``info``: the heartbeat waiters watch. LeaseLost once it is not ours."""
+        held, tag = read_tagged(self.uri)
+        data = json.dumps(info).encode()
+        if self._held is None or held != self._held or not write_if(self.uri, data, tag, scope=self.scope):
+            self._held = None
+            raise LeaseLost(f"{self.uri}: lease lost (it went {self.stale_s:.0f} s unrenewed and another holder "
+                            "took it over)")
+        self._held = data
 
     def release(self) -> None:
-        """Gives the lease up, if it is still there."""
-        _, tag = read_tagged(self.uri)
-        if tag is not None:
+        """Gives the lease up, if this holder still has it."""
+        held, tag = read_tagged(self.uri)
+        if self._held is not None and held == self._held:
             delete_if(self.uri, tag, scope=self.scope)
+        self._held = None
 
     def break_if_stale(self) -> bool:
         """On each poll of a waiter: deletes the lease once it has gone ``stale_s`` unchanged; True if it did."""
