@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tl_ray.errors import ConfigError
+from tl_ray.errors import ConfigError, DataError
 from tl_ray.registry.store import AliasConflict, Registry
 from tl_ray.spec import Spec
 
@@ -74,7 +74,8 @@ def evaluate(model, uri: str, image_size, batch_size: int = 256) -> dict[str, fl
             loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).sum())
             correct += float((probs.argmax(axis=1) == y).sum())
         total += len(y)
-    total = max(total, 1.0)
+    if not total:
+        raise DataError(f"{uri} has no examples to evaluate on: ingest a dataset with rows there.")
     return {"loss": loss_sum / total, "accuracy": correct / total, "examples": int(total)}
 
 

@@ -7,7 +7,7 @@ from tl_ray import store
 from tl_ray.data import shards as shard_io
 from tl_ray.data.ingest import ingest_folder
 from tl_ray.data.reader import batches, make_dataset
-from tl_ray.errors import StorageError
+from tl_ray.errors import ConfigError, StorageError
 from tl_ray.store import files
 
 from synthetic_data import make_image_folder, row_ids
@@ -100,3 +100,10 @@ def test_an_outage_that_lasts_is_a_storage_error_naming_the_shard(datasets, flak
     with pytest.raises(StorageError, match=rf"cannot read '.*part-0000\d\.{fmt}' .*stayed unreachable"):
         epoch(datasets[fmt])
 
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", True), ("batch_size", 2.5), ("batch_size", 0),
+                                         ("shuffle_buffer", "8"), ("num_workers", -1)])
+def test_the_reader_refuses_a_count_that_is_not_a_positive_integer(datasets, name, value):
+    with pytest.raises(ConfigError, match=rf"^{name} must be a positive integer. Received: {value!r}.$"):
+        make_dataset(datasets["parquet"], image_size=(6, 5), **{"batch_size": 7, name: value})

@@ -183,6 +183,18 @@ def test_gate_falls_back_to_validation_with_a_warning(store, checkpoints):
     assert result.accepted and "data.validation" in result.message() and "warning:" in result.message()
 
 
+def test_gate_on_an_empty_dataset_is_a_data_error_and_publishes_nothing(store, checkpoints):
+    from tl_ray.data.manifest import Manifest, write_manifest
+    from tl_ray.errors import DataError
+    from tl_ray.promote import promote_checkpoint
+
+    write_manifest(str(store / "datasets/empty"), Manifest("parquet", 0, ["cat", "dog", "emu"], [8, 8, 3], []))
+    spec = spec_for(store, "empty", holdout="datasets/empty")
+    with pytest.raises(DataError, match=r"datasets/empty has no examples to evaluate on: ingest a dataset"):
+        promote_checkpoint(spec, checkpoints["good"])
+    assert Registry(str(store)).versions("empty") == []
+
+
 def test_two_concurrent_promotions_give_two_versions_and_one_production(store, checkpoints):
     from tl_ray.promote import promote_checkpoint
 

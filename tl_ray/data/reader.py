@@ -111,7 +111,7 @@ def _check_args(image_size, batch_size, worker_index, num_workers, shuffle_buffe
     if len(tuple(image_size)) != 2 or any(int(v) <= 0 for v in image_size):
         raise ConfigError(f"image_size must be (height, width) of positive ints. Received: {image_size!r}.")
     for name, value in (("batch_size", batch_size), ("num_workers", num_workers), ("shuffle_buffer", shuffle_buffer)):
-        if int(value) <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ConfigError(f"{name} must be a positive integer. Received: {value!r}.")
     if not 0 <= worker_index < num_workers:
         raise ConfigError(f"worker_index must be in 0..{num_workers - 1} (num_workers={num_workers}). "
