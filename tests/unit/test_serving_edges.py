@@ -1,5 +1,5 @@
-"""Serving's edges without Ray: hostile JSON bodies, a body read with a size cap, and the signals that stop
-`tl-ray serve` (the same over real HTTP and a real process: tests/integration/test_serving.py and
+"""Serving's edges without Ray: hostile JSON bodies, a body read with a size cap, the signals that stop
+`tl-ray serve` and its loop following an alias (the same over real HTTP and a real process: tests/integration/test_serving.py and
 test_serve_process.py)."""
 
 from __future__ import annotations
@@ -83,3 +83,46 @@ def test_sigterm_and_sigint_ask_to_stop_and_a_second_signal_interrupts():
             with pytest.raises(KeyboardInterrupt, match="a second SIGTERM while draining"):
                 signal.raise_signal(signal.SIGTERM)
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+
+def test_following_an_alias_retries_after_a_failed_read_and_refuses_a_failed_swap_once(monkeypatch):
+    """`tl-ray serve --watch-alias`'s loop, with the registry and the application scripted: a moment where the
+    application cannot be read is not a refusal; a version that fails to swap is printed once and not retried
+    until the alias moves again."""
+    import threading
+
+    from tl_ray.errors import ServingError
+    from tl_ray.serving import app
+    from tl_ray.spec.serve import ServeSpec
+
+    gone = ServingError("no Serve application named 'tl-ray' is running")
+    # (the alias, what the application serves) at each check; the alias moves to v3 at the fourth.
+    checks = iter([("m:v2", gone), ("m:v2", "m:v1"), ("m:v2", "m:v1"), ("m:v3", "m:v1")])
+    stop, now, swaps, lines = threading.Event(), {}, [], []
+
+    def resolve(storage, ref, serve_spec):
+        now["alias"], now["served"] = next(checks, (None, None))
+        if now["alias"] is None:
+            stop.set()
+            raise ServingError("stopped")
+        return {"ModelReplica": now["alias"]}
+
+    def served(name):
+        if isinstance(now["served"], Exception):
+            raise now["served"]
+        return {"ModelReplica": now["served"]}
+
+    def update(storage, ref, serve_spec, name):
+        swaps.append(now["alias"])
+        if now["alias"] == "m:v2":
+            raise ServingError("m:v2 failed to load on a replica; still serving m:v1")
+        return {"ModelReplica": now["alias"]}
+
+    monkeypatch.setattr(app, "resolve_refs", resolve)
+    monkeypatch.setattr(app, "served_refs", served)
+    monkeypatch.setattr(app, "update", update)
+    app.follow("/store", "m:production", ServeSpec(watch_interval_s=0.001), out=lines.append, stop=stop)
+    assert swaps == ["m:v2", "m:v3"]  # v2 once, after the failed read; v3 once the alias moved
+    assert lines.count("[serve] m:v2 failed to load on a replica; still serving m:v1") == 1
+    assert "[serve] swapped to {'ModelReplica': 'm:v3'} (was {'ModelReplica': 'm:v1'})" in lines

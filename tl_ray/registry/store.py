@@ -185,8 +185,8 @@ class Registry:
                 )
             return {"version": previous.pop(), "previous": previous}
 
-        self._swap_alias(name, alias, back, _ANY, note)
-        return self.aliases(name)[alias]
+        old = self._swap_alias(name, alias, back, _ANY, note)
+        return int(old["previous"][-1])  # what this swap wrote, whatever a later writer did since
 
     def delete_alias(self, name: str, alias: str, expect=_ANY) -> bool:
         """Removes ``alias`` (if it still points at ``expect``, when given); False if it was not there."""

@@ -278,13 +278,15 @@ def follow(
     stop = stop or threading.Event()
     refused: dict[str, str] | None = None
     while not stop.is_set():
+        swapping = None  # only a failed swap is a refusal, not a failed read of the alias or the app
         try:
             wanted = resolve_refs(storage, ref, serve_spec)
             before = served_refs(name)
             if wanted != before and wanted != refused:
+                swapping = wanted
                 now = update(storage, ref, serve_spec, name=name)
                 out(f"[serve] swapped to {now} (was {before})")
         except (ServingError, RegistryError) as exc:
-            refused = wanted if isinstance(exc, ServingError) else refused
+            refused = swapping if swapping and isinstance(exc, ServingError) else refused
             out(f"[serve] {exc}")
         stop.wait(serve_spec.watch_interval_s)
