@@ -1,6 +1,6 @@
 """Serving's edges without Ray: hostile JSON bodies, a body read with a size cap, the signals that stop
-`tl-ray serve` and its loop following an alias (the same over real HTTP and a real process: tests/integration/test_serving.py and
-test_serve_process.py)."""
+`tl-ray serve` and its loop following an alias (the first three over real HTTP and a real process too:
+tests/integration/test_serving.py and test_serve_process.py)."""
 
 from __future__ import annotations
 
