@@ -33,7 +33,7 @@ if ! .venv/bin/python -c "import tl_ray, tensorflow, ray, moto" >/dev/null 2>&1 
   echo "setup: installing tl-ray and its dependencies into .venv"
   # uv installs the same packages from PyPI in about a third of pip's time on a fresh machine. Compiled to
   # bytecode here, as pip does: otherwise, with PYTHONDONTWRITEBYTECODE set, every Ray worker and trial
-  # process compiles Ray, Keras and TensorFlow from source again (2.5 times the CPU of a trial's start).
+  # process compiles Ray, Keras and TensorFlow from source again (a trial takes 2.5 times as long to start).
   .venv/bin/python -m pip install -q uv
   .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python -e ".[test]"
   touch .venv/.installed

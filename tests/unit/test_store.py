@@ -79,7 +79,7 @@ def test_a_lease_has_one_holder_is_broken_only_after_it_goes_stale_and_then_lost
     clock[0] += 11
     assert waiter.break_if_stale() and not store.exists(uri)
     assert waiter.acquire({"host": "b", "rows": 0})
-    with pytest.raises(store.LeaseLost, match=r"_building.json: lease lost \(it went 10 s unrenewed"):
+    with pytest.raises(store.LeaseLost, match=r"_building.json: lease lost \(a waiter broke it after 10 s"):
         holder.renew({"host": "a", "rows": 9})  # the old holder stops, and leaves the new one's lease alone
     holder.release()
     assert json.loads(store.read_text(uri)) == {"host": "b", "rows": 0}

@@ -31,18 +31,18 @@ class Lease:
 
     def renew(self, info: dict) -> None:
         """Rewrites the lease with ``info``: the heartbeat waiters watch. LeaseLost once it is not ours."""
-        held, tag = read_tagged(self.uri)
+        current, tag = read_tagged(self.uri)
         data = json.dumps(info).encode()
-        if self._held is None or held != self._held or not write_if(self.uri, data, tag, scope=self.scope):
+        if self._held is None or current != self._held or not write_if(self.uri, data, tag, scope=self.scope):
             self._held = None
-            raise LeaseLost(f"{self.uri}: lease lost (it went {self.stale_s:.0f} s unrenewed and another holder "
-                            "took it over)")
+            raise LeaseLost(f"{self.uri}: lease lost (a waiter broke it after {self.stale_s:.0f} s without a "
+                            "renewal)")
         self._held = data
 
     def release(self) -> None:
         """Gives the lease up, if this holder still has it."""
-        held, tag = read_tagged(self.uri)
-        if self._held is not None and held == self._held:
+        current, tag = read_tagged(self.uri)
+        if self._held is not None and current == self._held:
             delete_if(self.uri, tag, scope=self.scope)
         self._held = None
 
