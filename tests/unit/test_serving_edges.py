@@ -85,7 +85,6 @@ def test_sigterm_and_sigint_ask_to_stop_and_a_second_signal_interrupts():
     assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
-
 def test_following_an_alias_retries_after_a_failed_read_and_refuses_a_failed_swap_once(monkeypatch):
     """`tl-ray serve --watch-alias`'s loop, with the registry and the application scripted: a moment where the
     application cannot be read is not a refusal; a version that fails to swap is printed once and not retried

@@ -64,7 +64,7 @@ def test_conditional_writes_on_a_local_folder(tmp_path):
     assert sorted(os.listdir(tmp_path / "cas")) == [".object.json.lock"]
 
 
-def test_a_lease_has_one_holder_is_broken_only_after_it_goes_stale_and_then_lost_to_its_old_holder(tmp_path, monkeypatch):
+def test_a_lease_has_one_holder_is_broken_once_stale_and_is_then_lost_to_its_old_holder(tmp_path, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock[0])
     uri = store.join(str(tmp_path), "entry/_building.json")
